@@ -1,0 +1,101 @@
+"""Durable file writes: a power cut at any instant leaves the old or the new version.
+
+Every state file of the project goes through here. The recipe is the classic one:
+write a temporary file in the same directory, fsync it, rename it over the target,
+then fsync the directory so the rename itself is on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from runtime import faults
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a directory's entries (creations, renames, removals) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def temp_path_for(path: Path) -> Path:
+    """A sibling name for a temporary file; leading dot so globs skip it."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(3)}")
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fault: str | None = None) -> None:
+    """Replace `path` with `data` so that readers see the old or the new file, never a mix.
+
+    `fault` names this write for the fault-injection facility (runtime.faults):
+    `<fault>.before-rename` fires with the temp file written but not yet in place.
+    """
+    path = Path(path)
+    tmp = temp_path_for(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if fault:
+            faults.point(f"{fault}.before-rename")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+    if fault:
+        faults.point(f"{fault}.after-rename")
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, *, fault: str | None = None) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), fault=fault)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, *, fault: str | None = None) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n", fault=fault)
+
+
+def append_line(path: str | os.PathLike, line: str, *, sync: bool = True) -> None:
+    """Append one line to an append-only log (events.jsonl, metrics.jsonl).
+
+    A power cut can leave the last line torn; readers skip a line that does not parse
+    (see read_jsonl), so the file stays usable without repair.
+    """
+    if "\n" in line:
+        raise ValueError("append_line takes a single line")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (line + "\n").encode("utf-8"))
+        if sync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    with open(path, "rb") as f:
+        return json.loads(f.read())
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """All complete, parseable lines of a JSON-lines file; a torn or garbled line is skipped."""
+    out: list[dict] = []
+    try:
+        with open(path, "rb") as f:
+            for raw in f:
+                try:
+                    obj = json.loads(raw)
+                except ValueError:
+                    continue
+                if isinstance(obj, dict):
+                    out.append(obj)
+    except FileNotFoundError:
+        pass
+    return out

@@ -1,0 +1,151 @@
+"""Checkpoint folders as files: the manifest (commit marker), the JSON sidecar, verification.
+
+A checkpoint is a folder:
+
+    step-00000120/
+      model.pt        tensors only (torch.save of a state dict)
+      optim.pt        optimizer and GradScaler state, tensors and plain values only
+      rng.pt          torch CPU/CUDA generator states
+      meta.json       the loop and data state (CheckpointMeta), python/numpy RNG included
+      MANIFEST.json   sha256 and size of every file above; written last, so a folder
+                      counts only once it exists and verifies
+
+It is built as `.step-00000120.tmp-*` and renamed into place after the manifest is on
+disk. Verification needs only hashlib, so the daemon checks checkpoints without torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from runtime.atomic import atomic_write_json, read_json
+
+MANIFEST = "MANIFEST.json"
+META = "meta.json"
+FORMAT = "orchestrator.checkpoint/1"
+STEP_RE = re.compile(r"^step-(\d{8})$")
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+class FileEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sha256: str
+    bytes: int
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    format: str = FORMAT
+    step: int
+    files: dict[str, FileEntry]
+
+
+class CheckpointMeta(BaseModel):
+    """The JSON sidecar: everything about where the loop stood, besides tensors."""
+
+    model_config = ConfigDict(extra="forbid")
+    part_id: str
+    stage: str
+    step: int
+    """Optimizer steps completed in this part."""
+    cursor: int
+    """Windows consumed in this part's deterministic order (the data position)."""
+    part_tokens: int
+    """Tokens trained in this part so far (windows x block_size)."""
+    global_tokens: int
+    """Tokens trained in the whole chain, this part included."""
+    done: bool = False
+    """True for the part's final checkpoint."""
+    model: dict[str, Any]
+    """The resolved model config (model.config.GPTConfig fields)."""
+    tokenizer_sha256: str | None = None
+    micro_batch: int
+    grad_accum: int
+    lr_scale: float = 1.0
+    loss: float | None = None
+    """Mean training loss of the last optimizer step."""
+    val_loss: float | None = None
+    rng_python: Any = None
+    rng_numpy: Any = None
+    created: str
+    """ISO-8601 UTC time the checkpoint was written."""
+
+
+def write_manifest(folder: Path, step: int, files: dict[str, tuple[str, int]]) -> None:
+    """The commit marker; call only after every listed file is fsynced."""
+    manifest = Manifest(step=step, files={n: FileEntry(sha256=s, bytes=b) for n, (s, b) in files.items()})
+    atomic_write_json(folder / MANIFEST, manifest.model_dump(), fault="checkpoint.manifest")
+
+
+@dataclass
+class Verdict:
+    ok: bool
+    reason: str = ""
+    bad_file: str | None = None
+
+
+def verify(folder: Path, *, checksums: bool = True) -> Verdict:
+    """Is this a complete, undamaged checkpoint? Names the file and why, if not."""
+    mpath = folder / MANIFEST
+    if not mpath.exists():
+        return Verdict(False, "no MANIFEST.json (the save did not finish)", MANIFEST)
+    try:
+        manifest = Manifest.model_validate(read_json(mpath))
+    except Exception as e:  # any parse or schema failure means: not trustworthy
+        return Verdict(False, f"MANIFEST.json is unreadable: {str(e).splitlines()[0]}", MANIFEST)
+    for name, entry in manifest.files.items():
+        path = folder / name
+        if not path.is_file():
+            return Verdict(False, f"{name} is missing", name)
+        size = path.stat().st_size
+        if size != entry.bytes:
+            return Verdict(False, f"{name} has {size} bytes, the manifest says {entry.bytes}", name)
+        if checksums and sha256_file(path) != entry.sha256:
+            return Verdict(False, f"{name} fails its sha256 checksum", name)
+    if META not in manifest.files:
+        return Verdict(False, "the manifest does not list meta.json", META)
+    return Verdict(True)
+
+
+def read_meta(folder: Path) -> CheckpointMeta:
+    return CheckpointMeta.model_validate(read_json(folder / META))
+
+
+def step_dirs(root: Path) -> list[tuple[int, Path]]:
+    """Committed-looking step folders under `root`, newest first (not yet verified)."""
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = STEP_RE.match(p.name)
+        if m and p.is_dir():
+            found.append((int(m.group(1)), p))
+    return sorted(found, reverse=True)
+
+
+def newest_complete(root: Path) -> tuple[Path | None, list[tuple[Path, Verdict]]]:
+    """The newest step folder that verifies, and the newer ones rejected (with why)."""
+    rejected = []
+    for _step, path in step_dirs(root):
+        verdict = verify(path)
+        if verdict.ok:
+            return path, rejected
+        rejected.append((path, verdict))
+    return None, rejected

@@ -1,0 +1,125 @@
+"""The resolved spec: the one file that tells a worker what to train.
+
+Configuration flows one way: schedule.json -> pydantic schedule -> this spec, written by
+the daemon into the part's work dir -> the worker. A person or a test can write one by
+hand. The model section is a plain dict here and is validated by model.config.GPTConfig
+(this package stays free of the model code).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from runtime.atomic import read_json
+
+SPEC_FORMAT = "orchestrator.spec/1"
+
+# Fields that shape the learning-rate curve of the whole chain; a stage may not override them.
+CHAIN_WIDE_TRAIN_FIELDS = frozenset({"lr_schedule", "warmup_tokens", "decay_fraction", "total_tokens", "seed"})
+
+
+class TrainConfig(BaseModel):
+    """How to train. The schedule's top-level `train`, with a stage's `train` laid over it."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    micro_batch: int = Field(8, ge=1)
+    """Windows per forward/backward pass. Halved by the daemon after an out-of-memory exit."""
+    grad_accum: int = Field(8, ge=1)
+    """Micro-batches per optimizer step (doubled when micro_batch is halved)."""
+    lr: float = Field(6e-4, gt=0)
+    """Peak learning rate."""
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    """The decayed learning rate is lr x min_lr_ratio."""
+    lr_schedule: Literal["wsd", "cosine", "constant"] = "wsd"
+    """Shape over the chain's global token count: warmup-stable-decay, cosine, or constant."""
+    warmup_tokens: int = Field(10_000_000, ge=0)
+    """Linear warmup length in tokens of the whole chain (not per part)."""
+    decay_fraction: float = Field(0.2, ge=0, le=1)
+    """wsd: the final fraction of the chain's tokens over which the rate decays."""
+    total_tokens: int | None = Field(None, gt=0)
+    """Tokens the schedule spans; default: every part queued when the part starts."""
+    weight_decay: float = Field(0.1, ge=0)
+    """AdamW weight decay, applied to weight matrices only."""
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.95, ge=0, lt=1)
+    eps: float = Field(1e-8, gt=0)
+    grad_clip: float = Field(1.0, ge=0)
+    """Clip the global gradient norm to this; 0 turns clipping off."""
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    """auto: bf16 on compute capability 8.0+, fp16 on 7.x, fp32 below and on CPU."""
+    compile: bool | Literal["auto"] = "auto"
+    """torch.compile: auto uses it on CUDA 7.0+ when Triton imports."""
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    """auto, cpu, cuda or cuda:N."""
+    cpu_threads: int | None = Field(None, ge=1)
+    """Torch threads on CPU; default: every CPU this process may run on."""
+    seed: int = 1337
+    """Seeds the data order and initial weights of the chain."""
+    checkpoint_interval_s: float = Field(600, gt=0)
+    """Seconds between the worker's periodic checkpoints."""
+    keep_checkpoints: int = Field(2, ge=2)
+    """Complete checkpoints kept in a part's work dir (never fewer than 2)."""
+    heartbeat_interval_s: float = Field(5, gt=0)
+    """Seconds between heartbeat writes."""
+    log_interval_steps: int = Field(1, ge=1)
+    """Write a metrics line every this many optimizer steps."""
+    eval_windows: int = Field(32, ge=0)
+    """Validation windows scored when a part ends (0: skip)."""
+
+
+class DataRef(BaseModel):
+    """One part of a prepared token directory."""
+
+    model_config = ConfigDict(extra="forbid")
+    manifest: Path
+    part: str
+    """The part's name in the manifest ('part-003', 'val')."""
+
+
+class WorkerSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    format: Literal["orchestrator.spec/1"] = SPEC_FORMAT
+    part_id: str
+    """'<stage>/<part>': names the part in state, checkpoints and logs."""
+    stage: str
+    work_dir: Path
+    """The part's scratch: heartbeat, metrics, checkpoints. The worker owns it."""
+    data: DataRef
+    val: DataRef | None = None
+    epochs: int = Field(1, ge=1)
+    init_checkpoint: Path | None = None
+    """The promoted checkpoint this part continues from; none for the chain's first part."""
+    model: dict[str, Any]
+    """model.config.GPTConfig fields, fully resolved (no preset)."""
+    tokenizer_sha256: str | None = None
+    """If set, every token file must have been made with this tokenizer."""
+    train: TrainConfig
+    token_offset: int = Field(0, ge=0)
+    """Global tokens the chain had trained before this part."""
+    chain_total_tokens: int = Field(gt=0)
+    """Tokens the learning-rate schedule spans (the whole chain)."""
+    lr_scale: float = Field(1.0, gt=0, le=1)
+    """Multiplies the learning rate; lowered after repeated non-finite losses."""
+    skip_windows: list[tuple[int, int]] = []
+    """Cursor ranges [start, end) left out of training (windows that gave non-finite loss)."""
+
+    def resolve_paths(self, base: Path) -> "WorkerSpec":
+        """Make relative paths relative to the spec file's folder (hand-written specs)."""
+        def fix(p: Path | None) -> Path | None:
+            return p if p is None or p.is_absolute() else (base / p).resolve()
+
+        update: dict[str, Any] = {"work_dir": fix(self.work_dir), "init_checkpoint": fix(self.init_checkpoint)}
+        update["data"] = self.data.model_copy(update={"manifest": fix(self.data.manifest)})
+        if self.val:
+            update["val"] = self.val.model_copy(update={"manifest": fix(self.val.manifest)})
+        return self.model_copy(update=update)
+
+
+def load_spec(path: Path) -> WorkerSpec:
+    """Parse a spec file; raises FileNotFoundError, ValueError or pydantic.ValidationError."""
+    return WorkerSpec.model_validate(read_json(path)).resolve_paths(path.parent.resolve())

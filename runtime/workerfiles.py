@@ -1,0 +1,106 @@
+"""What a worker and the daemon exchange through a part's work dir, and the exit codes.
+
+    spec.json       daemon -> worker   what to train (runtime.spec)
+    control.json    daemon -> worker   pause / checkpoint-now / step spacing (Control)
+    heartbeat.json  worker -> daemon   liveness and progress, rewritten every few seconds
+    result.json     worker -> daemon   the final checkpoint, written before exit 0
+    error.json      worker -> daemon   why it stopped, written before a non-zero exit
+
+Every one is written atomically; readers treat a missing or unparsable file as absent.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from runtime.atomic import atomic_write_json, read_json
+
+# Exit codes the daemon acts on.
+EXIT_DONE = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_STOPPED = 75  # stopped on request (SIGTERM/SIGINT, or the daemon went away); resumable
+EXIT_OOM = 90  # out of memory: retry with a smaller micro-batch
+EXIT_NONFINITE = 91  # non-finite loss: roll back, skip the window
+
+Phase = Literal["starting", "loading", "compiling", "training", "paused", "saving", "evaluating", "done"]
+
+
+class Heartbeat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    pid: int
+    time: float
+    """time.time() when written; the daemon declares a hang when it grows too old."""
+    phase: Phase
+    step: int = 0
+    steps_total: int = 0
+    part_tokens: int = 0
+    part_tokens_total: int = 0
+    global_tokens: int = 0
+    loss: float | None = None
+    lr: float | None = None
+    tokens_per_s: float | None = None
+    """Training throughput, paused time excluded."""
+    paused_reason: str | None = None
+    control_seq: int = 0
+    """The newest control.json seq the worker has acted on (the daemon's acknowledgement)."""
+    last_checkpoint_step: int | None = None
+    last_checkpoint_time: float | None = None
+    device: str | None = None
+    precision: str | None = None
+
+
+class Control(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    seq: int = 0
+    """Bumped on every write; echoed in the heartbeat once acted on."""
+    pause: bool = False
+    reason: str | None = None
+    checkpoint: int = 0
+    """A counter: when it grows, the worker checkpoints at the next step boundary."""
+    step_delay_s: float = 0.0
+    """Idle time after every optimizer step (the thermal governor's duty cycle)."""
+
+
+class Result(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    checkpoint: str
+    """The final step folder, relative to the work dir."""
+    step: int
+    part_tokens: int
+    global_tokens: int
+    loss: float | None = None
+    val_loss: float | None = None
+    train_seconds: float = 0.0
+    paused_seconds: float = 0.0
+
+
+ErrorKind = Literal["bad_input", "oom", "nonfinite", "error"]
+
+
+class ErrorReport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: ErrorKind
+    message: str
+    retryable: bool = True
+    """False for errors a retry cannot fix (bad input): the daemon fails the part at once."""
+    step: int | None = None
+    cursor: int | None = None
+    window_range: tuple[int, int] | None = None
+    """nonfinite: the cursor range [start, end) of the optimizer step that produced it."""
+    micro_batch: int | None = None
+
+
+def write_model(path: Path, obj: BaseModel, fault: str | None = None) -> None:
+    atomic_write_json(path, obj.model_dump(mode="json"), fault=fault)
+
+
+def read_model(path: Path, cls: type[BaseModel]):
+    """The parsed file, or None if it is missing or does not parse."""
+    try:
+        return cls.model_validate(read_json(path))
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,162 @@
+"""Write and read checkpoint folders (layout and verification: runtime.checkpoint).
+
+Saving streams each file through sha256 as it is written, so a 1.5 GB checkpoint is not
+read back to be hashed. Loading uses torch.load(weights_only=True): tensors and plain
+values only, never arbitrary pickled objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from runtime import faults
+from runtime.atomic import fsync_dir
+from runtime.checkpoint import META, CheckpointMeta, newest_complete, read_meta, step_dir_name, step_dirs, verify, write_manifest
+from trainer.errors import BadInput
+
+
+class _HashingWriter:
+    """A file-like sink for torch.save that hashes and counts the bytes it passes on."""
+
+    def __init__(self, f):
+        self.f = f
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def write(self, b) -> int:
+        self.sha.update(b)
+        self.size += len(b)
+        return self.f.write(b)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def _write(path: Path, obj: Any) -> tuple[str, int]:
+    with open(path, "wb") as f:
+        sink = _HashingWriter(f)
+        if isinstance(obj, bytes):
+            sink.write(obj)
+        else:
+            torch.save(obj, sink)
+        f.flush()
+        os.fsync(f.fileno())
+    return sink.sha.hexdigest(), sink.size
+
+
+def rng_state() -> dict[str, Any]:
+    """Python and numpy generator states as JSON-able values (for meta.json)."""
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+    }
+
+
+def save(root: Path, step: int, *, model: torch.nn.Module, optimizer, scaler, meta: CheckpointMeta) -> Path:
+    """Write step folder `root/step-XXXXXXXX` and return it; it exists only once complete."""
+    final = root / step_dir_name(step)
+    tmp = root / f".{final.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    rng = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    files = {
+        "model.pt": _write(tmp / "model.pt", model.state_dict()),
+        "optim.pt": _write(tmp / "optim.pt", {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict()}),
+        "rng.pt": _write(tmp / "rng.pt", rng),
+    }
+    faults.point("checkpoint.files-written")
+    files[META] = _write(tmp / META, (meta.model_dump_json(indent=2) + "\n").encode())
+    write_manifest(tmp, step, files)
+    fsync_dir(tmp)
+    superseded = None
+    if final.exists():  # a folder of the same step (resaved with done=True): replace it
+        superseded = root / f".{final.name}.superseded-{os.getpid()}"
+        final.rename(superseded)
+    os.rename(tmp, final)
+    fsync_dir(root)
+    faults.point("checkpoint.committed")
+    if superseded:
+        shutil.rmtree(superseded)
+    return final
+
+
+def load_weights(folder: Path, model: torch.nn.Module, device: torch.device, expected_model: dict) -> CheckpointMeta:
+    """Load a checkpoint's model weights after checking it was made for this model shape."""
+    meta = read_meta(folder)
+    if meta.model != expected_model:
+        diff = ", ".join(
+            f"{k}: checkpoint {meta.model.get(k)!r} vs spec {expected_model.get(k)!r}"
+            for k in sorted(set(meta.model) | set(expected_model))
+            if meta.model.get(k) != expected_model.get(k)
+        )
+        raise BadInput(f"{folder}: made for a different model ({diff}); a chain keeps one model shape")
+    state = torch.load(folder / "model.pt", map_location=device, weights_only=True)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise BadInput(f"{folder / 'model.pt'}: does not fit the model: {str(e).splitlines()[0]}") from None
+    return meta
+
+
+def load_optimizer(folder: Path, optimizer, scaler, device: torch.device) -> None:
+    state = torch.load(folder / "optim.pt", map_location=device, weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    if state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+
+
+def load_rng(folder: Path, meta: CheckpointMeta) -> None:
+    rng = torch.load(folder / "rng.pt", map_location="cpu", weights_only=True)
+    torch.set_rng_state(rng["cpu"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    if meta.rng_python:
+        version, state, gauss = meta.rng_python
+        random.setstate((version, tuple(state), gauss))
+    if meta.rng_numpy:
+        name, keys, pos, has_gauss, cached = meta.rng_numpy
+        np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+def find_resume_point(root: Path, log) -> Path | None:
+    """The newest complete checkpoint; newer broken ones are moved aside with the reason logged."""
+    good, rejected = newest_complete(root)
+    for path, verdict in rejected:
+        log(f"skipping checkpoint {path.name}: {verdict.reason}")
+        quarantine(path, verdict.reason)
+    return good
+
+
+def quarantine(path: Path, reason: str) -> Path:
+    """Move a damaged folder to <work>/quarantine/ with a note; never delete it."""
+    qdir = path.parent.parent / "quarantine"
+    qdir.mkdir(exist_ok=True)
+    dest = qdir / f"{path.name}-{int(time.time() * 1000)}"
+    path.rename(dest)
+    (dest.parent / f"{dest.name}.reason.txt").write_text(reason + "\n")
+    fsync_dir(qdir)
+    fsync_dir(path.parent)
+    return dest
+
+
+def prune(root: Path, keep: int) -> None:
+    """Keep the newest `keep` complete checkpoints; remove older ones and stale temp folders."""
+    complete = [p for _s, p in step_dirs(root) if verify(p, checksums=False).ok]
+    for old in complete[keep:]:
+        shutil.rmtree(old)
+    for stale in root.glob(".step-*"):
+        if not stale.name.endswith(f".tmp-{os.getpid()}"):
+            shutil.rmtree(stale, ignore_errors=True)
+

@@ -1,0 +1,86 @@
+"""The deterministic order of training windows, and batches drawn from it.
+
+A part with W windows trained for E epochs is a sequence of W*E positions. Position p
+is window perm_e[p mod W] of epoch e = p div W, where perm_e is a permutation drawn from
+(seed, part id, e). So the whole data position is one integer, the cursor: the number
+of positions consumed. Positions inside `skip` ranges (windows that gave a non-finite
+loss) are stepped over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+
+from trainer.tokenfile import TokenPart
+
+
+def derive_seed(*parts: object) -> int:
+    """A stable 64-bit seed from any values (Python's hash() is salted per process)."""
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+class WindowOrder:
+    def __init__(self, n_windows: int, epochs: int, seed: int, part_id: str, skip: list[tuple[int, int]] = ()):
+        self.n_windows = n_windows
+        self.total = n_windows * epochs
+        self.seed = seed
+        self.part_id = part_id
+        self.skip = sorted((int(a), int(b)) for a, b in skip)
+        self._perms: dict[int, np.ndarray] = {}
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        if epoch not in self._perms:
+            rng = np.random.Generator(np.random.PCG64(derive_seed(self.seed, self.part_id, epoch)))
+            self._perms = {epoch: rng.permutation(self.n_windows)}  # keep one epoch in memory
+        return self._perms[epoch]
+
+    def usable(self) -> int:
+        """Positions that will be trained: all but the skipped ones."""
+        skipped = sum(max(0, min(b, self.total) - max(a, 0)) for a, b in self.skip)
+        return self.total - skipped
+
+    def take(self, cursor: int, count: int) -> tuple[np.ndarray, int]:
+        """The next `count` window indices from `cursor` (stepping over skips) and the new cursor.
+
+        Returns fewer than `count` only at the end of the sequence.
+        """
+        positions = []
+        p = cursor
+        while len(positions) < count and p < self.total:
+            hit = next(((a, b) for a, b in self.skip if a <= p < b), None)
+            if hit:
+                p = hit[1]
+                continue
+            positions.append(p)
+            p += 1
+        windows = np.array([self._perm(q // self.n_windows)[q % self.n_windows] for q in positions], dtype=np.int64)
+        return windows, p
+
+
+class Batches:
+    """Turns window indices into (x, y) tensors on the training device."""
+
+    def __init__(self, part: TokenPart, block_size: int, device: torch.device):
+        self.part = part
+        self.block_size = block_size
+        self.device = device
+        self._offsets = np.arange(block_size + 1, dtype=np.int64)
+
+    def get(self, windows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """windows (B,) -> x, y each (B, block_size) int64; y is x shifted by one token."""
+        starts = self.part.starts[windows].astype(np.int64)
+        rows = torch.from_numpy(self.part.tokens[starts[:, None] + self._offsets].astype(np.int64))
+        if self.device.type == "cuda":
+            rows = rows.pin_memory().to(self.device, non_blocking=True)
+        return rows[:, :-1], rows[:, 1:]
+
+
+def evenly_spaced(n_windows: int, count: int) -> np.ndarray:
+    """`count` window indices spread over the part (deterministic validation subset)."""
+    if count >= n_windows:
+        return np.arange(n_windows, dtype=np.int64)
+    return np.linspace(0, n_windows - 1, count).round().astype(np.int64)

@@ -1,0 +1,96 @@
+"""Choose device, precision, torch.compile and CPU threads, once, and say why.
+
+Precision by CUDA compute capability (auto):
+    8.0+        bf16 autocast, TF32 matmuls
+    7.x         fp16 autocast with a GradScaler
+    below 7.0   fp32 (Pascal, e.g. GTX 1050); fp16 only when asked for, to save memory
+torch.cuda.is_bf16_supported() is not consulted: it reports emulated bf16 on Pascal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+from dataclasses import dataclass
+
+import torch
+
+from runtime.spec import TrainConfig
+from trainer.errors import BadInput
+
+_AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Placement:
+    device: torch.device
+    precision: str  # fp32 | bf16 | fp16
+    compile: bool
+    threads: int | None  # CPU threads set, None on CUDA
+    why: str
+
+    @property
+    def use_scaler(self) -> bool:
+        return self.precision == "fp16"
+
+    def autocast(self):
+        dtype = _AUTOCAST[self.precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def describe(self) -> str:
+        parts = [str(self.device), self.precision, "compiled" if self.compile else "eager"]
+        if self.threads:
+            parts.append(f"{self.threads} threads")
+        return ", ".join(parts) + f" ({self.why})"
+
+
+def choose(cfg: TrainConfig) -> Placement:
+    if cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available()):
+        return _cpu(cfg)
+    if not torch.cuda.is_available():
+        raise BadInput(f"train.device is {cfg.device!r} but torch sees no CUDA device "
+                       f"(torch {torch.__version__}); install a CUDA build of torch or use \"cpu\"")
+    device = torch.device(cfg.device if cfg.device != "auto" else "cuda")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise BadInput(f"train.device: {cfg.device} does not exist ({torch.cuda.device_count()} CUDA devices)")
+    return _cuda(cfg, device)
+
+
+def _cpu(cfg: TrainConfig) -> Placement:
+    if cfg.precision == "fp16":
+        raise BadInput("train.precision: fp16 needs a CUDA device; on CPU use fp32 or bf16")
+    threads = cfg.cpu_threads or len(os.sched_getaffinity(0))
+    # Two torch processes that each use every core run ~25x slower; this worker takes
+    # exactly `threads` and nothing else torch-heavy should run beside it.
+    torch.set_num_threads(threads)
+    precision = "fp32" if cfg.precision == "auto" else cfg.precision
+    return Placement(torch.device("cpu"), precision, compile=cfg.compile is True, threads=threads,
+                     why="no CUDA device" if cfg.device == "auto" else "train.device is cpu")
+
+
+def _cuda(cfg: TrainConfig, device: torch.device) -> Placement:
+    major, minor = torch.cuda.get_device_capability(device)
+    cc = f"{major}.{minor}"
+    name = torch.cuda.get_device_name(device)
+    if cfg.precision == "auto":
+        precision = "bf16" if major >= 8 else "fp16" if major == 7 else "fp32"
+    elif cfg.precision == "bf16" and major < 8:
+        raise BadInput(f"train.precision: bf16 is only emulated on {name} (compute capability {cc}); "
+                       "use fp16 or fp32, or leave precision at auto")
+    else:
+        precision = cfg.precision
+    if major >= 8:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    can_compile = major >= 7 and importlib.util.find_spec("triton") is not None
+    use_compile = can_compile if cfg.compile == "auto" else bool(cfg.compile)
+    return Placement(device, precision, use_compile, threads=None, why=f"{name}, compute capability {cc}")
+
+
+def set_interop_threads() -> None:
+    """One inter-op thread: our graph is a sequential chain; must run before any torch work."""
+    with contextlib.suppress(RuntimeError):
+        torch.set_num_interop_threads(1)

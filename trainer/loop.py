@@ -1,0 +1,149 @@
+"""Optimizer steps over a part's window order. No files, no signals: the worker owns those.
+
+One optimizer step = up to grad_accum micro-batches of micro_batch windows. The loop
+syncs with the device once per optimizer step (loss and gradient norm together), and a
+step aborted between micro-batches leaves weights, optimizer and cursor untouched, so a
+checkpoint taken then is exactly the state after the previous step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from runtime.spec import WorkerSpec
+from trainer.data import Batches, WindowOrder
+from trainer.device import Placement
+from trainer.errors import NonFiniteLoss
+from trainer.lr import lr_multiplier
+
+
+@dataclass
+class Progress:
+    step: int = 0
+    cursor: int = 0
+    part_tokens: int = 0
+    global_tokens: int = 0
+    loss: float | None = None
+    done: bool = False
+
+
+@dataclass
+class StepResult:
+    loss: float
+    lr: float
+    grad_norm: float
+    tokens: int
+    seconds: float
+
+
+class Trainer:
+    def __init__(
+        self,
+        spec: WorkerSpec,
+        placement: Placement,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler,
+        order: WindowOrder,
+        batches: Batches,
+        progress: Progress,
+    ):
+        self.spec = spec
+        self.train = spec.train
+        self.placement = placement
+        self.model = model
+        self.optimizer = optimizer
+        self.scaler = scaler
+        self.order = order
+        self.batches = batches
+        self.progress = progress
+        self.params = [p for g in optimizer.param_groups for p in g["params"]]
+        self.window_tokens = batches.block_size  # predicted tokens per window
+
+    # -- sizes -----------------------------------------------------------------
+
+    def micro_batches_total(self) -> int:
+        return self.order.usable() // self.train.micro_batch
+
+    def steps_total(self) -> int:
+        return math.ceil(self.micro_batches_total() / self.train.grad_accum)
+
+    def tokens_total(self) -> int:
+        return self.micro_batches_total() * self.train.micro_batch * self.window_tokens
+
+    def finished(self) -> bool:
+        windows, _ = self.order.take(self.progress.cursor, self.train.micro_batch)
+        return len(windows) < self.train.micro_batch
+
+    # -- one optimizer step ------------------------------------------------------
+
+    def step(self, abort: Callable[[], bool]) -> StepResult | None:
+        """Train one optimizer step; None if `abort()` turned true before it completed."""
+        mb, p = self.train.micro_batch, self.progress
+        windows, new_cursor = self.order.take(p.cursor, mb * self.train.grad_accum)
+        n_micro = len(windows) // mb  # a partial micro-batch at the very end is dropped
+        if n_micro == 0:
+            return None
+        tokens = n_micro * mb * self.window_tokens
+        lr = self.train.lr * self.spec.lr_scale * lr_multiplier(
+            p.global_tokens + tokens, self.spec.chain_total_tokens, self.train
+        )
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+        t0 = time.perf_counter()
+        loss_sum = torch.zeros((), device=self.placement.device)
+        for i in range(n_micro):
+            if abort():
+                self.optimizer.zero_grad(set_to_none=True)
+                return None
+            x, y = self.batches.get(windows[i * mb : (i + 1) * mb])
+            with self.placement.autocast():
+                _, loss = self.model(x, y)
+            loss = loss / n_micro
+            self.scaler.scale(loss).backward()
+            loss_sum += loss.detach()
+
+        self.scaler.unscale_(self.optimizer)
+        max_norm = self.train.grad_clip if self.train.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        loss_value, norm_value = torch.stack([loss_sum.float(), grad_norm.float()]).tolist()  # the one sync
+        # With a GradScaler an infinite gradient is routine (the scaler skips the step);
+        # without one it would poison the weights.
+        if not math.isfinite(loss_value) or (not self.scaler.is_enabled() and not math.isfinite(norm_value)):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLoss(p.step + 1, (p.cursor, new_cursor), loss_value)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+
+        p.step += 1
+        p.cursor = new_cursor
+        p.part_tokens += tokens
+        p.global_tokens += tokens
+        p.loss = loss_value
+        return StepResult(loss_value, lr, norm_value, tokens, time.perf_counter() - t0)
+
+    # -- evaluation ----------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module, batches: Batches, windows: np.ndarray) -> float:
+        """Mean loss over the given windows of a (validation) part."""
+        model.eval()
+        total, count = 0.0, 0
+        mb = self.train.micro_batch
+        for i in range(0, len(windows), mb):
+            chunk = windows[i : i + mb]
+            x, y = batches.get(chunk)
+            with self.placement.autocast():
+                _, loss = model(x, y)
+            total += loss.item() * len(chunk)
+            count += len(chunk)
+        model.train()
+        return total / max(count, 1)

@@ -1,0 +1,129 @@
+"""Token parts on disk: open them through numpy.memmap (never loaded whole), write them
+atomically. Numpy only; the format itself is runtime.tokens."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from runtime.atomic import atomic_write_json, fsync_dir, temp_path_for
+from runtime.checkpoint import sha256_file
+from runtime.tokens import DTYPE_BYTES, MANIFEST_NAME, ManifestError, PartInfo, TokenManifest, load_manifest
+from trainer.errors import BadInput
+
+INDEX_DTYPE = np.dtype("<u8")
+
+
+@dataclass
+class TokenPart:
+    """One part: its tokens and its window starts, both memory-mapped."""
+
+    manifest_path: Path
+    manifest: TokenManifest
+    info: PartInfo
+    tokens: np.ndarray  # (N,) uint16 or uint32
+    starts: np.ndarray  # (W,) uint64, ascending
+
+    @property
+    def n_windows(self) -> int:
+        return int(self.starts.shape[0])
+
+
+def _token_dtype(name: str) -> np.dtype:
+    return np.dtype(name).newbyteorder("<")
+
+
+def open_part(manifest_path: Path, name: str, *, verify: bool = True) -> TokenPart:
+    """Open a part by name; every problem is a BadInput naming the file."""
+    try:
+        manifest = load_manifest(manifest_path)
+    except ManifestError as e:
+        raise BadInput(str(e)) from None
+    try:
+        info = manifest.part(name)
+    except KeyError:
+        raise BadInput(f"{manifest_path}: has no part named {name!r}") from None
+    folder = manifest_path.parent
+    tok_path, idx_path = folder / info.file, folder / info.index
+    _check_size(tok_path, info.tokens * DTYPE_BYTES[manifest.dtype], f"{info.tokens} {manifest.dtype} tokens")
+    _check_size(idx_path, info.windows * INDEX_DTYPE.itemsize, f"{info.windows} uint64 window starts")
+    if info.tokens == 0 or info.windows == 0:
+        raise BadInput(f"{tok_path}: the part is empty (no tokens or no windows)")
+    if verify:
+        for path, want in ((tok_path, info.sha256), (idx_path, info.index_sha256)):
+            if sha256_file(path) != want:
+                raise BadInput(f"{path}: sha256 does not match {manifest_path} (the file was changed or damaged)")
+    tokens = np.memmap(tok_path, dtype=_token_dtype(manifest.dtype), mode="r", shape=(info.tokens,))
+    starts = np.memmap(idx_path, dtype=INDEX_DTYPE, mode="r", shape=(info.windows,))
+    return TokenPart(manifest_path, manifest, info, tokens, starts)
+
+
+def _check_size(path: Path, want: int, what: str) -> None:
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise BadInput(f"{path}: missing (the manifest lists it)") from None
+    if size != want:
+        state = "truncated" if size < want else "longer than the manifest says"
+        raise BadInput(f"{path}: {state}: {size} bytes, expected {want} ({what})")
+
+
+def check_windows(part: TokenPart, block_size: int) -> None:
+    """Every window must hold block_size + 1 tokens inside the part."""
+    if part.manifest.block_size < block_size:
+        raise BadInput(
+            f"{part.manifest_path}: prepared for block_size {part.manifest.block_size}, the model uses "
+            f"{block_size}; run `orchestrator prepare` again with --block-size {block_size}"
+        )
+    last = int(part.starts[-1])
+    if last + block_size + 1 > part.info.tokens:
+        raise BadInput(
+            f"{part.manifest_path.parent / part.info.index}: window at {last} runs past the end "
+            f"of the part ({part.info.tokens} tokens)"
+        )
+
+
+def write_part(folder: Path, name: str, tokens: np.ndarray, starts: np.ndarray, documents: int, dtype: str) -> PartInfo:
+    """Write `<name>.bin` and `<name>.idx` durably; returns the manifest entry."""
+    files = {}
+    for suffix, array in ((".bin", np.asarray(tokens, dtype=_token_dtype(dtype))), (".idx", np.asarray(starts, dtype=INDEX_DTYPE))):
+        files[suffix] = _write_array(folder / f"{name}{suffix}", array)
+    return PartInfo(
+        name=name,
+        file=f"{name}.bin",
+        index=f"{name}.idx",
+        tokens=int(len(tokens)),
+        windows=int(len(starts)),
+        documents=documents,
+        sha256=files[".bin"],
+        index_sha256=files[".idx"],
+    )
+
+
+def _write_array(path: Path, array: np.ndarray) -> str:
+    data = np.ascontiguousarray(array).tobytes()
+    tmp = temp_path_for(path)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_manifest(folder: Path, manifest: TokenManifest) -> Path:
+    """Write manifest.json last: a directory without it is not a finished preparation."""
+    path = folder / MANIFEST_NAME
+    atomic_write_json(path, manifest.model_dump(mode="json"))
+    return path
+
+
+def stride_starts(n_tokens: int, block_size: int, stride: int | None = None) -> np.ndarray:
+    """Window starts every `stride` tokens (default block_size), each window inside the part."""
+    stride = stride or block_size
+    return np.arange(0, max(n_tokens - block_size, 0), stride, dtype=np.uint64)

@@ -1,0 +1,404 @@
+"""python -m trainer.worker --spec SPEC.json: train one part of a chain, resumably.
+
+Started again on the same spec, it continues from its newest complete checkpoint in the
+work dir. Exit codes (runtime.workerfiles): 0 done, 75 stopped on request, 90 out of
+memory, 91 non-finite loss, 1 anything else (error.json says what), 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import ValidationError
+
+from model.config import ConfigError, config_from_dict
+from model.gpt import GPT
+from runtime.atomic import append_line, atomic_write_text, read_jsonl
+from runtime.checkpoint import CheckpointMeta, verify
+from runtime.paths import WorkPaths
+from runtime.spec import WorkerSpec, load_spec
+from runtime.validation import describe
+from runtime.workerfiles import (
+    EXIT_DONE, EXIT_ERROR, EXIT_NONFINITE, EXIT_OOM, EXIT_STOPPED,
+    Control, ErrorReport, Heartbeat, Result, read_model, write_model,
+)
+from trainer import checkpoint, device, optim
+from trainer.data import Batches, WindowOrder, derive_seed, evenly_spaced
+from trainer.errors import BadInput, NonFiniteLoss
+from trainer.loop import Progress, StepResult, Trainer
+from trainer.tokenfile import check_windows, open_part
+
+log = logging.getLogger("worker")
+
+
+class Worker:
+    def __init__(self, spec: WorkerSpec):
+        self.spec = spec
+        self.work = WorkPaths(spec.work_dir)
+        self.stop_reason: str | None = None
+        self.parent_pid = os.getppid()
+        self.control = Control()
+        self._control_stamp: tuple[int, int] | None = None
+        self.checkpoints_done = 0  # control.checkpoint requests honoured
+        self.phase = "starting"
+        self.last_beat = 0.0
+        self.last_note = 0.0
+        self.last_ckpt: tuple[int, float] | None = None  # (step, time)
+        self.paused_seconds = 0.0
+        self.train_seconds = 0.0  # inside optimizer steps, this run only
+        self.tokens_per_s: float | None = None
+        self.last_lr: float | None = None
+        self.trainer: Trainer | None = None
+        self.resumed_from: Path | None = None
+        self.acked_seq = 0  # the control seq last echoed in a heartbeat
+        self.started = time.time()
+
+    # -- signals and stopping ----------------------------------------------------
+
+    def install_signals(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum, _frame) -> None:
+        self.stop_reason = signal.Signals(signum).name  # only record; the loop acts
+
+    def should_stop(self) -> bool:
+        if self.stop_reason is None and os.getppid() != self.parent_pid:
+            self.stop_reason = "the daemon went away"  # orphaned: checkpoint and exit
+        return self.stop_reason is not None
+
+    # -- the part ------------------------------------------------------------------
+
+    def run(self) -> int:
+        spec, train = self.spec, self.spec.train
+        self.work.root.mkdir(parents=True, exist_ok=True)
+        self.work.checkpoints.mkdir(exist_ok=True)
+        self.beat(force=True)
+
+        self.placement = device.choose(train)
+        log.info("part %s on %s", spec.part_id, self.placement.describe())
+        cfg = self._model_config()
+        part = self._open(spec.data.manifest, spec.data.part, cfg)
+        self.val = self._open(spec.val.manifest, spec.val.part, cfg) if spec.val and train.eval_windows else None
+
+        torch.manual_seed(derive_seed(train.seed, "init"))  # the chain's initial weights
+        self.raw_model = GPT(cfg).to(self.placement.device)
+        self.optimizer = optim.build(self.raw_model, train, self.placement.device)
+        self.scaler = torch.amp.GradScaler(self.placement.device.type, enabled=self.placement.use_scaler)
+        progress = self._restore(cfg.to_dict())
+
+        model = self.raw_model
+        if self.placement.compile:
+            model = torch.compile(self.raw_model)
+        order = WindowOrder(part.n_windows, spec.epochs, train.seed, spec.part_id, spec.skip_windows)
+        batches = Batches(part, cfg.block_size, self.placement.device)
+        self.trainer = Trainer(spec, self.placement, model, self.optimizer, self.scaler, order, batches, progress)
+        if progress.done:
+            log.info("the final checkpoint exists already; reporting it")
+            return self._finish(already_saved=True)
+        return self._train()
+
+    def _model_config(self):
+        try:
+            return config_from_dict(self.spec.model)
+        except ConfigError as e:
+            raise BadInput(f"spec: {e}") from None
+
+    def _open(self, manifest: Path, name: str, cfg):
+        part = open_part(manifest, name)
+        tok = part.manifest.tokenizer
+        if self.spec.tokenizer_sha256 and tok.sha256 != self.spec.tokenizer_sha256:
+            raise BadInput(f"{manifest}: made with a different tokenizer (sha256 {tok.sha256[:12]}..., "
+                           f"the schedule's is {self.spec.tokenizer_sha256[:12]}...); prepare it again")
+        if tok.vocab_size > cfg.vocab_size:
+            raise BadInput(f"{manifest}: tokenizer vocabulary {tok.vocab_size} exceeds model.vocab_size "
+                           f"{cfg.vocab_size}; raise vocab_size or use the matching tokenizer")
+        check_windows(part, cfg.block_size)
+        return part
+
+    def _restore(self, model_cfg: dict) -> Progress:
+        spec, dev = self.spec, self.placement.device
+        resume = checkpoint.find_resume_point(self.work.checkpoints, log.warning)
+        if resume:
+            meta = checkpoint.load_weights(resume, self.raw_model, dev, model_cfg)
+            if meta.part_id != spec.part_id:
+                raise BadInput(f"{resume}: belongs to part {meta.part_id}, not {spec.part_id}; "
+                               "this work dir is another part's")
+            checkpoint.load_optimizer(resume, self.optimizer, self.scaler, dev)
+            checkpoint.load_rng(resume, meta)
+            optim.apply_config(self.optimizer, spec.train)
+            self._truncate_metrics(meta.step)
+            self.last_ckpt = (meta.step, time.time())
+            self.resumed_from = resume
+            log.info("resuming from %s: step %d, cursor %d, %d tokens", resume.name, meta.step, meta.cursor, meta.part_tokens)
+            return Progress(meta.step, meta.cursor, meta.part_tokens, meta.global_tokens, meta.loss, meta.done)
+        if spec.init_checkpoint:
+            verdict = verify(spec.init_checkpoint)
+            if not verdict.ok:
+                raise BadInput(f"{spec.init_checkpoint}: the starting checkpoint is damaged: {verdict.reason}")
+            meta = checkpoint.load_weights(spec.init_checkpoint, self.raw_model, dev, model_cfg)
+            checkpoint.load_optimizer(spec.init_checkpoint, self.optimizer, self.scaler, dev)
+            optim.apply_config(self.optimizer, spec.train)
+            if meta.global_tokens != spec.token_offset:
+                log.warning("starting checkpoint has %d global tokens, the spec says %d; using the spec",
+                            meta.global_tokens, spec.token_offset)
+            log.info("starting from %s (%s)", spec.init_checkpoint.name, meta.part_id)
+        self._seed_rngs()
+        self._truncate_metrics(0)
+        return Progress(global_tokens=spec.token_offset)
+
+    def _seed_rngs(self) -> None:
+        seed = derive_seed(self.spec.train.seed, self.spec.part_id)
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+
+    def _train(self) -> int:
+        trainer, train = self.trainer, self.spec.train
+        self.phase = "compiling" if self.placement.compile else "training"
+        self.beat(force=True)
+        log.info("training: %d steps, %d tokens from cursor %d", trainer.steps_total(), trainer.tokens_total(),
+                 trainer.progress.cursor)
+        while not trainer.finished():
+            self.handle_control()
+            if self.should_stop():
+                break
+            result = trainer.step(self.should_stop)
+            if result is None:
+                break
+            self.phase = "training"
+            self.after_step(result)
+            if time.time() - self._last_ckpt_time() >= train.checkpoint_interval_s and not trainer.finished():
+                self.save()
+            self.step_delay()
+        if not trainer.finished():
+            log.info("stopping (%s)", self.stop_reason)
+            if self.last_ckpt is None or self.last_ckpt[0] != trainer.progress.step:
+                self.save()
+            self.phase = "done"
+            self.beat(force=True)
+            return EXIT_STOPPED
+        return self._finish()
+
+    def _finish(self, already_saved: bool = False) -> int:
+        trainer = self.trainer
+        if already_saved:
+            final = self.resumed_from
+            val_loss = checkpoint.read_meta(final).val_loss
+        else:
+            val_loss = self.evaluate()
+            final = self.save(done=True, val_loss=val_loss)
+        p = trainer.progress
+        result = Result(
+            checkpoint=str(final.relative_to(self.work.root)), step=p.step, part_tokens=p.part_tokens,
+            global_tokens=p.global_tokens, loss=p.loss, val_loss=val_loss,
+            train_seconds=round(self.train_seconds, 3), paused_seconds=round(self.paused_seconds, 3),
+        )
+        write_model(self.work.result, result, fault="result")
+        self.phase = "done"
+        self.beat(force=True)
+        log.info("part done: %d steps, %d tokens, loss %s, val_loss %s", p.step, p.part_tokens,
+                 _fmt(p.loss), _fmt(val_loss))
+        return EXIT_DONE
+
+    def evaluate(self) -> float | None:
+        if self.val is None:
+            return None
+        self.phase = "evaluating"
+        self.beat(force=True)
+        windows = evenly_spaced(self.val.n_windows, self.spec.train.eval_windows)
+        batches = Batches(self.val, self.raw_model.config.block_size, self.placement.device)
+        return self.trainer.evaluate(self.raw_model, batches, windows)
+
+    # -- between steps -------------------------------------------------------------
+
+    def after_step(self, r: StepResult) -> None:
+        p = self.trainer.progress
+        rate = r.tokens / max(r.seconds, 1e-9)
+        self.tokens_per_s = rate if self.tokens_per_s is None else 0.9 * self.tokens_per_s + 0.1 * rate
+        self.last_lr = r.lr
+        self.train_seconds += r.seconds
+        if p.step % self.spec.train.log_interval_steps == 0:
+            line = {"step": p.step, "part_tokens": p.part_tokens, "global_tokens": p.global_tokens,
+                    "loss": r.loss, "lr": r.lr, "grad_norm": r.grad_norm, "step_ms": round(r.seconds * 1000, 2),
+                    "tokens_per_s": round(rate, 1), "time": round(time.time(), 3)}
+            append_line(self.work.metrics, json.dumps(line), sync=False)
+        now = time.time()
+        if now - self.last_note >= 10:
+            self.last_note = now
+            log.info("step %d/%d  loss %.4f  lr %.2e  %.0f tok/s", p.step, self.trainer.steps_total(), r.loss,
+                     r.lr, self.tokens_per_s)
+        self.beat()
+
+    def read_control(self) -> Control:
+        try:
+            st = os.stat(self.work.control)
+        except FileNotFoundError:
+            return self.control
+        stamp = (st.st_mtime_ns, st.st_size)
+        if stamp != self._control_stamp:
+            self._control_stamp = stamp
+            self.control = read_model(self.work.control, Control) or self.control
+        return self.control
+
+    def handle_control(self) -> None:
+        c = self.read_control()
+        if c.checkpoint > self.checkpoints_done:
+            self.checkpoints_done = c.checkpoint
+            if self.last_ckpt is None or self.last_ckpt[0] != self.trainer.progress.step:
+                self.save()
+        if c.pause and not self.should_stop():
+            self.pause()
+        self.beat(force=self.control.seq != self.acked_seq)
+
+    def pause(self) -> None:
+        started = time.monotonic()
+        log.info("paused: %s", self.control.reason or "requested")
+        self.phase = "paused"
+        self.beat(force=True)
+        while self.read_control().pause and not self.should_stop():
+            if self.control.checkpoint > self.checkpoints_done:
+                self.checkpoints_done = self.control.checkpoint
+                if self.last_ckpt is None or self.last_ckpt[0] != self.trainer.progress.step:
+                    self.save()
+                self.phase = "paused"
+            self.beat(force=self.control.seq != self.acked_seq)
+            time.sleep(0.1)
+        self.paused_seconds += time.monotonic() - started
+        self.phase = "training"
+        log.info("resumed after %.1fs paused", time.monotonic() - started)
+
+    def step_delay(self) -> None:
+        """The thermal governor's duty cycle: idle between steps, still responsive."""
+        end = time.monotonic() + self.read_control().step_delay_s
+        while time.monotonic() < end and not self.should_stop() and not self.read_control().pause:
+            time.sleep(min(0.05, end - time.monotonic()))
+
+    def save(self, done: bool = False, val_loss: float | None = None) -> Path:
+        p = self.trainer.progress
+        self.phase, before = "saving", self.phase
+        self.beat(force=True)
+        started = time.monotonic()
+        rng = checkpoint.rng_state()
+        meta = CheckpointMeta(
+            part_id=self.spec.part_id, stage=self.spec.stage, step=p.step, cursor=p.cursor,
+            part_tokens=p.part_tokens, global_tokens=p.global_tokens, done=done,
+            model=self.raw_model.config.to_dict(), tokenizer_sha256=self.spec.tokenizer_sha256,
+            micro_batch=self.spec.train.micro_batch, grad_accum=self.spec.train.grad_accum,
+            lr_scale=self.spec.lr_scale, loss=p.loss, val_loss=val_loss,
+            rng_python=rng["python"], rng_numpy=rng["numpy"],
+            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        )
+        path = checkpoint.save(self.work.checkpoints, p.step, model=self.raw_model, optimizer=self.optimizer,
+                               scaler=self.scaler, meta=meta)
+        checkpoint.prune(self.work.checkpoints, self.spec.train.keep_checkpoints)
+        self.last_ckpt = (p.step, time.time())
+        self.phase = before
+        log.info("checkpoint %s written in %.2fs", path.name, time.monotonic() - started)
+        self.beat(force=True)
+        return path
+
+    def _last_ckpt_time(self) -> float:
+        return self.last_ckpt[1] if self.last_ckpt else self.started
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop metric lines past the resume point: those steps are trained again."""
+        if not self.work.metrics.exists():
+            return
+        kept = [json.dumps(m) for m in read_jsonl(self.work.metrics) if m.get("step", 0) <= step]
+        atomic_write_text(self.work.metrics, "".join(line + "\n" for line in kept))
+
+    def beat(self, force: bool = False) -> None:
+        now = time.time()
+        if not force and now - self.last_beat < self.spec.train.heartbeat_interval_s:
+            return
+        self.last_beat = now
+        t = self.trainer
+        p = t.progress if t else Progress(global_tokens=self.spec.token_offset)
+        placement = getattr(self, "placement", None)
+        self.acked_seq = self.control.seq
+        write_model(self.work.heartbeat, Heartbeat(
+            pid=os.getpid(), time=now, phase=self.phase, step=p.step,
+            steps_total=t.steps_total() if t else 0, part_tokens=p.part_tokens,
+            part_tokens_total=t.tokens_total() if t else 0, global_tokens=p.global_tokens,
+            loss=p.loss, lr=self.last_lr, tokens_per_s=self.tokens_per_s,
+            paused_reason=self.control.reason if self.phase == "paused" else None,
+            control_seq=self.control.seq,
+            last_checkpoint_step=self.last_ckpt[0] if self.last_ckpt else None,
+            last_checkpoint_time=self.last_ckpt[1] if self.last_ckpt else None,
+            device=str(placement.device) if placement else None,
+            precision=placement.precision if placement else None,
+        ), fault="heartbeat")
+
+    def report(self, report: ErrorReport) -> None:
+        try:
+            write_model(self.work.error, report)
+        except OSError as e:  # the work dir itself may be the problem
+            log.error("could not write %s: %s", self.work.error, e)
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"
+
+
+def _is_oom(e: BaseException) -> bool:
+    return isinstance(e, torch.OutOfMemoryError) or (
+        isinstance(e, RuntimeError) and "can't allocate memory" in str(e)
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainer.worker", description=__doc__.splitlines()[0])
+    parser.add_argument("--spec", required=True, type=Path, help="the part's resolved spec (JSON)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+                        datefmt="%Y-%m-%d %H:%M:%S")
+    device.set_interop_threads()
+    try:
+        spec = load_spec(args.spec)
+    except FileNotFoundError:
+        log.error("%s: no such spec file", args.spec)
+        return EXIT_ERROR
+    except ValidationError as e:
+        log.error("%s: invalid spec:\n  %s", args.spec, "\n  ".join(describe(e)))
+        return EXIT_ERROR
+    except ValueError as e:
+        log.error("%s: not valid JSON: %s", args.spec, e)
+        return EXIT_ERROR
+
+    worker = Worker(spec)
+    worker.install_signals()
+    try:
+        return worker.run()
+    except BadInput as e:
+        log.error("%s", e)
+        worker.report(ErrorReport(kind="bad_input", message=str(e), retryable=False))
+        return EXIT_ERROR
+    except NonFiniteLoss as e:
+        log.error("%s", e)
+        worker.report(ErrorReport(kind="nonfinite", message=str(e), step=e.step, window_range=e.window_range,
+                                  cursor=e.window_range[0]))
+        return EXIT_NONFINITE
+    except Exception as e:
+        if _is_oom(e):
+            log.error("out of memory at micro_batch %d: %s", spec.train.micro_batch, str(e).splitlines()[0])
+            worker.report(ErrorReport(kind="oom", message=str(e).splitlines()[0], micro_batch=spec.train.micro_batch))
+            return EXIT_OOM
+        log.error("worker failed:\n%s", traceback.format_exc())
+        worker.report(ErrorReport(kind="error", message=f"{type(e).__name__}: {e}"))
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
