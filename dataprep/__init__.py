@@ -1,0 +1,2 @@
+"""Corpus preparation: tokenizer training and corpus -> token parts (`orchestrator
+tokenizer train`, `orchestrator prepare`). Never imports torch."""
