@@ -1,0 +1,112 @@
+"""In-process tests of the pure pieces: model config, network, LR curve, data order, param groups."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from model.config import ConfigError, GPTConfig, config_from_dict
+from model.gpt import GPT, generate
+from runtime.spec import TrainConfig
+from tests.helpers import REPO, env
+from trainer.data import WindowOrder
+from trainer.lr import lr_multiplier
+from trainer.optim import param_groups
+
+SMALL = GPTConfig(vocab_size=96, block_size=24, n_layer=2, n_head=2, n_embd=32)
+
+
+def test_config_from_json_names_the_field_and_needs_no_torch():
+    code = ("import sys; from model.config import config_from_dict; "
+            "c = config_from_dict({'preset': 'gpt2'}); assert 'torch' not in sys.modules; print(c.n_params())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env(), cwd=REPO, check=True)
+    assert 124_000_000 < int(out.stdout) < 125_000_000
+    with pytest.raises(ConfigError, match=r"model\.n_layr: unknown field"):
+        config_from_dict({"n_layr": 2})
+    with pytest.raises(ConfigError, match=r"model\.n_head: 5 heads do not divide n_embd=64"):
+        config_from_dict({"n_embd": 64, "n_head": 5})
+    with pytest.raises(ConfigError, match=r"model\.block_size: expected int"):
+        config_from_dict({"block_size": "256"})
+
+
+def test_param_count_matches_the_torch_free_estimate():
+    for cfg in (SMALL, GPTConfig(vocab_size=100, block_size=8, n_layer=1, n_head=1, n_embd=16, bias=True)):
+        assert sum(p.numel() for p in GPT(cfg).parameters()) == cfg.n_params()
+
+
+def test_gpt2_init_scales_residual_projections():
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=64, block_size=8, n_layer=8, n_head=4, n_embd=256)
+    model = GPT(cfg)
+    proj = model.blocks[0].attn.c_proj.weight.std().item()
+    fc = model.blocks[0].mlp.c_fc.weight.std().item()
+    assert fc == pytest.approx(0.02, rel=0.05)
+    assert proj == pytest.approx(0.02 / (2 * cfg.n_layer) ** 0.5, rel=0.05)
+    assert model.lm_head.weight is model.wte.weight
+
+
+def test_kv_cache_generation_equals_full_recomputation():
+    torch.manual_seed(1)
+    model = GPT(SMALL).eval()
+    prompt = torch.randint(0, SMALL.vocab_size, (2, 5))
+    # 40 new tokens run past block_size 24: the window slides and still matches
+    cached = torch.cat(list(generate(model, prompt, 40, temperature=0)), dim=1)
+    full = torch.cat(list(generate(model, prompt, 40, temperature=0, use_cache=False)), dim=1)
+    assert torch.equal(cached, full)
+
+
+def test_sampling_is_deterministic_with_a_seeded_generator():
+    model = GPT(SMALL).eval()
+    prompt = torch.zeros((1, 1), dtype=torch.long)
+    runs = [torch.cat(list(generate(model, prompt, 20, temperature=1.0, top_k=10,
+                                    generator=torch.Generator().manual_seed(3))), 1) for _ in range(2)]
+    assert torch.equal(*runs)
+
+
+def test_weight_decay_only_on_matrices():
+    model = GPT(GPTConfig(vocab_size=64, block_size=8, n_layer=2, n_head=2, n_embd=32, bias=True))
+    decay, no_decay = param_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert decayed and all(n.endswith("weight") and "ln" not in n and "wte" not in n and "wpe" not in n for n in decayed)
+    assert {"wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias"} <= {names[id(p)] for p in no_decay["params"]}
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_lr_curve_spans_the_chain():
+    cfg = TrainConfig(warmup_tokens=1000, decay_fraction=0.2, min_lr_ratio=0.1)
+    total = 10_000
+    assert lr_multiplier(500, total, cfg) == pytest.approx(0.5)
+    assert lr_multiplier(1000, total, cfg) == 1.0
+    assert lr_multiplier(8000, total, cfg) == 1.0  # stable until the last 20%
+    assert lr_multiplier(9000, total, cfg) == pytest.approx(0.55)
+    assert lr_multiplier(10_000, total, cfg) == pytest.approx(0.1)
+    assert lr_multiplier(20_000, total, cfg) == pytest.approx(0.1)
+    # Appending parts (a larger total) leaves everything before the old decay unchanged.
+    assert all(lr_multiplier(t, total, cfg) == lr_multiplier(t, 2 * total, cfg) for t in range(0, 8001, 100))
+    cos = TrainConfig(warmup_tokens=0, lr_schedule="cosine", min_lr_ratio=0.0)
+    assert lr_multiplier(5000, total, cos) == pytest.approx(0.5)
+
+
+def test_window_order_is_a_deterministic_permutation_per_epoch():
+    order = WindowOrder(100, epochs=2, seed=1, part_id="s/p")
+    windows, cursor = order.take(0, 200)
+    assert cursor == 200
+    assert sorted(windows[:100]) == list(range(100)) and sorted(windows[100:]) == list(range(100))
+    assert not np.array_equal(windows[:100], windows[100:])  # reshuffled each epoch
+    again = WindowOrder(100, epochs=2, seed=1, part_id="s/p")
+    assert np.array_equal(np.concatenate([again.take(c, 7)[0] for c in range(0, 200, 7)]), windows)
+    assert not np.array_equal(WindowOrder(100, 2, 1, "s/q").take(0, 100)[0], windows[:100])
+
+
+def test_window_order_steps_over_skipped_ranges():
+    order = WindowOrder(50, epochs=1, seed=0, part_id="x", skip=[(10, 18)])
+    full = WindowOrder(50, epochs=1, seed=0, part_id="x")
+    taken, cursor = order.take(8, 4)
+    assert cursor == 20
+    assert np.array_equal(taken, full.take(8, 12)[0][[0, 1, 10, 11]])
+    assert order.usable() == 42
