@@ -76,6 +76,7 @@ class GPTConfig:
         return dataclasses.asdict(self)
 
 
+# vocab_size is not part of a preset: the schedule takes it from the tokenizer.
 # Approximate training memory: 16 bytes a parameter (fp32 weights, grads, two Adam
 # moments) plus activations. tiny/mini fit a 2 GB card; gpt2 (124M, ~2 GB of state
 # before activations) needs a 4 GB card with a small micro-batch, fp16 where supported.
@@ -83,7 +84,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(n_layer=4, n_head=4, n_embd=256, block_size=256),
     "mini": dict(n_layer=6, n_head=6, n_embd=384, block_size=256),
     "small": dict(n_layer=8, n_head=8, n_embd=512, block_size=512),
-    "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50304),
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024),
 }
 
 FIELDS = tuple(f.name for f in dataclasses.fields(GPTConfig))

@@ -32,12 +32,52 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    p = sub.add_parser("run", help="the daemon: run the schedule's chain of parts (foreground; systemd runs this)")
+    p.add_argument("--schedule", type=Path, required=True, help="the schedule file (JSON)")
+    p.add_argument("--run-dir", type=Path, help="default: runs/<schedule name>/ beside the schedule")
+    p.add_argument("--exit-when-done", action="store_true",
+                   help="exit 0 when every part is done (1 if the chain fails) instead of idling for more parts")
+    _handler(p, "orchestrator.daemon:cmd_run")
+
     p = sub.add_parser("validate", help="check a schedule file; exit 0 if valid, 1 with every error")
     p.add_argument("schedule", type=Path)
-    _handler(p, "orchestrator.commands_schedule:cmd_validate")
+    _handler(p, "orchestrator.schedule:cmd_validate")
 
     p = sub.add_parser("schema", help="print the schedule's JSON Schema (for editor autocompletion)")
-    _handler(p, "orchestrator.commands_schedule:cmd_schema")
+    _handler(p, "orchestrator.schedule:cmd_schema")
+
+    p = sub.add_parser("status", help="the chain at a glance (reads files only; fast)")
+    _run_dir_arg(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--watch", action="store_true", help="refresh until interrupted")
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes with --watch")
+    p.add_argument("--all", action="store_true", help="list every part (long runs are folded otherwise)")
+    _handler(p, "orchestrator.status:cmd_status")
+
+    p = sub.add_parser("logs", help="print the runtime log; -f follows it")
+    _run_dir_arg(p)
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    p.add_argument("-n", "--lines", type=int, default=50, help="lines of history to print first (default 50)")
+    _handler(p, "orchestrator.logs:cmd_logs")
+
+    for name, help_ in (("pause", "pause training after the current step (survives daemon restarts)"),
+                        ("resume", "undo `pause`"),
+                        ("stop", "stop the daemon warmly: the worker checkpoints, then the daemon exits")):
+        p = sub.add_parser(name, help=help_)
+        _run_dir_arg(p)
+        if name == "pause":
+            p.add_argument("--reason", help="shown by status")
+        if name in ("pause", "stop"):
+            p.add_argument("--no-wait", dest="wait", action="store_false",
+                           help="return once the daemon has the request, without waiting for it to take effect")
+            p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait (default 600)")
+        _handler(p, "orchestrator.requests:cmd_request")
+    for name, help_ in (("skip", "leave a part out of the chain (the running one is stopped)"),
+                        ("retry", "queue a failed or skipped part again; it runs next")):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("part", help="STAGE/PART, or PART when unique")
+        _run_dir_arg(p)
+        _handler(p, "orchestrator.requests:cmd_request")
 
     from dataprep.commands import register as register_dataprep  # argparse only; the work imports lazily
 

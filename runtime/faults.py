@@ -38,3 +38,15 @@ def point(name: str) -> None:
     _hits[name] = _hits.get(name, 0) + 1
     if _hits[name] == want:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def setting(name: str) -> int | None:
+    """A simulated failure for tests: ORCHESTRATOR_FAULT_<NAME>=N, or None when unset.
+
+    OOM_ABOVE_MICRO_BATCH=N  the worker raises a real torch OutOfMemoryError while its
+                             micro-batch exceeds N (the daemon must halve it)
+    NAN_AT_CURSOR=P          the loss of the optimizer step that trains position P of the
+                             part's window order is NaN (the daemon must skip it)
+    """
+    raw = os.environ.get(f"{ENV}_{name}")
+    return int(raw) if raw else None

@@ -143,5 +143,9 @@ class WorkPaths:
         return self.root / "worker.log"
 
     @property
+    def lock(self) -> Path:
+        return self.root / "worker.lock"
+
+    @property
     def checkpoints(self) -> Path:
         return self.root / "ckpt"

@@ -99,3 +99,71 @@ def wait_for(predicate, timeout: float = 60, what: str = "condition", interval: 
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+# -- the daemon ----------------------------------------------------------------------------
+
+TRAIN_FAST = {"micro_batch": 4, "grad_accum": 2, "lr": 3e-3, "warmup_tokens": 2048, "cpu_threads": 1,
+              "heartbeat_interval_s": 0.2, "eval_windows": 8}
+
+
+def make_chain(root: Path, parts: int = 3, tokens: int = 6000, train: dict | None = None,
+               supervisor: dict | None = None, stages: list | None = None) -> Path:
+    """Two stages of `parts` parts each (wiki-style, then domain) and a schedule; returns it."""
+    make_token_dir(root / "data" / "wiki", parts=parts, tokens=tokens, seed=0)
+    make_token_dir(root / "data" / "domain", parts=parts, tokens=tokens, seed=100)
+    schedule = {
+        "name": "chain",
+        "model": {"block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 32},
+        "train": {**TRAIN_FAST, **(train or {})},
+        "supervisor": {"backoff_s": 0.2, "heartbeat_timeout_s": 60, **(supervisor or {})},
+        "stages": stages or [
+            {"name": "wiki", "parts": ["data/wiki/part-*.bin"]},
+            {"name": "domain", "parts": ["data/domain"], "train": {"lr": 1e-3}},
+        ],
+    }
+    path = root / "schedule.json"
+    path.write_text(json.dumps(schedule, indent=2))
+    return path
+
+
+def start_daemon(schedule: Path, log: Path, *args: str, extra_env: dict | None = None) -> subprocess.Popen:
+    e = env()
+    e.update(extra_env or {})
+    with open(log, "ab") as f:
+        return subprocess.Popen([sys.executable, "-m", "orchestrator", "run", "--schedule", str(schedule), *args],
+                                stdout=f, stderr=subprocess.STDOUT, env=e, cwd=schedule.parent)
+
+
+def cli(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True,
+                          env=env(), cwd=cwd or REPO, timeout=timeout)
+
+
+def read_state(run: Path) -> dict:
+    try:
+        return json.loads((run / "state.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def part_of(state: dict, pid: str) -> dict:
+    return next((p for p in state.get("parts", []) if p["id"] == pid), {})
+
+
+def running_step(run: Path, pid: str) -> int:
+    """The step the worker of part `pid` has reached (-1 if it is not running)."""
+    part = part_of(read_state(run), pid)
+    if part.get("status") != "running":
+        return -1
+    try:
+        hb = json.loads((run / "work" / pid / "heartbeat.json").read_text())
+    except (OSError, ValueError):
+        return -1
+    return hb["step"] if hb.get("pid") == part.get("worker_pid") else -1
+
+
+def events(run: Path) -> list[dict]:
+    from runtime.atomic import read_jsonl
+
+    return read_jsonl(run / "events.jsonl")

@@ -212,7 +212,7 @@ def test_tokenizer_mismatch_and_unknown_spec_key(data, tmp_path):
     assert rc == EXIT_ERROR and "made with a different tokenizer" in out and str(data) in out
     spec = write_spec(tmp_path / "spec2.json", data, "part-000", tmp_path / "work", train={"micro_btach": 2})
     rc, out = _bad_run(tmp_path, spec)
-    assert rc == EXIT_ERROR and "train.micro_btach: unknown field" in out and "spec2.json" in out
+    assert rc == EXIT_ERROR and "train.micro_btach: unknown field (did you mean 'micro_batch'?)" in out and "spec2.json" in out
 
 
 def test_checkpoint_of_another_model_shape_is_refused(data, reference, tmp_path):

@@ -43,6 +43,10 @@ class WindowOrder:
         skipped = sum(max(0, min(b, self.total) - max(a, 0)) for a, b in self.skip)
         return self.total - skipped
 
+    def covers(self, start: int, end: int, position: int) -> bool:
+        """Is `position` trained between cursors start and end (not inside a skipped range)?"""
+        return start <= position < end and not any(a <= position < b for a, b in self.skip)
+
     def take(self, cursor: int, count: int) -> tuple[np.ndarray, int]:
         """The next `count` window indices from `cursor` (stepping over skips) and the new cursor.
 

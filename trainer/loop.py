@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from runtime import faults
 from runtime.spec import WorkerSpec
 from trainer.data import Batches, WindowOrder
 from trainer.device import Placement
@@ -65,6 +66,9 @@ class Trainer:
         self.progress = progress
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
         self.window_tokens = batches.block_size  # predicted tokens per window
+        # Simulated failures for tests (runtime.faults); None in normal use.
+        self.fault_oom_above = faults.setting("OOM_ABOVE_MICRO_BATCH")
+        self.fault_nan_at = faults.setting("NAN_AT_CURSOR")
 
     # -- sizes -----------------------------------------------------------------
 
@@ -97,6 +101,8 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
+        if self.fault_oom_above is not None and mb > self.fault_oom_above:
+            raise torch.OutOfMemoryError(f"simulated out of memory at micro_batch {mb}")
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=self.placement.device)
         for i in range(n_micro):
@@ -114,6 +120,8 @@ class Trainer:
         max_norm = self.train.grad_clip if self.train.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
         loss_value, norm_value = torch.stack([loss_sum.float(), grad_norm.float()]).tolist()  # the one sync
+        if self.fault_nan_at is not None and self.order.covers(p.cursor, new_cursor, self.fault_nan_at):
+            loss_value = math.nan
         # With a GradScaler an infinite gradient is routine (the scaler skips the step);
         # without one it would poison the weights.
         if not math.isfinite(loss_value) or (not self.scaler.is_enabled() and not math.isfinite(norm_value)):

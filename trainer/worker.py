@@ -26,6 +26,7 @@ from model.config import ConfigError, config_from_dict
 from model.gpt import GPT
 from runtime.atomic import append_line, atomic_write_text, read_jsonl
 from runtime.checkpoint import CheckpointMeta, verify
+from runtime.lockfile import LockFile, Locked
 from runtime.paths import WorkPaths
 from runtime.spec import WorkerSpec, load_spec
 from runtime.validation import describe
@@ -40,6 +41,10 @@ from trainer.loop import Progress, StepResult, Trainer
 from trainer.tokenfile import check_windows, open_part
 
 log = logging.getLogger("worker")
+
+
+class AnotherWorker(Exception):
+    """This part's work dir is locked by a live worker; touch nothing."""
 
 
 class Worker:
@@ -63,6 +68,7 @@ class Worker:
         self.resumed_from: Path | None = None
         self.acked_seq = 0  # the control seq last echoed in a heartbeat
         self.started = time.time()
+        self.lock = LockFile(self.work.lock)
 
     # -- signals and stopping ----------------------------------------------------
 
@@ -83,20 +89,28 @@ class Worker:
     def run(self) -> int:
         spec, train = self.spec, self.spec.train
         self.work.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.lock.acquire()  # one worker per part, for the whole life of this process
+        except Locked as e:
+            raise AnotherWorker(f"another worker (pid {e.pid}) is already training {spec.part_id} "
+                                f"in {self.work.root}") from None
         self.work.checkpoints.mkdir(exist_ok=True)
         self.beat(force=True)
 
         self.placement = device.choose(train)
         log.info("part %s on %s", spec.part_id, self.placement.describe())
+        self.phase = "loading"
         cfg = self._model_config()
         part = self._open(spec.data.manifest, spec.data.part, cfg)
         self.val = self._open(spec.val.manifest, spec.val.part, cfg) if spec.val and train.eval_windows else None
+        self.beat(force=True)
 
         torch.manual_seed(derive_seed(train.seed, "init"))  # the chain's initial weights
         self.raw_model = GPT(cfg).to(self.placement.device)
         self.optimizer = optim.build(self.raw_model, train, self.placement.device)
         self.scaler = torch.amp.GradScaler(self.placement.device.type, enabled=self.placement.use_scaler)
         progress = self._restore(cfg.to_dict())
+        self.beat(force=True)
 
         model = self.raw_model
         if self.placement.compile:
@@ -184,7 +198,7 @@ class Worker:
             self.step_delay()
         if not trainer.finished():
             log.info("stopping (%s)", self.stop_reason)
-            if self.last_ckpt is None or self.last_ckpt[0] != trainer.progress.step:
+            if self.unsaved():
                 self.save()
             self.phase = "done"
             self.beat(force=True)
@@ -252,12 +266,19 @@ class Worker:
             self.control = read_model(self.work.control, Control) or self.control
         return self.control
 
+    def unsaved(self) -> bool:
+        """Has the part trained steps that no checkpoint holds yet?"""
+        return self.trainer.progress.step > (self.last_ckpt[0] if self.last_ckpt else 0)
+
+    def honour_checkpoint_request(self) -> None:
+        if self.control.checkpoint > self.checkpoints_done:
+            self.checkpoints_done = self.control.checkpoint
+            if self.unsaved():
+                self.save()
+
     def handle_control(self) -> None:
         c = self.read_control()
-        if c.checkpoint > self.checkpoints_done:
-            self.checkpoints_done = c.checkpoint
-            if self.last_ckpt is None or self.last_ckpt[0] != self.trainer.progress.step:
-                self.save()
+        self.honour_checkpoint_request()
         if c.pause and not self.should_stop():
             self.pause()
         self.beat(force=self.control.seq != self.acked_seq)
@@ -268,11 +289,7 @@ class Worker:
         self.phase = "paused"
         self.beat(force=True)
         while self.read_control().pause and not self.should_stop():
-            if self.control.checkpoint > self.checkpoints_done:
-                self.checkpoints_done = self.control.checkpoint
-                if self.last_ckpt is None or self.last_ckpt[0] != self.trainer.progress.step:
-                    self.save()
-                self.phase = "paused"
+            self.honour_checkpoint_request()
             self.beat(force=self.control.seq != self.acked_seq)
             time.sleep(0.1)
         self.paused_seconds += time.monotonic() - started
@@ -371,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s: no such spec file", args.spec)
         return EXIT_ERROR
     except ValidationError as e:
-        log.error("%s: invalid spec:\n  %s", args.spec, "\n  ".join(describe(e)))
+        log.error("%s: invalid spec:\n  %s", args.spec, "\n  ".join(describe(e, WorkerSpec)))
         return EXIT_ERROR
     except ValueError as e:
         log.error("%s: not valid JSON: %s", args.spec, e)
@@ -381,6 +398,9 @@ def main(argv: list[str] | None = None) -> int:
     worker.install_signals()
     try:
         return worker.run()
+    except AnotherWorker as e:
+        log.error("%s", e)  # no error.json: the work dir belongs to the other worker
+        return EXIT_ERROR
     except BadInput as e:
         log.error("%s", e)
         worker.report(ErrorReport(kind="bad_input", message=str(e), retryable=False))

@@ -1,0 +1,140 @@
+"""state.json: the authoritative state of a chain. Only the daemon (or a CLI command that
+holds the daemon's lock) writes it, always atomically.
+
+A part moves through
+
+    pending --launch--> running --exit 0, verified, promoted--> done
+       ^                  |  \\--crash / hang / OOM / non-finite--> pending (retry, after backoff)
+       |                  \\----too many failures, or bad input--> failed
+       +------------- retry <-- failed | skipped
+    pending | failed --skip--> skipped
+
+and the daemon through starting, running, waiting (backoff), paused, idle (nothing left),
+failed (a part failed; the chain is stopped), stopping, stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from runtime.atomic import read_json
+from runtime.workerfiles import write_model
+
+PartStatus = Literal["pending", "running", "done", "failed", "skipped"]
+DaemonPhase = Literal["starting", "running", "waiting", "paused", "idle", "failed", "stopping", "stopped"]
+
+
+class Overrides(BaseModel):
+    """What the daemon changed for a part after failures; written into its spec."""
+
+    model_config = ConfigDict(extra="forbid")
+    micro_batch: int | None = None
+    grad_accum: int | None = None
+    lr_scale: float = 1.0
+    skip_windows: list[tuple[int, int]] = []
+
+
+class PartState(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    stage: str
+    status: PartStatus = "pending"
+    file: str
+    """The token file the part was planned from."""
+    sha256: str
+    """Its checksum when planned: an edit that changes a trained part is detected by this."""
+    planned_tokens: int = 0
+    """Tokens the part will train (windows x epochs x block_size), for progress and ETA."""
+    attempts: int = 0
+    """Worker launches."""
+    failures: int = 0
+    """Consecutive failures without new progress (bounded by supervisor.max_attempts)."""
+    nonfinite: int = 0
+    tokens: int = 0
+    loss: float | None = None
+    val_loss: float | None = None
+    checkpoint: str | None = None
+    """Promoted folder, relative to the run dir; null until promoted."""
+    seq: int | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    train_seconds: float = 0.0
+    paused_seconds: float = 0.0
+    error: str | None = None
+    """Why the last attempt failed (or why the part failed)."""
+    retry_at: float | None = None
+    """Backoff: not relaunched before this time."""
+    worker_pid: int | None = None
+    overrides: Overrides = Overrides()
+
+
+class DaemonState(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    pid: int | None = None
+    state: DaemonPhase = "starting"
+    since: float = Field(default_factory=time.time)
+    reason: str | None = None
+
+
+class ScheduleState(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: str
+    sha256: str | None = None
+    valid: bool = True
+    error: str | None = None
+    """The refusal of the latest edit, with its location; the last valid schedule stays in force."""
+    loaded_at: float | None = None
+
+
+class PauseState(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str
+    since: float
+
+
+class ChainState(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: Literal[1] = 1
+    name: str
+    model: dict | None = None
+    """The model config the chain trains; fixed once the first part starts."""
+    tokenizer_sha256: str | None = None
+    daemon: DaemonState = DaemonState()
+    schedule: ScheduleState
+    parts: list[PartState] = []
+    global_tokens: int = 0
+    """Tokens trained by every done part together."""
+    next_seq: int = 1
+    latest_checkpoint: str | None = None
+    user_pause: PauseState | None = None
+    """Set by `orchestrator pause`, cleared by `resume`; survives daemon restarts."""
+    guard_pause: PauseState | None = None
+    """Set by the guard while a hardware limit holds."""
+    hardware: dict | None = None
+    """The latest sensor readings."""
+    updated: float = Field(default_factory=time.time)
+
+    def part(self, pid: str) -> PartState | None:
+        return next((p for p in self.parts if p.id == pid), None)
+
+    def running(self) -> PartState | None:
+        return next((p for p in self.parts if p.status == "running"), None)
+
+    def next_pending(self) -> PartState | None:
+        return next((p for p in self.parts if p.status == "pending"), None)
+
+    def failed(self) -> PartState | None:
+        return next((p for p in self.parts if p.status == "failed"), None)
+
+
+def load(path: Path) -> ChainState:
+    return ChainState.model_validate(read_json(path))
+
+
+def save(path: Path, state: ChainState) -> None:
+    state.updated = time.time()
+    write_model(path, state, fault="state")

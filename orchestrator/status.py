@@ -1,0 +1,203 @@
+"""`orchestrator status`: the chain at a glance, from files only (never torch, well under a second).
+
+Sources: state.json (the chain), the running part's heartbeat.json (live progress), the
+daemon lock (is a daemon alive?), events.jsonl (recent events). They are read as plain
+JSON: building the pydantic models would cost more than the rest of the command.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from orchestrator import progress
+from orchestrator.rundir import existing, locate
+from runtime.atomic import read_json, read_jsonl
+from runtime.lockfile import holder
+from runtime.paths import RunPaths
+
+
+def _read(path) -> dict | None:
+    try:
+        data = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def gather(paths: RunPaths) -> dict[str, Any]:
+    """Everything `status` shows, as the JSON that `status --json` prints."""
+    state = _read(paths.state) or {}
+    parts = state.get("parts", [])
+    pid = holder(paths.lock)
+    running = next((p for p in parts if p["status"] == "running"), None)
+    hb = _read(paths.work(running["id"]).heartbeat) if running else None
+    if hb and running.get("worker_pid") and hb.get("pid") != running["worker_pid"]:
+        hb = None  # an earlier attempt's heartbeat
+    hb = hb or {}
+    now = time.time()
+    daemon = state.get("daemon", {})
+    daemon_state = daemon.get("state") if pid else ("stopped" if daemon.get("state") == "stopped" else "not running")
+    left = progress.remaining_tokens(((p["status"], p.get("planned_tokens", 0)) for p in parts),
+                                     hb.get("part_tokens"), hb.get("part_tokens_total"))
+    current = None
+    if running:
+        stage, part = running["id"].split("/", 1)
+        part_left = max(hb["part_tokens_total"] - hb["part_tokens"], 0) if hb.get("part_tokens_total") else None
+        ckpt_time = hb.get("last_checkpoint_time")
+        current = {
+            "stage": stage, "part": part, "id": running["id"], "attempt": running.get("attempts"),
+            "phase": hb.get("phase", "starting"), "paused_reason": hb.get("paused_reason"),
+            "step": hb.get("step", 0), "steps_total": hb.get("steps_total"),
+            "tokens": hb.get("part_tokens", 0), "tokens_total": hb.get("part_tokens_total"),
+            "loss": hb.get("loss"), "lr": hb.get("lr"), "tokens_per_s": hb.get("tokens_per_s"),
+            "eta_s": progress.eta(part_left, hb.get("tokens_per_s")),
+            "last_checkpoint_step": hb.get("last_checkpoint_step"),
+            "last_checkpoint_age_s": now - ckpt_time if ckpt_time else None,
+            "heartbeat_age_s": now - hb["time"] if "time" in hb else None,
+            "device": hb.get("device"), "precision": hb.get("precision"),
+        }
+    schedule = state.get("schedule", {})
+    return {
+        "name": state.get("name"),
+        "run_dir": str(paths.root),
+        "daemon": {"pid": pid if pid and pid > 0 else None, "state": daemon_state,
+                   "since": daemon.get("since"), "reason": daemon.get("reason")},
+        "schedule": {"path": schedule.get("path"), "valid": schedule.get("valid", True),
+                     "error": schedule.get("error")},
+        "paused": {"user": state.get("user_pause"), "guard": state.get("guard_pause")},
+        "current": current,
+        "chain": {
+            "global_tokens": state.get("global_tokens", 0),
+            "planned_tokens": sum(p["tokens"] if p["status"] == "done" else p.get("planned_tokens", 0)
+                                  for p in parts if p["status"] != "skipped"),
+            "remaining_tokens": left, "eta_s": progress.eta(left, hb.get("tokens_per_s")),
+            "latest_checkpoint": state.get("latest_checkpoint"),
+            "parts_done": sum(p["status"] == "done" for p in parts), "parts_total": len(parts),
+        },
+        "parts": [
+            {k: p.get(k) for k in ("id", "stage", "status", "attempts", "tokens", "planned_tokens", "loss",
+                                   "val_loss", "checkpoint", "error", "retry_at")}
+            for p in parts
+        ],
+        "hardware": state.get("hardware"),
+        "events": read_jsonl(paths.events)[-8:],
+    }
+
+
+STATUS_STYLE = {"done": "green", "running": "bold cyan", "pending": "dim", "failed": "bold red", "skipped": "yellow"}
+DAEMON_STYLE = {"running": "green", "idle": "green", "paused": "yellow", "waiting": "yellow", "failed": "red",
+                "not running": "red", "stopped": "dim", "stopping": "yellow", "starting": "cyan"}
+
+
+def _rows(parts: list[dict], show_all: bool) -> list[dict | tuple[str, int, dict, dict]]:
+    """Parts, with long runs of done or pending parts folded into one row (unless show_all)."""
+    if show_all or len(parts) <= 24:
+        return parts
+    rows: list = []
+    i = 0
+    while i < len(parts):
+        j = i
+        while j + 1 < len(parts) and parts[j + 1]["status"] == parts[i]["status"] and parts[i]["status"] in ("done", "pending"):
+            j += 1
+        if j - i >= 3:
+            rows.append((parts[i]["status"], j - i + 1, parts[i], parts[j]))
+        else:
+            rows.extend(parts[i : j + 1])
+        i = j + 1
+    return rows
+
+
+def render(info: dict, show_all: bool = False):
+    from rich.console import Group
+    from rich.panel import Panel
+    from rich.progress_bar import ProgressBar
+    from rich.table import Table
+    from rich.text import Text
+
+    d = info["daemon"]
+    head = Text.assemble((info["name"], "bold"), "  daemon ", (d["state"], DAEMON_STYLE.get(d["state"], "")))
+    if d["pid"]:
+        head.append(f" (pid {d['pid']})")
+    head.append(f" since {progress.clock(d['since'])}")
+    if d["reason"]:
+        head.append(f": {d['reason']}")
+    parts = [head]
+    chain = info["chain"]
+    parts.append(Text(f"chain: {chain['parts_done']}/{chain['parts_total']} parts done, "
+                      f"{progress.tokens(chain['global_tokens'])} of {progress.tokens(chain['planned_tokens'])} tokens, "
+                      f"ETA {progress.duration(chain['eta_s'])}, latest checkpoint {chain['latest_checkpoint'] or '-'}"))
+    bars = Table.grid(padding=(0, 1))
+    bars.add_row("chain", ProgressBar(total=max(chain["planned_tokens"], 1), completed=chain["global_tokens"]
+                                      + ((info["current"] or {}).get("tokens") or 0), width=40))
+    c = info["current"]
+    if c:
+        bars.add_row("part ", ProgressBar(total=max(c["tokens_total"] or 1, 1), completed=c["tokens"], width=40))
+        line = (f"{c['id']} (attempt {c['attempt']}): {c['phase']}, step {c['step']}/{c['steps_total'] or '?'}, "
+                f"loss {progress.loss(c['loss'])}, {progress.tokens(c['tokens_per_s'])} tok/s, "
+                f"ETA {progress.duration(c['eta_s'])}")
+        if c["paused_reason"]:
+            line += f" (paused: {c['paused_reason']})"
+        ckpt = (f"last checkpoint: step {c['last_checkpoint_step']}, {progress.duration(c['last_checkpoint_age_s'])} ago"
+                if c["last_checkpoint_step"] is not None else "no checkpoint in this part yet")
+        parts += [Text(line), Text(ckpt + (f"  [{c['device']}, {c['precision']}]" if c["device"] else ""), style="dim")]
+    parts.append(bars)
+    for who, p in (info["paused"] or {}).items():
+        if p:
+            parts.append(Text(f"paused ({who}): {p['reason']} since {progress.clock(p['since'])}", style="yellow"))
+
+    table = Table(show_edge=False, header_style="bold")
+    for col in ("part", "status", "tries", "tokens", "loss", "val loss", "checkpoint"):
+        table.add_column(col, justify="right" if col in ("tries", "tokens", "loss", "val loss") else "left")
+    for row in _rows(info["parts"], show_all):
+        if isinstance(row, tuple):
+            status, n, first, last = row
+            table.add_row(f"{first['id']} .. {last['id'].split('/', 1)[1]}", Text(f"{status} ({n} parts)",
+                          style=STATUS_STYLE[status]), "", "", "", "", "")
+            continue
+        note = row["checkpoint"] or (row["error"] or "")[:60]
+        table.add_row(row["id"], Text(row["status"], style=STATUS_STYLE[row["status"]]), str(row["attempts"]),
+                      progress.tokens(row["tokens"] or row["planned_tokens"]), progress.loss(row["loss"]),
+                      progress.loss(row["val_loss"]), note)
+    parts.append(table)
+    if info["hardware"]:
+        hw = ", ".join(f"{k} {v}" for k, v in info["hardware"].items() if v is not None and k != "time")
+        parts.append(Text(f"hardware: {hw}"))
+    if not info["schedule"]["valid"]:
+        parts.append(Panel(info["schedule"]["error"] or "", title="schedule edit refused", border_style="red"))
+    failed = [p for p in info["parts"] if p["status"] == "failed"]
+    for p in failed:
+        parts.append(Panel(p["error"] or "", title=f"{p['id']} failed (`orchestrator retry {p['id']}`)",
+                           border_style="red"))
+    if info["events"]:
+        ev = Table.grid(padding=(0, 1))
+        for e in info["events"]:
+            ev.add_row(Text(progress.clock(e.get("time")), style="dim"), e.get("event", ""),
+                       Text(str(e.get("message", "")).splitlines()[0][:100]))
+        parts.append(Panel(ev, title="recent events", border_style="dim"))
+    return Group(*parts)
+
+
+def cmd_status(args) -> int:
+    paths = existing(locate(args.run_dir, args.schedule))
+    if args.json:
+        print(json.dumps(gather(paths), indent=2, default=str))
+        return 0
+    from rich.console import Console
+
+    console = Console()
+    if not args.watch:
+        console.print(render(gather(paths), args.all))
+        return 0
+    from rich.live import Live
+
+    with Live(render(gather(paths), args.all), console=console, refresh_per_second=2) as live:
+        try:
+            while True:
+                time.sleep(args.interval)
+                live.update(render(gather(paths), args.all))
+        except KeyboardInterrupt:
+            pass
+    return 0
+

@@ -1,0 +1,101 @@
+"""A worker subprocess: launched in its own session and process group, stopped warmly
+(SIGTERM: checkpoint and exit 75) with a deadline, then coldly (SIGKILL to the group).
+
+A daemon restarted after a crash may find its previous worker still alive (the worker
+notices its parent is gone, checkpoints and exits). It adopts it: no exit code then, so
+the daemon reads the work dir's result/error files to learn how it ended.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+import orchestrator
+
+REPO_ROOT = Path(orchestrator.__file__).resolve().parent.parent
+
+
+def worker_command(spec_path: Path) -> list[str]:
+    return [sys.executable, "-m", "trainer.worker", "--spec", str(spec_path)]
+
+
+def worker_env() -> dict[str, str]:
+    env = dict(os.environ)
+    # The worker must import the same trainer/model/runtime as this daemon, installed or not.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+class WorkerProcess:
+    def __init__(self, part_id: str, spec_path: Path, pid: int, proc: subprocess.Popen | None):
+        self.part_id = part_id
+        self.spec_path = spec_path
+        self.pid = pid
+        self.proc = proc  # None when adopted
+        self.started = time.time()
+        self.stop_deadline: float | None = None
+        self.stop_reason: str | None = None
+        self.killed = False
+
+    @classmethod
+    def launch(cls, part_id: str, spec_path: Path, log_path: Path) -> "WorkerProcess":
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                worker_command(spec_path), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=worker_env(), cwd=spec_path.parent, start_new_session=True,
+            )
+        return cls(part_id, spec_path, proc.pid, proc)
+
+    @classmethod
+    def adopt(cls, part_id: str, spec_path: Path, pid: int) -> "WorkerProcess | None":
+        """The live worker `pid` of this spec, left by a previous daemon; None if gone."""
+        try:
+            cmdline = psutil.Process(pid).cmdline()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            return None
+        if "trainer.worker" not in cmdline or str(spec_path) not in cmdline:
+            return None  # the pid was reused by something else
+        return cls(part_id, spec_path, pid, None)
+
+    def poll(self) -> tuple[bool, int | None]:
+        """(exited, exit code); the code is None for an adopted worker or a signal death."""
+        if self.proc is not None:
+            rc = self.proc.poll()
+            return (rc is not None, rc)
+        try:
+            alive = psutil.Process(self.pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            alive = False
+        return (not alive, None)
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        try:
+            os.killpg(self.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def request_stop(self, grace_s: float, reason: str) -> None:
+        """Warm stop: the worker checkpoints and exits 75; killed if not done by the deadline."""
+        if self.stop_deadline is None:
+            self.stop_reason = reason
+            self.stop_deadline = time.time() + grace_s
+            self._signal_group(signal.SIGTERM)
+
+    def enforce_deadline(self) -> bool:
+        """Kill the group if a warm stop overran its grace; True if it did now."""
+        if self.stop_deadline is not None and not self.killed and time.time() > self.stop_deadline:
+            self.kill()
+            return True
+        return False
+
+    def kill(self) -> None:
+        self.killed = True
+        self._signal_group(signal.SIGKILL)
