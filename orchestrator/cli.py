@@ -79,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
         _run_dir_arg(p)
         _handler(p, "orchestrator.requests:cmd_request")
 
+    p = sub.add_parser("install-service", help="write a systemd unit that runs the daemon (user or system)")
+    p.add_argument("--schedule", type=Path, required=True)
+    p.add_argument("--run-dir", type=Path, help="default: runs/<schedule name>/ beside the schedule")
+    p.add_argument("--user", action="store_true", help="a user unit (~/.config/systemd/user) instead of a system one")
+    p.add_argument("--output", type=Path, help="write the unit here instead")
+    _handler(p, "orchestrator.service:cmd_install_service")
+
     from dataprep.commands import register as register_dataprep  # argparse only; the work imports lazily
 
     register_dataprep(sub)
