@@ -20,6 +20,7 @@ pytestmark = pytest.mark.slow
 
 PARTS = ["wiki/part-000", "wiki/part-001", "wiki/part-002", "domain/part-000", "domain/part-001", "domain/part-002"]
 TOKENS = 24000  # 187 optimizer steps a part: long enough to be killed in the middle
+ONE_STAGE = [{"name": "wiki", "parts": ["data/wiki"]}]
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +126,7 @@ def test_hot_edits_append_parts_and_refuse_invalid_ones(tmp_path):
 
 
 def test_warm_stop_then_restart_and_a_second_daemon_is_refused(tmp_path):
-    schedule = make_chain(tmp_path, parts=1, tokens=2 * TOKENS)
+    schedule = make_chain(tmp_path, parts=1, tokens=2 * TOKENS, stages=ONE_STAGE)
     run, log = tmp_path / "runs" / "chain", tmp_path / "daemon.log"
     daemon = start_daemon(schedule, log)  # no --exit-when-done: it would idle when done
     wait_for(lambda: read_state(run).get("daemon", {}).get("pid") == daemon.pid, what="the daemon up")
@@ -155,7 +156,7 @@ def test_warm_stop_then_restart_and_a_second_daemon_is_refused(tmp_path):
 
 def test_hung_worker_is_killed_and_retried(tmp_path):
     schedule = make_chain(tmp_path, parts=1, tokens=TOKENS,
-                          supervisor={"heartbeat_timeout_s": 6, "hung_grace_s": 1})
+                          supervisor={"heartbeat_timeout_s": 6, "hung_grace_s": 1}, stages=ONE_STAGE)
     run = tmp_path / "runs" / "chain"
     daemon = start_daemon(schedule, tmp_path / "daemon.log", "--exit-when-done")
     wait_for(lambda: running_step(run, "wiki/part-000") >= 20, timeout=120, what="training")
@@ -199,7 +200,7 @@ def test_pause_resume_skip_retry_through_the_cli(tmp_path):
 
 
 def test_oom_halves_the_micro_batch_and_nonfinite_skips_the_window(tmp_path):
-    schedule = make_chain(tmp_path, parts=1, tokens=6000)
+    schedule = make_chain(tmp_path, parts=1, tokens=6000, stages=ONE_STAGE)
     run = tmp_path / "runs" / "chain"
     faults = {"ORCHESTRATOR_FAULT_OOM_ABOVE_MICRO_BATCH": "2", "ORCHESTRATOR_FAULT_NAN_AT_CURSOR": "100"}
     daemon = start_daemon(schedule, tmp_path / "daemon.log", "--exit-when-done", extra_env=faults)
@@ -232,7 +233,7 @@ def test_lost_state_is_rebuilt_without_retraining(reference, tmp_path):
 
 
 def test_systemd_notifications_over_a_real_socket(tmp_path):
-    schedule = make_chain(tmp_path, parts=1, tokens=2000)
+    schedule = make_chain(tmp_path, parts=1, tokens=2000, stages=ONE_STAGE)
     sock_path = tmp_path / "notify.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.bind(str(sock_path))
