@@ -21,11 +21,12 @@ from pathlib import Path
 from orchestrator import chain, policy, progress, reconcile, requests, specs
 from orchestrator.errors import UserError
 from orchestrator.events import EventLog
+from orchestrator.hardware import HardwareWatch, sensor_file_for
 from orchestrator.notify import Notifier
 from orchestrator.promote import PromotionError, clear_scratch, find_promoted, promote, quarantine, set_latest
 from orchestrator.rundir import default_for
 from orchestrator.schedule import load as load_schedule
-from orchestrator.state import ChainState, DaemonState, PartState, ScheduleState
+from orchestrator.state import ChainState, DaemonState, PartState, PauseState, ScheduleState
 from orchestrator.state import load as load_state
 from orchestrator.state import save as save_state
 from orchestrator.supervisor import WorkerProcess
@@ -59,7 +60,10 @@ class Daemon:
         self.last_stat_check = 0.0
         self.last_progress = 0.0
         self.control = Control()
+        self.duty_cycle = 1.0
         self.notifier = Notifier()
+        self.hardware: HardwareWatch | None = None
+        self.worker_pause: str | None = None  # a pause the worker took itself (disk full)
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -78,6 +82,7 @@ class Daemon:
             self.events = EventLog(self.paths)
             self.state = self._load_state()
             self._recover()
+            self._start_guard()
             self._install_signals()
             watcher = ScheduleWatcher(self.schedule_path, self._on_schedule_event)
             watcher.start()
@@ -94,6 +99,8 @@ class Daemon:
                 self.tick()
             return self.exit_code
         finally:
+            if self.hardware:
+                self.hardware.close()
             if self.stopping is None:
                 self.notifier.stopping("exiting")
             if watcher:
@@ -110,6 +117,7 @@ class Daemon:
         self.handle_signals()
         self.handle_requests()
         self.handle_schedule()
+        self.handle_guard()
         self.handle_worker()
         self.handle_next()
         self.publish()
@@ -308,7 +316,11 @@ class Daemon:
             self.events.emit("schedule-refused", f"schedule edit refused; the last valid schedule stays in force: "
                              f"{e}", level=logging.WARNING)
             return f"refused: {e}"
+        guard_changed = plan.schedule.guard != self.plan.schedule.guard
         self.plan = plan
+        if guard_changed:
+            self.hardware.close()
+            self._start_guard()
         notes = reconcile.merge(self.state, plan)
         self.state.schedule = ScheduleState(path=str(self.schedule_path), sha256=sha, valid=True,
                                             loaded_at=time.time())
@@ -341,6 +353,14 @@ class Daemon:
                              f"{time.time() - last:.0f}s (limit {limit:.0f}s): stopping it",
                              level=logging.WARNING, part=self.worker.part_id)
             self.worker.request_stop(sup.hung_grace_s, "hung")
+        own_pause = hb.paused_reason if hb and hb.phase == "paused" and not self.control.pause else None
+        if own_pause != self.worker_pause and (own_pause is None or self.worker_pause is None):
+            if own_pause:
+                self.events.emit("worker-paused", f"the worker of {self.worker.part_id} paused: {own_pause}",
+                                 level=logging.WARNING, part=self.worker.part_id)
+            else:
+                self.events.emit("worker-resumed", f"the worker of {self.worker.part_id} resumed")
+        self.worker_pause = own_pause
         if hb and time.time() - self.last_progress >= sup.progress_log_s:
             self.last_progress = time.time()
             self.events.info(self._status_line(hb))
@@ -441,18 +461,49 @@ class Daemon:
             os.replace(work.metrics, self.paths.part_metrics(part.id))
         clear_scratch(self.paths, work.root)
 
+    # -- the guard ------------------------------------------------------------------------------------
+
+    def _start_guard(self) -> None:
+        schedule = self.plan.schedule
+        device = schedule.train.device
+        gpu = int(device.split(":")[1]) if device.startswith("cuda:") else 0
+        self.hardware = HardwareWatch(schedule.guard, self.paths,
+                                      sensor_file_for(schedule.guard, self.schedule_path.parent), gpu)
+        self.hardware.start(self.events)
+
+    def handle_guard(self) -> None:
+        now = time.time()
+        verdict = self.hardware.poll(now)
+        if verdict is None:
+            return
+        for event, message in verdict.notes:
+            self.events.emit(event, message, level=logging.WARNING if event != "guard-resume" else logging.INFO)
+        was = self.state.guard_pause
+        if verdict.pause and (was is None or was.reason != verdict.pause):
+            self.state.guard_pause = PauseState(reason=verdict.pause, since=was.since if was else now)
+            self.save()
+        elif verdict.pause is None and was is not None:
+            self.state.guard_pause = None
+            self.save()
+        if verdict.stop_worker and self.worker and self.worker.stop_deadline is None:
+            self.worker.request_stop(self.plan.schedule.supervisor.stop_grace_s, "on battery too long")
+        self.duty_cycle = verdict.duty_cycle
+        self.sync_control(checkpoint=verdict.checkpoint)
+
     # -- what next ------------------------------------------------------------------------------------
 
     def paused(self) -> str | None:
         pauses = [p.reason for p in (self.state.user_pause, self.state.guard_pause) if p]
         return "; ".join(pauses) or None
 
-    def sync_control(self) -> None:
-        """Tell the running worker whether to pause, through its control.json."""
+    def sync_control(self, checkpoint: bool = False) -> None:
+        """Tell the running worker to pause, throttle or checkpoint, through its control.json."""
         reason = self.paused()
-        if (reason is not None) != self.control.pause or (reason and reason != self.control.reason):
-            self.control = self.control.model_copy(update={"seq": self.control.seq + 1, "pause": reason is not None,
-                                                           "reason": reason})
+        wanted = self.control.model_copy(update={
+            "pause": reason is not None, "reason": reason, "duty_cycle": self.duty_cycle,
+            "checkpoint": self.control.checkpoint + int(checkpoint)})
+        if wanted != self.control:
+            self.control = wanted.model_copy(update={"seq": self.control.seq + 1})
             if self.worker:
                 write_model(self.paths.work(self.worker.part_id).control, self.control)
 
@@ -492,7 +543,7 @@ class Daemon:
             self.conclude(part, 0)
             return
         pp = self.plan.get(part.id)
-        spec = specs.write(self.plan, pp, part, self.state, self.paths)
+        spec = specs.write(self.plan, pp, part, self.state, self.paths, self.hardware.sensor_file)
         self.state.model = self.state.model or spec.model
         self.state.tokenizer_sha256 = self.state.tokenizer_sha256 or spec.tokenizer_sha256
         for stale in (work.error, work.heartbeat):
@@ -531,6 +582,8 @@ class Daemon:
         phase, reason = self.phase()
         d = self.state.daemon
         if (phase, reason) != (d.state, d.reason):
+            if d.state == "paused":
+                self.state.paused_seconds += time.time() - d.since
             self.state.daemon = DaemonState(pid=os.getpid(), state=phase, since=time.time(), reason=reason)
             self.save()
         self.notifier.status(self._status_line(self.heartbeat()))

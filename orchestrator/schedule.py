@@ -39,7 +39,7 @@ class GuardConfig(BaseModel):
     """A thermal pause lasts at least this long."""
     governor: bool = False
     """Hold the GPU near gpu_temp_target_c by spacing optimizer steps instead of stopping."""
-    gpu_temp_target_c: float = 78.0
+    gpu_temp_target_c: float = 80.0
     """The governor's target temperature."""
     gpu_power_limit_w: float | None = Field(None, gt=0)
     """Throttle when the GPU draws more than this."""

@@ -9,6 +9,7 @@ exactly what an uninterrupted one would. Only the daemon's own overrides after f
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -42,7 +43,8 @@ def fresh(plan: ChainPlan, pp: PartPlan, state: ChainState, paths: RunPaths) -> 
     )
 
 
-def write(plan: ChainPlan, pp: PartPlan, part: PartState, state: ChainState, paths: RunPaths) -> WorkerSpec:
+def write(plan: ChainPlan, pp: PartPlan, part: PartState, state: ChainState, paths: RunPaths,
+          sensor_file: Path | None) -> WorkerSpec:
     work = paths.work(pp.id)
     spec = _frozen(work, pp.id) or fresh(plan, pp, state, paths)
     o = part.overrides
@@ -50,6 +52,8 @@ def write(plan: ChainPlan, pp: PartPlan, part: PartState, state: ChainState, pat
         "micro_batch": o.micro_batch or spec.train.micro_batch,
         "grad_accum": o.grad_accum or spec.train.grad_accum,
     })
-    spec = spec.model_copy(update={"train": train, "lr_scale": o.lr_scale, "skip_windows": list(o.skip_windows)})
+    # Guard settings are operational, not part of the training math: always the current ones.
+    spec = spec.model_copy(update={"train": train, "lr_scale": o.lr_scale, "skip_windows": list(o.skip_windows),
+                                   "disk_margin_gb": plan.schedule.guard.disk_margin_gb, "sensor_file": sensor_file})
     write_model(work.spec, spec, fault="spec")
     return spec

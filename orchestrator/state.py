@@ -114,8 +114,8 @@ class ChainState(BaseModel):
     """Set by `orchestrator pause`, cleared by `resume`; survives daemon restarts."""
     guard_pause: PauseState | None = None
     """Set by the guard while a hardware limit holds."""
-    hardware: dict | None = None
-    """The latest sensor readings."""
+    paused_seconds: float = 0.0
+    """Time the chain spent paused (user or guard), across daemon restarts."""
     updated: float = Field(default_factory=time.time)
 
     def part(self, pid: str) -> PartState | None:

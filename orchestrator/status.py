@@ -13,6 +13,7 @@ from typing import Any
 
 from orchestrator import progress
 from orchestrator.rundir import existing, locate
+from orchestrator.sensors import FILE_KEYS
 from runtime.atomic import read_json, read_jsonl
 from runtime.lockfile import holder
 from runtime.paths import RunPaths
@@ -24,6 +25,19 @@ def _read(path) -> dict | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def hardware(paths: RunPaths) -> dict[str, Any] | None:
+    """The latest readings: every standard reading (null where absent), failures, the guard's verdict."""
+    hw = _read(paths.hardware)
+    if hw is None:
+        return None
+    readings = hw.get("readings", {})
+    out = {key: readings.get(key) for key in FILE_KEYS}
+    out.update({k: v for k, v in readings.items() if k not in ("sources",)})
+    out["guard_pause"] = hw.get("pause")
+    out["duty_cycle"] = hw.get("duty_cycle")
+    return out
 
 
 def gather(paths: RunPaths) -> dict[str, Any]:
@@ -81,7 +95,7 @@ def gather(paths: RunPaths) -> dict[str, Any]:
                                    "val_loss", "checkpoint", "error", "retry_at")}
             for p in parts
         ],
-        "hardware": state.get("hardware"),
+        "hardware": hardware(paths),
         "events": read_jsonl(paths.events)[-8:],
     }
 
@@ -162,8 +176,7 @@ def render(info: dict, show_all: bool = False):
                       progress.loss(row["val_loss"]), note)
     parts.append(table)
     if info["hardware"]:
-        hw = ", ".join(f"{k} {v}" for k, v in info["hardware"].items() if v is not None and k != "time")
-        parts.append(Text(f"hardware: {hw}"))
+        parts.append(_hardware_line(info["hardware"]))
     if not info["schedule"]["valid"]:
         parts.append(Panel(info["schedule"]["error"] or "", title="schedule edit refused", border_style="red"))
     failed = [p for p in info["parts"] if p["status"] == "failed"]
@@ -177,6 +190,24 @@ def render(info: dict, show_all: bool = False):
                        Text(str(e.get("message", "")).splitlines()[0][:100]))
         parts.append(Panel(ev, title="recent events", border_style="dim"))
     return Group(*parts)
+
+
+def _hardware_line(hw: dict):
+    from rich.text import Text
+
+    shown = [(key, fmt) for key, fmt in (
+        ("gpu_temp_c", "GPU {:.0f} °C"), ("gpu_power_w", "{:.0f} W"), ("gpu_util_pct", "{:.0f}% busy"),
+        ("cpu_temp_c", "CPU {:.0f} °C"), ("disk_free_gb", "{:.1f} GB disk free"),
+        ("ram_available_gb", "{:.1f} GB RAM free")) if hw.get(key) is not None]
+    items = [fmt.format(hw[key]) for key, fmt in shown]
+    if hw.get("on_battery") is not None:
+        items.append("on battery" if hw["on_battery"] else "on AC")
+    if hw.get("duty_cycle") is not None and hw["duty_cycle"] < 1:
+        items.append(f"throttled to {hw['duty_cycle']:.0%}")
+    line = Text("hardware: " + (", ".join(items) or "no sensors"))
+    for key, why in (hw.get("failed") or {}).items():
+        line.append(f"\n  sensor {key} failed: {why}", style="red")
+    return line
 
 
 def cmd_status(args) -> int:

@@ -5,6 +5,7 @@
       events.jsonl        append-only event log
       runtime.log         human log (tail -f)
       daemon.lock         flock'd by the running daemon; holds its pid
+      hardware.json       the latest sensor readings and the guard's verdict
       control/            requests from CLI commands to the daemon, and their answers
       work/<stage>/<part>/ a running part's scratch (see WorkPaths)
       checkpoints/        promoted checkpoints, one folder per finished part
@@ -62,6 +63,10 @@ class RunPaths:
     @property
     def lock(self) -> Path:
         return self.root / "daemon.lock"
+
+    @property
+    def hardware(self) -> Path:
+        return self.root / "hardware.json"
 
     @property
     def control(self) -> Path:

@@ -107,13 +107,18 @@ class WorkerSpec(BaseModel):
     """Multiplies the learning rate; lowered after repeated non-finite losses."""
     skip_windows: list[tuple[int, int]] = []
     """Cursor ranges [start, end) left out of training (windows that gave non-finite loss)."""
+    disk_margin_gb: float = Field(1.0, ge=0)
+    """A checkpoint starts only with twice its size plus this much free on the disk."""
+    sensor_file: Path | None = None
+    """The guard's sensor file; its disk_free_gb, when present, overrides the real free space."""
 
     def resolve_paths(self, base: Path) -> "WorkerSpec":
         """Make relative paths relative to the spec file's folder (hand-written specs)."""
         def fix(p: Path | None) -> Path | None:
             return p if p is None or p.is_absolute() else (base / p).resolve()
 
-        update: dict[str, Any] = {"work_dir": fix(self.work_dir), "init_checkpoint": fix(self.init_checkpoint)}
+        update: dict[str, Any] = {"work_dir": fix(self.work_dir), "init_checkpoint": fix(self.init_checkpoint),
+                                  "sensor_file": fix(self.sensor_file)}
         update["data"] = self.data.model_copy(update={"manifest": fix(self.data.manifest)})
         if self.val:
             update["val"] = self.val.model_copy(update={"manifest": fix(self.val.manifest)})

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from runtime.atomic import atomic_write_json, read_json
 
@@ -51,6 +51,7 @@ class Heartbeat(BaseModel):
     last_checkpoint_time: float | None = None
     device: str | None = None
     precision: str | None = None
+    duty_cycle: float = 1.0
 
 
 class Control(BaseModel):
@@ -61,8 +62,9 @@ class Control(BaseModel):
     reason: str | None = None
     checkpoint: int = 0
     """A counter: when it grows, the worker checkpoints at the next step boundary."""
-    step_delay_s: float = 0.0
-    """Idle time after every optimizer step (the thermal governor's duty cycle)."""
+    duty_cycle: float = Field(1.0, gt=0, le=1)
+    """Fraction of time spent computing: after a step of s seconds the worker idles
+    s x (1 - duty_cycle) / duty_cycle (the thermal governor's throttle)."""
 
 
 class Result(BaseModel):

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import signal
 import sys
 import time
@@ -25,7 +26,7 @@ from pydantic import ValidationError
 from model.config import ConfigError, config_from_dict
 from model.gpt import GPT
 from runtime.atomic import append_line, atomic_write_text, read_jsonl
-from runtime.checkpoint import CheckpointMeta, verify
+from runtime.checkpoint import CheckpointMeta, step_dirs, verify
 from runtime.lockfile import LockFile, Locked
 from runtime.paths import WorkPaths
 from runtime.spec import WorkerSpec, load_spec
@@ -66,6 +67,7 @@ class Worker:
         self.last_lr: float | None = None
         self.trainer: Trainer | None = None
         self.resumed_from: Path | None = None
+        self.disk_reason: str | None = None  # set while a checkpoint waits for disk space
         self.acked_seq = 0  # the control seq last echoed in a heartbeat
         self.started = time.time()
         self.lock = LockFile(self.work.lock)
@@ -195,7 +197,7 @@ class Worker:
             self.after_step(result)
             if time.time() - self._last_ckpt_time() >= train.checkpoint_interval_s and not trainer.finished():
                 self.save()
-            self.step_delay()
+            self.throttle(result.seconds)
         if not trainer.finished():
             log.info("stopping (%s)", self.stop_reason)
             if self.unsaved():
@@ -213,6 +215,8 @@ class Worker:
         else:
             val_loss = self.evaluate()
             final = self.save(done=True, val_loss=val_loss)
+            if final is None:  # stopped while the disk was full: resumable, nothing damaged
+                return EXIT_STOPPED
         p = trainer.progress
         result = Result(
             checkpoint=str(final.relative_to(self.work.root)), step=p.step, part_tokens=p.part_tokens,
@@ -296,13 +300,67 @@ class Worker:
         self.phase = "training"
         log.info("resumed after %.1fs paused", time.monotonic() - started)
 
-    def step_delay(self) -> None:
-        """The thermal governor's duty cycle: idle between steps, still responsive."""
-        end = time.monotonic() + self.read_control().step_delay_s
-        while time.monotonic() < end and not self.should_stop() and not self.read_control().pause:
-            time.sleep(min(0.05, end - time.monotonic()))
+    def throttle(self, step_seconds: float) -> None:
+        """The guard's duty cycle: idle after a step in proportion to it, still responsive."""
+        duty = self.read_control().duty_cycle
+        if duty >= 1.0:
+            return
+        end = time.monotonic() + step_seconds * (1.0 - duty) / duty
+        while (left := end - time.monotonic()) > 0 and not self.should_stop() and not self.read_control().pause:
+            self.beat()
+            time.sleep(min(0.05, left))
 
-    def save(self, done: bool = False, val_loss: float | None = None) -> Path:
+    def disk_free(self) -> tuple[int, str]:
+        """Free bytes where checkpoints go, and the filesystem's mount point. The guard's
+        sensor file, when it gives disk_free_gb, stands for the real disk (tests, quotas)."""
+        path = self.work.checkpoints.resolve()
+        mount = path
+        while not os.path.ismount(mount) and mount != mount.parent:
+            mount = mount.parent
+        if self.spec.sensor_file:
+            try:
+                given = json.loads(self.spec.sensor_file.read_text()).get("disk_free_gb")
+                if isinstance(given, (int, float)) and not isinstance(given, bool):
+                    return int(given * 2**30), str(mount)
+            except (OSError, ValueError, AttributeError):
+                pass  # the daemon's guard reports a broken sensor file; use the real disk
+        return shutil.disk_usage(path).free, str(mount)
+
+    def checkpoint_bytes(self) -> int:
+        """The size of the newest checkpoint, or an estimate (weights + two Adam moments)."""
+        found = step_dirs(self.work.checkpoints)
+        if found:
+            return sum(f.stat().st_size for f in found[0][1].iterdir())
+        return 3 * sum(p.numel() * p.element_size() for p in self.raw_model.parameters()) + 2**20
+
+    def wait_for_disk(self) -> bool:
+        """Hold until a checkpoint fits (twice its size plus the margin); never start one that
+        might not. False if asked to stop meanwhile: then nothing is saved or damaged."""
+        need = 2 * self.checkpoint_bytes() + int(self.spec.disk_margin_gb * 2**30)
+        free, mount = self.disk_free()
+        if free >= need:
+            return True
+        started = time.monotonic()
+        reason = (f"disk full: {free / 2**30:.2f} GB free on {mount}, a checkpoint needs {need / 2**30:.2f} GB "
+                  f"(twice its size plus {self.spec.disk_margin_gb:g} GB); free space there")
+        log.warning("%s", reason)
+        self.phase, before = "paused", self.phase
+        self.disk_reason = reason
+        while self.disk_free()[0] < need:
+            if self.should_stop():
+                break
+            self.beat()
+            time.sleep(0.2)
+        self.disk_reason = None
+        self.phase = before
+        self.paused_seconds += time.monotonic() - started
+        self.beat(force=True)
+        return not self.should_stop() or self.disk_free()[0] >= need
+
+    def save(self, done: bool = False, val_loss: float | None = None) -> Path | None:
+        if not self.wait_for_disk():
+            log.warning("stopping without a checkpoint: the disk is still full")
+            return None
         p = self.trainer.progress
         self.phase, before = "saving", self.phase
         self.beat(force=True)
@@ -350,12 +408,12 @@ class Worker:
             steps_total=t.steps_total() if t else 0, part_tokens=p.part_tokens,
             part_tokens_total=t.tokens_total() if t else 0, global_tokens=p.global_tokens,
             loss=p.loss, lr=self.last_lr, tokens_per_s=self.tokens_per_s,
-            paused_reason=self.control.reason if self.phase == "paused" else None,
+            paused_reason=(self.disk_reason or self.control.reason) if self.phase == "paused" else None,
             control_seq=self.control.seq,
             last_checkpoint_step=self.last_ckpt[0] if self.last_ckpt else None,
             last_checkpoint_time=self.last_ckpt[1] if self.last_ckpt else None,
             device=str(placement.device) if placement else None,
-            precision=placement.precision if placement else None,
+            precision=placement.precision if placement else None, duty_cycle=self.control.duty_cycle,
         ), fault="heartbeat")
 
     def report(self, report: ErrorReport) -> None:

@@ -1,0 +1,58 @@
+"""The daemon's hardware watch: sensors and guard together, polled at the guard's interval.
+
+Each poll reads every sensor, asks the guard for a verdict, records both in
+hardware.json (which `status` shows) and hands the verdict to the daemon to act on.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from orchestrator.events import EventLog
+from orchestrator.guard import Guard, Verdict
+from orchestrator.schedule import GuardConfig
+from orchestrator.sensors import Sensors
+from runtime.atomic import atomic_write_json
+from runtime.paths import RunPaths
+
+
+def sensor_file_for(cfg: GuardConfig, schedule_dir: Path) -> Path | None:
+    """ORCHESTRATOR_SENSOR_FILE wins over guard.sensor_file (relative to the schedule)."""
+    env = os.environ.get("ORCHESTRATOR_SENSOR_FILE")
+    if env:
+        return Path(env).resolve()
+    return (schedule_dir / cfg.sensor_file).resolve() if cfg.sensor_file else None
+
+
+class HardwareWatch:
+    def __init__(self, cfg: GuardConfig, paths: RunPaths, sensor_file: Path | None, gpu_index: int):
+        self.cfg = cfg
+        self.paths = paths
+        self.sensor_file = sensor_file
+        self.sensors = Sensors.for_run(paths.root, sensor_file, cfg.sensor_stale_s, gpu_index)
+        self.guard = Guard(cfg)
+        self.last_poll = 0.0
+
+    def start(self, events: EventLog) -> None:
+        for note in self.sensors.start():
+            events.info(f"sensor source absent: {note}")
+        nvml = self.sensors.nvml
+        if self.cfg.gpu_power_limit_w and nvml:
+            note = nvml.set_power_limit(self.cfg.gpu_power_limit_w)
+            self.guard.power_limit_set = note is not None
+            events.info(note or nvml.power_note)
+
+    def poll(self, now: float) -> Verdict | None:
+        """A verdict when a poll is due, else None."""
+        if now - self.last_poll < self.cfg.poll_interval_s:
+            return None
+        self.last_poll = now
+        readings = self.sensors.read(now)
+        verdict = self.guard.evaluate(readings, now)
+        atomic_write_json(self.paths.hardware, {"readings": readings.to_json(), "pause": verdict.pause,
+                                                "duty_cycle": verdict.duty_cycle})
+        return verdict
+
+    def close(self) -> None:
+        self.sensors.close()
