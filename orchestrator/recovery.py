@@ -1,0 +1,95 @@
+"""Starting a daemon on a run directory that may have been left in any state.
+
+    make_run_dir   create it (0700) or say clearly why it cannot be used
+    load_state     state.json, or rebuilt from checkpoints and events if missing/unreadable
+    compatible     the schedule's model and tokenizer must be the chain's
+    recover        finish what a killed daemon left half done; adopt its live worker
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+from orchestrator import reconcile
+from orchestrator.chain import ChainPlan
+from orchestrator.errors import UserError
+from orchestrator.events import EventLog
+from orchestrator.promote import find_promoted, quarantine, set_latest
+from orchestrator.runner import PartRunner
+from orchestrator.state import ChainState, ScheduleState
+from orchestrator.state import load as load_state_file
+from runtime.checkpoint import read_meta
+from runtime.paths import RunPaths
+from runtime.workerfiles import Result, read_model
+
+
+def make_run_dir(paths: RunPaths) -> None:
+    try:
+        paths.make()
+        probe = paths.root / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"{paths.root}: the run directory cannot be created or written "
+                        f"({e.strerror}); choose another with --run-dir") from None
+
+
+def check_compatible(state: ChainState, plan: ChainPlan) -> None:
+    """A chain keeps one model shape and one tokenizer; UserError otherwise."""
+    if state.model and state.model != plan.model:
+        diff = ", ".join(f"{k} {state.model.get(k)!r} -> {plan.model.get(k)!r}"
+                         for k in sorted(set(state.model) | set(plan.model))
+                         if state.model.get(k) != plan.model.get(k))
+        raise UserError(f"{plan.path}: the model differs from the one this chain trains ({diff}); a chain "
+                        "keeps one model shape: restore the model section, or start a new run dir")
+    if state.tokenizer_sha256 and plan.tokenizer_sha256 and state.tokenizer_sha256 != plan.tokenizer_sha256:
+        raise UserError(f"{plan.path}: the parts use a different tokenizer than the chain trained with; "
+                        "a chain keeps one tokenizer")
+
+
+def load_state(paths: RunPaths, plan: ChainPlan, events: EventLog, schedule_sha: str | None) -> ChainState:
+    if paths.state.exists():
+        try:
+            state = load_state_file(paths.state)
+        except ValueError as e:
+            moved = quarantine(paths, paths.state, f"unreadable state.json: {e}")
+            state = reconcile.rebuild(paths, plan)
+            events.emit("state-rebuilt", f"state.json was unreadable (moved to {moved}); rebuilt it from the "
+                        "promoted checkpoints and events", level=logging.WARNING)
+    elif any(paths.checkpoints.glob("[0-9]*-*")):
+        state = reconcile.rebuild(paths, plan)
+        events.emit("state-rebuilt", "state.json was missing; rebuilt it from the promoted checkpoints and "
+                    "events", level=logging.WARNING)
+    else:
+        state = reconcile.new_state(plan)
+    check_compatible(state, plan)
+    for note in reconcile.merge(state, plan):
+        events.emit("schedule-change", note, level=logging.WARNING)
+    state.schedule = ScheduleState(path=str(plan.path), sha256=schedule_sha, valid=True, loaded_at=time.time())
+    return state
+
+
+def recover(runner: PartRunner) -> None:
+    """Finish interrupted promotions and cleanups; adopt a live worker, or requeue its part."""
+    paths, state = runner.paths, runner.state
+    for part in state.parts:
+        work = paths.work(part.id)
+        if part.status == "done" and work.root.exists():
+            runner.finish_scratch(part)
+        if part.status != "running":
+            continue
+        folder = find_promoted(paths, part.id)
+        if folder:
+            runner.record_done(part, folder, read_meta(folder), read_model(work.result, Result))
+            runner.events.emit("promotion-completed", f"finished the interrupted promotion of {part.id}",
+                               part=part.id)
+        elif not runner.adopt(part):
+            part.status, part.worker_pid = "pending", None
+    if state.latest_checkpoint:
+        name = Path(state.latest_checkpoint).name
+        if not paths.latest.exists() or paths.latest.read_text().strip() != name:
+            set_latest(paths, name)
+    runner.save()
