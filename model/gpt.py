@@ -139,6 +139,8 @@ def generate(
     max_new_tokens: int,
     temperature: float = 1.0,
     top_k: int | None = None,
+    top_p: float | None = None,
+    repetition_penalty: float = 1.0,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
 ):
@@ -161,20 +163,36 @@ def generate(
                 logits, _ = model(idx[:, -1:], cache=cache)
         else:
             logits, _ = model(idx[:, -cfg.block_size :])
-        next_id = pick_token(logits[:, -1, :], temperature, top_k, generator)
+        logits = penalize_repeats(logits[:, -1, :], idx, repetition_penalty)
+        next_id = pick_token(logits, temperature, top_k, top_p, generator)
         idx = torch.cat([idx, next_id], dim=1)
         yield next_id
 
 
+def penalize_repeats(logits: torch.Tensor, idx: torch.Tensor, penalty: float) -> torch.Tensor:
+    """(B, V) logits with tokens already in idx made less likely (CTRL's rule); 1.0: unchanged."""
+    if penalty == 1.0:
+        return logits
+    seen = torch.gather(logits, 1, idx)
+    return logits.scatter(1, idx, torch.where(seen > 0, seen / penalty, seen * penalty))
+
+
 def pick_token(
-    logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None
+    logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
+    generator: torch.Generator | None,
 ) -> torch.Tensor:
-    """(B, V) logits -> (B, 1) ids: greedy at temperature 0, else sampled from the top k."""
+    """(B, V) logits -> (B, 1) ids: greedy at temperature 0, else sampled from the top k
+    tokens and the smallest set whose probability reaches top_p."""
     if temperature <= 0:
         return logits.argmax(dim=-1, keepdim=True)
     logits = logits.float() / temperature
     if top_k is not None and top_k < logits.size(-1):
         kth = torch.topk(logits, top_k).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+        drop = cumulative - torch.softmax(sorted_logits, dim=-1) >= top_p  # keep the token that crosses p
+        logits = logits.scatter(1, order, sorted_logits.masked_fill(drop, float("-inf")))
     probs = F.softmax(logits, dim=-1)
     return torch.multinomial(probs, num_samples=1, generator=generator)

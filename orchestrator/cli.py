@@ -32,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    p = sub.add_parser("demo", help="the whole tool in minutes: tiny model, shipped corpus, CPU")
+    p.add_argument("--run-dir", type=Path, help="where it all goes (default: runs/demo)")
+    _handler(p, "orchestrator.demo:cmd_demo")
+
     p = sub.add_parser("run", help="the daemon: run the schedule's chain of parts (foreground; systemd runs this)")
     p.add_argument("--schedule", type=Path, required=True, help="the schedule file (JSON)")
     p.add_argument("--run-dir", type=Path, help="default: runs/<schedule name>/ beside the schedule")
@@ -85,6 +89,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user", action="store_true", help="a user unit (~/.config/systemd/user) instead of a system one")
     p.add_argument("--output", type=Path, help="write the unit here instead")
     _handler(p, "orchestrator.service:cmd_install_service")
+
+    p = sub.add_parser("sample", help="generate text from a checkpoint, streamed")
+    p.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint folder (checkpoints/NNNN-...)")
+    p.add_argument("--prompt", default="", help="the text to continue")
+    p.add_argument("--max-tokens", type=int, default=100)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 picks the most likely token (deterministic)")
+    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--repetition-penalty", type=float, default=1.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tokenizer", type=Path, help="default: the one named by the run's schedule")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    _handler(p, "trainer.sample:cmd_sample")
 
     from dataprep.commands import register as register_dataprep  # argparse only; the work imports lazily
 

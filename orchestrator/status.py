@@ -162,15 +162,18 @@ def render(info: dict, show_all: bool = False):
             parts.append(Text(f"paused ({who}): {p['reason']} since {progress.clock(p['since'])}", style="yellow"))
 
     table = Table(show_edge=False, header_style="bold")
-    for col in ("part", "status", "tries", "tokens", "loss", "val loss", "checkpoint"):
-        table.add_column(col, justify="right" if col in ("tries", "tokens", "loss", "val loss") else "left")
+    table.add_column("part", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    for col in ("tries", "tokens", "loss", "val loss"):
+        table.add_column(col, justify="right", no_wrap=True)
+    table.add_column("ckpt")
     for row in _rows(info["parts"], show_all):
         if isinstance(row, tuple):
             status, n, first, last = row
             table.add_row(f"{first['id']} .. {last['id'].split('/', 1)[1]}", Text(f"{status} ({n} parts)",
                           style=STATUS_STYLE[status]), "", "", "", "", "")
             continue
-        note = row["checkpoint"] or (row["error"] or "")[:60]
+        note = row["checkpoint"].rsplit("/", 1)[-1].split("-", 1)[0] if row["checkpoint"] else (row["error"] or "")[:60]
         table.add_row(row["id"], Text(row["status"], style=STATUS_STYLE[row["status"]]), str(row["attempts"]),
                       progress.tokens(row["tokens"] or row["planned_tokens"]), progress.loss(row["loss"]),
                       progress.loss(row["val_loss"]), note)

@@ -224,3 +224,12 @@ def test_every_schedule_field_is_documented():
             assert f"`{name}`" in doc, f"{cls.__name__}.{name} is missing from docs/schedule.md"
     for name in FIELDS:
         assert f"`{name}`" in doc, f"model.{name} is missing from docs/schedule.md"
+
+
+def test_the_shipped_example_schedules_are_valid():
+    from orchestrator.schedule import Schedule
+    from model.config import config_from_dict
+
+    for path in (Path(__file__).resolve().parent.parent / "schedules").glob("*.json"):
+        schedule = Schedule.model_validate(json.loads(path.read_text()))  # the data itself is not shipped
+        config_from_dict({"vocab_size": 16000, **schedule.model})

@@ -1,0 +1,212 @@
+"""`orchestrator prepare`: corpus -> token parts, a validation split and a manifest.
+
+Two steps, both resumable through dataprep.outdir:
+1. tokenize: read every input, clean, segment and encode the documents in worker
+   processes, drop duplicates, and append each document to the train or the val
+   stream (by a stable hash of its title) with its sentence starts;
+2. lay out: cut the train stream into parts of near-equal size at document or
+   sentence starts, choose each part's window starts (dataprep.layout), write the part
+   files, the val split and the manifest (runtime.tokens), and publish them at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from dataprep.corpus import Corpus, describe_drops
+from dataprep.docwork import WorkOptions, encode_chunk, init_worker
+from dataprep.inputs import expand_inputs
+from dataprep.layout import WindowStats, part_cuts, parts_for, window_starts, word_start_finder
+from dataprep.outdir import OutputDir
+from dataprep.parallel import default_workers, ordered_map
+from dataprep.progress import InputProgress
+from dataprep.streams import StreamWriter, open_stream, remove_stream
+from dataprep.tokenizer import TokenizerFacts, boundary_tables, describe, load_processor
+from dataprep.writer import write_part
+from orchestrator.errors import UserError
+from runtime.tokens import PartInfo, TokenizerInfo, TokenManifest
+
+PART_TOLERANCE = 0.01
+"""A part may end at a document start up to this fraction of its size from its even share."""
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    _check_arguments(args)
+    specs = expand_inputs(args.input, args.format)
+    facts = describe(args.tokenizer)
+    dtype = facts.dtype(args.dtype)
+    arguments = {
+        "inputs": [str(s.path) for s in specs], "tokenizer": str(args.tokenizer), "block_size": args.block_size,
+        "parts": args.parts, "part_tokens": args.part_tokens, "val_fraction": args.val_fraction,
+        "overlap": args.overlap, "min_chars": args.min_chars, "format": args.format, "text_unit": args.text_unit,
+        "dtype": dtype,
+    }
+    fingerprint = _fingerprint(facts, specs, arguments)
+    out = OutputDir(args.out, fingerprint)
+    if out.open() == "done":
+        print(f"{args.out}: already prepared with these inputs and arguments; nothing to do")
+        return 0
+    workers = default_workers() if args.workers is None else args.workers
+    started = time.monotonic()
+    try:
+        manifest = out.pending_manifest()
+        if manifest is None:
+            streams = out.streams_done()
+            if streams is None:
+                streams = _tokenize(Corpus(specs, args.text_unit), out, facts, dtype, args, workers)
+                out.mark_streams_done(streams)
+            manifest = _lay_out(out, facts, dtype, args, arguments, fingerprint, streams)
+        out.publish(manifest)
+    except UserError:
+        out.discard()
+        raise
+    except OSError as e:  # a full disk, a read-only directory: the staging stays for a re-run
+        raise UserError(f"{e.filename or args.out}: {e.strerror or e}") from None
+    _print_summary(args.out, manifest, time.monotonic() - started)
+    return 0
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    problems = []
+    if args.block_size < 1:
+        problems.append("--block-size must be at least 1")
+    if not 0 <= args.overlap < args.block_size:
+        problems.append("--overlap must be at least 0 and less than --block-size")
+    if not 0 <= args.val_fraction < 1:
+        problems.append("--val-fraction must be in [0, 1)")
+    if args.parts is not None and args.parts < 1:
+        problems.append("--parts must be at least 1")
+    if args.part_tokens is not None and args.part_tokens <= args.block_size:
+        problems.append("--part-tokens must be larger than --block-size")
+    if args.min_chars < 0 or (args.workers is not None and args.workers < 0):
+        problems.append("--min-chars and --workers must not be negative")
+    if problems:
+        raise UserError("; ".join(problems))
+
+
+def _fingerprint(facts: TokenizerFacts, specs, arguments: dict) -> str:
+    """Same tokenizer, same inputs (path and size), same arguments: the same preparation."""
+    key = {"tokenizer": facts.sha256, "inputs": [[str(s.path.resolve()), s.size, s.format] for s in specs],
+           "arguments": {k: v for k, v in arguments.items() if k not in ("inputs", "tokenizer")}}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def _tokenize(corpus: Corpus, out: OutputDir, facts: TokenizerFacts, dtype: str, args, workers: int) -> dict:
+    """Step 1: every input -> the train and val streams. Returns what step 2 and the
+    manifest need to know."""
+    options = WorkOptions(min_chars=args.min_chars, tokenizer=facts.path)
+    tokens = 0
+    started = time.monotonic()
+    with (StreamWriter(out.staging, "train", dtype) as train, StreamWriter(out.staging, "val", dtype) as val,
+          InputProgress(corpus.total_bytes, "tokenizing", args.quiet) as progress):
+        for chunk, bytes_read in ordered_map(encode_chunk, corpus.chunks(), workers, init_worker, (options,)):
+            corpus.absorb(chunk.problems)
+            pos = seg = 0
+            for n, k, digest, key in zip(chunk.doc_tokens.tolist(), chunk.doc_segs.tolist(),
+                                         chunk.digests.tolist(), chunk.split_keys.tolist()):
+                if not corpus.is_duplicate(digest):
+                    (val if key < args.val_fraction else train).append(chunk.tokens[pos: pos + n],
+                                                                       chunk.seg_starts[seg: seg + k])
+                pos, seg = pos + n, seg + k
+            tokens += len(chunk.tokens)
+            progress.update(bytes_read, corpus.documents_read, tokens)
+    if train.documents == 0:
+        raise UserError(f"no documents left for training after cleaning (read {corpus.documents_read:,}; dropped: "
+                        f"{describe_drops(corpus.dropped)}); check the inputs, --min-chars and --val-fraction")
+    return {**corpus.report(), "seconds": round(time.monotonic() - started, 2),
+            "train": {"documents": train.documents, "tokens": train.tokens},
+            "val": {"documents": val.documents, "tokens": val.tokens}}
+
+
+def _lay_out(out: OutputDir, facts: TokenizerFacts, dtype: str, args, arguments: dict, fingerprint: str,
+             streams: dict) -> TokenManifest:
+    """Step 2: streams -> part files in the staging folder, and their manifest."""
+    out.parts_dir.mkdir(exist_ok=True)
+    starts_word, breaks_after = boundary_tables(load_processor(facts.path))
+    layout = _PartWriter(out.parts_dir, dtype, args.block_size, args.overlap, starts_word, breaks_after)
+
+    train = open_stream(out.staging, "train", dtype)
+    total = len(train.tokens)
+    n_parts = parts_for(total, args.parts, args.part_tokens)
+    if total // n_parts < 2 * (args.block_size + 1):
+        raise UserError(f"too little text for {n_parts} parts: {total:,} training tokens make parts of "
+                        f"{total // n_parts:,} tokens, and a part needs at least two windows of --block-size + 1 = "
+                        f"{args.block_size + 1}; use fewer parts, a smaller --block-size or more input")
+    tolerance = max(args.block_size, int(total / n_parts * PART_TOLERANCE))
+    cuts = part_cuts(total, n_parts, train.doc_starts, train.sent_starts, tolerance)
+    parts = [layout.write(f"part-{i:03d}", train, a, b) for i, (a, b) in enumerate(zip(cuts, cuts[1:]))]
+    val_info = None
+    if args.val_fraction > 0:
+        val_stream = open_stream(out.staging, "val", dtype)
+        if len(val_stream.tokens) < args.block_size + 1:
+            raise UserError(f"the validation split holds {len(val_stream.tokens):,} tokens "
+                            f"({streams['val']['documents']} documents), less than one window of "
+                            f"{args.block_size + 1}; raise --val-fraction, add input, or use --val-fraction 0")
+        val_info = layout.write("val", val_stream, 0, len(val_stream.tokens))
+    del train
+    for name in ("train", "val"):
+        remove_stream(out.staging, name)
+    source = {
+        "fingerprint": fingerprint,
+        "tool": "orchestrator prepare",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "arguments": arguments,
+        **streams,
+        "windows": asdict(layout.stats),
+    }
+    return TokenManifest(
+        dtype=dtype, block_size=args.block_size,
+        tokenizer=TokenizerInfo(sha256=facts.sha256, vocab_size=facts.vocab_size, eos_id=facts.eos_id,
+                                file=str(facts.path)),
+        parts=parts, val=val_info, source=source,
+    )
+
+
+class _PartWriter:
+    """One part (or the val split) from a stream range: its windows and its files."""
+
+    def __init__(self, folder: Path, dtype: str, block_size: int, overlap: int, starts_word: np.ndarray,
+                 breaks_after: np.ndarray):
+        self.folder, self.dtype, self.block_size, self.overlap = folder, dtype, block_size, overlap
+        self.starts_word, self.breaks_after = starts_word, breaks_after
+        self.stats = WindowStats()
+
+    def write(self, name: str, stream, a: int, b: int) -> PartInfo:
+        tokens = stream.tokens[a:b]
+        sents = _within(stream.sent_starts, a, b)
+        docs = _within(stream.doc_starts, a, b)
+        documents = len(docs) + (0 if len(docs) and docs[0] == 0 else 1)  # a part may start mid-document
+        finder = word_start_finder(tokens, self.starts_word, self.breaks_after)
+        starts, stats = window_starts(b - a, self.block_size, self.overlap, sents, docs, finder)
+        if len(starts) == 0:
+            raise UserError(f"{name}: {b - a} tokens, too few for one window of --block-size + 1 = {self.block_size + 1}")
+        self.stats.add(stats)
+        return write_part(self.folder, name, tokens, starts, documents, self.dtype)
+
+
+def _within(positions: np.ndarray, a: int, b: int) -> np.ndarray:
+    """The positions in [a, b), relative to a, as int64."""
+    lo, hi = np.searchsorted(positions, [a, b])
+    return np.asarray(positions[lo:hi], dtype=np.int64) - a
+
+
+def _print_summary(out: Path, manifest: TokenManifest, seconds: float) -> None:
+    src = manifest.source
+    train_tokens = sum(p.tokens for p in manifest.parts)
+    windows = src.get("windows", {})
+    print(f"prepared {out}: {len(manifest.parts)} parts ({manifest.parts[0].name} .. {manifest.parts[-1].name}), "
+          f"{train_tokens:,} training tokens, {manifest.val.tokens if manifest.val else 0:,} validation tokens, "
+          f"{manifest.dtype}, block size {manifest.block_size}, in {seconds:.1f} s")
+    print(f"documents: {src.get('documents_read', 0):,} read; {src['train']['documents']:,} train, "
+          f"{src['val']['documents']:,} val; dropped: {describe_drops(src.get('dropped', {}))}")
+    print(f"windows: {windows.get('windows', 0):,}; starts inside a long sentence {windows.get('mid_sentence', 0):,}, "
+          f"inside a word {windows.get('mid_word', 0):,}; tail tokens left out {windows.get('uncovered_tokens', 0):,}")
+    if src.get("damaged_example"):
+        print(f"damaged pages skipped, e.g. {src['damaged_example']}")
