@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))
 from dataprep.docwork import Problems, clean_document, encode_documents  # noqa: E402
 from dataprep.wikidump import read_dump  # noqa: E402
 
-SAMPLE = REPO.parent / "shared" / "data" / "enwiki-sample-pages-articles.xml.bz2"
+SAMPLE = REPO / "tests" / "data" / "enwiki-sample-pages-articles.xml.bz2"
 
 
 def build_larger(sample: Path, copies: int, out: Path) -> int:

@@ -32,7 +32,7 @@ from runtime.tokens import load_manifest
 from tests.helpers import REPO, env, wait_for
 from trainer.tokenfile import check_windows, open_part
 
-DATA = REPO.parent / "shared" / "data"
+DATA = REPO / "tests" / "data"  # copies of real corpora, see LICENSES.md there
 ENWIKI = DATA / "enwiki-sample-pages-articles.xml.bz2"
 DEMO_WIKI = REPO / "orchestrator" / "demo_corpus" / "enwiki-excerpt-pages-articles.xml.bz2"
 DEMO_JARGON = REPO / "orchestrator" / "demo_corpus" / "en-jargon-file-excerpt.txt.gz"
@@ -51,7 +51,7 @@ def run_cli(*argv, **kwargs) -> subprocess.CompletedProcess:
 
 def turkish_excerpt(folder: Path, chars: int) -> Path:
     """The first `chars` characters of the Turkish speeches, as a plain-text file."""
-    text = gzip.open(DATA / "tr-ataturk-speeches.txt.gz", "rt", encoding="utf-8").read(chars)
+    text = gzip.open(DATA / "tr-ataturk-speeches-excerpt.txt.gz", "rt", encoding="utf-8").read(chars)
     path = folder / "tr.txt"
     path.write_text(text[: text.rindex("\n\n")] + "\n", encoding="utf-8")
     return path
@@ -122,7 +122,7 @@ def test_tokenizer_user_errors(tmp_path, capsys):
 def test_sentence_by_sentence_encoding_is_whole_document_encoding(tokenizer):
     sp = spm.SentencePieceProcessor(model_file=str(tokenizer[0]))
     texts = [clean_document(doc, 0, Problems()) for doc, _ in read_dump(DEMO_WIKI, Counter())]
-    texts.append(clean_text(gzip.open(DATA / "tr-ataturk-speeches.txt.gz", "rt", encoding="utf-8").read(20_000)))
+    texts.append(clean_text(gzip.open(DATA / "tr-ataturk-speeches-excerpt.txt.gz", "rt", encoding="utf-8").read(20_000)))
     tokens, doc_tokens, seg_starts, doc_segs = encode_documents(sp, texts, sp.eos_id())
     assert tokens.tolist() == [t for text in texts for t in [*sp.encode(text), sp.eos_id()]]
     assert doc_tokens.tolist() == [len(sp.encode(text)) + 1 for text in texts]

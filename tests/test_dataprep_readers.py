@@ -1,5 +1,5 @@
 """Readers, wikitext stripping, cleaning and sentence segmentation, on the real corpora
-in ../shared/data and on small files written here."""
+in tests/data (copies of real corpora) and on small files written here."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from dataprep.wikitext import wikitext_to_text
 from orchestrator.errors import UserError
 from tests.helpers import REPO
 
-DATA = REPO.parent / "shared" / "data"
+DATA = REPO / "tests" / "data"  # copies of real corpora, see LICENSES.md there
 ENWIKI = DATA / "enwiki-sample-pages-articles.xml.bz2"
 DEMO_WIKI = REPO / "orchestrator" / "demo_corpus" / "enwiki-excerpt-pages-articles.xml.bz2"
 HIDDEN = frozenset({"file", "image", "category", "media"})
