@@ -153,6 +153,18 @@ def test_warm_stop_then_restart_and_a_second_daemon_is_refused(tmp_path):
     assert out.returncode == 0, out.stderr
     assert daemon.wait(timeout=10) == 0
 
+    daemon = start_daemon(schedule, log)  # a second signal: cold stop, the worker is killed
+    wait_for(lambda: running_step(run, "wiki/part-000") > stopped_at, timeout=120, what="training again")
+    worker_pid = part_of(read_state(run), "wiki/part-000")["worker_pid"]
+    os.kill(worker_pid, signal.SIGSTOP)  # a worker that cannot checkpoint now: the warm stop waits
+    daemon.send_signal(signal.SIGINT)
+    wait_for(lambda: events(run)[-1]["event"] == "daemon-stopping", what="the warm stop under way")
+    daemon.send_signal(signal.SIGINT)  # the impatient second Ctrl-C
+    assert daemon.wait(timeout=30) == 0
+    wait_for(lambda: not Path(f"/proc/{worker_pid}").exists(), what="the worker killed")
+    assert "second request" in events(run)[-2]["message"]
+    assert part_of(read_state(run), "wiki/part-000")["status"] == "pending"
+
 
 def test_hung_worker_is_killed_and_retried(tmp_path):
     schedule = make_chain(tmp_path, parts=1, tokens=TOKENS,
