@@ -33,7 +33,8 @@ from runtime.tokens import TokenizerInfo, TokenManifest  # noqa: E402
 from trainer import checkpoint, device, optim  # noqa: E402
 from trainer.data import Batches, WindowOrder  # noqa: E402
 from trainer.loop import Progress, Trainer  # noqa: E402
-from trainer.tokenfile import open_part, stride_starts, write_manifest, write_part  # noqa: E402
+from dataprep.writer import write_part  # noqa: E402
+from trainer.tokenfile import open_part, write_manifest  # noqa: E402
 
 # Dense peak TFLOP/s at the precision the trainer picks on that card (datasheets).
 PEAK_TFLOPS = {
@@ -50,7 +51,8 @@ def peak_for(name: str) -> float | None:
 
 def make_part(folder: Path, vocab: int, block: int, tokens: int):
     rng = np.random.default_rng(0)
-    info = write_part(folder, "part-000", rng.integers(0, vocab, tokens), stride_starts(tokens, block), 1,
+    starts = np.arange(0, tokens - block, block, dtype=np.uint64)
+    info = write_part(folder, "part-000", rng.integers(0, vocab, tokens), starts, 1,
                       "uint16" if vocab < 65536 else "uint32")
     tok = TokenizerInfo(sha256="0" * 64, vocab_size=vocab, eos_id=0)
     manifest = write_manifest(folder, TokenManifest(dtype="uint16" if vocab < 65536 else "uint32",

@@ -22,6 +22,7 @@ from pathlib import Path
 from orchestrator.errors import UserError
 from runtime.atomic import atomic_write_json, fsync_dir, read_json
 from runtime.tokens import MANIFEST_NAME, ManifestError, TokenManifest, load_manifest
+from runtime import faults
 from trainer.tokenfile import write_manifest
 
 STAGING = ".prepare"
@@ -104,6 +105,7 @@ class OutputDir:
                 staged, final = self.parts_dir / name, self.path / name
                 if staged.exists():
                     staged.replace(final)
+                    faults.point("prepare.publishing")
                 elif not final.exists():
                     raise UserError(f"{self.staging}: the staged file {name} is missing; delete {self.path} and "
                                     "run prepare again")

@@ -30,6 +30,7 @@ from dataprep.progress import InputProgress
 from dataprep.streams import StreamWriter, open_stream, remove_stream
 from dataprep.tokenizer import TokenizerFacts, boundary_tables, describe, load_processor
 from dataprep.writer import write_part
+from runtime import faults
 from orchestrator.errors import UserError
 from runtime.tokens import PartInfo, TokenizerInfo, TokenManifest
 
@@ -62,6 +63,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
             if streams is None:
                 streams = _tokenize(Corpus(specs, args.text_unit), out, facts, dtype, args, workers)
                 out.mark_streams_done(streams)
+                faults.point("prepare.tokenized")
             manifest = _lay_out(out, facts, dtype, args, arguments, fingerprint, streams)
         out.publish(manifest)
     except UserError:

@@ -109,8 +109,10 @@ def _train(lines: list[str], args, workers: int) -> None:
         except (RuntimeError, OSError) as e:
             raise UserError(f"SentencePiece could not train a {args.model_type} model of {args.vocab_size} pieces on "
                             f"{count:,} sentences: {e}; a small corpus needs a smaller --vocab-size") from None
-        os.replace(f"{prefix}.model", out)
-        os.replace(f"{prefix}.vocab", out.with_suffix(".vocab"))
+        for made, final in ((Path(f"{prefix}.model"), out), (Path(f"{prefix}.vocab"), out.with_suffix(".vocab"))):
+            with open(made, "rb") as f:  # SentencePiece does not fsync: a power cut must not leave it empty
+                os.fsync(f.fileno())
+            os.replace(made, final)
         fsync_dir(out.parent)
     except OSError as e:  # a full disk, a read-only directory
         raise UserError(f"{e.filename or out}: {e.strerror or e}") from None

@@ -1,6 +1,6 @@
-"""Writing one part's files: the bytes trainer.tokenfile.write_part would write, streamed
-from a memory map in slices (a part never has to fit in memory), hashed on the way, each
-file made durable under a temporary name and renamed into place."""
+"""Writing one part's files (the format of runtime.tokens, read by trainer.tokenfile),
+streamed from a memory map in slices (a part never has to fit in memory), hashed on the
+way, each file made durable under a temporary name and renamed into place."""
 
 from __future__ import annotations
 

@@ -169,7 +169,11 @@ class _Resolver:
                 self.errors.append(f"tokenizer: {self.schedule.tokenizer!r} does not exist "
                                    f"(paths are relative to {self.base})")
                 return None, None
-            want = sha256_file(tpath)
+            try:
+                want = sha256_file(tpath)
+            except OSError as e:
+                self.errors.append(f"tokenizer: {tpath}: cannot read it ({e.strerror})")
+                return None, None
         else:
             tpath, want = None, None
         for mpath, m in self.manifests.items():

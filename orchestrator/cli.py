@@ -90,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, help="write the unit here instead")
     _handler(p, "orchestrator.service:cmd_install_service")
 
+    p = sub.add_parser("fsck", help="check a run directory (checkpoints, state, pointer); --repair fixes")
+    _run_dir_arg(p)
+    p.add_argument("--repair", action="store_true",
+                   help="fix what can be fixed: damaged files go to quarantine/, never deleted (daemon stopped)")
+    _handler(p, "orchestrator.fsck:cmd_fsck")
+
     p = sub.add_parser("sample", help="generate text from a checkpoint, streamed")
     p.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint folder (checkpoints/NNNN-...)")
     p.add_argument("--prompt", default="", help="the text to continue")

@@ -9,6 +9,7 @@ the promoted checkpoints, and the worker's own checkpoints.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -33,6 +34,7 @@ from runtime.lockfile import LockFile, Locked
 from runtime.paths import RunPaths
 from runtime.workerfiles import Control, write_model
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 TICK_S = 0.5
 DEBOUNCE_S = 0.3  # let an editor finish saving before reading the schedule
 STAT_CHECK_S = 10.0  # fallback check of the schedule's mtime, for filesystems without inotify
@@ -56,6 +58,8 @@ class Daemon:
         self.duty_cycle = 1.0
         self.notifier = Notifier()
         self.hardware: HardwareWatch | None = None
+        self.write_error: str | None = None  # set while state.json cannot be written (disk full)
+        self.pause_kind: tuple[str, ...] = ()  # the guard's last kind of pause
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -63,6 +67,9 @@ class Daemon:
         self.plan = chain.resolve(load_schedule(self.schedule_path), self.schedule_path)
         self.paths = RunPaths((self.run_dir or default_for(self.schedule_path, self.plan.schedule.name)).resolve())
         recovery.make_run_dir(self.paths)
+        # Handlers first: once the lock holds our pid, CLI commands may signal us (SIGUSR1),
+        # and a default action would kill a daemon that is still starting.
+        self._install_signals()
         self.lock = LockFile(self.paths.lock)
         try:
             self.lock.acquire()
@@ -76,7 +83,6 @@ class Daemon:
             self.runner = PartRunner(self.paths, self.state, self.plan, self.events, self.save)
             recovery.recover(self.runner)
             self._start_guard()
-            self._install_signals()
             watcher = ScheduleWatcher(self.schedule_path, self._on_schedule_event)
             watcher.start()
             self.schedule_stamp = self._stamp()
@@ -107,14 +113,28 @@ class Daemon:
             self.lock.release()
 
     def tick(self) -> None:
-        self.handle_signals()
-        self.handle_requests()
-        self.handle_schedule()
-        self.handle_guard()
-        self.handle_worker()
-        self.handle_next()
-        self.publish()
+        try:
+            if self.write_error:
+                self.save()  # retry: the disk may have space again
+            self.handle_signals()
+            self.handle_requests()
+            self.handle_schedule()
+            self.handle_guard()
+            self.handle_worker()
+            self.handle_next()
+            self.publish()
+        except OSError as e:
+            if e.errno not in DISK_FULL:
+                raise
+            self._disk_full(f"cannot write {e.filename or 'a run file'}: {e.strerror}")
         self.notifier.watchdog()
+
+    def _disk_full(self, why: str) -> None:
+        """Pause on a full disk (no launch, no hang verdicts) until state.json writes again."""
+        if self.write_error is None:
+            self.write_error = f"{why}; free disk space"
+            self.events.warning(self.write_error)
+            self.runner.suspend_hang_checks = True
 
     # -- signals ---------------------------------------------------------------------------
 
@@ -159,9 +179,6 @@ class Daemon:
 
     def handle_requests(self) -> None:
         for path, req in requests.pending(self.paths):
-            if req is None:
-                path.unlink(missing_ok=True)
-                continue
             try:
                 message = self._apply_request(req)
                 requests.answer(self.paths, path, req.id, True, message)
@@ -172,8 +189,6 @@ class Daemon:
         if req.command == "stop":
             self.begin_stop("requested by `orchestrator stop`")
             return "stopping: the worker checkpoints, then the daemon exits"
-        if req.command == "reload":
-            return self.reload()
         message = requests.apply(self.state, req)
         part = requests.find_part(self.state, req.part) if req.part else None
         if req.command == "skip" and part:
@@ -225,7 +240,7 @@ class Daemon:
         try:
             plan = chain.resolve(load_schedule(self.schedule_path), self.schedule_path)
             recovery.check_compatible(self.state, plan)
-        except UserError as e:
+        except (UserError, OSError) as e:  # OSError: a data file unreadable right now
             previous = self.state.schedule
             self.state.schedule = ScheduleState(path=str(self.schedule_path), sha256=sha, valid=False,
                                                 error=str(e), loaded_at=previous.loaded_at)
@@ -272,15 +287,19 @@ class Daemon:
         verdict = self.hardware.poll(now)
         if verdict is None:
             return
+        e = self.hardware.write_error
+        if e is not None and e.errno in DISK_FULL:
+            self._disk_full(f"cannot write {self.paths.hardware.name}: {e.strerror}")
         for event, message in verdict.notes:
             self.events.emit(event, message, level=logging.WARNING if event != "guard-resume" else logging.INFO)
         was = self.state.guard_pause
-        if verdict.pause and (was is None or was.reason != verdict.pause):
+        if verdict.pause and (was is None or verdict.pause_kind != self.pause_kind):
             self.state.guard_pause = PauseState(reason=verdict.pause, since=was.since if was else now)
             self.save()
         elif verdict.pause is None and was is not None:
             self.state.guard_pause = None
             self.save()
+        self.pause_kind = verdict.pause_kind
         worker = self.runner.worker
         if verdict.stop_worker and worker and worker.stop_deadline is None:
             worker.request_stop(self.plan.schedule.supervisor.stop_grace_s, "on battery too long")
@@ -291,7 +310,7 @@ class Daemon:
 
     def paused(self) -> str | None:
         pauses = [p.reason for p in (self.state.user_pause, self.state.guard_pause) if p]
-        return "; ".join(pauses) or None
+        return "; ".join(pauses + ([self.write_error] if self.write_error else [])) or None
 
     def sync_control(self, checkpoint: bool = False) -> None:
         """Tell the running worker to pause, throttle or checkpoint, through its control.json."""
@@ -302,7 +321,10 @@ class Daemon:
         if wanted != self.control:
             self.control = wanted.model_copy(update={"seq": self.control.seq + 1})
             if self.runner.worker:
-                write_model(self.paths.work(self.runner.worker.part_id).control, self.control)
+                try:
+                    write_model(self.paths.work(self.runner.worker.part_id).control, self.control, fault="control")
+                except OSError as e:
+                    self.events.warning(f"cannot write the worker's control.json: {e.strerror}")
 
     def handle_next(self) -> None:
         if self.runner.worker or self.stopping or self.exit_code is not None:
@@ -360,11 +382,23 @@ class Daemon:
         self.notifier.status(self._status_line())
 
     def _status_line(self) -> str:
-        line = self.runner.status_line(self.runner.heartbeat())
+        line = self.runner.status_line(self.runner.last_heartbeat)
         return line or f"{self.state.daemon.state}: {self.state.daemon.reason or ''}".rstrip(": ")
 
     def save(self) -> None:
-        save_state(self.paths.state, self.state)
+        """Write state.json. A full disk pauses the chain (the state stays in memory and is
+        written as soon as it can be) instead of taking the daemon down."""
+        try:
+            save_state(self.paths.state, self.state)
+        except OSError as e:
+            if e.errno not in DISK_FULL:
+                raise
+            self._disk_full(f"cannot write {self.paths.state.name}: {e.strerror}")
+            return
+        if self.write_error is not None:
+            self.write_error = None
+            self.runner.suspend_hang_checks = False
+            self.events.emit("disk-writable", "state.json can be written again; the chain goes on")
 
 
 def cmd_run(args) -> int:

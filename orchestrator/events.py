@@ -13,7 +13,7 @@ import sys
 import time
 from logging.handlers import RotatingFileHandler
 
-from runtime.atomic import append_line, read_jsonl
+from runtime.atomic import append_line, end_lines
 from runtime.paths import RunPaths
 
 LOG_MAX_BYTES = 10 * 1024 * 1024
@@ -26,6 +26,7 @@ class EventLog:
         self.logger = logging.getLogger(f"orchestrator.{id(self)}")
         self.logger.setLevel(logging.INFO)
         self.logger.propagate = False
+        logging.raiseExceptions = False  # a log line that cannot be written (full disk) is dropped quietly
         fmt = logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
         handlers: list[logging.Handler] = [RotatingFileHandler(paths.log, maxBytes=LOG_MAX_BYTES,
                                                                backupCount=LOG_BACKUPS, encoding="utf-8")]
@@ -34,10 +35,16 @@ class EventLog:
         for h in handlers:
             h.setFormatter(fmt)
             self.logger.addHandler(h)
+        if end_lines(paths.events):
+            self.logger.warning("events.jsonl ended in a torn line (a crash or power cut while writing); "
+                                "sealed it: readers skip that line")
 
     def emit(self, event: str, message: str, level: int = logging.INFO, **fields) -> None:
         record = {"time": round(time.time(), 3), "event": event, **fields, "message": message}
-        append_line(self.paths.events, json.dumps(record, ensure_ascii=False))
+        try:
+            append_line(self.paths.events, json.dumps(record, ensure_ascii=False), fault="events")
+        except OSError as e:  # a full disk: the event is lost, the daemon is not
+            self.logger.warning(f"cannot write events.jsonl ({e.strerror}); event lost: {event}")
         self.logger.log(level, message)
 
     def info(self, message: str) -> None:
@@ -51,7 +58,3 @@ class EventLog:
             h.close()
             self.logger.removeHandler(h)
 
-
-def recent(paths: RunPaths, n: int = 10) -> list[dict]:
-    """The last n events (reads the whole file: it grows by a few lines a part)."""
-    return read_jsonl(paths.events)[-n:]

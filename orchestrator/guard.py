@@ -36,6 +36,9 @@ POWER_SCALE = 10.0  # power error counted like temperature: 10% of the limit ~ 1
 class Verdict:
     pause: str | None = None
     """Why the worker must hold between steps; None when it may run."""
+    pause_kind: tuple[str, ...] = ()
+    """What kind of pause (reason categories, thermal phase): stable while the numbers in
+    `pause` move, so the daemon records a pause once, not on every reading."""
     duty_cycle: float = 1.0
     """Fraction of time to spend computing (1: full speed)."""
     checkpoint: bool = False
@@ -65,6 +68,7 @@ class Guard:
         self.cfg = cfg
         self.power_limit_set = power_limit_set  # the card enforces the limit itself
         self.thermal_since: float | None = None
+        self.thermal_phase = "hot"  # or "cooling": below the pause threshold, not yet resumed
         self.battery_since: float | None = None
         self.temp_pi = _PI()
         self.power_pi = _PI()
@@ -88,6 +92,7 @@ class Guard:
                                "directory's filesystem; free space (old checkpoints, quarantine/)")
         v.duty_cycle = self._duty(r, dt)
         v.pause = "; ".join(reasons.values()) or None
+        v.pause_kind = tuple(sorted(reasons)) + ((f"thermal:{self.thermal_phase}",) if "thermal" in reasons else ())
         self._notes(reasons, v)
         return v
 
@@ -101,6 +106,7 @@ class Guard:
         elif self.thermal_since is not None and t < resume and now - self.thermal_since >= self.cfg.min_pause_s:
             self.thermal_since = None
         if self.thermal_since is not None:
+            self.thermal_phase = "hot" if t >= pause else "cooling"
             reasons["thermal"] = (f"GPU {t:.0f} °C >= {pause:g} °C" if t >= pause else
                                   f"GPU cooling: {t:.0f} °C, resumes below {resume:g} °C")
 

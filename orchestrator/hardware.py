@@ -33,6 +33,7 @@ class HardwareWatch:
         self.sensors = Sensors.for_run(paths.root, sensor_file, cfg.sensor_stale_s, gpu_index)
         self.guard = Guard(cfg)
         self.last_poll = 0.0
+        self.write_error: OSError | None = None
 
     def start(self, events: EventLog) -> None:
         for note in self.sensors.start():
@@ -50,8 +51,12 @@ class HardwareWatch:
         self.last_poll = now
         readings = self.sensors.read(now)
         verdict = self.guard.evaluate(readings, now)
-        atomic_write_json(self.paths.hardware, {"readings": readings.to_json(), "pause": verdict.pause,
-                                                "duty_cycle": verdict.duty_cycle})
+        self.write_error = None
+        try:
+            atomic_write_json(self.paths.hardware, {"readings": readings.to_json(), "pause": verdict.pause,
+                                                    "duty_cycle": verdict.duty_cycle}, fault="hardware")
+        except OSError as e:  # status shows older readings; the verdict still acts
+            self.write_error = e  # the daemon's first sign of a full disk: it checks this
         return verdict
 
     def close(self) -> None:

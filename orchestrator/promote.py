@@ -14,13 +14,15 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import time
 from pathlib import Path
 
 from runtime import faults
 from runtime.atomic import atomic_write_text, fsync_dir
 from runtime.checkpoint import CheckpointMeta, read_meta, verify
+from orchestrator.state import ChainState, PartState
 from runtime.paths import RunPaths
+from runtime.quarantine import NOTE_SUFFIX, note_of
+from runtime.quarantine import quarantine as runtime_quarantine
 
 PROMOTED_RE = re.compile(r"^(\d{4,})-")
 
@@ -29,27 +31,17 @@ class PromotionError(Exception):
     """The final checkpoint failed verification; it has been quarantined."""
 
 
-def quarantine(paths: RunPaths, path: Path, reason: str) -> Path:
-    """Move a damaged file or folder into the run's quarantine/ with a note. Never delete."""
-    paths.quarantine.mkdir(exist_ok=True)
-    dest = paths.quarantine / f"{time.strftime('%Y%m%d-%H%M%S')}-{path.name}"
-    n = 1
-    while dest.exists():
-        dest = dest.with_name(f"{dest.name}.{n}")
-        n += 1
-    os.rename(path, dest)
-    (paths.quarantine / f"{dest.name}.reason.txt").write_text(reason + "\n")
-    fsync_dir(paths.quarantine)
-    fsync_dir(path.parent)
-    return dest
+def quarantine(paths: RunPaths, path: Path, reason: str) -> Path | None:
+    """Move a damaged file or folder into the run's quarantine/ with a note; never delete."""
+    return runtime_quarantine(path, paths.quarantine, reason)
 
 
 def promote(paths: RunPaths, part_id: str, source: Path, seq: int) -> tuple[Path, CheckpointMeta]:
     verdict = verify(source)
     if not verdict.ok:
         moved = quarantine(paths, source, f"final checkpoint of {part_id}: {verdict.reason}")
-        raise PromotionError(f"final checkpoint of {part_id} failed verification ({verdict.reason}); "
-                             f"moved to {moved}")
+        raise PromotionError(f"final checkpoint of {part_id} failed verification ({verdict.reason})"
+                             + (f"; moved to {moved}" if moved else ""))
     meta = read_meta(source)
     if meta.part_id != part_id or not meta.done:
         raise PromotionError(f"{source} is not the final checkpoint of {part_id} (it is "
@@ -96,10 +88,8 @@ def clear_scratch(paths: RunPaths, work_root: Path) -> None:
     wq = work_root / "quarantine"
     if wq.is_dir():
         for item in list(wq.iterdir()):
-            if not item.name.endswith(".reason.txt"):
-                note = wq / f"{item.name}.reason.txt"
-                reason = note.read_text().strip() if note.exists() else "no reason recorded"
-                quarantine(paths, item, f"quarantined by the worker of {work_root.name}: {reason}")
+            if not item.name.endswith(NOTE_SUFFIX):
+                quarantine(paths, item, f"quarantined by the worker of {work_root.name}: {note_of(item)}")
     if work_root.exists():
         shutil.rmtree(work_root)
         fsync_dir(work_root.parent)
@@ -107,3 +97,22 @@ def clear_scratch(paths: RunPaths, work_root: Path) -> None:
         work_root.parent.rmdir()  # the stage's folder, once its last part is gone
     except OSError:
         pass
+
+
+def roll_back(paths: RunPaths, state: ChainState, reason: str) -> tuple[PartState, Path | str]:
+    """The newest promoted checkpoint is damaged: quarantine it and queue its part to train
+    again from the one before (returns the part and where the folder went). The caller
+    saves the state."""
+    latest = state.latest_checkpoint
+    owner = next(p for p in state.parts if p.checkpoint == latest)
+    folder = paths.root / latest
+    where = quarantine(paths, folder, f"promoted checkpoint of {owner.id}: {reason}") if folder.exists() else "nowhere"
+    before = max((p for p in state.parts if p.status == "done" and p is not owner), key=lambda p: p.seq, default=None)
+    owner.status, owner.checkpoint, owner.seq, owner.tokens = "pending", None, None, 0
+    state.latest_checkpoint = before.checkpoint if before else None
+    state.global_tokens = read_meta(paths.root / before.checkpoint).global_tokens if before else 0
+    if before:
+        set_latest(paths, Path(before.checkpoint).name)
+    else:
+        paths.latest.unlink(missing_ok=True)
+    return owner, where

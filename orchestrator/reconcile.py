@@ -1,9 +1,10 @@
 """Keep state.json's part list in line with the schedule, and rebuild it if it is lost.
 
-History is never rewritten: a part that ran (done, running, failed, skipped) keeps its
-place and its record even if the schedule changes or drops it; such changes are reported
-and ignored. Pending parts follow the schedule: appended parts are queued, removed ones
-are unqueued.
+History is never rewritten: a part that ran (done, running, failed, skipped, or pending
+after an attempt: its checkpoints hold training on its data) keeps its place and its
+record even if the schedule changes or drops it; such changes are reported and ignored.
+Parts not yet started follow the schedule: appended parts are queued, removed ones are
+unqueued.
 """
 
 from __future__ import annotations
@@ -32,15 +33,17 @@ def _new_part(p, block_size: int) -> PartState:
 def merge(state: ChainState, plan: ChainPlan) -> list[str]:
     """Apply the plan to state's parts; returns notes on what changed or was ignored."""
     notes = []
-    history = [p for p in state.parts if p.status != "pending"]
-    old_pending = {p.id: p for p in state.parts if p.status == "pending"}
+    history = [p for p in state.parts if started(p)]
+    old_pending = {p.id: p for p in state.parts if not started(p)}
     known = {p.id for p in history}
     for p in history:
         planned = plan.get(p.id)
         if planned is None:
-            notes.append(f"{p.id} ({p.status}) is no longer in the schedule; it stays in the chain's history")
+            still = "it stays queued (`orchestrator skip` leaves it out)" if p.status == "pending" else \
+                "it stays in the chain's history"
+            notes.append(f"{p.id} ({p.status}) is no longer in the schedule; {still}")
         elif planned.sha256 != p.sha256:
-            notes.append(f"{p.id} ({p.status}) changed in the schedule after it ran; the change is ignored")
+            notes.append(f"{p.id} ({p.status}) changed in the schedule after it started; the change is ignored")
     block = plan.model["block_size"]
     frontier = max((i for i, pp in enumerate(plan.parts) if pp.id in known), default=-1)
     pending, queued = [], []
@@ -53,7 +56,7 @@ def merge(state: ChainState, plan: ChainPlan) -> list[str]:
             queued.append(pp.id)
             if i < frontier:
                 notes.append(f"{pp.id} sorts before parts that already ran; it is queued to run next")
-        else:  # not trained yet: follow the schedule's current file
+        else:  # never started: follow the schedule's current file
             part.file, part.sha256, part.planned_tokens = str(pp.file), pp.sha256, pp.planned_tokens(block)
         pending.append(part)
     if queued and state.parts:
@@ -63,6 +66,11 @@ def merge(state: ChainState, plan: ChainPlan) -> list[str]:
                      f"schedule: {_span(list(old_pending))}")
     state.parts = history + pending
     return notes
+
+
+def started(part: PartState) -> bool:
+    """Has training touched this part (its data and spec are then fixed)?"""
+    return part.status != "pending" or part.attempts > 0
 
 
 def _span(ids: list[str]) -> str:
@@ -76,7 +84,12 @@ def rebuild(paths: RunPaths, plan: ChainPlan) -> ChainState:
     events = read_jsonl(paths.events)
     done: list[PartState] = []
     for folder in promoted_folders(paths):
-        meta = read_meta(folder)
+        try:
+            meta = read_meta(folder)
+        except (OSError, ValueError):
+            continue  # which part it was is unknowable; fsck reports the folder
+        # A folder damaged otherwise still records a part that trained: history is kept.
+        # (The newest one is verified before the next part starts from it.)
         planned = plan.get(meta.part_id)
         state.model = state.model or meta.model
         state.tokenizer_sha256 = state.tokenizer_sha256 or meta.tokenizer_sha256

@@ -17,13 +17,11 @@ from orchestrator import reconcile
 from orchestrator.chain import ChainPlan
 from orchestrator.errors import UserError
 from orchestrator.events import EventLog
-from orchestrator.promote import find_promoted, quarantine, set_latest
+from orchestrator.promote import quarantine, set_latest
 from orchestrator.runner import PartRunner
 from orchestrator.state import ChainState, ScheduleState
 from orchestrator.state import load as load_state_file
-from runtime.checkpoint import read_meta
 from runtime.paths import RunPaths
-from runtime.workerfiles import Result, read_model
 
 
 def make_run_dir(paths: RunPaths) -> None:
@@ -77,16 +75,13 @@ def recover(runner: PartRunner) -> None:
     paths, state = runner.paths, runner.state
     for part in state.parts:
         work = paths.work(part.id)
-        if part.status == "done" and work.root.exists():
-            runner.finish_scratch(part)
-        if part.status != "running":
+        if part.status == "done":
+            if work.root.exists():
+                runner.finish_scratch(part)
             continue
-        folder = find_promoted(paths, part.id)
-        if folder:
-            runner.record_done(part, folder, read_meta(folder), read_model(work.result, Result))
-            runner.events.emit("promotion-completed", f"finished the interrupted promotion of {part.id}",
-                               part=part.id)
-        elif not runner.adopt(part):
+        if runner.finish_promoted(part):  # promoted, but state.json was not saved in time
+            continue
+        if part.status == "running" and not runner.adopt(part):
             part.status, part.worker_pid = "pending", None
     if state.latest_checkpoint:
         name = Path(state.latest_checkpoint).name

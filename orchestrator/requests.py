@@ -21,13 +21,15 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from orchestrator.errors import UserError
+from orchestrator.events import EventLog
 from orchestrator.state import ChainState, PartState, PauseState
 from runtime.atomic import read_json
 from runtime.lockfile import holder
 from runtime.paths import RunPaths
 from runtime.workerfiles import read_model, write_model
 
-Command = Literal["pause", "resume", "stop", "skip", "retry", "reload"]
+Command = Literal["pause", "resume", "stop", "skip", "retry"]
+EXPIRES_S = 60.0  # a request older than this is stale: its CLI has given up waiting
 
 
 class Request(BaseModel):
@@ -62,16 +64,23 @@ def send(paths: RunPaths, command: Command, part: str | None = None, reason: str
             os.kill(pid, signal.SIGUSR1)
         except ProcessLookupError:
             pass
+    request = paths.control / f"req-{req.id}.json"
     ack = paths.control / f"ack-{req.id}.json"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    deadline = time.monotonic() + min(timeout, EXPIRES_S - 5)
+    while True:
         answer = read_model(ack, Answer)
         if answer is not None:
             ack.unlink(missing_ok=True)
             return answer
+        if time.monotonic() > deadline:
+            try:
+                request.unlink()  # withdrawn: it must not take effect later, unasked
+            except FileNotFoundError:
+                deadline += 5  # the daemon has taken it: its answer is on the way
+                continue
+            raise UserError(f"the daemon (pid {pid}) did not answer `{command}` in time; the request is "
+                            f"withdrawn; see {paths.log}")
         time.sleep(0.05)
-    raise UserError(f"the daemon (pid {pid}) did not answer `{command}` within {timeout:.0f}s; "
-                    f"see {paths.log}")
 
 
 class NoDaemon(UserError):
@@ -82,14 +91,27 @@ class NoDaemon(UserError):
 # -- the daemon side ----------------------------------------------------------------------
 
 
-def pending(paths: RunPaths) -> list[tuple[Path, Request | None]]:
-    """Requests waiting, oldest first; an unparsable one comes back as None to be answered."""
+def pending(paths: RunPaths) -> list[tuple[Path, Request]]:
+    """Requests waiting, oldest first. Unreadable or expired ones are removed, and so are
+    answers nobody collected (their CLI gave up)."""
+    now = time.time()
     out = []
     for path in sorted(paths.control.glob("req-*.json")):
         try:
-            out.append((path, Request.model_validate(read_json(path))))
+            req = Request.model_validate(read_json(path))
         except (OSError, ValueError):
-            out.append((path, None))
+            path.unlink(missing_ok=True)
+            continue
+        if now - req.time > EXPIRES_S:
+            path.unlink(missing_ok=True)
+        else:
+            out.append((path, req))
+    for old in paths.control.glob("ack-*.json"):
+        try:
+            if now - old.stat().st_mtime > 10 * EXPIRES_S:
+                old.unlink()
+        except FileNotFoundError:
+            pass
     return out
 
 
@@ -188,9 +210,17 @@ def _offline(paths: RunPaths, command: Command, part: str | None) -> int:
     except Locked:  # a daemon started meanwhile
         raise UserError(f"a daemon started on {paths.root} meanwhile; run the command again") from None
     try:
-        state = chain_state.load(paths.state)
+        try:
+            state = chain_state.load(paths.state)
+        except ValueError:
+            raise UserError(f"{paths.state} is unreadable; run `orchestrator fsck --repair --run-dir "
+                            f"{paths.root}`") from None
         message = apply(state, Request(id="offline", command=command, part=part, time=time.time()))
         chain_state.save(paths.state, state)
+        events = EventLog(paths, stderr=False)  # what a state rebuild reads to know of skips and retries
+        events.emit("part-skipped" if command == "skip" else "part-requeued", f"{message} (no daemon running)",
+                    part=find_part(state, part).id)
+        events.close()
     finally:
         lock.release()
     print(f"{message} (no daemon is running; it applies when one starts)")

@@ -16,12 +16,13 @@ from typing import Callable
 from orchestrator import policy, progress, specs
 from orchestrator.chain import ChainPlan
 from orchestrator.events import EventLog
-from orchestrator.promote import PromotionError, clear_scratch, promote
+from orchestrator.promote import PromotionError, clear_scratch, find_promoted, promote, roll_back
 from orchestrator.state import ChainState, PartState
 from orchestrator.supervisor import WorkerProcess
-from runtime.checkpoint import CheckpointMeta, step_dirs
+from runtime.checkpoint import CheckpointMeta, read_meta, step_dirs, verify
 from runtime.lockfile import holder
 from runtime.paths import RunPaths
+from runtime.quarantine import NOTE_SUFFIX
 from runtime.spec import WorkerSpec
 from runtime.workerfiles import Control, ErrorReport, Heartbeat, Result, read_model, write_model
 
@@ -39,6 +40,10 @@ class PartRunner:
         self.launch_step = -1  # newest checkpoint step in the work dir when the worker started
         self.worker_pause: str | None = None  # a pause the worker took itself (disk full)
         self.last_progress = 0.0
+        self.suspend_hang_checks = False  # while the disk is full no heartbeat can be written
+        self.reported: set[str] = set()  # worker quarantine notes already turned into events
+        self.last_heartbeat: Heartbeat | None = None  # read once a tick, by watch()
+        self.sound_start: str | None = None  # the promoted checkpoint last verified as a start
 
     # -- starting --------------------------------------------------------------------------
 
@@ -56,8 +61,20 @@ class PartRunner:
                          "running; waiting for it to checkpoint and stop", part=part.id)
         return True
 
+    def finish_promoted(self, part: PartState) -> bool:
+        """If the part's checkpoint is already promoted (a daemon died before recording it),
+        record it done now; True then. The promoted folder is the proof."""
+        folder = find_promoted(self.paths, part.id)
+        if folder is None:
+            return False
+        self.record_done(part, folder, read_meta(folder), read_model(self.paths.work(part.id).result, Result))
+        self.events.emit("promotion-completed", f"finished the interrupted promotion of {part.id}", part=part.id)
+        return True
+
     def launch(self, part: PartState, control: Control, sensor_file: Path | None) -> None:
         work = self.paths.work(part.id)
+        if self.finish_promoted(part):
+            return
         work.root.mkdir(parents=True, exist_ok=True)
         if self.adopt(part):
             return
@@ -65,12 +82,14 @@ class PartRunner:
             self.launch_step = self.newest_step(part.id)
             self.conclude(part, 0, stopping=False)
             return
+        if self.newest_step(part.id) < 0 and not self.start_is_sound():
+            return  # the part whose checkpoint was damaged is queued again, before this one
         spec = specs.write(self.plan, self.plan.get(part.id), part, self.state, self.paths, sensor_file)
         self.state.model = self.state.model or spec.model
         self.state.tokenizer_sha256 = self.state.tokenizer_sha256 or spec.tokenizer_sha256
         for stale in (work.error, work.heartbeat):
             stale.unlink(missing_ok=True)
-        write_model(work.control, control)
+        write_model(work.control, control, fault="control")
         self.launch_step = self.newest_step(part.id)
         self.worker = WorkerProcess.launch(part.id, work.spec, work.log)
         part.status, part.worker_pid = "running", self.worker.pid
@@ -81,6 +100,25 @@ class PartRunner:
         resume = f", resuming at step {self.launch_step}" if self.launch_step >= 0 else ""
         self.events.emit("part-started", f"started {part.id} (attempt {part.attempts}{resume})", part=part.id,
                          attempt=part.attempts, pid=self.worker.pid)
+
+    def start_is_sound(self) -> bool:
+        """The newest promoted checkpoint, where the next part starts, must verify. A damaged
+        one (a power cut, a bad disk) is quarantined and its part queued to train again from
+        the one before; False then."""
+        latest = self.state.latest_checkpoint
+        if not latest or latest == self.sound_start:  # promoted folders never change: once is enough
+            return True
+        folder = self.paths.root / latest
+        verdict = verify(folder)
+        if verdict.ok:
+            self.sound_start = latest
+            return True
+        owner, where = roll_back(self.paths, self.state, verdict.reason)
+        self.save()
+        self.events.emit("checkpoint-damaged", f"the promoted checkpoint of {owner.id} is damaged "
+                         f"({verdict.reason}); moved to {where}; {owner.id} trains again from "
+                         f"{self.state.latest_checkpoint or 'fresh weights'}", level=logging.ERROR, part=owner.id)
+        return False
 
     # -- watching --------------------------------------------------------------------------
 
@@ -96,25 +134,38 @@ class PartRunner:
         w = self.worker
         exited, rc = w.poll()
         if exited:
-            self.worker = None
+            self.worker = self.last_heartbeat = None
             return self.state.part(w.part_id), rc
         if w.enforce_deadline():
             self.events.emit("worker-killed", f"the worker of {w.part_id} did not stop in time ({w.stop_reason}); "
                              "killed it", level=logging.WARNING)
-        hb = self.heartbeat()
+        hb = self.last_heartbeat = self.heartbeat()
         sup = self.plan.schedule.supervisor
         last, limit = (hb.time, sup.heartbeat_timeout_s) if hb else (w.started, sup.startup_timeout_s)
-        if w.stop_deadline is None and time.time() - last > limit:
+        if w.stop_deadline is None and time.time() - last > limit and not self.suspend_hang_checks:
             self.hung = True
             self.events.emit("worker-hung", f"no heartbeat from the worker of {w.part_id} for "
                              f"{time.time() - last:.0f}s (limit {limit:.0f}s): stopping it",
                              level=logging.WARNING, part=w.part_id)
             w.request_stop(sup.hung_grace_s, "hung")
         self._note_own_pause(hb, control)
+        self.report_quarantine(w.part_id)
         if hb and time.time() - self.last_progress >= sup.progress_log_s:
             self.last_progress = time.time()
             self.events.info(self.status_line(hb))
         return None
+
+    def report_quarantine(self, part_id: str) -> None:
+        """An event for each checkpoint the worker rejected (checksum, missing manifest)."""
+        folder = self.paths.work(part_id).root / "quarantine"
+        if not folder.is_dir():
+            return
+        for note in sorted(folder.glob("*" + NOTE_SUFFIX)):
+            if note.name not in self.reported:
+                self.reported.add(note.name)
+                self.events.emit("checkpoint-quarantined", f"the worker of {part_id} set aside "
+                                 f"{note.name.removesuffix(NOTE_SUFFIX)}: {note.read_text().strip()}; it "
+                                 "resumed from the previous checkpoint", level=logging.WARNING, part=part_id)
 
     def _note_own_pause(self, hb: Heartbeat | None, control: Control) -> None:
         """Record pauses the worker takes on its own (a checkpoint waiting for disk space)."""
@@ -150,6 +201,7 @@ class PartRunner:
         error = read_model(work.error, ErrorReport)
         part.worker_pid = None
         hung, self.hung = self.hung, False
+        self.report_quarantine(part.id)
         if part.status == "skipped":
             self.finish_scratch(part)
             self.save()
@@ -170,7 +222,12 @@ class PartRunner:
                 self.record_done(part, folder, meta, result)
                 return
             except PromotionError as e:
-                d = policy.Decision("retry", "promotion-refused", str(e), backoff_s=0, failures=part.failures + 1)
+                # The final checkpoint is bad: withdraw the result that named it, so the worker
+                # runs again and resumes from an earlier checkpoint; count it like any failure.
+                work.result.unlink(missing_ok=True)
+                d = policy.decide(None, False, ErrorReport(kind="error", message=str(e)), False, False, part,
+                                  train.micro_batch, train.grad_accum, self.plan.schedule.supervisor)
+                d.event = "promotion-refused"
         if d.event != "worker-stopped":
             self._log_worker_tail(part)
             part.error = d.reason

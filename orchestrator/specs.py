@@ -1,9 +1,12 @@
 """The resolved spec the daemon writes for a part: the last step of schedule -> worker.
 
-A part's spec is frozen when the part first starts: retries and restarts reuse it, so an
-edit to the schedule takes effect at the next part boundary and a resumed part computes
-exactly what an uninterrupted one would. Only the daemon's own overrides after failures
-(micro-batch after OOM, skipped windows and LR scale after non-finite losses) change it.
+A part's spec is frozen once the part has a checkpoint of its own: retries and restarts
+reuse it, so an edit to the schedule takes effect at the next part boundary and a resumed
+part computes exactly what an uninterrupted one would. Before that nothing of the part is
+kept, and the spec is made afresh from the current state (so a starting checkpoint that
+was found damaged and trained again is the one used). Only the daemon's own overrides
+after failures (micro-batch after OOM, skipped windows and LR scale after non-finite
+losses) change a frozen spec.
 """
 
 from __future__ import annotations
@@ -16,12 +19,15 @@ from pydantic import ValidationError
 from orchestrator.chain import ChainPlan, PartPlan
 from orchestrator.state import ChainState, PartState
 from runtime.atomic import read_json
+from runtime.checkpoint import step_dirs
 from runtime.paths import RunPaths, WorkPaths
 from runtime.spec import WorkerSpec
 from runtime.workerfiles import write_model
 
 
 def _frozen(work: WorkPaths, part_id: str) -> WorkerSpec | None:
+    if not step_dirs(work.checkpoints):
+        return None
     try:
         spec = WorkerSpec.model_validate(read_json(work.spec))
     except (OSError, ValueError, ValidationError):

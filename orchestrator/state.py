@@ -7,7 +7,8 @@ A part moves through
        ^                  |  \\--crash / hang / OOM / non-finite--> pending (retry, after backoff)
        |                  \\----too many failures, or bad input--> failed
        +------------- retry <-- failed | skipped
-    pending | failed --skip--> skipped
+    pending | running | failed --skip--> skipped (a running worker is stopped first)
+    done --its promoted checkpoint found damaged--> pending (trains again)
 
 and the daemon through starting, running, waiting (backoff), paused, idle (nothing left),
 failed (a part failed; the chain is stopped), stopping, stopped.

@@ -14,7 +14,7 @@ from typing import Any
 from orchestrator import progress
 from orchestrator.rundir import existing, locate
 from orchestrator.sensors import FILE_KEYS
-from runtime.atomic import read_json, read_jsonl
+from runtime.atomic import read_json, tail_jsonl
 from runtime.lockfile import holder
 from runtime.paths import RunPaths
 
@@ -96,7 +96,7 @@ def gather(paths: RunPaths) -> dict[str, Any]:
             for p in parts
         ],
         "hardware": hardware(paths),
-        "events": read_jsonl(paths.events)[-8:],
+        "events": tail_jsonl(paths.events, 8),
     }
 
 

@@ -20,6 +20,7 @@ import psutil
 import orchestrator
 
 REPO_ROOT = Path(orchestrator.__file__).resolve().parent.parent
+DAEMON_PID_ENV = "ORCHESTRATOR_DAEMON_PID"
 
 
 def worker_command(spec_path: Path) -> list[str]:
@@ -31,6 +32,9 @@ def worker_env() -> dict[str, str]:
     # The worker must import the same trainer/model/runtime as this daemon, installed or not.
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     env.setdefault("PYTHONUNBUFFERED", "1")
+    # The worker stops when its daemon is gone; it learns the pid here, not from getppid()
+    # after its slow imports, when a daemon that died meanwhile is already replaced by init.
+    env[DAEMON_PID_ENV] = str(os.getpid())
     return env
 
 

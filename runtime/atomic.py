@@ -62,14 +62,16 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, *, fault: str | None = 
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n", fault=fault)
 
 
-def append_line(path: str | os.PathLike, line: str, *, sync: bool = True) -> None:
+def append_line(path: str | os.PathLike, line: str, *, sync: bool = True, fault: str | None = None) -> None:
     """Append one line to an append-only log (events.jsonl, metrics.jsonl).
 
     A power cut can leave the last line torn; readers skip a line that does not parse
-    (see read_jsonl), so the file stays usable without repair.
+    (see read_jsonl), and end_lines() seals a torn end before new lines follow it.
     """
     if "\n" in line:
         raise ValueError("append_line takes a single line")
+    if fault:
+        faults.point(f"{fault}.before-append")
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, (line + "\n").encode("utf-8"))
@@ -77,6 +79,26 @@ def append_line(path: str | os.PathLike, line: str, *, sync: bool = True) -> Non
             os.fsync(fd)
     finally:
         os.close(fd)
+    if fault:
+        faults.point(f"{fault}.after-append")
+
+
+def end_lines(path: str | os.PathLike) -> bool:
+    """If a log ends in a torn line (no final newline), end it, so the next appended line
+    is not glued to it. True if it had to."""
+    try:
+        with open(path, "rb+") as f:
+            if f.seek(0, os.SEEK_END) == 0:
+                return False
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) == b"\n":
+                return False
+            f.write(b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+            return True
+    except FileNotFoundError:
+        return False
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -99,3 +121,27 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     except FileNotFoundError:
         pass
     return out
+
+
+def tail_jsonl(path: str | os.PathLike, n: int, window: int = 65536) -> list[dict]:
+    """The last n parseable lines, reading only the file's end (logs grow for days)."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(size - window, 0))
+            raw = f.read().splitlines()
+    except FileNotFoundError:
+        return []
+    if size > window:
+        raw = raw[1:]  # the first line is likely cut
+    out: list[dict] = []
+    for line in reversed(raw):
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(obj, dict):
+            out.append(obj)
+            if len(out) == n:
+                break
+    return out[::-1]

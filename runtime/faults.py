@@ -2,8 +2,11 @@
 
 Set ORCHESTRATOR_FAULT to a comma-separated list of `point` or `point@N` (kill at the
 N-th time the point is reached in this process, default the first). Durable writes name
-their points (e.g. `state.before-rename`, `checkpoint.before-manifest`); `docs/` lists
-them. Unset, every call is a dictionary lookup and nothing else.
+their points (e.g. `state.before-rename`, `checkpoint.files-written`);
+docs/reliability.md lists them. With ORCHESTRATOR_FAULT_ONCE=FILE a fault fires only if
+FILE does not exist yet, and creates it first: a worker relaunched with the same
+environment does not die at the same point again. Unset, every call is a dictionary
+lookup and nothing else.
 
 This exists so tests can crash real processes at exact instants; never set it in
 production.
@@ -36,8 +39,15 @@ def point(name: str) -> None:
     if want is None:
         return
     _hits[name] = _hits.get(name, 0) + 1
-    if _hits[name] == want:
-        os.kill(os.getpid(), signal.SIGKILL)
+    if _hits[name] != want:
+        return
+    once = os.environ.get(f"{ENV}_ONCE")
+    if once:
+        try:
+            os.close(os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return  # fired already, in this or another process
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def setting(name: str) -> int | None:

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from runtime.tokens import TokenizerInfo, TokenManifest
-from trainer.tokenfile import stride_starts, write_manifest, write_part
+from dataprep.writer import write_part
+from trainer.tokenfile import write_manifest
 
 REPO = Path(__file__).resolve().parent.parent
 TOKENIZER_SHA = "0" * 64
@@ -31,6 +32,11 @@ def bigram_tokens(n: int, vocab: int, seed: int) -> np.ndarray:
     for i in range(1, n):
         out[i] = table[out[i - 1], choices[i]]
     return out
+
+
+def stride_starts(n_tokens: int, block_size: int) -> np.ndarray:
+    """Window starts every block_size tokens, each window inside the part."""
+    return np.arange(0, max(n_tokens - block_size, 0), block_size, dtype=np.uint64)
 
 
 def make_token_dir(folder: Path, parts: int = 2, tokens: int = 4000, vocab: int = 64, block_size: int = 16,
@@ -167,3 +173,14 @@ def events(run: Path) -> list[dict]:
     from runtime.atomic import read_jsonl
 
     return read_jsonl(run / "events.jsonl")
+
+
+def promotions(run: Path) -> dict[str, int]:
+    """How many promoted checkpoint folders each part has (the proof of promotion)."""
+    from collections import Counter
+
+    from orchestrator.promote import promoted_folders
+    from runtime.checkpoint import read_meta
+    from runtime.paths import RunPaths
+
+    return dict(Counter(read_meta(f).part_id for f in promoted_folders(RunPaths(run))))

@@ -18,8 +18,6 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
-import dataprep.outdir
-import dataprep.prepare
 from dataprep.cleaning import clean_text, split_key
 from dataprep.docwork import Problems, clean_document, encode_documents
 from dataprep.sentences import segments
@@ -300,30 +298,26 @@ def test_output_does_not_depend_on_workers_and_small_inputs_are_refused(tokenize
     assert not (tmp_path / "tiny").exists()  # the run made it, the error removed it
 
 
-def test_rerun_resumes_after_tokenizing_and_during_publishing(tokenizer, tmp_path, monkeypatch):
+def test_rerun_resumes_after_tokenizing_and_during_publishing(tokenizer, tmp_path):
     reference = tmp_path / "reference"
     assert prepare(tokenizer[0], reference, DEMO_JARGON) == 0
     want = [(p.sha256, p.index_sha256) for p in load_manifest(reference / "manifest.json").parts]
-
-    class Crash(BaseException):
-        """Stands in for a power cut: nothing below catches it."""
-
-    def crash(*args, **kwargs):
-        raise Crash
-
     out = tmp_path / "out"
-    with monkeypatch.context() as m:  # cut after the tokens are streamed, before any part is written
-        m.setattr(dataprep.prepare, "write_part", crash)
-        with pytest.raises(Crash):
-            prepare(tokenizer[0], out, DEMO_JARGON)
+    args = ["prepare", "--tokenizer", tokenizer[0], "--out", out, "--parts", 3, "--block-size", 128, "--quiet",
+            "--input", DEMO_JARGON]
+
+    def killed_at(point: str) -> subprocess.CompletedProcess:
+        """A real prepare, SIGKILLed by itself at a named point (runtime.faults)."""
+        return subprocess.run([sys.executable, "-m", "orchestrator", *map(str, args)], capture_output=True,
+                              text=True, cwd=REPO, env={**env(), "ORCHESTRATOR_FAULT": point}, timeout=120)
+
+    assert killed_at("prepare.tokenized").returncode == -signal.SIGKILL  # tokens streamed, no part yet
     assert (out / ".prepare" / "streams.json").exists() and not (out / "manifest.json").exists()
-    with monkeypatch.context() as m:  # the re-run must not tokenize again; cut it while publishing
-        m.setattr(dataprep.prepare, "_tokenize", crash)
-        m.setattr(dataprep.outdir, "write_manifest", crash)
-        with pytest.raises(Crash):
-            prepare(tokenizer[0], out, DEMO_JARGON)
+    assert not list(out.glob("part-*"))
+    # Both armed: a re-run that tokenized again would die at the first, before publishing anything.
+    assert killed_at("prepare.tokenized,prepare.publishing@2").returncode == -signal.SIGKILL
     assert (out / "part-000.bin").exists() and not (out / "manifest.json").exists()
-    assert prepare(tokenizer[0], out, DEMO_JARGON) == 0
+    assert run_cli(*args).returncode == 0
     assert [(p.sha256, p.index_sha256) for p in load_manifest(out / "manifest.json").parts] == want
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in reference.iterdir())
 

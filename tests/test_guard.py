@@ -288,3 +288,10 @@ def test_a_real_small_filesystem_fills_up(tmp_path):
         assert daemon.wait(timeout=120) == 0
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_the_kind_of_pause_is_stable_while_readings_move():
+    g = Guard(CFG)
+    kinds = [g.evaluate(readings(gpu_temp_c=t), i).pause_kind for i, t in enumerate((90, 91, 89))]
+    assert kinds[0] == kinds[1] == kinds[2]
+    assert g.evaluate(readings(gpu_temp_c=80), 4).pause_kind != kinds[0]  # now cooling

@@ -110,3 +110,32 @@ def test_window_order_steps_over_skipped_ranges():
     assert cursor == 20
     assert np.array_equal(taken, full.take(8, 12)[0][[0, 1, 10, 11]])
     assert order.usable() == 42
+
+
+def test_an_aborted_step_rewinds_the_random_generators(tmp_path):
+    from pathlib import Path
+
+    from runtime.spec import DataRef, WorkerSpec
+    from tests.helpers import make_token_dir
+    from trainer import optim
+    from trainer.data import Batches
+    from trainer.device import Placement
+    from trainer.loop import Progress, Trainer
+    from trainer.tokenfile import open_part
+
+    manifest = make_token_dir(tmp_path, parts=1, tokens=4000, val_tokens=0)
+    part = open_part(manifest, "part-000")
+    cfg = GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.2)
+    train = TrainConfig(micro_batch=4, grad_accum=4)
+    spec = WorkerSpec(part_id="s/p", stage="s", work_dir=Path(tmp_path), data=DataRef(manifest=manifest, part="part-000"),
+                      model=cfg.to_dict(), train=train, chain_total_tokens=10_000)
+    placement = Placement(torch.device("cpu"), "fp32", compile=False, threads=None, why="test")
+    model = GPT(cfg)
+    opt = optim.build(model, train, placement.device)
+    trainer = Trainer(spec, placement, model, opt, torch.amp.GradScaler("cpu", enabled=False),
+                      WindowOrder(part.n_windows, 1, 0, "s/p"), Batches(part, 16, placement.device), Progress())
+    before = torch.get_rng_state()
+    calls = iter(range(100))
+    assert trainer.step(lambda: next(calls) >= 2) is None  # abandoned after two micro-batches (dropout drew)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert trainer.progress.cursor == 0 and all(p.grad is None for p in model.parameters())

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import random
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import torch
 from runtime import faults
 from runtime.atomic import fsync_dir
 from runtime.checkpoint import META, CheckpointMeta, newest_complete, read_meta, step_dir_name, step_dirs, verify, write_manifest
+from runtime.quarantine import quarantine as runtime_quarantine
 from trainer.errors import BadInput
 
 
@@ -31,11 +32,17 @@ class _HashingWriter:
         self.f = f
         self.sha = hashlib.sha256()
         self.size = 0
+        self.error: OSError | None = None  # torch.save hides it behind a vague RuntimeError
 
     def write(self, b) -> int:
+        try:
+            n = self.f.write(b)
+        except OSError as e:
+            self.error = e
+            raise
         self.sha.update(b)
         self.size += len(b)
-        return self.f.write(b)
+        return n
 
     def flush(self) -> None:
         self.f.flush()
@@ -44,10 +51,15 @@ class _HashingWriter:
 def _write(path: Path, obj: Any) -> tuple[str, int]:
     with open(path, "wb") as f:
         sink = _HashingWriter(f)
-        if isinstance(obj, bytes):
-            sink.write(obj)
-        else:
-            torch.save(obj, sink)
+        try:
+            if isinstance(obj, bytes):
+                sink.write(obj)
+            else:
+                torch.save(obj, sink)
+        except RuntimeError:
+            if sink.error:  # a full disk, say: report the OSError, not torch's wrapper
+                raise sink.error from None
+            raise
         f.flush()
         os.fsync(f.fileno())
     return sink.sha.hexdigest(), sink.size
@@ -71,15 +83,20 @@ def save(root: Path, step: int, *, model: torch.nn.Module, optimizer, scaler, me
     rng = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
-    files = {
-        "model.pt": _write(tmp / "model.pt", model.state_dict()),
-        "optim.pt": _write(tmp / "optim.pt", {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict()}),
-        "rng.pt": _write(tmp / "rng.pt", rng),
-    }
-    faults.point("checkpoint.files-written")
-    files[META] = _write(tmp / META, (meta.model_dump_json(indent=2) + "\n").encode())
-    write_manifest(tmp, step, files)
-    fsync_dir(tmp)
+    try:
+        files = {
+            "model.pt": _write(tmp / "model.pt", model.state_dict()),
+            "optim.pt": _write(tmp / "optim.pt", {"optimizer": optimizer.state_dict(),
+                                                  "scaler": scaler.state_dict()}),
+            "rng.pt": _write(tmp / "rng.pt", rng),
+        }
+        faults.point("checkpoint.files-written")
+        files[META] = _write(tmp / META, (meta.model_dump_json(indent=2) + "\n").encode())
+        write_manifest(tmp, step, files)
+        fsync_dir(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # never committed, never data: nothing to keep
+        raise
     superseded = None
     if final.exists():  # a folder of the same step (resaved with done=True): replace it
         superseded = root / f".{final.name}.superseded-{os.getpid()}"
@@ -92,6 +109,17 @@ def save(root: Path, step: int, *, model: torch.nn.Module, optimizer, scaler, me
     return final
 
 
+def _load(path: Path, device) -> Any:
+    """torch.load, tensors and plain values only; anything else is refused, never run."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise BadInput(f"{path}: refused: it holds objects other than tensors and plain values "
+                       f"({str(e).splitlines()[0][:200]}); a checkpoint is never allowed to run code") from None
+    except RuntimeError as e:
+        raise BadInput(f"{path}: unreadable ({str(e).splitlines()[0][:200]})") from None
+
+
 def load_weights(folder: Path, model: torch.nn.Module, device: torch.device, expected_model: dict) -> CheckpointMeta:
     """Load a checkpoint's model weights after checking it was made for this model shape."""
     meta = read_meta(folder)
@@ -102,7 +130,7 @@ def load_weights(folder: Path, model: torch.nn.Module, device: torch.device, exp
             if meta.model.get(k) != expected_model.get(k)
         )
         raise BadInput(f"{folder}: made for a different model ({diff}); a chain keeps one model shape")
-    state = torch.load(folder / "model.pt", map_location=device, weights_only=True)
+    state = _load(folder / "model.pt", device)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
@@ -111,14 +139,14 @@ def load_weights(folder: Path, model: torch.nn.Module, device: torch.device, exp
 
 
 def load_optimizer(folder: Path, optimizer, scaler, device: torch.device) -> None:
-    state = torch.load(folder / "optim.pt", map_location=device, weights_only=True)
+    state = _load(folder / "optim.pt", device)
     optimizer.load_state_dict(state["optimizer"])
     if state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
 
 
 def load_rng(folder: Path, meta: CheckpointMeta) -> None:
-    rng = torch.load(folder / "rng.pt", map_location="cpu", weights_only=True)
+    rng = _load(folder / "rng.pt", "cpu")
     torch.set_rng_state(rng["cpu"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
@@ -139,16 +167,9 @@ def find_resume_point(root: Path, log) -> Path | None:
     return good
 
 
-def quarantine(path: Path, reason: str) -> Path:
-    """Move a damaged folder to <work>/quarantine/ with a note; never delete it."""
-    qdir = path.parent.parent / "quarantine"
-    qdir.mkdir(exist_ok=True)
-    dest = qdir / f"{path.name}-{int(time.time() * 1000)}"
-    path.rename(dest)
-    (dest.parent / f"{dest.name}.reason.txt").write_text(reason + "\n")
-    fsync_dir(qdir)
-    fsync_dir(path.parent)
-    return dest
+def quarantine(path: Path, reason: str) -> Path | None:
+    """Move a damaged checkpoint folder to <work>/quarantine/ with a note; never delete it."""
+    return runtime_quarantine(path, path.parent.parent / "quarantine", reason)
 
 
 def prune(root: Path, keep: int) -> None:

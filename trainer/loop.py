@@ -2,7 +2,8 @@
 
 One optimizer step = up to grad_accum micro-batches of micro_batch windows. The loop
 syncs with the device once per optimizer step (loss and gradient norm together), and a
-step aborted between micro-batches leaves weights, optimizer and cursor untouched, so a
+step aborted between micro-batches leaves weights, optimizer, cursor and random
+generators as they were (the generators are rewound when dropout drew from them), so a
 checkpoint taken then is exactly the state after the previous step.
 """
 
@@ -66,6 +67,7 @@ class Trainer:
         self.progress = progress
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
         self.window_tokens = batches.block_size  # predicted tokens per window
+        self.uses_rng = any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
         # Simulated failures for tests (runtime.faults); None in normal use.
         self.fault_oom_above = faults.setting("OOM_ABOVE_MICRO_BATCH")
         self.fault_nan_at = faults.setting("NAN_AT_CURSOR")
@@ -104,10 +106,12 @@ class Trainer:
         if self.fault_oom_above is not None and mb > self.fault_oom_above:
             raise torch.OutOfMemoryError(f"simulated out of memory at micro_batch {mb}")
         t0 = time.perf_counter()
+        rng = self._rng_state()
         loss_sum = torch.zeros((), device=self.placement.device)
         for i in range(n_micro):
             if abort():
                 self.optimizer.zero_grad(set_to_none=True)
+                self._restore_rng(rng)  # the dropout draws of the abandoned micro-batches are undone
                 return None
             x, y = self.batches.get(windows[i * mb : (i + 1) * mb])
             with self.placement.autocast():
@@ -137,6 +141,19 @@ class Trainer:
         p.global_tokens += tokens
         p.loss = loss_value
         return StepResult(loss_value, lr, norm_value, tokens, time.perf_counter() - t0)
+
+    def _rng_state(self):
+        """The generators' state before a step, when the step draws from them (dropout)."""
+        if not self.uses_rng:
+            return None
+        cuda = torch.cuda.get_rng_state_all() if self.placement.device.type == "cuda" else None
+        return torch.get_rng_state(), cuda
+
+    def _restore_rng(self, state) -> None:
+        if state is not None:
+            torch.set_rng_state(state[0])
+            if state[1] is not None:
+                torch.cuda.set_rng_state_all(state[1])
 
     # -- evaluation ----------------------------------------------------------------
 

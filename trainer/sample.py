@@ -18,6 +18,8 @@ from model.config import config_from_dict
 from model.gpt import GPT, generate
 from orchestrator.errors import UserError
 from runtime.checkpoint import CheckpointMeta, read_meta, sha256_file, verify
+from trainer import checkpoint
+from trainer.errors import BadInput
 
 
 def load_model(folder: Path, device: torch.device) -> tuple[GPT, CheckpointMeta]:
@@ -26,7 +28,10 @@ def load_model(folder: Path, device: torch.device) -> tuple[GPT, CheckpointMeta]
         raise UserError(f"{folder}: not a usable checkpoint: {verdict.reason}")
     meta = read_meta(folder)
     model = GPT(config_from_dict(meta.model))
-    model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
+    try:
+        model.load_state_dict(checkpoint._load(folder / "model.pt", "cpu"))
+    except BadInput as e:
+        raise UserError(str(e)) from None
     return model.to(device).eval(), meta
 
 

@@ -1,16 +1,15 @@
-"""Token parts on disk: open them through numpy.memmap (never loaded whole), write them
-atomically. Numpy only; the format itself is runtime.tokens."""
+"""Token parts on disk, the reading side: open them through numpy.memmap (never loaded
+whole) and check them against their manifest. Numpy only; the format is runtime.tokens;
+dataprep.writer writes parts, write_manifest (here) seals a prepared directory."""
 
 from __future__ import annotations
 
-import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from runtime.atomic import atomic_write_json, fsync_dir, temp_path_for
+from runtime.atomic import atomic_write_json
 from runtime.checkpoint import sha256_file
 from runtime.tokens import DTYPE_BYTES, MANIFEST_NAME, ManifestError, PartInfo, TokenManifest, load_manifest
 from trainer.errors import BadInput
@@ -87,43 +86,8 @@ def check_windows(part: TokenPart, block_size: int) -> None:
         )
 
 
-def write_part(folder: Path, name: str, tokens: np.ndarray, starts: np.ndarray, documents: int, dtype: str) -> PartInfo:
-    """Write `<name>.bin` and `<name>.idx` durably; returns the manifest entry."""
-    files = {}
-    for suffix, array in ((".bin", np.asarray(tokens, dtype=_token_dtype(dtype))), (".idx", np.asarray(starts, dtype=INDEX_DTYPE))):
-        files[suffix] = _write_array(folder / f"{name}{suffix}", array)
-    return PartInfo(
-        name=name,
-        file=f"{name}.bin",
-        index=f"{name}.idx",
-        tokens=int(len(tokens)),
-        windows=int(len(starts)),
-        documents=documents,
-        sha256=files[".bin"],
-        index_sha256=files[".idx"],
-    )
-
-
-def _write_array(path: Path, array: np.ndarray) -> str:
-    data = np.ascontiguousarray(array).tobytes()
-    tmp = temp_path_for(path)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-    return hashlib.sha256(data).hexdigest()
-
-
 def write_manifest(folder: Path, manifest: TokenManifest) -> Path:
     """Write manifest.json last: a directory without it is not a finished preparation."""
     path = folder / MANIFEST_NAME
     atomic_write_json(path, manifest.model_dump(mode="json"))
     return path
-
-
-def stride_starts(n_tokens: int, block_size: int, stride: int | None = None) -> np.ndarray:
-    """Window starts every `stride` tokens (default block_size), each window inside the part."""
-    stride = stride or block_size
-    return np.arange(0, max(n_tokens - block_size, 0), stride, dtype=np.uint64)

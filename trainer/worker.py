@@ -8,6 +8,7 @@ memory, 91 non-finite loss, 1 anything else (error.json says what), 2 usage.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -53,7 +54,8 @@ class Worker:
         self.spec = spec
         self.work = WorkPaths(spec.work_dir)
         self.stop_reason: str | None = None
-        self.parent_pid = os.getppid()
+        # The daemon's pid from its environment (orchestrator.supervisor), else the parent.
+        self.parent_pid = int(os.environ.get("ORCHESTRATOR_DAEMON_PID") or os.getppid())
         self.control = Control()
         self._control_stamp: tuple[int, int] | None = None
         self.checkpoints_done = 0  # control.checkpoint requests honoured
@@ -68,6 +70,7 @@ class Worker:
         self.trainer: Trainer | None = None
         self.resumed_from: Path | None = None
         self.disk_reason: str | None = None  # set while a checkpoint waits for disk space
+        self.last_write_warning = 0.0
         self.acked_seq = 0  # the control seq last echoed in a heartbeat
         self.started = time.time()
         self.lock = LockFile(self.work.lock)
@@ -251,7 +254,10 @@ class Worker:
             line = {"step": p.step, "part_tokens": p.part_tokens, "global_tokens": p.global_tokens,
                     "loss": r.loss, "lr": r.lr, "grad_norm": r.grad_norm, "step_ms": round(r.seconds * 1000, 2),
                     "tokens_per_s": round(rate, 1), "time": round(time.time(), 3)}
-            append_line(self.work.metrics, json.dumps(line), sync=False)
+            try:
+                append_line(self.work.metrics, json.dumps(line), sync=False, fault="metrics")
+            except OSError as e:  # a full disk loses a metrics line, not the training
+                self._write_failed("metrics.jsonl", e)
         now = time.time()
         if now - self.last_note >= 10:
             self.last_note = now
@@ -358,9 +364,21 @@ class Worker:
         return not self.should_stop() or self.disk_free()[0] >= need
 
     def save(self, done: bool = False, val_loss: float | None = None) -> Path | None:
-        if not self.wait_for_disk():
-            log.warning("stopping without a checkpoint: the disk is still full")
-            return None
+        """Write a checkpoint; None if asked to stop while the disk was full (nothing saved)."""
+        for attempt in range(1, 4):
+            if not self.wait_for_disk():
+                log.warning("stopping without a checkpoint: the disk is still full")
+                return None
+            try:
+                return self._save(done, val_loss)
+            except OSError as e:
+                if e.errno not in (errno.ENOSPC, errno.EDQUOT) or attempt == 3:
+                    raise
+                log.warning("the disk filled up during the checkpoint (%s); the partial one is removed, "
+                            "waiting for space", e.strerror)
+        return None
+
+    def _save(self, done: bool, val_loss: float | None) -> Path:
         p = self.trainer.progress
         self.phase, before = "saving", self.phase
         self.beat(force=True)
@@ -403,6 +421,17 @@ class Worker:
         p = t.progress if t else Progress(global_tokens=self.spec.token_offset)
         placement = getattr(self, "placement", None)
         self.acked_seq = self.control.seq
+        try:
+            self._write_heartbeat(now, p, t, placement)
+        except OSError as e:  # a full disk: the daemon waits, the training goes on
+            self._write_failed("heartbeat.json", e)
+
+    def _write_failed(self, what: str, e: OSError) -> None:
+        if time.time() - self.last_write_warning > 60:
+            self.last_write_warning = time.time()
+            log.warning("cannot write %s: %s", what, e.strerror)
+
+    def _write_heartbeat(self, now, p, t, placement) -> None:
         write_model(self.work.heartbeat, Heartbeat(
             pid=os.getpid(), time=now, phase=self.phase, step=p.step,
             steps_total=t.steps_total() if t else 0, part_tokens=p.part_tokens,
@@ -458,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         return worker.run()
     except AnotherWorker as e:
         log.error("%s", e)  # no error.json: the work dir belongs to the other worker
-        return EXIT_ERROR
+        return EXIT_STOPPED  # not a failure: the daemon adopts the other worker next
     except BadInput as e:
         log.error("%s", e)
         worker.report(ErrorReport(kind="bad_input", message=str(e), retryable=False))

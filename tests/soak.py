@@ -1,0 +1,124 @@
+"""The soak: a chain run while a seeded loop SIGKILLs a random process of it, again and again.
+
+    python tests/soak.py [--kills 30] [--seed 1] [--root DIR] [--parts 3] [--stages 2]
+
+It runs the chain once without interruption (the reference), then again while killing,
+at random moments, either the worker (the daemon retries it) or the daemon (the soak
+starts it again, as systemd would), until at least --kills kills have landed and the
+chain is complete. It then checks that every promoted checkpoint is bitwise equal to the
+reference's, that every part was promoted exactly once, and that the token counts add
+up, and prints the figures: kills, recoveries, and work lost (the training time since
+the killed worker's last checkpoint). tests/test_soak.py runs a short version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.helpers import make_chain, promotions, read_state, start_daemon  # noqa: E402
+
+SUPERVISOR = {"max_attempts": 1000, "backoff_s": 0.1, "backoff_max_s": 0.5}
+
+
+def _chain(root: Path, parts: int, stages: int) -> Path:
+    layout = [{"name": "wiki", "parts": ["data/wiki"]}, {"name": "domain", "parts": ["data/domain"]}][:stages]
+    return make_chain(root, parts=parts, tokens=24000, stages=layout, supervisor=SUPERVISOR,
+                      train={"checkpoint_interval_s": 0.5})
+
+
+def _heartbeat(run: Path, part: dict) -> dict:
+    try:
+        return json.loads((run / "work" / part["id"] / "heartbeat.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def soak(root: Path, kills: int, seed: int, parts: int = 3, stages: int = 2, log=print) -> dict:
+    rng = random.Random(seed)
+    reference = _chain(root / "reference", parts, stages)
+    t0 = time.monotonic()
+    assert start_daemon(reference, root / "reference.log", "--exit-when-done").wait(timeout=1800) == 0
+    uninterrupted_s = time.monotonic() - t0
+
+    schedule = _chain(root / "soak", parts, stages)
+    run, dlog = root / "soak" / "runs" / "chain", root / "soak.log"
+    daemon = start_daemon(schedule, dlog, "--exit-when-done")
+    t0 = time.monotonic()
+    landed = {"worker": 0, "daemon": 0}
+    lost: list[float] = []
+    while True:
+        deadline = time.monotonic() + rng.uniform(2.0, 9.0)
+        while time.monotonic() < deadline and daemon.poll() is None:
+            time.sleep(0.05)  # the soak's clock: a random moment, not a synchronisation
+        if daemon.poll() is not None:
+            if daemon.returncode == 0 and sum(landed.values()) >= kills:
+                break
+            assert daemon.returncode in (0, -signal.SIGKILL), f"daemon exit {daemon.returncode}"
+            daemon = start_daemon(schedule, dlog, "--exit-when-done")  # finished early: go on killing
+            continue
+        state = read_state(run)
+        running = next((p for p in state.get("parts", []) if p["status"] == "running" and p.get("worker_pid")), None)
+        if running and rng.random() < 0.7:
+            hb = _heartbeat(run, running)
+            try:
+                os.kill(running["worker_pid"], signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+            landed["worker"] += 1
+            if hb.get("phase") == "training":
+                lost.append(time.time() - (hb.get("last_checkpoint_time") or hb["time"]))
+        else:
+            daemon.send_signal(signal.SIGKILL)
+            daemon.wait()
+            landed["daemon"] += 1
+            daemon = start_daemon(schedule, dlog, "--exit-when-done")
+        log(f"kill {sum(landed.values())}: {landed}")
+    soak_s = time.monotonic() - t0
+
+    ref_run = root / "reference" / "runs" / "chain"
+    state, ref = read_state(run), read_state(ref_run)
+    report = {
+        "kills": landed, "recovered": True, "parts": len(state["parts"]),
+        "promoted_once": promotions(run) == {p["id"]: 1 for p in ref["parts"]},
+        "tokens_equal": [p["tokens"] for p in state["parts"]] == [p["tokens"] for p in ref["parts"]]
+        and state["global_tokens"] == ref["global_tokens"] == sum(p["tokens"] for p in state["parts"]),
+        "work_lost_s": {"total": round(sum(lost), 2), "mean": round(statistics.mean(lost), 2) if lost else 0,
+                        "max": round(max(lost), 2) if lost else 0},
+        "uninterrupted_s": round(uninterrupted_s, 1), "soak_s": round(soak_s, 1),
+        "pairs": [(run / p["checkpoint"], ref_run / q["checkpoint"]) for p, q in zip(state["parts"], ref["parts"])],
+    }
+    return report
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--kills", type=int, default=30)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--parts", type=int, default=3)
+    ap.add_argument("--stages", type=int, default=2)
+    ap.add_argument("--root", type=Path)
+    args = ap.parse_args()
+    root = args.root or Path(tempfile.mkdtemp(prefix="soak-"))
+    report = soak(root, args.kills, args.seed, args.parts, args.stages)
+    from tests.test_worker import assert_bitwise_equal
+
+    for ours, theirs in report.pop("pairs"):
+        assert_bitwise_equal(ours, theirs)
+    report["bitwise_equal"] = True
+    print(json.dumps(report, indent=2))
+    return 0 if report["promoted_once"] and report["tokens_equal"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
