@@ -65,6 +65,13 @@ class ChainPlan:
     def planned_tokens(self) -> int:
         return sum(p.planned_tokens(self.model["block_size"]) for p in self.parts)
 
+    def stage_vals(self) -> list[tuple[str, DataRef | None]]:
+        """Each stage's validation split, in stage order."""
+        vals: dict[str, DataRef | None] = {}
+        for p in self.parts:
+            vals.setdefault(p.stage, p.val)
+        return [(s.name, vals.get(s.name)) for s in self.schedule.stages]
+
     def lr_total_tokens(self) -> int:
         return self.schedule.train.total_tokens or max(self.planned_tokens(), 1)
 

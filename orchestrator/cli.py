@@ -109,6 +109,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     _handler(p, "trainer.sample:cmd_sample")
 
+    p = sub.add_parser("evaluate", help="validation loss of a checkpoint on every stage (and --val sets)")
+    _run_dir_arg(p)
+    p.add_argument("--checkpoint", type=Path, help="default: the newest promoted checkpoint")
+    p.add_argument("--val", type=Path, action="append", help="another validation split: a prepared dir or .bin")
+    p.add_argument("--windows", type=int, default=64, help="windows scored per set (default 64)")
+    p.add_argument("--prompt", action="append", help="a prompt to complete (repeatable)")
+    p.add_argument("--max-tokens", type=int, default=48)
+    p.add_argument("--tokenizer", type=Path, help="default: the one named by the run's schedule")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--json", action="store_true")
+    _handler(p, "trainer.evaluate:cmd_evaluate")
+
+    p = sub.add_parser("compare", help="checkpoints against validation sets, the best marked; --prompts scores a batch")
+    _run_dir_arg(p)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--prompts", type=Path, help="a JSONL file of {\"prompt\", \"expected\"?} to score across checkpoints")
+    p.add_argument("--checkpoint", type=Path, action="append", help="with --prompts: these (default: all promoted)")
+    p.add_argument("--max-tokens", type=int, default=32, help="with --prompts: tokens generated per prompt")
+    p.add_argument("--tokenizer", type=Path, help="with --prompts: default: the one named by the run's schedule")
+    _handler(p, "orchestrator.compare:cmd_compare")
+
+    p = sub.add_parser("plot", help="one figure: losses, learning rate, tokens/s, GPU temperature and power")
+    _run_dir_arg(p)
+    p.add_argument("--out", type=Path, default=Path("chain.png"), help="the PNG to write (default chain.png)")
+    p.add_argument("--size", default="1200x1000", help="WIDTHxHEIGHT in pixels (default 1200x1000)")
+    _handler(p, "orchestrator.plot:cmd_plot")
+
+    p = sub.add_parser("export", help="a checkpoint's weights, config and tokenizer, for use elsewhere")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="a new folder")
+    p.add_argument("--tokenizer", type=Path, help="default: the one named by the run's schedule")
+    p.add_argument("--no-tokenizer", action="store_true", help="export without the tokenizer")
+    _handler(p, "orchestrator.export:cmd_export")
+
     from dataprep.commands import register as register_dataprep  # argparse only; the work imports lazily
 
     register_dataprep(sub)

@@ -31,6 +31,7 @@ SCHEDULE = {
     "train": {"micro_batch": 16, "grad_accum": 1, "lr": 2e-3, "warmup_tokens": 20000, "decay_fraction": 0.3,
               "checkpoint_interval_s": 30, "heartbeat_interval_s": 1, "eval_windows": 16},
     "supervisor": {"progress_log_s": 10},
+    "eval": {"every_parts": 1, "windows": 32, "prompts": ["The hacker", "In computing, a"], "max_tokens": 24},
     "stages": [
         {"name": "wikipedia", "parts": ["data/wiki"]},
         {"name": "jargon", "parts": ["data/jargon"], "train": {"lr": 1e-3}},
@@ -111,12 +112,15 @@ def cmd_demo(args) -> int:
     console.print(render(info))
     if rc != 0:
         raise UserError(f"the chain did not finish (daemon exit {rc}); see {paths.log}")
+    console.print("\n[bold]5. which checkpoint is best on which stage[/bold] (evaluated as each part ended)")
+    subprocess.run(_orchestrator("compare", "--run-dir", str(paths.root)))
     latest = paths.root / info["chain"]["latest_checkpoint"]
-    console.print(f"\n[bold]5. a sample from {latest.name}[/bold] (temperature 0.8)")
+    console.print(f"\n[bold]6. a sample from {latest.name}[/bold] (temperature 0.8)")
     subprocess.run(_orchestrator("sample", "--checkpoint", str(latest), "--prompt", "The hacker", "--max-tokens",
                                  "60", "--device", "cpu"))
     console.print(f"\ndone in {time.monotonic() - started:.0f}s. Look around:\n"
                   f"  orchestrator status --run-dir {paths.root}\n"
                   f"  orchestrator logs --run-dir {paths.root}\n"
+                  f"  orchestrator plot --run-dir {paths.root} --out chain.png   (with matplotlib installed)\n"
                   f"  {schedule}   (append parts here while a daemon runs)")
     return 0

@@ -6,6 +6,7 @@ hardware.json (which `status` shows) and hands the verdict to the daemon to act 
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -13,8 +14,12 @@ from orchestrator.events import EventLog
 from orchestrator.guard import Guard, Verdict
 from orchestrator.schedule import GuardConfig
 from orchestrator.sensors import Sensors
-from runtime.atomic import atomic_write_json
+from runtime.atomic import append_line, atomic_write_json
 from runtime.paths import RunPaths
+
+
+HISTORY_S = 30.0  # one line of readings in hardware.jsonl every this many seconds
+HISTORY_KEYS = ("gpu_temp_c", "gpu_power_w", "gpu_util_pct", "cpu_temp_c", "ram_available_gb", "disk_free_gb")
 
 
 def sensor_file_for(cfg: GuardConfig, schedule_dir: Path) -> Path | None:
@@ -33,6 +38,7 @@ class HardwareWatch:
         self.sensors = Sensors.for_run(paths.root, sensor_file, cfg.sensor_stale_s, gpu_index)
         self.guard = Guard(cfg)
         self.last_poll = 0.0
+        self.last_history = 0.0
         self.write_error: OSError | None = None
 
     def start(self, events: EventLog) -> None:
@@ -52,6 +58,14 @@ class HardwareWatch:
         readings = self.sensors.read(now)
         verdict = self.guard.evaluate(readings, now)
         self.write_error = None
+        if now - self.last_history >= HISTORY_S:
+            self.last_history = now
+            line = {"time": round(now, 1), "pause": verdict.pause is not None, "duty_cycle": verdict.duty_cycle,
+                    **{k: round(v, 2) for k, v in readings.values.items() if k in HISTORY_KEYS and v is not None}}
+            try:
+                append_line(self.paths.hardware_log, json.dumps(line), sync=False)  # for plots only
+            except OSError:
+                pass
         try:
             atomic_write_json(self.paths.hardware, {"readings": readings.to_json(), "pause": verdict.pause,
                                                     "duty_cycle": verdict.duty_cycle}, fault="hardware")

@@ -7,6 +7,7 @@ applies the retry policy to how it ended, and promotes a finished part's checkpo
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -19,6 +20,7 @@ from orchestrator.events import EventLog
 from orchestrator.promote import PromotionError, clear_scratch, find_promoted, promote, roll_back
 from orchestrator.state import ChainState, PartState
 from orchestrator.supervisor import WorkerProcess
+from runtime.atomic import append_line, read_json
 from runtime.checkpoint import CheckpointMeta, read_meta, step_dirs, verify
 from runtime.lockfile import holder
 from runtime.paths import RunPaths
@@ -241,7 +243,8 @@ class PartRunner:
         self.events.emit(d.event, f"{part.id}: {d.reason}", level=level, part=part.id, exit=rc)
 
     def record_done(self, part: PartState, folder: Path, meta: CheckpointMeta, result: Result | None) -> None:
-        """The part's checkpoint is promoted: record it, then clear its scratch."""
+        """The part's checkpoint is promoted: record it (and its evaluation), then clear its scratch."""
+        self.record_eval(part, folder, meta)
         part.status = "done"
         part.tokens, part.loss, part.val_loss = meta.part_tokens, meta.loss, meta.val_loss
         part.checkpoint = str(Path("checkpoints") / folder.name)
@@ -259,6 +262,20 @@ class PartRunner:
         self.events.emit("part-done", f"{part.id} done: {progress.tokens(part.tokens)} tokens, loss "
                          f"{progress.loss(part.loss)}, val_loss {progress.loss(part.val_loss)}; promoted to "
                          f"{part.checkpoint}", part=part.id, checkpoint=part.checkpoint, tokens=part.tokens)
+
+    def record_eval(self, part: PartState, folder: Path, meta: CheckpointMeta) -> None:
+        """The worker's evaluation (eval.json) into evals.jsonl and the part's record. Written
+        before state.json: a crash in between repeats a line rather than losing it."""
+        evaluation = read_json_or_none(self.paths.work(part.id).eval)
+        if not evaluation or not evaluation.get("sets"):
+            return
+        record = {"time": round(time.time(), 3), "part": part.id, "checkpoint": f"checkpoints/{folder.name}",
+                  "global_tokens": meta.global_tokens, "source": "chain", **evaluation}
+        append_line(self.paths.evals, json.dumps(record, ensure_ascii=False), fault="evals")
+        part.eval = {name: r["loss"] for name, r in evaluation["sets"].items()}
+        samples = "; ".join(f"{s['prompt']!r} -> {s['text'][:60]!r}" for s in evaluation.get("samples", []))
+        self.events.info(f"evaluation of {part.id}: " + ", ".join(f"{n} {v:.4f}" for n, v in part.eval.items())
+                         + (f"; {samples}" if samples else ""))
 
     def finish_scratch(self, part: PartState) -> None:
         work = self.paths.work(part.id)
@@ -280,3 +297,11 @@ class PartRunner:
     def newest_step(self, pid: str) -> int:
         found = step_dirs(self.paths.work(pid).checkpoints)
         return found[0][0] if found else -1
+
+
+def read_json_or_none(path: Path) -> dict | None:
+    try:
+        data = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

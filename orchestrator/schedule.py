@@ -85,6 +85,27 @@ class SupervisorConfig(BaseModel):
     """Seconds between progress lines in runtime.log."""
 
 
+class EvalConfig(BaseModel):
+    """What the worker measures when a part ends: is the chain learning, forgetting, transferring?"""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    every_parts: int = Field(1, ge=0)
+    """Evaluate every k-th part of the chain (0: never); the last queued part always."""
+    windows: int = Field(64, ge=1)
+    """Validation windows scored per stage (evenly spread over each stage's val split)."""
+    prompts: list[str] = []
+    """Fixed prompts completed at every evaluation, with the same seed, to read along."""
+    max_tokens: int = Field(48, ge=1)
+    """Tokens generated per prompt."""
+    temperature: float = Field(0.0, ge=0)
+    """0: greedy (the same checkpoint always says the same)."""
+    top_k: int | None = Field(50, ge=1)
+    seed: int = 0
+    tensorboard: bool = False
+    """Also log training and evaluation scalars to <run>/tensorboard/ (needs `tensorboard`)."""
+
+
 class Stage(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
@@ -127,6 +148,7 @@ class Schedule(BaseModel):
     train: TrainConfig = TrainConfig()
     guard: GuardConfig = GuardConfig()
     supervisor: SupervisorConfig = SupervisorConfig()
+    eval: EvalConfig = EvalConfig()
     stages: list[Stage] = Field(min_length=1)
     """Run in order; parts within a stage run in order, each from the previous one's checkpoint."""
 

@@ -21,7 +21,7 @@ from orchestrator.state import ChainState, PartState
 from runtime.atomic import read_json
 from runtime.checkpoint import step_dirs
 from runtime.paths import RunPaths, WorkPaths
-from runtime.spec import WorkerSpec
+from runtime.spec import EvalSpec, ValSet, WorkerSpec
 from runtime.workerfiles import write_model
 
 
@@ -58,8 +58,37 @@ def write(plan: ChainPlan, pp: PartPlan, part: PartState, state: ChainState, pat
         "micro_batch": o.micro_batch or spec.train.micro_batch,
         "grad_accum": o.grad_accum or spec.train.grad_accum,
     })
-    # Guard settings are operational, not part of the training math: always the current ones.
+    # Guard and evaluation settings are operational, not part of the training math: always current.
     spec = spec.model_copy(update={"train": train, "lr_scale": o.lr_scale, "skip_windows": list(o.skip_windows),
-                                   "disk_margin_gb": plan.schedule.guard.disk_margin_gb, "sensor_file": sensor_file})
+                                   "disk_margin_gb": plan.schedule.guard.disk_margin_gb, "sensor_file": sensor_file,
+                                   "eval": evaluation(plan, pp, state, paths)})
     write_model(work.spec, spec, fault="spec")
     return spec
+
+
+def evaluation(plan: ChainPlan, pp: PartPlan, state: ChainState, paths: RunPaths) -> EvalSpec | None:
+    """What the worker evaluates when this part ends: every k-th part of the chain and the last
+    one queued, on the validation split of every stage seen so far and of the next stage."""
+    cfg = plan.schedule.eval
+    tensorboard = paths.root / "tensorboard" if cfg.tensorboard else None
+    ids = [p.id for p in state.parts]
+    position = ids.index(pp.id) + 1 if pp.id in ids else len(ids)
+    due = cfg.every_parts > 0 and (position % cfg.every_parts == 0 or position == len(ids))
+    if not due and tensorboard is None:
+        return None
+    sets = []
+    if due:
+        stages = [name for name, _ in plan.stage_vals()]
+        upto = stages.index(pp.stage) + 2  # every stage seen so far, and the next one
+        sets = [ValSet(name=name, data=ref) for name, ref in plan.stage_vals()[:upto] if ref]
+    return EvalSpec(sets=sets, windows=cfg.windows, prompts=cfg.prompts if due else [],
+                    tokenizer=plan.tokenizer_path or _tokenizer_of(pp), max_tokens=cfg.max_tokens,
+                    temperature=cfg.temperature, top_k=cfg.top_k, seed=cfg.seed, tensorboard_dir=tensorboard)
+
+
+def _tokenizer_of(pp: PartPlan) -> Path | None:
+    """Where the part's tokenizer was when it was prepared, if it is still there."""
+    from runtime.tokens import load_manifest
+
+    recorded = load_manifest(pp.manifest).tokenizer.file
+    return Path(recorded) if recorded and Path(recorded).is_file() else None

@@ -60,6 +60,8 @@ class PartState(BaseModel):
     val_loss: float | None = None
     checkpoint: str | None = None
     """Promoted folder, relative to the run dir; null until promoted."""
+    eval: dict[str, float] | None = None
+    """Validation loss per stage when the part ended (evals.jsonl has the details)."""
     seq: int | None = None
     started_at: float | None = None
     finished_at: float | None = None

@@ -97,6 +97,7 @@ def gather(paths: RunPaths) -> dict[str, Any]:
         ],
         "hardware": hardware(paths),
         "events": tail_jsonl(paths.events, 8),
+        "latest_eval": next(iter(tail_jsonl(paths.evals, 1)), None),
     }
 
 
@@ -186,6 +187,12 @@ def render(info: dict, show_all: bool = False):
     for p in failed:
         parts.append(Panel(p["error"] or "", title=f"{p['id']} failed (`orchestrator retry {p['id']}`)",
                            border_style="red"))
+    ev = info.get("latest_eval")
+    if ev:
+        lines = [Text(f"after {ev['part']} ({progress.tokens(ev['global_tokens'])} tokens): " + ", ".join(
+            f"{name} {r['loss']:.3f} (ppl {r['ppl']:.1f})" for name, r in ev["sets"].items()))]
+        lines += [Text(f"> {s['prompt']}{s['text']}"[:200], style="italic") for s in ev.get("samples", [])]
+        parts.append(Panel(Group(*lines), title="latest evaluation", border_style="blue"))
     if info["events"]:
         ev = Table.grid(padding=(0, 1))
         for e in info["events"]:

@@ -11,6 +11,8 @@
       checkpoints/        promoted checkpoints, one folder per finished part
       checkpoints/LATEST  names the newest promoted folder
       metrics/            each finished part's metrics.jsonl, kept after scratch is deleted
+      evals.jsonl         an evaluation a line: validation loss per stage, prompt samples
+      hardware.jsonl      sensor readings every 30 s, for plots
       quarantine/         damaged files moved aside, never deleted
 """
 
@@ -89,6 +91,14 @@ class RunPaths:
         return self.root / "metrics"
 
     @property
+    def evals(self) -> Path:
+        return self.root / "evals.jsonl"
+
+    @property
+    def hardware_log(self) -> Path:
+        return self.root / "hardware.jsonl"
+
+    @property
     def quarantine(self) -> Path:
         return self.root / "quarantine"
 
@@ -142,6 +152,10 @@ class WorkPaths:
     @property
     def error(self) -> Path:
         return self.root / "error.json"
+
+    @property
+    def eval(self) -> Path:
+        return self.root / "eval.json"
 
     @property
     def log(self) -> Path:

@@ -80,6 +80,29 @@ class DataRef(BaseModel):
     """The part's name in the manifest ('part-003', 'val')."""
 
 
+class ValSet(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    """The stage whose validation split this is."""
+    data: DataRef
+
+
+class EvalSpec(BaseModel):
+    """The evaluation the worker runs when its part ends (orchestrator.schedule.EvalConfig)."""
+
+    model_config = ConfigDict(extra="forbid")
+    sets: list[ValSet] = []
+    """Every stage seen so far and the next one."""
+    windows: int = Field(64, ge=1)
+    prompts: list[str] = []
+    tokenizer: Path | None = None
+    max_tokens: int = Field(48, ge=1)
+    temperature: float = Field(0.0, ge=0)
+    top_k: int | None = None
+    seed: int = 0
+    tensorboard_dir: Path | None = None
+
+
 class WorkerSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
@@ -111,6 +134,8 @@ class WorkerSpec(BaseModel):
     """A checkpoint starts only with twice its size plus this much free on the disk."""
     sensor_file: Path | None = None
     """The guard's sensor file; its disk_free_gb, when present, overrides the real free space."""
+    eval: EvalSpec | None = None
+    """Evaluate when the part ends (None: only its own stage's val split, train.eval_windows)."""
 
     def resolve_paths(self, base: Path) -> "WorkerSpec":
         """Make relative paths relative to the spec file's folder (hand-written specs)."""

@@ -31,9 +31,13 @@ from tests.helpers import make_chain, promotions, read_state, start_daemon  # no
 SUPERVISOR = {"max_attempts": 1000, "backoff_s": 0.1, "backoff_max_s": 0.5}
 
 
-def _chain(root: Path, parts: int, stages: int) -> Path:
+TOKENS_PER_KILL = 40_000  # ~2 s of training on one core: the chain must outlast the kills
+
+
+def _chain(root: Path, parts: int, stages: int, kills: int) -> Path:
     layout = [{"name": "wiki", "parts": ["data/wiki"]}, {"name": "domain", "parts": ["data/domain"]}][:stages]
-    return make_chain(root, parts=parts, tokens=24000, stages=layout, supervisor=SUPERVISOR,
+    tokens = max(24_000, kills * TOKENS_PER_KILL // (parts * stages))
+    return make_chain(root, parts=parts, tokens=tokens, stages=layout, supervisor=SUPERVISOR,
                       train={"checkpoint_interval_s": 0.5})
 
 
@@ -46,12 +50,12 @@ def _heartbeat(run: Path, part: dict) -> dict:
 
 def soak(root: Path, kills: int, seed: int, parts: int = 3, stages: int = 2, log=print) -> dict:
     rng = random.Random(seed)
-    reference = _chain(root / "reference", parts, stages)
+    reference = _chain(root / "reference", parts, stages, kills)
     t0 = time.monotonic()
     assert start_daemon(reference, root / "reference.log", "--exit-when-done").wait(timeout=1800) == 0
     uninterrupted_s = time.monotonic() - t0
 
-    schedule = _chain(root / "soak", parts, stages)
+    schedule = _chain(root / "soak", parts, stages, kills)
     run, dlog = root / "soak" / "runs" / "chain", root / "soak.log"
     daemon = start_daemon(schedule, dlog, "--exit-when-done")
     t0 = time.monotonic()
@@ -62,11 +66,11 @@ def soak(root: Path, kills: int, seed: int, parts: int = 3, stages: int = 2, log
         while time.monotonic() < deadline and daemon.poll() is None:
             time.sleep(0.05)  # the soak's clock: a random moment, not a synchronisation
         if daemon.poll() is not None:
-            if daemon.returncode == 0 and sum(landed.values()) >= kills:
-                break
-            assert daemon.returncode in (0, -signal.SIGKILL), f"daemon exit {daemon.returncode}"
-            daemon = start_daemon(schedule, dlog, "--exit-when-done")  # finished early: go on killing
-            continue
+            assert daemon.returncode == 0, f"daemon exit {daemon.returncode}"
+            break  # the chain is complete
+        if sum(landed.values()) >= kills:
+            assert daemon.wait(timeout=1800) == 0
+            break
         state = read_state(run)
         running = next((p for p in state.get("parts", []) if p["status"] == "running" and p.get("worker_pid")), None)
         if running and rng.random() < 0.7:

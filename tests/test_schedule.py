@@ -215,11 +215,11 @@ def test_install_service_writes_a_unit_systemd_accepts(chain, tmp_path):
 
 def test_every_schedule_field_is_documented():
     from model.config import FIELDS
-    from orchestrator.schedule import GuardConfig, Schedule, Stage, SupervisorConfig
+    from orchestrator.schedule import EvalConfig, GuardConfig, Schedule, Stage, SupervisorConfig
     from runtime.spec import TrainConfig
 
     doc = (Path(__file__).resolve().parent.parent / "docs" / "schedule.md").read_text()
-    for cls in (Schedule, Stage, TrainConfig, GuardConfig, SupervisorConfig):
+    for cls in (Schedule, Stage, TrainConfig, GuardConfig, SupervisorConfig, EvalConfig):
         for name in cls.model_fields:
             assert f"`{name}`" in doc, f"{cls.__name__}.{name} is missing from docs/schedule.md"
     for name in FIELDS:

@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
 import torch
 
 from runtime import faults
@@ -154,21 +153,3 @@ class Trainer:
             torch.set_rng_state(state[0])
             if state[1] is not None:
                 torch.cuda.set_rng_state_all(state[1])
-
-    # -- evaluation ----------------------------------------------------------------
-
-    @torch.no_grad()
-    def evaluate(self, model: torch.nn.Module, batches: Batches, windows: np.ndarray) -> float:
-        """Mean loss over the given windows of a (validation) part."""
-        model.eval()
-        total, count = 0.0, 0
-        mb = self.train.micro_batch
-        for i in range(0, len(windows), mb):
-            chunk = windows[i : i + mb]
-            x, y = batches.get(chunk)
-            with self.placement.autocast():
-                _, loss = model(x, y)
-            total += loss.item() * len(chunk)
-            count += len(chunk)
-        model.train()
-        return total / max(count, 1)

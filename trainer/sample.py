@@ -56,31 +56,51 @@ def find_tokenizer(folder: Path, meta: CheckpointMeta, given: Path | None) -> Pa
     raise UserError(f"cannot find the tokenizer of {folder}; pass --tokenizer FILE.model")
 
 
+def prompt_ids(sp, prompt: str) -> list[int]:
+    """A prompt as a document start looks in training: after a document-end token."""
+    eos = sp.eos_id()
+    return ([eos] if eos >= 0 else []) + sp.encode(prompt)
+
+
+def completions(model: GPT, sp, prompt: str, max_tokens: int, temperature: float, top_k: int | None,
+                top_p: float | None = None, repetition_penalty: float = 1.0, seed: int = 0):
+    """Yield the text generated after `prompt` as it grows (whole-sequence decodes: byte-fallback
+    pieces only form characters together); stops at a document end."""
+    device = model.wte.weight.device
+    idx = torch.tensor([prompt_ids(sp, prompt)], dtype=torch.long, device=device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    new: list[int] = []
+    for token in generate(model, idx, max_tokens, temperature, top_k, top_p, repetition_penalty, generator):
+        t = int(token[0, 0])
+        if t == sp.eos_id():
+            break
+        new.append(t)
+        yield sp.decode(new)
+
+
+def complete(model: GPT, sp, prompt: str, max_tokens: int, temperature: float, top_k: int | None,
+             seed: int = 0) -> str:
+    text = ""
+    for text in completions(model, sp, prompt, max_tokens, temperature, top_k, seed=seed):
+        pass
+    return text
+
+
 def cmd_sample(args) -> int:
     import sentencepiece as spm
 
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     model, meta = load_model(args.checkpoint, device)
     sp = spm.SentencePieceProcessor(model_file=str(find_tokenizer(args.checkpoint, meta, args.tokenizer)))
-    eos = sp.eos_id()
-    ids = ([eos] if eos >= 0 else []) + sp.encode(args.prompt)
-    idx = torch.tensor([ids], dtype=torch.long, device=device)
-    generator = torch.Generator(device=device).manual_seed(args.seed)
     out = sys.stdout
     out.write(args.prompt)
     out.flush()
-    new: list[int] = []
-    shown = ""
-    for token in generate(model, idx, args.max_tokens, args.temperature, args.top_k, args.top_p,
-                          args.repetition_penalty, generator):
-        t = int(token[0, 0])
-        if t == eos:
-            break
-        new.append(t)
-        text = sp.decode(new)  # whole-sequence decode: byte-fallback pieces form characters together
-        if not text.endswith("\ufffd"):
+    shown = text = ""
+    for text in completions(model, sp, args.prompt, args.max_tokens, args.temperature, args.top_k, args.top_p,
+                            args.repetition_penalty, args.seed):
+        if not text.endswith("\ufffd"):  # half a character: wait for the rest
             out.write(text[len(shown):])
             out.flush()
             shown = text
-    out.write(sp.decode(new)[len(shown):] + "\n")
+    out.write(text[len(shown):] + "\n")
     return 0

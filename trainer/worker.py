@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from model.config import ConfigError, config_from_dict
 from model.gpt import GPT
-from runtime.atomic import append_line, atomic_write_text, read_jsonl
+from runtime.atomic import append_line, atomic_write_json, atomic_write_text, read_jsonl
 from runtime.checkpoint import CheckpointMeta, step_dirs, verify
 from runtime.lockfile import LockFile, Locked
 from runtime.paths import WorkPaths
@@ -39,6 +39,7 @@ from runtime.workerfiles import (
 from trainer import checkpoint, device, optim
 from trainer.data import Batches, WindowOrder, derive_seed, evenly_spaced
 from trainer.errors import BadInput, NonFiniteLoss
+from trainer.evaluate import evaluate, mean_loss
 from trainer.loop import Progress, StepResult, Trainer
 from trainer.tokenfile import check_windows, open_part
 
@@ -74,6 +75,7 @@ class Worker:
         self.acked_seq = 0  # the control seq last echoed in a heartbeat
         self.started = time.time()
         self.lock = LockFile(self.work.lock)
+        self.tb = None  # a TensorBoard SummaryWriter, when the schedule asks for one
 
     # -- signals and stopping ----------------------------------------------------
 
@@ -123,10 +125,18 @@ class Worker:
         order = WindowOrder(part.n_windows, spec.epochs, train.seed, spec.part_id, spec.skip_windows)
         batches = Batches(part, cfg.block_size, self.placement.device)
         self.trainer = Trainer(spec, self.placement, model, self.optimizer, self.scaler, order, batches, progress)
+        self.tb = self.open_tensorboard()
         if progress.done:
             log.info("the final checkpoint exists already; reporting it")
             return self._finish(already_saved=True)
         return self._train()
+
+    def run_and_close(self) -> int:
+        try:
+            return self.run()
+        finally:
+            if self.tb:
+                self.tb.close()
 
     def _model_config(self):
         try:
@@ -216,7 +226,9 @@ class Worker:
             final = self.resumed_from
             val_loss = checkpoint.read_meta(final).val_loss
         else:
-            val_loss = self.evaluate()
+            evaluation = self.run_eval()
+            own = (evaluation or {}).get("sets", {}).get(self.spec.stage)
+            val_loss = own["loss"] if own else self.evaluate()
             final = self.save(done=True, val_loss=val_loss)
             if final is None:  # stopped while the disk was full: resumable, nothing damaged
                 return EXIT_STOPPED
@@ -234,13 +246,41 @@ class Worker:
         return EXIT_DONE
 
     def evaluate(self) -> float | None:
+        """The part's own validation loss (when no fuller evaluation was asked for)."""
         if self.val is None:
             return None
         self.phase = "evaluating"
         self.beat(force=True)
         windows = evenly_spaced(self.val.n_windows, self.spec.train.eval_windows)
         batches = Batches(self.val, self.raw_model.config.block_size, self.placement.device)
-        return self.trainer.evaluate(self.raw_model, batches, windows)
+        return mean_loss(self.raw_model, self.placement, batches, windows, self.spec.train.micro_batch)
+
+    def run_eval(self) -> dict | None:
+        """The spec's evaluation (every stage so far and the next, fixed prompts) -> eval.json."""
+        spec = self.spec.eval
+        if spec is None or not spec.sets:
+            return None
+        self.phase = "evaluating"
+        self.beat(force=True)
+        result = evaluate(self.raw_model, self.placement, spec, self.spec.train.micro_batch)
+        atomic_write_json(self.work.eval, result, fault="eval")
+        if self.tb:
+            for name, r in result["sets"].items():
+                self.tb.add_scalar(f"val/{name}", r["loss"], self.trainer.progress.global_tokens)
+        log.info("evaluation: %s", ", ".join(f"{n} {r['loss']:.4f}" for n, r in result["sets"].items()))
+        return result
+
+    def open_tensorboard(self):
+        folder = self.spec.eval.tensorboard_dir if self.spec.eval else None
+        if folder is None:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            log.warning("eval.tensorboard is on, but the tensorboard package is not installed "
+                        "(pip install tensorboard); no TensorBoard logs")
+            return None
+        return SummaryWriter(log_dir=str(folder))
 
     # -- between steps -------------------------------------------------------------
 
@@ -250,6 +290,9 @@ class Worker:
         self.tokens_per_s = rate if self.tokens_per_s is None else 0.9 * self.tokens_per_s + 0.1 * rate
         self.last_lr = r.lr
         self.train_seconds += r.seconds
+        if self.tb:
+            for name, value in (("loss", r.loss), ("lr", r.lr), ("grad_norm", r.grad_norm), ("tokens_per_s", rate)):
+                self.tb.add_scalar(f"train/{name}", value, p.global_tokens)
         if p.step % self.spec.train.log_interval_steps == 0:
             line = {"step": p.step, "part_tokens": p.part_tokens, "global_tokens": p.global_tokens,
                     "loss": r.loss, "lr": r.lr, "grad_norm": r.grad_norm, "step_ms": round(r.seconds * 1000, 2),
@@ -484,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     worker = Worker(spec)
     worker.install_signals()
     try:
-        return worker.run()
+        return worker.run_and_close()
     except AnotherWorker as e:
         log.error("%s", e)  # no error.json: the work dir belongs to the other worker
         return EXIT_STOPPED  # not a failure: the daemon adopts the other worker next
