@@ -139,3 +139,16 @@ def test_an_aborted_step_rewinds_the_random_generators(tmp_path):
     assert trainer.step(lambda: next(calls) >= 2) is None  # abandoned after two micro-batches (dropout drew)
     assert torch.equal(torch.get_rng_state(), before)
     assert trainer.progress.cursor == 0 and all(p.grad is None for p in model.parameters())
+
+
+def test_precision_follows_the_compute_capability():
+    from trainer.device import cuda_precision
+    from trainer.errors import BadInput
+
+    assert cuda_precision("auto", (9, 0), "H100") == "bf16"
+    assert cuda_precision("auto", (8, 6), "RTX 3090") == "bf16"
+    assert cuda_precision("auto", (7, 5), "T4") == "fp16"
+    assert cuda_precision("auto", (6, 1), "GTX 1050") == "fp32"  # Pascal: not the emulated bf16
+    assert cuda_precision("fp16", (6, 1), "GTX 1050") == "fp16"  # on request, for memory
+    with pytest.raises(BadInput, match="bf16 is only emulated on GTX 1050"):
+        cuda_precision("bf16", (6, 1), "GTX 1050")

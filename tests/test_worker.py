@@ -223,3 +223,29 @@ def test_checkpoint_of_another_model_shape_is_refused(data, reference, tmp_path)
     assert "made for a different model (n_layer: checkpoint 2 vs spec 3)" in out
     assert sorted(p.name for p in reference.iterdir()) == before and verify(reference).ok
     assert not step_dirs(work / "ckpt")
+
+
+# -- on a real GPU (skipped without one) ---------------------------------------------------------
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("compile_", [False, True])
+def test_a_part_trains_and_resumes_on_cuda(data, tmp_path, compile_):
+    work = tmp_path / "work"
+    spec = write_spec(tmp_path / "spec.json", data, "part-000", work,
+                      train={"device": "cuda", "compile": compile_, **FAST_CKPT})
+    log = tmp_path / "worker.log"
+    proc = start_worker(spec, log)
+    wait_for(lambda: (hb := heartbeat(work)) and hb.step >= 50, timeout=300, what="training on CUDA")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert run_worker(spec, log, timeout=600) == EXIT_DONE, log.read_text()[-3000:]
+    text = log.read_text()
+    assert "resuming from step-" in text and ("compiled" in text) == compile_
+    major = torch.cuda.get_device_capability()[0]
+    assert heartbeat(work).precision == ("bf16" if major >= 8 else "fp16" if major == 7 else "fp32")
+    metrics = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["loss"] < metrics[0]["loss"] - 1.0

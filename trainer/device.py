@@ -71,17 +71,22 @@ def _cpu(cfg: TrainConfig) -> Placement:
                      why="no CUDA device" if cfg.device == "auto" else "train.device is cpu")
 
 
+def cuda_precision(requested: str, capability: tuple[int, int], name: str) -> str:
+    """The precision for a card of this compute capability (the module docstring's table)."""
+    major, minor = capability
+    if requested == "auto":
+        return "bf16" if major >= 8 else "fp16" if major == 7 else "fp32"
+    if requested == "bf16" and major < 8:
+        raise BadInput(f"train.precision: bf16 is only emulated on {name} (compute capability {major}.{minor}); "
+                       "use fp16 or fp32, or leave precision at auto")
+    return requested
+
+
 def _cuda(cfg: TrainConfig, device: torch.device) -> Placement:
     major, minor = torch.cuda.get_device_capability(device)
     cc = f"{major}.{minor}"
     name = torch.cuda.get_device_name(device)
-    if cfg.precision == "auto":
-        precision = "bf16" if major >= 8 else "fp16" if major == 7 else "fp32"
-    elif cfg.precision == "bf16" and major < 8:
-        raise BadInput(f"train.precision: bf16 is only emulated on {name} (compute capability {cc}); "
-                       "use fp16 or fp32, or leave precision at auto")
-    else:
-        precision = cfg.precision
+    precision = cuda_precision(cfg.precision, (major, minor), name)
     if major >= 8:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
