@@ -12,22 +12,19 @@ import errno
 import json
 import logging
 import os
-import random
-import shutil
 import signal
 import sys
 import time
 import traceback
 from pathlib import Path
 
-import numpy as np
 import torch
 from pydantic import ValidationError
 
 from model.config import ConfigError, config_from_dict
 from model.gpt import GPT
-from runtime.atomic import append_line, atomic_write_json, atomic_write_text, read_jsonl
-from runtime.checkpoint import CheckpointMeta, step_dirs, verify
+from runtime.atomic import append_line, atomic_write_json
+from runtime.checkpoint import CheckpointMeta
 from runtime.lockfile import LockFile, Locked
 from runtime.paths import WorkPaths
 from runtime.spec import WorkerSpec, load_spec
@@ -38,9 +35,11 @@ from runtime.workerfiles import (
 )
 from trainer import checkpoint, device, optim
 from trainer.data import Batches, WindowOrder, derive_seed, evenly_spaced
+from trainer.disk import checkpoint_bytes, free_bytes
 from trainer.errors import BadInput, NonFiniteLoss
 from trainer.evaluate import evaluate, mean_loss
 from trainer.loop import Progress, StepResult, Trainer
+from trainer.resume import restore
 from trainer.tokenfile import check_windows, open_part
 
 log = logging.getLogger("worker")
@@ -116,7 +115,10 @@ class Worker:
         self.raw_model = GPT(cfg).to(self.placement.device)
         self.optimizer = optim.build(self.raw_model, train, self.placement.device)
         self.scaler = torch.amp.GradScaler(self.placement.device.type, enabled=self.placement.use_scaler)
-        progress = self._restore(cfg.to_dict())
+        start = restore(spec, self.work, self.raw_model, self.optimizer, self.scaler, self.placement.device)
+        progress, self.resumed_from = start.progress, start.resumed_from
+        if self.resumed_from:
+            self.last_ckpt = (progress.step, time.time())
         self.beat(force=True)
 
         model = self.raw_model
@@ -155,43 +157,6 @@ class Worker:
                            f"{cfg.vocab_size}; raise vocab_size or use the matching tokenizer")
         check_windows(part, cfg.block_size)
         return part
-
-    def _restore(self, model_cfg: dict) -> Progress:
-        spec, dev = self.spec, self.placement.device
-        resume = checkpoint.find_resume_point(self.work.checkpoints, log.warning)
-        if resume:
-            meta = checkpoint.load_weights(resume, self.raw_model, dev, model_cfg)
-            if meta.part_id != spec.part_id:
-                raise BadInput(f"{resume}: belongs to part {meta.part_id}, not {spec.part_id}; "
-                               "this work dir is another part's")
-            checkpoint.load_optimizer(resume, self.optimizer, self.scaler, dev)
-            checkpoint.load_rng(resume, meta)
-            optim.apply_config(self.optimizer, spec.train)
-            self._truncate_metrics(meta.step)
-            self.last_ckpt = (meta.step, time.time())
-            self.resumed_from = resume
-            log.info("resuming from %s: step %d, cursor %d, %d tokens", resume.name, meta.step, meta.cursor, meta.part_tokens)
-            return Progress(meta.step, meta.cursor, meta.part_tokens, meta.global_tokens, meta.loss, meta.done)
-        if spec.init_checkpoint:
-            verdict = verify(spec.init_checkpoint)
-            if not verdict.ok:
-                raise BadInput(f"{spec.init_checkpoint}: the starting checkpoint is damaged: {verdict.reason}")
-            meta = checkpoint.load_weights(spec.init_checkpoint, self.raw_model, dev, model_cfg)
-            checkpoint.load_optimizer(spec.init_checkpoint, self.optimizer, self.scaler, dev)
-            optim.apply_config(self.optimizer, spec.train)
-            if meta.global_tokens != spec.token_offset:
-                log.warning("starting checkpoint has %d global tokens, the spec says %d; using the spec",
-                            meta.global_tokens, spec.token_offset)
-            log.info("starting from %s (%s)", spec.init_checkpoint.name, meta.part_id)
-        self._seed_rngs()
-        self._truncate_metrics(0)
-        return Progress(global_tokens=spec.token_offset)
-
-    def _seed_rngs(self) -> None:
-        seed = derive_seed(self.spec.train.seed, self.spec.part_id)
-        torch.manual_seed(seed)
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
 
     def _train(self) -> int:
         trainer, train = self.trainer, self.spec.train
@@ -359,34 +324,11 @@ class Worker:
             self.beat()
             time.sleep(min(0.05, left))
 
-    def disk_free(self) -> tuple[int, str]:
-        """Free bytes where checkpoints go, and the filesystem's mount point. The guard's
-        sensor file, when it gives disk_free_gb, stands for the real disk (tests, quotas)."""
-        path = self.work.checkpoints.resolve()
-        mount = path
-        while not os.path.ismount(mount) and mount != mount.parent:
-            mount = mount.parent
-        if self.spec.sensor_file:
-            try:
-                given = json.loads(self.spec.sensor_file.read_text()).get("disk_free_gb")
-                if isinstance(given, (int, float)) and not isinstance(given, bool):
-                    return int(given * 2**30), str(mount)
-            except (OSError, ValueError, AttributeError):
-                pass  # the daemon's guard reports a broken sensor file; use the real disk
-        return shutil.disk_usage(path).free, str(mount)
-
-    def checkpoint_bytes(self) -> int:
-        """The size of the newest checkpoint, or an estimate (weights + two Adam moments)."""
-        found = step_dirs(self.work.checkpoints)
-        if found:
-            return sum(f.stat().st_size for f in found[0][1].iterdir())
-        return 3 * sum(p.numel() * p.element_size() for p in self.raw_model.parameters()) + 2**20
-
     def wait_for_disk(self) -> bool:
         """Hold until a checkpoint fits (twice its size plus the margin); never start one that
         might not. False if asked to stop meanwhile: then nothing is saved or damaged."""
-        need = 2 * self.checkpoint_bytes() + int(self.spec.disk_margin_gb * 2**30)
-        free, mount = self.disk_free()
+        need = 2 * checkpoint_bytes(self.work.checkpoints, self.raw_model) + int(self.spec.disk_margin_gb * 2**30)
+        free, mount = free_bytes(self.work.checkpoints, self.spec.sensor_file)
         if free >= need:
             return True
         started = time.monotonic()
@@ -395,7 +337,7 @@ class Worker:
         log.warning("%s", reason)
         self.phase, before = "paused", self.phase
         self.disk_reason = reason
-        while self.disk_free()[0] < need:
+        while free_bytes(self.work.checkpoints, self.spec.sensor_file)[0] < need:
             if self.should_stop():
                 break
             self.beat()
@@ -404,7 +346,7 @@ class Worker:
         self.phase = before
         self.paused_seconds += time.monotonic() - started
         self.beat(force=True)
-        return not self.should_stop() or self.disk_free()[0] >= need
+        return not self.should_stop() or free_bytes(self.work.checkpoints, self.spec.sensor_file)[0] >= need
 
     def save(self, done: bool = False, val_loss: float | None = None) -> Path | None:
         """Write a checkpoint; None if asked to stop while the disk was full (nothing saved)."""
@@ -447,13 +389,6 @@ class Worker:
 
     def _last_ckpt_time(self) -> float:
         return self.last_ckpt[1] if self.last_ckpt else self.started
-
-    def _truncate_metrics(self, step: int) -> None:
-        """Drop metric lines past the resume point: those steps are trained again."""
-        if not self.work.metrics.exists():
-            return
-        kept = [json.dumps(m) for m in read_jsonl(self.work.metrics) if m.get("step", 0) <= step]
-        atomic_write_text(self.work.metrics, "".join(line + "\n" for line in kept))
 
     def beat(self, force: bool = False) -> None:
         now = time.time()

@@ -1,0 +1,77 @@
+"""Where a part starts: its own newest complete checkpoint, the chain's starting checkpoint,
+or fresh weights; and the bookkeeping that goes with each (RNG, metrics)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from runtime.atomic import atomic_write_text, read_jsonl
+from runtime.checkpoint import verify
+from runtime.paths import WorkPaths
+from runtime.spec import WorkerSpec
+from trainer import checkpoint, optim
+from trainer.data import derive_seed
+from trainer.errors import BadInput
+from trainer.loop import Progress
+
+log = logging.getLogger("worker")
+
+
+@dataclass
+class Start:
+    progress: Progress
+    resumed_from: Path | None = None
+    """The part's own checkpoint it resumed from (None: it starts the part)."""
+
+
+def restore(spec: WorkerSpec, work: WorkPaths, model, optimizer, scaler, device: torch.device) -> Start:
+    model_cfg = model.config.to_dict()
+    resume = checkpoint.find_resume_point(work.checkpoints, log.warning)
+    if resume:
+        meta = checkpoint.load_weights(resume, model, device, model_cfg)
+        if meta.part_id != spec.part_id:
+            raise BadInput(f"{resume}: belongs to part {meta.part_id}, not {spec.part_id}; this work dir is another "
+                           "part's")
+        checkpoint.load_optimizer(resume, optimizer, scaler, device)
+        checkpoint.load_rng(resume, meta)
+        optim.apply_config(optimizer, spec.train)
+        truncate_metrics(work, meta.step)
+        log.info("resuming from %s: step %d, cursor %d, %d tokens", resume.name, meta.step, meta.cursor,
+                 meta.part_tokens)
+        return Start(Progress(meta.step, meta.cursor, meta.part_tokens, meta.global_tokens, meta.loss, meta.done),
+                     resume)
+    if spec.init_checkpoint:
+        verdict = verify(spec.init_checkpoint)
+        if not verdict.ok:
+            raise BadInput(f"{spec.init_checkpoint}: the starting checkpoint is damaged: {verdict.reason}")
+        meta = checkpoint.load_weights(spec.init_checkpoint, model, device, model_cfg)
+        checkpoint.load_optimizer(spec.init_checkpoint, optimizer, scaler, device)
+        optim.apply_config(optimizer, spec.train)
+        if meta.global_tokens != spec.token_offset:
+            log.warning("starting checkpoint has %d global tokens, the spec says %d; using the spec",
+                        meta.global_tokens, spec.token_offset)
+        log.info("starting from %s (%s)", spec.init_checkpoint.name, meta.part_id)
+    seed_rngs(derive_seed(spec.train.seed, spec.part_id))
+    truncate_metrics(work, 0)
+    return Start(Progress(global_tokens=spec.token_offset))
+
+
+def seed_rngs(seed: int) -> None:
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def truncate_metrics(work: WorkPaths, step: int) -> None:
+    """Drop metric lines past the resume point: those steps are trained again."""
+    if not work.metrics.exists():
+        return
+    kept = [json.dumps(m) for m in read_jsonl(work.metrics) if m.get("step", 0) <= step]
+    atomic_write_text(work.metrics, "".join(line + "\n" for line in kept))
