@@ -11,7 +11,9 @@ breaks the pool with an error instead of leaving its task waiting forever.
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.connection
 import os
+import threading
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -47,6 +49,19 @@ def chunked(docs: Iterable[tuple[RawDoc, int]], chars: int = CHUNK_CHARS,
         yield batch, offset
 
 
+def _start_worker(initializer: Callable, initargs: tuple) -> None:
+    """A pool worker's first act: leave as soon as the parent is gone. A worker blocked on
+    its task queue never notices on its own (it holds both ends of that pipe), so a
+    prepare killed by SIGKILL or the OOM killer would leave idle workers behind forever."""
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        def watch() -> None:
+            multiprocessing.connection.wait([parent.sentinel])
+            os._exit(1)
+        threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+    initializer(*initargs)
+
+
 def ordered_map(func: Callable[[T], R], items: Iterable[tuple[T, int]], workers: int,
                 initializer: Callable, initargs: tuple) -> Iterator[tuple[R, int]]:
     """(func(item), tag) for each (item, tag), in order. workers=0 runs in this process
@@ -59,7 +74,7 @@ def ordered_map(func: Callable[[T], R], items: Iterable[tuple[T, int]], workers:
     # spawn, not fork: the parent may run threads (progress display), and forking a
     # threaded process can deadlock; spawned workers import only what they need.
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=initializer, initargs=initargs)
+                               initializer=_start_worker, initargs=(initializer, initargs))
     pending: deque = deque()
     try:
         for item, tag in items:

@@ -15,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import sentencepiece as spm
 
@@ -350,8 +351,11 @@ def test_sigkill_mid_prepare_leaves_nothing_complete_and_rerun_finishes(enwiki, 
     stream = out / ".prepare" / "train.tokens"
     wait_for(lambda: stream.exists() and stream.stat().st_size > 0 or proc.poll() is not None,
              timeout=60, what="tokens being written")
+    helpers = psutil.Process(proc.pid).children(recursive=True)  # the pool worker, multiprocessing's tracker
     proc.send_signal(signal.SIGKILL)
     assert proc.wait(timeout=30) == -signal.SIGKILL, "prepare finished before it could be interrupted"
+    _, alive = psutil.wait_procs(helpers, timeout=20)
+    assert not alive, f"left behind: {[p.cmdline() for p in alive]}"
     assert sorted(p.name for p in out.iterdir()) == [".prepare"]  # no part, no manifest
     assert not (out / ".prepare" / "streams.json").exists()  # it was killed while tokenizing
 
