@@ -72,6 +72,16 @@ class ChainPlan:
             vals.setdefault(p.stage, p.val)
         return [(s.name, vals.get(s.name)) for s in self.schedule.stages]
 
+    def gpus(self) -> list[int]:
+        """The CUDA devices the chain trains on (the guard watches these)."""
+        used: set[int] = set()
+        for train in [self.schedule.train, *(p.train for p in self.parts)]:
+            if train.device.startswith("cuda:"):
+                used.add(int(train.device.split(":")[1]))
+            else:
+                used.update(range(train.gpus))  # rank r trains on cuda:r
+        return sorted(used)
+
     def lr_total_tokens(self) -> int:
         return self.schedule.train.total_tokens or max(self.planned_tokens(), 1)
 

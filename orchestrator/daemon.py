@@ -276,10 +276,8 @@ class Daemon:
 
     def _start_guard(self) -> None:
         schedule = self.plan.schedule
-        device = schedule.train.device
-        gpu = int(device.split(":")[1]) if device.startswith("cuda:") else 0
         self.hardware = HardwareWatch(schedule.guard, self.paths,
-                                      sensor_file_for(schedule.guard, self.schedule_path.parent), gpu)
+                                      sensor_file_for(schedule.guard, self.schedule_path.parent), self.plan.gpus())
         self.hardware.start(self.events)
 
     def handle_guard(self) -> None:

@@ -31,11 +31,11 @@ def sensor_file_for(cfg: GuardConfig, schedule_dir: Path) -> Path | None:
 
 
 class HardwareWatch:
-    def __init__(self, cfg: GuardConfig, paths: RunPaths, sensor_file: Path | None, gpu_index: int):
+    def __init__(self, cfg: GuardConfig, paths: RunPaths, sensor_file: Path | None, gpus: list[int]):
         self.cfg = cfg
         self.paths = paths
         self.sensor_file = sensor_file
-        self.sensors = Sensors.for_run(paths.root, sensor_file, cfg.sensor_stale_s, gpu_index)
+        self.sensors = Sensors.for_run(paths.root, sensor_file, cfg.sensor_stale_s, gpus)
         self.guard = Guard(cfg)
         self.last_poll = 0.0
         self.last_history = 0.0

@@ -26,7 +26,7 @@ from runtime.lockfile import holder
 from runtime.paths import RunPaths
 from runtime.quarantine import NOTE_SUFFIX
 from runtime.spec import WorkerSpec
-from runtime.workerfiles import Control, ErrorReport, Heartbeat, Result, read_model, write_model
+from runtime.workerfiles import Control, ErrorReport, ExitReport, Heartbeat, Result, read_model, write_model
 
 
 class PartRunner:
@@ -89,11 +89,11 @@ class PartRunner:
         spec = specs.write(self.plan, self.plan.get(part.id), part, self.state, self.paths, sensor_file)
         self.state.model = self.state.model or spec.model
         self.state.tokenizer_sha256 = self.state.tokenizer_sha256 or spec.tokenizer_sha256
-        for stale in (work.error, work.heartbeat):
+        for stale in (work.error, work.heartbeat, work.exit):
             stale.unlink(missing_ok=True)
         write_model(work.control, control, fault="control")
         self.launch_step = self.newest_step(part.id)
-        self.worker = WorkerProcess.launch(part.id, work.spec, work.log)
+        self.worker = WorkerProcess.launch(part.id, work.spec, work.log, spec.train.gpus)
         part.status, part.worker_pid = "running", self.worker.pid
         part.attempts += 1
         part.started_at = part.started_at or time.time()
@@ -129,7 +129,7 @@ class PartRunner:
         if self.worker is None:
             return None
         hb = read_model(self.paths.work(self.worker.part_id).heartbeat, Heartbeat)
-        return hb if hb and hb.pid == self.worker.pid else None
+        return hb if hb and self.worker.pid in (hb.pid, hb.launcher_pid) else None
 
     def watch(self, control: Control) -> tuple[PartState, int | None] | None:
         """None while the worker runs (hangs handled, progress logged); (part, exit code) once it ended."""
@@ -137,6 +137,9 @@ class PartRunner:
         exited, rc = w.poll()
         if exited:
             self.worker = self.last_heartbeat = None
+            if w.launcher or rc is None:  # torchrun's code is 1 for any failure; an adopted one has none
+                reported = read_model(self.paths.work(w.part_id).exit, ExitReport)
+                rc = reported.code if reported else rc
             return self.state.part(w.part_id), rc
         if w.enforce_deadline():
             self.events.emit("worker-killed", f"the worker of {w.part_id} did not stop in time ({w.stop_reason}); "

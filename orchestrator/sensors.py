@@ -1,7 +1,8 @@
 """Hardware readings from three sources behind one interface.
 
     NvmlSource    GPU temperature, power draw and limit, clocks, throttle reasons,
-                  utilisation, memory (nvidia-ml-py, imported lazily)
+                  utilisation, memory (nvidia-ml-py, imported lazily); the worst of
+                  several cards when a part trains on several
     PsutilSource  battery/AC, available RAM, free disk on the run dir's filesystem, CPU
                   temperature where the OS reports it
     FileSource    a JSON file of readings (guard.sensor_file / ORCHESTRATOR_SENSOR_FILE)
@@ -61,54 +62,72 @@ def _check(name: str, value) -> str | None:
 
 
 class NvmlSource:
+    """The GPUs a part trains on; with several, each reading is the worst card's (the
+    hottest, the highest draw, the lowest limit and clock), so one hot card pauses all."""
+
     name = "nvml"
 
-    def __init__(self, index: int = 0):
-        self.index = index
+    def __init__(self, indices: list[int]):
+        self.indices = list(indices)
         self.nvml = None
-        self.handle = None
+        self.handles: list = []
+        self.previous_limits_mw: list[tuple[Any, int]] = []
+        self.power_note = ""
 
     def start(self) -> str | None:
-        """Open the GPU; returns why NVML is absent (said once in the log), or None."""
+        """Open the GPUs; returns why NVML is absent (said once in the log), or None."""
         try:
             import pynvml
         except ImportError:
             return "nvidia-ml-py is not installed"
         try:
             pynvml.nvmlInit()
-            self.handle = pynvml.nvmlDeviceGetHandleByIndex(self.index)
+            self.handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in self.indices]
             self.nvml = pynvml
             return None
         except pynvml.NVMLError as e:
-            return f"no NVIDIA driver or GPU {self.index} ({e})"
+            self.handles = []
+            return f"no NVIDIA driver or no GPU {', '.join(map(str, self.indices))} ({e})"
 
     def set_power_limit(self, watts: float) -> str | None:
-        """Ask the card to hold `watts` itself (root only); None if not permitted or absent."""
-        if self.handle is None:
-            return None
+        """Ask each card to hold `watts` itself (root only); None if not permitted or absent."""
         n = self.nvml
-        try:
-            previous = n.nvmlDeviceGetPowerManagementLimit(self.handle)
-            n.nvmlDeviceSetPowerManagementLimit(self.handle, int(watts * 1000))
-        except n.NVMLError as e:
-            self.power_note = f"cannot set the GPU power limit ({e}); throttling by duty cycle instead"
+        for h in self.handles:
+            try:
+                previous = n.nvmlDeviceGetPowerManagementLimit(h)
+                n.nvmlDeviceSetPowerManagementLimit(h, int(watts * 1000))
+            except n.NVMLError as e:
+                self.restore()
+                self.power_note = f"cannot set the GPU power limit ({e}); throttling by duty cycle instead"
+                return None
+            self.previous_limits_mw.append((h, previous))
+        if not self.handles:
             return None
-        self.previous_limit_mw = previous
-        return f"set the GPU power limit to {watts:g} W (was {previous / 1000:g} W; restored at exit)"
+        was = self.previous_limits_mw[0][1] / 1000
+        return f"set the GPU power limit to {watts:g} W (was {was:g} W; restored at exit)"
 
     def restore(self) -> None:
-        """Put back a power limit this source changed."""
-        if getattr(self, "previous_limit_mw", None) is not None:
+        """Put back the power limits this source changed."""
+        for h, previous in self.previous_limits_mw:
             try:
-                self.nvml.nvmlDeviceSetPowerManagementLimit(self.handle, self.previous_limit_mw)
+                self.nvml.nvmlDeviceSetPowerManagementLimit(h, previous)
             except self.nvml.NVMLError:
                 pass
-            self.previous_limit_mw = None
+        self.previous_limits_mw = []
 
     def read(self, now: float) -> tuple[dict, dict]:
-        if self.handle is None:
-            return {}, {}
-        n, h = self.nvml, self.handle
+        values: dict[str, Any] = {}
+        failed: dict[str, str] = {}
+        for index, h in zip(self.indices, self.handles):
+            one, bad = self._read_one(h)
+            for name, why in bad.items():
+                failed[name] = why if len(self.handles) == 1 else f"GPU {index}: {why}"
+            for name, value in one.items():
+                values[name] = _worst(name, values[name], value) if name in values else value
+        return values, failed
+
+    def _read_one(self, h) -> tuple[dict, dict]:
+        n = self.nvml
         probes: dict[str, Callable[[], Any]] = {
             "gpu_temp_c": lambda: float(n.nvmlDeviceGetTemperature(h, n.NVML_TEMPERATURE_GPU)),
             "gpu_power_w": lambda: n.nvmlDeviceGetPowerUsage(h) / 1000.0,
@@ -128,6 +147,16 @@ class NvmlSource:
             except n.NVMLError as e:
                 failed[name] = f"NVML error: {e}"
         return values, failed
+
+
+# Combining several cards' readings: what the guard must act on is the worst card's.
+_LOWEST_IS_WORST = {"gpu_power_limit_w", "gpu_mem_total_gb", "gpu_clock_mhz"}
+
+
+def _worst(name: str, a, b):
+    if name == "gpu_throttle":
+        return sorted(set(a) | set(b))
+    return min(a, b) if name in _LOWEST_IS_WORST else max(a, b)
 
 
 def _throttle_reasons(n, h) -> list[str]:
@@ -235,8 +264,9 @@ class Sensors:
         self.sources = sources
 
     @classmethod
-    def for_run(cls, run_dir: Path, sensor_file: Path | None, stale_s: float, gpu_index: int = 0) -> "Sensors":
-        sources: list = [NvmlSource(gpu_index), PsutilSource(run_dir)]
+    def for_run(cls, run_dir: Path, sensor_file: Path | None, stale_s: float,
+                gpus: list[int] | None = None) -> "Sensors":
+        sources: list = [NvmlSource(gpus or [0]), PsutilSource(run_dir)]
         if sensor_file:
             sources.append(FileSource(sensor_file, stale_s))
         return cls(sources)
@@ -247,7 +277,7 @@ class Sensors:
 
     @property
     def nvml(self) -> NvmlSource | None:
-        return next((s for s in self.sources if isinstance(s, NvmlSource) and s.handle is not None), None)
+        return next((s for s in self.sources if isinstance(s, NvmlSource) and s.handles), None)
 
     def close(self) -> None:
         if self.nvml:

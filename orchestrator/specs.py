@@ -38,8 +38,9 @@ def _frozen(work: WorkPaths, part_id: str) -> WorkerSpec | None:
 def fresh(plan: ChainPlan, pp: PartPlan, state: ChainState, paths: RunPaths) -> WorkerSpec:
     train = pp.train
     if train.cpu_threads is None and train.device in ("auto", "cpu"):
-        # Fixed in the spec so that every attempt of the part computes identically.
-        train = train.model_copy(update={"cpu_threads": len(os.sched_getaffinity(0))})
+        # Fixed in the spec so that every attempt of the part computes identically; several
+        # processes (train.gpus on a machine without CUDA) divide the cores between them.
+        train = train.model_copy(update={"cpu_threads": max(1, len(os.sched_getaffinity(0)) // train.gpus)})
     return WorkerSpec(
         part_id=pp.id, stage=pp.stage, work_dir=paths.work(pp.id).root, data=pp.data, val=pp.val,
         epochs=pp.epochs,

@@ -47,7 +47,7 @@ def gather(paths: RunPaths) -> dict[str, Any]:
     pid = holder(paths.lock)
     running = next((p for p in parts if p["status"] == "running"), None)
     hb = _read(paths.work(running["id"]).heartbeat) if running else None
-    if hb and running.get("worker_pid") and hb.get("pid") != running["worker_pid"]:
+    if hb and running.get("worker_pid") and running["worker_pid"] not in (hb.get("pid"), hb.get("launcher_pid")):
         hb = None  # an earlier attempt's heartbeat
     hb = hb or {}
     now = time.time()

@@ -1,6 +1,11 @@
 """A worker subprocess: launched in its own session and process group, stopped warmly
 (SIGTERM: checkpoint and exit 75) with a deadline, then coldly (SIGKILL to the group).
 
+A part on several GPUs is launched as torchrun, which starts one worker per GPU, each in
+a session of its own, and forwards SIGTERM to them; a cold stop therefore kills torchrun's
+descendants as well as its group. torchrun exits 1 for any failure: the first worker to
+end writes its real exit code to exit.json, and the daemon reads that (runner.py).
+
 A daemon restarted after a crash may find its previous worker still alive (the worker
 notices its parent is gone, checkpoints and exits). It adopts it: no exit code then, so
 the daemon reads the work dir's result/error files to learn how it ended.
@@ -23,7 +28,10 @@ REPO_ROOT = Path(orchestrator.__file__).resolve().parent.parent
 DAEMON_PID_ENV = "ORCHESTRATOR_DAEMON_PID"
 
 
-def worker_command(spec_path: Path) -> list[str]:
+def worker_command(spec_path: Path, processes: int = 1) -> list[str]:
+    if processes > 1:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+                "-m", "trainer.worker", "--spec", str(spec_path)]
     return [sys.executable, "-m", "trainer.worker", "--spec", str(spec_path)]
 
 
@@ -39,24 +47,26 @@ def worker_env() -> dict[str, str]:
 
 
 class WorkerProcess:
-    def __init__(self, part_id: str, spec_path: Path, pid: int, proc: subprocess.Popen | None):
+    def __init__(self, part_id: str, spec_path: Path, pid: int, proc: subprocess.Popen | None,
+                 launcher: bool = False):
         self.part_id = part_id
         self.spec_path = spec_path
         self.pid = pid
         self.proc = proc  # None when adopted
+        self.launcher = launcher  # pid is torchrun's, the workers are its children
         self.started = time.time()
         self.stop_deadline: float | None = None
         self.stop_reason: str | None = None
         self.killed = False
 
     @classmethod
-    def launch(cls, part_id: str, spec_path: Path, log_path: Path) -> "WorkerProcess":
+    def launch(cls, part_id: str, spec_path: Path, log_path: Path, processes: int = 1) -> "WorkerProcess":
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
-                worker_command(spec_path), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=worker_env(), cwd=spec_path.parent, start_new_session=True,
+                worker_command(spec_path, processes), stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, env=worker_env(), cwd=spec_path.parent, start_new_session=True,
             )
-        return cls(part_id, spec_path, proc.pid, proc)
+        return cls(part_id, spec_path, proc.pid, proc, launcher=processes > 1)
 
     @classmethod
     def adopt(cls, part_id: str, spec_path: Path, pid: int) -> "WorkerProcess | None":
@@ -100,6 +110,18 @@ class WorkerProcess:
             return True
         return False
 
+    def _descendants(self) -> set[int]:
+        try:
+            return {p.pid for p in psutil.Process(self.pid).children(recursive=True)}
+        except psutil.Error:
+            return set()
+
     def kill(self) -> None:
         self.killed = True
+        stray = self._descendants()  # torchrun's workers sit in sessions of their own
         self._signal_group(signal.SIGKILL)
+        for pid in stray:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass

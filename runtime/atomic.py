@@ -54,6 +54,26 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fault: str | Non
         faults.point(f"{fault}.after-rename")
 
 
+def publish_once(path: str | os.PathLike, text: str) -> bool:
+    """Write `path` atomically unless it exists: the first of several racing writers wins
+    (link(2) never replaces). True if this one did."""
+    path = Path(path)
+    tmp = temp_path_for(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(text.encode("utf-8"))
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+    return True
+
+
 def atomic_write_text(path: str | os.PathLike, text: str, *, fault: str | None = None) -> None:
     atomic_write_bytes(path, text.encode("utf-8"), fault=fault)
 

@@ -154,6 +154,10 @@ class WorkPaths:
         return self.root / "error.json"
 
     @property
+    def exit(self) -> Path:
+        return self.root / "exit.json"
+
+    @property
     def eval(self) -> Path:
         return self.root / "eval.json"
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from runtime.atomic import read_json
 
@@ -55,6 +55,10 @@ class TrainConfig(BaseModel):
     """torch.compile: auto uses it on CUDA 7.0+ when Triton imports."""
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     """auto, cpu, cuda or cuda:N."""
+    gpus: int = Field(1, ge=1)
+    """Worker processes per part, one per GPU, launched under torchrun (DistributedDataParallel);
+    an optimizer step then takes gpus x micro_batch x grad_accum windows. On a machine
+    without CUDA: that many CPU processes (gloo), which is only useful for testing."""
     cpu_threads: int | None = Field(None, ge=1)
     """Torch threads on CPU; default: every CPU this process may run on."""
     seed: int = 1337
@@ -69,6 +73,13 @@ class TrainConfig(BaseModel):
     """Write a metrics line every this many optimizer steps."""
     eval_windows: int = Field(32, ge=0)
     """Validation windows scored when a part ends (0: skip)."""
+
+    @model_validator(mode="after")
+    def _gpus_fit_device(self) -> "TrainConfig":
+        if self.gpus > 1 and self.device.startswith("cuda:"):
+            raise ValueError(f"train.gpus is {self.gpus} but train.device names one GPU ({self.device}); "
+                             "use device auto or cuda (rank r trains on cuda:r)")
+        return self
 
 
 class DataRef(BaseModel):

@@ -5,6 +5,7 @@
     heartbeat.json  worker -> daemon   liveness and progress, rewritten every few seconds
     result.json     worker -> daemon   the final checkpoint, written before exit 0
     error.json      worker -> daemon   why it stopped, written before a non-zero exit
+    exit.json       worker -> daemon   the exit code, under torchrun (which exits 1 for any failure)
 
 Every one is written atomically; readers treat a missing or unparsable file as absent.
 """
@@ -32,6 +33,8 @@ Phase = Literal["starting", "loading", "compiling", "training", "paused", "savin
 class Heartbeat(BaseModel):
     model_config = ConfigDict(extra="forbid")
     pid: int
+    launcher_pid: int | None = None
+    """Under torchrun: torchrun's pid, the process the daemon started (pid is rank 0's)."""
     time: float
     """time.time() when written; the daemon declares a hang when it grows too old."""
     phase: Phase
@@ -94,6 +97,14 @@ class ErrorReport(BaseModel):
     window_range: tuple[int, int] | None = None
     """nonfinite: the cursor range [start, end) of the optimizer step that produced it."""
     micro_batch: int | None = None
+
+
+class ExitReport(BaseModel):
+    """The first rank to end, and its exit code (torchrun's own code hides it)."""
+
+    model_config = ConfigDict(extra="forbid")
+    code: int
+    rank: int
 
 
 def write_model(path: Path, obj: BaseModel, fault: str | None = None) -> None:

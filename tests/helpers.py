@@ -166,7 +166,7 @@ def running_step(run: Path, pid: str) -> int:
         hb = json.loads((run / "work" / pid / "heartbeat.json").read_text())
     except (OSError, ValueError):
         return -1
-    return hb["step"] if hb.get("pid") == part.get("worker_pid") else -1
+    return hb["step"] if part.get("worker_pid") in (hb.get("pid"), hb.get("launcher_pid")) else -1
 
 
 def events(run: Path) -> list[dict]:

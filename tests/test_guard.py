@@ -117,7 +117,7 @@ def test_psutil_reads_this_machine(tmp_path):
 
 
 def test_nvml_is_absent_without_a_gpu_and_said_so():
-    src = NvmlSource(0)
+    src = NvmlSource([0])
     why = src.start()
     if why is None:
         pytest.skip("an NVIDIA GPU is present; see the cuda tests")
@@ -128,7 +128,7 @@ def test_nvml_is_absent_without_a_gpu_and_said_so():
 @pytest.mark.cuda
 def test_nvml_reads_a_real_gpu():
     pytest.importorskip("pynvml")
-    src = NvmlSource(0)
+    src = NvmlSource([0])
     if src.start() is not None:
         pytest.skip("no NVIDIA GPU")
     values, failed = src.read(0)

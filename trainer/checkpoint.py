@@ -75,14 +75,18 @@ def rng_state() -> dict[str, Any]:
 
 
 def save(root: Path, step: int, *, model: torch.nn.Module, optimizer, scaler, meta: CheckpointMeta) -> Path:
-    """Write step folder `root/step-XXXXXXXX` and return it; it exists only once complete."""
+    """Write step folder `root/step-XXXXXXXX` and return it; it exists only once complete.
+
+    The CUDA generator saved is the training device's (the model's): with several ranks,
+    each on its own GPU, every rank's generator is in the same state as rank 0's."""
     final = root / step_dir_name(step)
     tmp = root / f".{final.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     rng = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
     try:
         files = {
             "model.pt": _write(tmp / "model.pt", model.state_dict()),
@@ -145,11 +149,11 @@ def load_optimizer(folder: Path, optimizer, scaler, device: torch.device) -> Non
         scaler.load_state_dict(state["scaler"])
 
 
-def load_rng(folder: Path, meta: CheckpointMeta) -> None:
+def load_rng(folder: Path, meta: CheckpointMeta, device: torch.device) -> None:
     rng = _load(folder / "rng.pt", "cpu")
     torch.set_rng_state(rng["cpu"])
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
+    if "cuda" in rng and device.type == "cuda":
+        torch.cuda.set_rng_state(rng["cuda"], device)
     if meta.rng_python:
         version, state, gauss = meta.rng_python
         random.setstate((version, tuple(state), gauss))

@@ -47,13 +47,21 @@ class Placement:
         return ", ".join(parts) + f" ({self.why})"
 
 
-def choose(cfg: TrainConfig) -> Placement:
+def choose(cfg: TrainConfig, local_rank: int | None = None) -> Placement:
+    """`local_rank`: this process's place among several on one machine (one GPU each)."""
     if cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available()):
         return _cpu(cfg)
     if not torch.cuda.is_available():
         raise BadInput(f"train.device is {cfg.device!r} but torch sees no CUDA device "
                        f"(torch {torch.__version__}); install a CUDA build of torch or use \"cpu\"")
-    device = torch.device(cfg.device if cfg.device != "auto" else "cuda")
+    if local_rank is not None:
+        device = torch.device("cuda", local_rank)
+        if local_rank >= torch.cuda.device_count():
+            raise BadInput(f"train.gpus: {cfg.gpus} processes, but torch sees {torch.cuda.device_count()} CUDA "
+                           "devices; lower gpus")
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device(cfg.device if cfg.device != "auto" else "cuda")
     if device.index is not None and device.index >= torch.cuda.device_count():
         raise BadInput(f"train.device: {cfg.device} does not exist ({torch.cuda.device_count()} CUDA devices)")
     return _cuda(cfg, device)

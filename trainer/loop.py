@@ -1,6 +1,7 @@
 """Optimizer steps over a part's window order. No files, no signals: the worker owns those.
 
-One optimizer step = up to grad_accum micro-batches of micro_batch windows. The loop
+One optimizer step = up to grad_accum micro-batches of micro_batch windows on each rank
+(trainer.distributed; one rank unless the part trains on several GPUs). The loop
 syncs with the device once per optimizer step (loss and gradient norm together), and a
 step aborted between micro-batches leaves weights, optimizer, cursor and random
 generators as they were (the generators are rewound when dropout drew from them), so a
@@ -20,6 +21,7 @@ from runtime import faults
 from runtime.spec import WorkerSpec
 from trainer.data import Batches, WindowOrder
 from trainer.device import Placement
+from trainer.distributed import Ranks, no_sync
 from trainer.errors import NonFiniteLoss
 from trainer.lr import lr_multiplier
 
@@ -54,6 +56,7 @@ class Trainer:
         order: WindowOrder,
         batches: Batches,
         progress: Progress,
+        ranks: Ranks | None = None,
     ):
         self.spec = spec
         self.train = spec.train
@@ -64,6 +67,7 @@ class Trainer:
         self.order = order
         self.batches = batches
         self.progress = progress
+        self.ranks = ranks or Ranks()
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
         self.window_tokens = batches.block_size  # predicted tokens per window
         self.uses_rng = any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
@@ -73,29 +77,39 @@ class Trainer:
 
     # -- sizes -----------------------------------------------------------------
 
+    @property
+    def round_windows(self) -> int:
+        """Windows in one micro-batch of every rank together."""
+        return self.train.micro_batch * self.ranks.world
+
     def micro_batches_total(self) -> int:
-        return self.order.usable() // self.train.micro_batch
+        """Micro-batch rounds (one micro-batch on each rank) in the part."""
+        return self.order.usable() // self.round_windows
 
     def steps_total(self) -> int:
         return math.ceil(self.micro_batches_total() / self.train.grad_accum)
 
     def tokens_total(self) -> int:
-        return self.micro_batches_total() * self.train.micro_batch * self.window_tokens
+        return self.micro_batches_total() * self.round_windows * self.window_tokens
 
     def finished(self) -> bool:
-        windows, _ = self.order.take(self.progress.cursor, self.train.micro_batch)
-        return len(windows) < self.train.micro_batch
+        windows, _ = self.order.take(self.progress.cursor, self.round_windows)
+        return len(windows) < self.round_windows
 
     # -- one optimizer step ------------------------------------------------------
 
     def step(self, abort: Callable[[], bool]) -> StepResult | None:
-        """Train one optimizer step; None if `abort()` turned true before it completed."""
-        mb, p = self.train.micro_batch, self.progress
-        windows, new_cursor = self.order.take(p.cursor, mb * self.train.grad_accum)
-        n_micro = len(windows) // mb  # a partial micro-batch at the very end is dropped
+        """Train one optimizer step; None if `abort()` turned true before it completed.
+
+        With several ranks, micro-batch round i gives rank r the r-th slice of its windows;
+        `abort` must then be constant during a step (the ranks agree between steps).
+        """
+        mb, p, ranks = self.train.micro_batch, self.progress, self.ranks
+        windows, new_cursor = self.order.take(p.cursor, self.round_windows * self.train.grad_accum)
+        n_micro = len(windows) // self.round_windows  # a partial round at the very end is dropped
         if n_micro == 0:
             return None
-        tokens = n_micro * mb * self.window_tokens
+        tokens = n_micro * self.round_windows * self.window_tokens
         lr = self.train.lr * self.spec.lr_scale * lr_multiplier(
             p.global_tokens + tokens, self.spec.chain_total_tokens, self.train
         )
@@ -112,16 +126,19 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 self._restore_rng(rng)  # the dropout draws of the abandoned micro-batches are undone
                 return None
-            x, y = self.batches.get(windows[i * mb : (i + 1) * mb])
-            with self.placement.autocast():
-                _, loss = self.model(x, y)
-            loss = loss / n_micro
-            self.scaler.scale(loss).backward()
+            first = (i * ranks.world + ranks.rank) * mb
+            x, y = self.batches.get(windows[first : first + mb])
+            with no_sync(self.model, last=i == n_micro - 1):
+                with self.placement.autocast():
+                    _, loss = self.model(x, y)
+                loss = loss / n_micro
+                self.scaler.scale(loss).backward()
             loss_sum += loss.detach()
 
         self.scaler.unscale_(self.optimizer)
         max_norm = self.train.grad_clip if self.train.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        loss_sum = ranks.mean(loss_sum)  # the same on every rank, so they agree on a non-finite loss
         loss_value, norm_value = torch.stack([loss_sum.float(), grad_norm.float()]).tolist()  # the one sync
         if self.fault_nan_at is not None and self.order.covers(p.cursor, new_cursor, self.fault_nan_at):
             loss_value = math.nan
@@ -145,11 +162,12 @@ class Trainer:
         """The generators' state before a step, when the step draws from them (dropout)."""
         if not self.uses_rng:
             return None
-        cuda = torch.cuda.get_rng_state_all() if self.placement.device.type == "cuda" else None
+        device = self.placement.device
+        cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
         return torch.get_rng_state(), cuda
 
     def _restore_rng(self, state) -> None:
         if state is not None:
             torch.set_rng_state(state[0])
             if state[1] is not None:
-                torch.cuda.set_rng_state_all(state[1])
+                torch.cuda.set_rng_state(state[1], self.placement.device)

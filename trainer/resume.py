@@ -31,18 +31,23 @@ class Start:
     """The part's own checkpoint it resumed from (None: it starts the part)."""
 
 
-def restore(spec: WorkerSpec, work: WorkPaths, model, optimizer, scaler, device: torch.device) -> Start:
+def find(work: WorkPaths) -> Path | None:
+    """The part's newest complete checkpoint; broken newer ones are quarantined (logged)."""
+    return checkpoint.find_resume_point(work.checkpoints, log.warning)
+
+
+def restore(spec: WorkerSpec, resume: Path | None, model, optimizer, scaler, device: torch.device) -> Start:
+    """Load `resume` (the part's own checkpoint, from find()), else the chain's starting
+    checkpoint, else keep the fresh weights; set the generators to match."""
     model_cfg = model.config.to_dict()
-    resume = checkpoint.find_resume_point(work.checkpoints, log.warning)
     if resume:
         meta = checkpoint.load_weights(resume, model, device, model_cfg)
         if meta.part_id != spec.part_id:
             raise BadInput(f"{resume}: belongs to part {meta.part_id}, not {spec.part_id}; this work dir is another "
                            "part's")
         checkpoint.load_optimizer(resume, optimizer, scaler, device)
-        checkpoint.load_rng(resume, meta)
+        checkpoint.load_rng(resume, meta, device)
         optim.apply_config(optimizer, spec.train)
-        truncate_metrics(work, meta.step)
         log.info("resuming from %s: step %d, cursor %d, %d tokens", resume.name, meta.step, meta.cursor,
                  meta.part_tokens)
         return Start(Progress(meta.step, meta.cursor, meta.part_tokens, meta.global_tokens, meta.loss, meta.done),
@@ -59,7 +64,6 @@ def restore(spec: WorkerSpec, work: WorkPaths, model, optimizer, scaler, device:
                         meta.global_tokens, spec.token_offset)
         log.info("starting from %s (%s)", spec.init_checkpoint.name, meta.part_id)
     seed_rngs(derive_seed(spec.train.seed, spec.part_id))
-    truncate_metrics(work, 0)
     return Start(Progress(global_tokens=spec.token_offset))
 
 
@@ -70,7 +74,7 @@ def seed_rngs(seed: int) -> None:
 
 
 def truncate_metrics(work: WorkPaths, step: int) -> None:
-    """Drop metric lines past the resume point: those steps are trained again."""
+    """Drop metric lines past the resume point (step 0: all): those steps are trained again."""
     if not work.metrics.exists():
         return
     kept = [json.dumps(m) for m in read_jsonl(work.metrics) if m.get("step", 0) <= step]

@@ -2,7 +2,9 @@
 
 Started again on the same spec, it continues from its newest complete checkpoint in the
 work dir. Exit codes (runtime.workerfiles): 0 done, 75 stopped on request, 90 out of
-memory, 91 non-finite loss, 1 anything else (error.json says what), 2 usage.
+memory, 91 non-finite loss, 1 anything else (error.json says what), 2 usage. Under
+torchrun (train.gpus > 1) several of these train the part together, and rank 0 does all
+the file work (trainer.distributed).
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ import time
 import traceback
 from pathlib import Path
 
+import psutil
 import torch
 from pydantic import ValidationError
 
 from model.config import ConfigError, config_from_dict
 from model.gpt import GPT
-from runtime.atomic import append_line, atomic_write_json
+from runtime.atomic import append_line, atomic_write_json, publish_once
 from runtime.checkpoint import CheckpointMeta
 from runtime.lockfile import LockFile, Locked
 from runtime.paths import WorkPaths
@@ -31,15 +34,14 @@ from runtime.spec import WorkerSpec, load_spec
 from runtime.validation import describe
 from runtime.workerfiles import (
     EXIT_DONE, EXIT_ERROR, EXIT_NONFINITE, EXIT_OOM, EXIT_STOPPED,
-    Control, ErrorReport, Heartbeat, Result, read_model, write_model,
+    Control, ErrorReport, ExitReport, Heartbeat, Result, read_model, write_model,
 )
-from trainer import checkpoint, device, optim
+from trainer import checkpoint, device, distributed, optim, resume
 from trainer.data import Batches, WindowOrder, derive_seed, evenly_spaced
 from trainer.disk import checkpoint_bytes, free_bytes
 from trainer.errors import BadInput, NonFiniteLoss
 from trainer.evaluate import evaluate, mean_loss
 from trainer.loop import Progress, StepResult, Trainer
-from trainer.resume import restore
 from trainer.tokenfile import check_windows, open_part
 
 log = logging.getLogger("worker")
@@ -53,9 +55,13 @@ class Worker:
     def __init__(self, spec: WorkerSpec):
         self.spec = spec
         self.work = WorkPaths(spec.work_dir)
+        self.ranks = distributed.from_env()
         self.stop_reason: str | None = None
+        # Under torchrun the parent is torchrun's agent, and the daemon is the agent's parent.
+        self.launcher_pid = os.getppid() if self.ranks.on else None
         # The daemon's pid from its environment (orchestrator.supervisor), else the parent.
-        self.parent_pid = int(os.environ.get("ORCHESTRATOR_DAEMON_PID") or os.getppid())
+        self.parent_pid = int(os.environ.get("ORCHESTRATOR_DAEMON_PID") or _parent_of(os.getppid(), self.ranks.on))
+        self.last_parent_check = 0.0
         self.control = Control()
         self._control_stamp: tuple[int, int] | None = None
         self.checkpoints_done = 0  # control.checkpoint requests honoured
@@ -86,25 +92,39 @@ class Worker:
         self.stop_reason = signal.Signals(signum).name  # only record; the loop acts
 
     def should_stop(self) -> bool:
-        if self.stop_reason is None and os.getppid() != self.parent_pid:
+        if self.stop_reason is None and self.orphaned():
             self.stop_reason = "the daemon went away"  # orphaned: checkpoint and exit
         return self.stop_reason is not None
+
+    def orphaned(self) -> bool:
+        if self.launcher_pid is None:
+            return os.getppid() != self.parent_pid
+        now = time.monotonic()  # a /proc read: once a second is plenty
+        if now - self.last_parent_check < 1.0:
+            return False
+        self.last_parent_check = now
+        return os.getppid() != self.launcher_pid or _parent_of(self.launcher_pid, True) != self.parent_pid
 
     # -- the part ------------------------------------------------------------------
 
     def run(self) -> int:
-        spec, train = self.spec, self.spec.train
-        self.work.root.mkdir(parents=True, exist_ok=True)
-        try:
-            self.lock.acquire()  # one worker per part, for the whole life of this process
-        except Locked as e:
-            raise AnotherWorker(f"another worker (pid {e.pid}) is already training {spec.part_id} "
-                                f"in {self.work.root}") from None
-        self.work.checkpoints.mkdir(exist_ok=True)
+        spec, train, ranks = self.spec, self.spec.train, self.ranks
+        if ranks.main:
+            self.work.root.mkdir(parents=True, exist_ok=True)
+            try:
+                self.lock.acquire()  # one worker per part, for the whole life of this process
+            except Locked as e:
+                raise AnotherWorker(f"another worker (pid {e.pid}) is already training {spec.part_id} "
+                                    f"in {self.work.root}") from None
+            self.work.checkpoints.mkdir(exist_ok=True)
+            if ranks.on:
+                self.work.exit.unlink(missing_ok=True)  # an earlier run's (the daemon removes it too)
         self.beat(force=True)
 
-        self.placement = device.choose(train)
-        log.info("part %s on %s", spec.part_id, self.placement.describe())
+        self.placement = device.choose(train, ranks.local_rank if ranks.on else None)
+        ranks.start(self.placement.device)
+        log.info("part %s on %s%s", spec.part_id, self.placement.describe(),
+                 f", rank {ranks.rank} of {ranks.world}" if ranks.on else "")
         self.phase = "loading"
         cfg = self._model_config()
         part = self._open(spec.data.manifest, spec.data.part, cfg)
@@ -115,8 +135,13 @@ class Worker:
         self.raw_model = GPT(cfg).to(self.placement.device)
         self.optimizer = optim.build(self.raw_model, train, self.placement.device)
         self.scaler = torch.amp.GradScaler(self.placement.device.type, enabled=self.placement.use_scaler)
-        start = restore(spec, self.work, self.raw_model, self.optimizer, self.scaler, self.placement.device)
+        found = resume.find(self.work) if ranks.main else None  # rank 0 alone may quarantine
+        found = ranks.share_path(str(found) if found else None)
+        start = resume.restore(spec, Path(found) if found else None, self.raw_model, self.optimizer, self.scaler,
+                               self.placement.device)
         progress, self.resumed_from = start.progress, start.resumed_from
+        if ranks.main:
+            resume.truncate_metrics(self.work, progress.step)
         if self.resumed_from:
             self.last_ckpt = (progress.step, time.time())
         self.beat(force=True)
@@ -124,21 +149,32 @@ class Worker:
         model = self.raw_model
         if self.placement.compile:
             model = torch.compile(self.raw_model)
+        model = ranks.wrap(model, self.placement.device)
         order = WindowOrder(part.n_windows, spec.epochs, train.seed, spec.part_id, spec.skip_windows)
         batches = Batches(part, cfg.block_size, self.placement.device)
-        self.trainer = Trainer(spec, self.placement, model, self.optimizer, self.scaler, order, batches, progress)
-        self.tb = self.open_tensorboard()
+        self.trainer = Trainer(spec, self.placement, model, self.optimizer, self.scaler, order, batches, progress,
+                               ranks)
+        self.tb = self.open_tensorboard() if ranks.main else None
         if progress.done:
             log.info("the final checkpoint exists already; reporting it")
-            return self._finish(already_saved=True)
+            return self.together(lambda: self._finish(already_saved=True))
         return self._train()
+
+    def together(self, work) -> int:
+        """Rank 0 does `work` (save, evaluate, report) while the others wait; all then exit
+        with rank 0's code (the others leaving early would make torchrun stop rank 0)."""
+        code = work() if self.ranks.main else EXIT_DONE
+        self.ranks.wait_for_main()
+        return self.ranks.share(code)
 
     def run_and_close(self) -> int:
         try:
-            return self.run()
+            code = self.run()
         finally:
             if self.tb:
                 self.tb.close()
+        self.ranks.close()  # after a clean end only: with a failed peer it could block
+        return code
 
     def _model_config(self):
         try:
@@ -164,26 +200,35 @@ class Worker:
         self.beat(force=True)
         log.info("training: %d steps, %d tokens from cursor %d", trainer.steps_total(), trainer.tokens_total(),
                  trainer.progress.cursor)
+        # Only rank 0 reads control.json, pauses, saves and throttles; the others wait for its
+        # word before each step. A step in progress on several ranks always runs to its end.
+        abort = self.should_stop if not self.ranks.on else lambda: False
         while not trainer.finished():
-            self.handle_control()
-            if self.should_stop():
+            if self.ranks.main:
+                self.handle_control()
+            if not self.ranks.share(not self.should_stop()):
                 break
-            result = trainer.step(self.should_stop)
+            result = trainer.step(abort)
             if result is None:
                 break
+            if not self.ranks.main:
+                continue
             self.phase = "training"
             self.after_step(result)
             if time.time() - self._last_ckpt_time() >= train.checkpoint_interval_s and not trainer.finished():
                 self.save()
             self.throttle(result.seconds)
         if not trainer.finished():
-            log.info("stopping (%s)", self.stop_reason)
-            if self.unsaved():
-                self.save()
-            self.phase = "done"
-            self.beat(force=True)
-            return EXIT_STOPPED
-        return self._finish()
+            return self.together(self._stop)
+        return self.together(self._finish)
+
+    def _stop(self) -> int:
+        log.info("stopping (%s)", self.stop_reason)
+        if self.unsaved():
+            self.save()
+        self.phase = "done"
+        self.beat(force=True)
+        return EXIT_STOPPED
 
     def _finish(self, already_saved: bool = False) -> int:
         trainer = self.trainer
@@ -391,6 +436,8 @@ class Worker:
         return self.last_ckpt[1] if self.last_ckpt else self.started
 
     def beat(self, force: bool = False) -> None:
+        if not self.ranks.main:
+            return
         now = time.time()
         if not force and now - self.last_beat < self.spec.train.heartbeat_interval_s:
             return
@@ -411,7 +458,7 @@ class Worker:
 
     def _write_heartbeat(self, now, p, t, placement) -> None:
         write_model(self.work.heartbeat, Heartbeat(
-            pid=os.getpid(), time=now, phase=self.phase, step=p.step,
+            pid=os.getpid(), launcher_pid=self.launcher_pid, time=now, phase=self.phase, step=p.step,
             steps_total=t.steps_total() if t else 0, part_tokens=p.part_tokens,
             part_tokens_total=t.tokens_total() if t else 0, global_tokens=p.global_tokens,
             loss=p.loss, lr=self.last_lr, tokens_per_s=self.tokens_per_s,
@@ -425,9 +472,33 @@ class Worker:
 
     def report(self, report: ErrorReport) -> None:
         try:
-            write_model(self.work.error, report)
+            if self.ranks.on:  # the first rank to fail names the cause; the others fail after it
+                publish_once(self.work.error, report.model_dump_json(indent=2))
+            else:
+                write_model(self.work.error, report)
         except OSError as e:  # the work dir itself may be the problem
             log.error("could not write %s: %s", self.work.error, e)
+
+    def report_exit(self, code: int) -> int:
+        """Under torchrun the daemon sees torchrun's exit code (1 for any failure), so the
+        first rank to end says its own in exit.json."""
+        another_workers_dir = self.ranks.main and self.lock.fd is None
+        if self.ranks.on and not another_workers_dir:
+            try:
+                publish_once(self.work.exit, ExitReport(code=code, rank=self.ranks.rank).model_dump_json())
+            except OSError as e:
+                log.error("could not write %s: %s", self.work.exit, e)
+        return code
+
+
+def _parent_of(pid: int, launched: bool) -> int:
+    """`pid` itself, or under a launcher its parent (0 once gone)."""
+    if not launched:
+        return pid
+    try:
+        return psutil.Process(pid).ppid()
+    except psutil.Error:
+        return 0
 
 
 def _fmt(x: float | None) -> str:
@@ -460,7 +531,13 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
 
     worker = Worker(spec)
+    if not worker.ranks.main:  # the same lines from every rank would only repeat rank 0's
+        logging.getLogger().setLevel(logging.WARNING)
     worker.install_signals()
+    return worker.report_exit(run(worker, spec))
+
+
+def run(worker: Worker, spec: WorkerSpec) -> int:
     try:
         return worker.run_and_close()
     except AnotherWorker as e:
