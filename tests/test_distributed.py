@@ -19,8 +19,8 @@ import torch
 from runtime.atomic import read_json
 from runtime.workerfiles import EXIT_DONE, EXIT_STOPPED, ExitReport, Heartbeat, read_model
 from tests.helpers import (
-    env, events, make_chain, make_token_dir, part_of, read_state, run_worker, start_daemon, wait_for,
-    write_spec,
+    env, events, make_chain, make_token_dir, part_of, promotions, read_state, run_worker, running_step,
+    start_daemon, wait_for, write_spec,
 )
 from tests.test_worker import assert_bitwise_equal, result_checkpoint
 
@@ -134,20 +134,26 @@ def test_any_rank_stopped_or_killed_resumes_bitwise_exact(tmp_path):
     assert_bitwise_equal(result_checkpoint(work), result_checkpoint(tmp_path / "ref" / "work"))
 
 
-def test_daemon_runs_a_part_on_two_ranks_and_acts_on_their_exit_code(tmp_path):
-    schedule = make_chain(tmp_path, parts=1, tokens=6000, train={"gpus": 2},
+def test_daemon_runs_a_part_on_two_ranks_acts_on_their_exit_code_and_survives_its_own_death(tmp_path):
+    schedule = make_chain(tmp_path, parts=1, tokens=20000, train={"gpus": 2, "checkpoint_interval_s": 0.3},
                           stages=[{"name": "wiki", "parts": ["data/wiki"]}])
-    run = tmp_path / "runs" / "chain"
+    run, log = tmp_path / "runs" / "chain", tmp_path / "daemon.log"
     # Every rank runs out of memory at micro_batch 4: torchrun exits 1, exit.json says 90.
-    daemon = start_daemon(schedule, tmp_path / "daemon.log", "--exit-when-done",
-                          extra_env={"ORCHESTRATOR_FAULT_OOM_ABOVE_MICRO_BATCH": "2"})
-    assert daemon.wait(timeout=300) == 0, (tmp_path / "daemon.log").read_text()[-3000:]
+    oom = {"ORCHESTRATOR_FAULT_OOM_ABOVE_MICRO_BATCH": "2"}
+    daemon = start_daemon(schedule, log, "--exit-when-done", extra_env=oom)
+    wait_for(lambda: running_step(run, "wiki/part-000") >= 10, timeout=180, what="the retry at micro_batch 2")
+    daemon.send_signal(signal.SIGKILL)  # torchrun and its workers live on; rank 0 notices, saves, exits 75
+    daemon.wait()
+    daemon = start_daemon(schedule, log, "--exit-when-done", extra_env=oom)
+    assert daemon.wait(timeout=300) == 0, log.read_text()[-3000:]
+
     part = part_of(read_state(run), "wiki/part-000")
     assert part["status"] == "done" and part["failures"] == 0
     assert part["overrides"]["micro_batch"] == 2 and part["overrides"]["grad_accum"] == 4
-    assert part["tokens"] == 374 // 4 * 4 * 16  # whole rounds of 2 ranks x micro_batch 2
+    assert part["tokens"] == 1249 // 4 * 4 * 16  # whole rounds of 2 ranks x micro_batch 2
     kinds = [e["event"] for e in events(run)]
-    assert kinds.index("oom-retry") < kinds.index("part-done")
+    assert kinds.index("oom-retry") < kinds.index("worker-adopted") < kinds.index("part-done")
+    assert promotions(run) == {"wiki/part-000": 1}
 
 
 @pytest.mark.cuda
