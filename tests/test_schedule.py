@@ -233,3 +233,16 @@ def test_the_shipped_example_schedules_are_valid():
     for path in (Path(__file__).resolve().parent.parent / "schedules").glob("*.json"):
         schedule = Schedule.model_validate(json.loads(path.read_text()))  # the data itself is not shipped
         config_from_dict({"vocab_size": 16000, **schedule.model})
+
+
+def test_the_shipped_example_schedules_are_valid():
+    """The examples in schedules/ name data the user prepares first; everything else in them
+    must be a valid schedule and model (so they do not drift from the schema)."""
+    from model.config import config_from_dict
+    from orchestrator.schedule import Schedule
+
+    examples = sorted((Path(__file__).parent.parent / "schedules").glob("*.json"))
+    assert examples
+    for path in examples:
+        schedule = Schedule.model_validate_json(path.read_text())
+        config_from_dict({**schedule.model, "vocab_size": 16000})
