@@ -75,7 +75,7 @@ class ChainPlan:
     def gpus(self) -> list[int]:
         """The CUDA devices the chain trains on (the guard watches these)."""
         used: set[int] = set()
-        for train in [self.schedule.train, *(p.train for p in self.parts)]:
+        for train in [p.train for p in self.parts] or [self.schedule.train]:
             if train.device.startswith("cuda:"):
                 used.add(int(train.device.split(":")[1]))
             else:

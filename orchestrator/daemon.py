@@ -248,7 +248,7 @@ class Daemon:
             self.events.emit("schedule-refused", f"schedule edit refused; the last valid schedule stays in force: "
                              f"{e}", level=logging.WARNING)
             return f"refused: {e}"
-        guard_changed = plan.schedule.guard != self.plan.schedule.guard
+        guard_changed = plan.schedule.guard != self.plan.schedule.guard or plan.gpus() != self.plan.gpus()
         self.plan = self.runner.plan = plan
         if guard_changed:
             self.hardware.close()

@@ -56,7 +56,7 @@ class PartRunner:
         worker = WorkerProcess.adopt(part.id, work.spec, pid) if pid and pid > 0 else None
         if worker is None:
             return False
-        self.worker, part.status, part.worker_pid = worker, "running", pid
+        self.worker, part.status, part.worker_pid = worker, "running", worker.pid
         self.launch_step = self.newest_step(part.id)
         self.save()
         self.events.emit("worker-adopted", f"the previous daemon's worker for {part.id} (pid {pid}) is still "

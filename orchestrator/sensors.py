@@ -62,8 +62,10 @@ def _check(name: str, value) -> str | None:
 
 
 class NvmlSource:
-    """The GPUs a part trains on; with several, each reading is the worst card's (the
-    hottest, the highest draw, the lowest limit and clock), so one hot card pauses all."""
+    """The GPUs a part trains on, by CUDA index; with several, each reading is the worst
+    card's (the hottest, the highest draw, the lowest limit and clock), so one hot card
+    pauses all. A card that cannot be opened fails its readings (the guard pauses): it is
+    never left unwatched while the others read as safe."""
 
     name = "nvml"
 
@@ -71,6 +73,7 @@ class NvmlSource:
         self.indices = list(indices)
         self.nvml = None
         self.handles: list = []
+        self.unopened: dict[int, str] = {}  # CUDA index -> why NVML could not open it
         self.previous_limits_mw: list[tuple[Any, int]] = []
         self.power_note = ""
 
@@ -82,16 +85,25 @@ class NvmlSource:
             return "nvidia-ml-py is not installed"
         try:
             pynvml.nvmlInit()
-            self.handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in self.indices]
-            self.nvml = pynvml
-            return None
         except pynvml.NVMLError as e:
-            self.handles = []
-            return f"no NVIDIA driver or no GPU {', '.join(map(str, self.indices))} ({e})"
+            return f"no NVIDIA driver ({e})"
+        self.nvml = pynvml
+        opened = []
+        for index in self.indices:
+            try:
+                opened.append((index, _open_cuda_device(pynvml, index)))
+            except pynvml.NVMLError as e:
+                self.unopened[index] = f"GPU {index}: NVML cannot open it ({e})"
+        self.indices = [i for i, _ in opened]
+        self.handles = [h for _, h in opened]
+        return None
 
     def set_power_limit(self, watts: float) -> str | None:
         """Ask each card to hold `watts` itself (root only); None if not permitted or absent."""
         n = self.nvml
+        if not self.handles:
+            self.power_note = "no GPU opened to set a power limit on; throttling by duty cycle instead"
+            return None
         for h in self.handles:
             try:
                 previous = n.nvmlDeviceGetPowerManagementLimit(h)
@@ -101,8 +113,6 @@ class NvmlSource:
                 self.power_note = f"cannot set the GPU power limit ({e}); throttling by duty cycle instead"
                 return None
             self.previous_limits_mw.append((h, previous))
-        if not self.handles:
-            return None
         was = self.previous_limits_mw[0][1] / 1000
         return f"set the GPU power limit to {watts:g} W (was {was:g} W; restored at exit)"
 
@@ -117,7 +127,7 @@ class NvmlSource:
 
     def read(self, now: float) -> tuple[dict, dict]:
         values: dict[str, Any] = {}
-        failed: dict[str, str] = {}
+        failed = {"gpu_temp_c": "; ".join(self.unopened.values())} if self.unopened else {}
         for index, h in zip(self.indices, self.handles):
             one, bad = self._read_one(h)
             for name, why in bad.items():
@@ -147,6 +157,17 @@ class NvmlSource:
             except n.NVMLError as e:
                 failed[name] = f"NVML error: {e}"
         return values, failed
+
+
+def _open_cuda_device(n, cuda_index: int):
+    """NVML's handle of CUDA device `cuda_index`. NVML ignores CUDA_VISIBLE_DEVICES, so the
+    index goes through it; the worker runs with CUDA_DEVICE_ORDER=PCI_BUS_ID, the order NVML
+    counts in (orchestrator.supervisor)."""
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    if cuda_index < len(visible):
+        v = visible[cuda_index]
+        return n.nvmlDeviceGetHandleByIndex(int(v)) if v.isdigit() else n.nvmlDeviceGetHandleByUUID(v)
+    return n.nvmlDeviceGetHandleByIndex(cuda_index)
 
 
 # Combining several cards' readings: what the guard must act on is the worst card's.
@@ -277,7 +298,7 @@ class Sensors:
 
     @property
     def nvml(self) -> NvmlSource | None:
-        return next((s for s in self.sources if isinstance(s, NvmlSource) and s.handles), None)
+        return next((s for s in self.sources if isinstance(s, NvmlSource) and s.nvml), None)
 
     def close(self) -> None:
         if self.nvml:

@@ -23,6 +23,8 @@ from pathlib import Path
 import psutil
 
 import orchestrator
+from runtime.lockfile import holder
+from runtime.paths import WorkPaths
 
 REPO_ROOT = Path(orchestrator.__file__).resolve().parent.parent
 DAEMON_PID_ENV = "ORCHESTRATOR_DAEMON_PID"
@@ -35,11 +37,19 @@ def worker_command(spec_path: Path, processes: int = 1) -> list[str]:
     return [sys.executable, "-m", "trainer.worker", "--spec", str(spec_path)]
 
 
+# torch.distributed's environment contract: set by torchrun for its workers, never inherited
+# (a daemon started inside a SLURM or Kubernetes job would otherwise pass its own on).
+DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
+                   "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
 def worker_env() -> dict[str, str]:
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV and not k.startswith("TORCHELASTIC_")}
     # The worker must import the same trainer/model/runtime as this daemon, installed or not.
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     env.setdefault("PYTHONUNBUFFERED", "1")
+    # cuda:N is then the card NVML (the guard) calls N; CUDA's default puts the fastest first.
+    env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
     # The worker stops when its daemon is gone; it learns the pid here, not from getppid()
     # after its slow imports, when a daemon that died meanwhile is already replaced by init.
     env[DAEMON_PID_ENV] = str(os.getpid())
@@ -77,6 +87,9 @@ class WorkerProcess:
             return None
         if "trainer.worker" not in cmdline or str(spec_path) not in cmdline:
             return None  # the pid was reused by something else
+        launcher = _torchrun_of(pid, spec_path)
+        if launcher is not None:  # rank 0 of several: watch and stop them through torchrun
+            return cls(part_id, spec_path, launcher, None, launcher=True)
         return cls(part_id, spec_path, pid, None)
 
     def poll(self) -> tuple[bool, int | None]:
@@ -101,7 +114,12 @@ class WorkerProcess:
         if self.stop_deadline is None:
             self.stop_reason = reason
             self.stop_deadline = time.time() + grace_s
-            self._signal_group(signal.SIGTERM)
+            rank0 = holder(WorkPaths(self.spec_path.parent).lock) if self.launcher else None
+            if rank0:
+                # Rank 0 tells the others; SIGTERM to torchrun would give them only its own 30 s.
+                _signal(rank0, signal.SIGTERM)
+            else:
+                self._signal_group(signal.SIGTERM)
 
     def enforce_deadline(self) -> bool:
         """Kill the group if a warm stop overran its grace; True if it did now."""
@@ -121,7 +139,21 @@ class WorkerProcess:
         stray = self._descendants()  # torchrun's workers sit in sessions of their own
         self._signal_group(signal.SIGKILL)
         for pid in stray:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+            _signal(pid, signal.SIGKILL)
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _torchrun_of(pid: int, spec_path: Path) -> int | None:
+    """The torchrun that started worker `pid` for this spec, if it did and still runs."""
+    try:
+        parent = psutil.Process(pid).parent()
+        cmdline = parent.cmdline() if parent else []
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return None
+    return parent.pid if "torch.distributed.run" in cmdline and str(spec_path) in cmdline else None

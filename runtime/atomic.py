@@ -68,6 +68,15 @@ def publish_once(path: str | os.PathLike, text: str) -> bool:
             os.link(tmp, path)
         except FileExistsError:
             return False
+        except OSError:  # a filesystem without hard links: exclusive create (a reader may see it partly written)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as f:
+                f.write(text.encode("utf-8"))
+                f.flush()
+                os.fsync(f.fileno())
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)

@@ -134,7 +134,7 @@ def test_any_rank_stopped_or_killed_resumes_bitwise_exact(tmp_path):
     assert_bitwise_equal(result_checkpoint(work), result_checkpoint(tmp_path / "ref" / "work"))
 
 
-def test_daemon_runs_a_part_on_two_ranks_acts_on_their_exit_code_and_survives_its_own_death(tmp_path):
+def test_daemon_runs_a_part_on_two_ranks_acts_on_their_exit_code_survives_its_death_and_stops_warmly(tmp_path):
     schedule = make_chain(tmp_path, parts=1, tokens=20000, train={"gpus": 2, "checkpoint_interval_s": 0.3},
                           stages=[{"name": "wiki", "parts": ["data/wiki"]}])
     run, log = tmp_path / "runs" / "chain", tmp_path / "daemon.log"
@@ -144,6 +144,13 @@ def test_daemon_runs_a_part_on_two_ranks_acts_on_their_exit_code_and_survives_it
     wait_for(lambda: running_step(run, "wiki/part-000") >= 10, timeout=180, what="the retry at micro_batch 2")
     daemon.send_signal(signal.SIGKILL)  # torchrun and its workers live on; rank 0 notices, saves, exits 75
     daemon.wait()
+    daemon = start_daemon(schedule, log, "--exit-when-done", extra_env=oom)  # adopts torchrun, then relaunches
+    wait_for(lambda: part_of(read_state(run), "wiki/part-000").get("attempts") == 3
+             and running_step(run, "wiki/part-000") >= 30, timeout=180, what="the third attempt training")
+    daemon.send_signal(signal.SIGTERM)  # warm: SIGTERM to rank 0, which stops every rank after saving
+    assert daemon.wait(timeout=120) == 0, log.read_text()[-3000:]
+    worker_log = (run / "work" / "wiki" / "part-000" / "worker.log").read_text()
+    assert "death signal" not in worker_log  # torchrun itself was never sent SIGTERM
     daemon = start_daemon(schedule, log, "--exit-when-done", extra_env=oom)
     assert daemon.wait(timeout=300) == 0, log.read_text()[-3000:]
 
@@ -153,6 +160,7 @@ def test_daemon_runs_a_part_on_two_ranks_acts_on_their_exit_code_and_survives_it
     assert part["tokens"] == 1249 // 4 * 4 * 16  # whole rounds of 2 ranks x micro_batch 2
     kinds = [e["event"] for e in events(run)]
     assert kinds.index("oom-retry") < kinds.index("worker-adopted") < kinds.index("part-done")
+    assert "daemon-stopped" in kinds[:kinds.index("part-done")]  # the warm stop
     assert promotions(run) == {"wiki/part-000": 1}
 
 

@@ -153,7 +153,10 @@ def load_rng(folder: Path, meta: CheckpointMeta, device: torch.device) -> None:
     rng = _load(folder / "rng.pt", "cpu")
     torch.set_rng_state(rng["cpu"])
     if "cuda" in rng and device.type == "cuda":
-        torch.cuda.set_rng_state(rng["cuda"], device)
+        state = rng["cuda"]
+        if isinstance(state, (list, tuple)):  # older checkpoints: every device's state
+            state = state[device.index if device.index is not None else torch.cuda.current_device()]
+        torch.cuda.set_rng_state(state, device)
     if meta.rng_python:
         version, state, gauss = meta.rng_python
         random.setstate((version, tuple(state), gauss))

@@ -117,8 +117,9 @@ class Worker:
                 raise AnotherWorker(f"another worker (pid {e.pid}) is already training {spec.part_id} "
                                     f"in {self.work.root}") from None
             self.work.checkpoints.mkdir(exist_ok=True)
-            if ranks.on:
-                self.work.exit.unlink(missing_ok=True)  # an earlier run's (the daemon removes it too)
+            if ranks.on:  # an earlier run's would hide this run's (first writer wins); the daemon removes them too
+                self.work.exit.unlink(missing_ok=True)
+                self.work.error.unlink(missing_ok=True)
         self.beat(force=True)
 
         self.placement = device.choose(train, ranks.local_rank if ranks.on else None)
