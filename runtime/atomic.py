@@ -30,6 +30,15 @@ def temp_path_for(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(3)}")
 
 
+def _write_synced(path: Path, data: bytes, *, exclusive: bool = False) -> None:
+    """Write a whole file and fsync it; `exclusive`: fail with FileExistsError if it exists."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
+    with os.fdopen(os.open(path, flags, 0o666), "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fault: str | None = None) -> None:
     """Replace `path` with `data` so that readers see the old or the new file, never a mix.
 
@@ -39,10 +48,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fault: str | Non
     path = Path(path)
     tmp = temp_path_for(path)
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        _write_synced(tmp, data)
         if fault:
             faults.point(f"{fault}.before-rename")
         os.replace(tmp, path)
@@ -57,26 +63,19 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fault: str | Non
 def publish_once(path: str | os.PathLike, text: str) -> bool:
     """Write `path` atomically unless it exists: the first of several racing writers wins
     (link(2) never replaces). True if this one did."""
-    path = Path(path)
+    path, data = Path(path), text.encode("utf-8")
     tmp = temp_path_for(path)
     try:
-        with open(tmp, "wb") as f:
-            f.write(text.encode("utf-8"))
-            f.flush()
-            os.fsync(f.fileno())
+        _write_synced(tmp, data)
         try:
             os.link(tmp, path)
         except FileExistsError:
             return False
         except OSError:  # a filesystem without hard links: exclusive create (a reader may see it partly written)
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                _write_synced(path, data, exclusive=True)
             except FileExistsError:
                 return False
-            with os.fdopen(fd, "wb") as f:
-                f.write(text.encode("utf-8"))
-                f.flush()
-                os.fsync(f.fileno())
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)

@@ -60,7 +60,8 @@ class Worker:
         # Under torchrun the parent is torchrun's agent, and the daemon is the agent's parent.
         self.launcher_pid = os.getppid() if self.ranks.on else None
         # The daemon's pid from its environment (orchestrator.supervisor), else the parent.
-        self.parent_pid = int(os.environ.get("ORCHESTRATOR_DAEMON_PID") or _parent_of(os.getppid(), self.ranks.on))
+        self.parent_pid = int(os.environ.get("ORCHESTRATOR_DAEMON_PID")
+                              or (_parent_of(os.getppid()) if self.ranks.on else os.getppid()))
         self.last_parent_check = 0.0
         self.control = Control()
         self._control_stamp: tuple[int, int] | None = None
@@ -103,7 +104,7 @@ class Worker:
         if now - self.last_parent_check < 1.0:
             return False
         self.last_parent_check = now
-        return os.getppid() != self.launcher_pid or _parent_of(self.launcher_pid, True) != self.parent_pid
+        return os.getppid() != self.launcher_pid or _parent_of(self.launcher_pid) != self.parent_pid
 
     # -- the part ------------------------------------------------------------------
 
@@ -492,10 +493,8 @@ class Worker:
         return code
 
 
-def _parent_of(pid: int, launched: bool) -> int:
-    """`pid` itself, or under a launcher its parent (0 once gone)."""
-    if not launched:
-        return pid
+def _parent_of(pid: int) -> int:
+    """The parent of process `pid` (0 once it is gone)."""
     try:
         return psutil.Process(pid).ppid()
     except psutil.Error:
