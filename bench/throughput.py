@@ -34,7 +34,8 @@ from trainer import checkpoint, device, optim  # noqa: E402
 from trainer.data import Batches, WindowOrder  # noqa: E402
 from trainer.loop import Progress, Trainer  # noqa: E402
 from dataprep.writer import write_part  # noqa: E402
-from trainer.tokenfile import open_part, write_manifest  # noqa: E402
+from runtime.tokens import write_manifest  # noqa: E402
+from trainer.tokenfile import open_part  # noqa: E402
 
 # Dense peak TFLOP/s at the precision the trainer picks on that card (datasheets).
 PEAK_TFLOPS = {

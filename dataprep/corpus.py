@@ -13,7 +13,7 @@ from dataprep.docwork import Problems
 from dataprep.inputs import InputSpec
 from dataprep.parallel import chunked
 from dataprep.readers import RawDoc, read_documents
-from orchestrator.errors import UserError
+from runtime.errors import UserError
 
 
 @dataclass

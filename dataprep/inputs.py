@@ -15,7 +15,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.errors import UserError
+from runtime.errors import UserError
 
 _MAGIC = {b"BZh": "bz2", b"\x1f\x8b": "gzip"}
 _COMPRESSED_SUFFIXES = (".bz2", ".gz")

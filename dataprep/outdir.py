@@ -19,11 +19,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from orchestrator.errors import UserError
+from runtime.errors import UserError
 from runtime.atomic import atomic_write_json, fsync_dir, read_json
-from runtime.tokens import MANIFEST_NAME, ManifestError, TokenManifest, load_manifest
+from runtime.tokens import MANIFEST_NAME, ManifestError, TokenManifest, load_manifest, write_manifest
 from runtime import faults
-from trainer.tokenfile import write_manifest
 
 STAGING = ".prepare"
 

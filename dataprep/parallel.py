@@ -20,7 +20,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Iterable, Iterator, TypeVar
 
 from dataprep.readers import RawDoc
-from orchestrator.errors import UserError
+from runtime.errors import UserError
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -31,7 +31,7 @@ from dataprep.streams import StreamWriter, open_stream, remove_stream
 from dataprep.tokenizer import TokenizerFacts, boundary_tables, describe, load_processor
 from dataprep.writer import write_part
 from runtime import faults
-from orchestrator.errors import UserError
+from runtime.errors import UserError
 from runtime.tokens import PartInfo, TokenizerInfo, TokenManifest
 
 PART_TOLERANCE = 0.01

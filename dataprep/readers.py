@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from dataprep.inputs import InputSpec, open_buffered
-from orchestrator.errors import UserError
+from runtime.errors import UserError
 
 MAX_LINE_BYTES = 1 << 24
 """A longer line is read in pieces of this size, so a file without newlines cannot fill memory."""

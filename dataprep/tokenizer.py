@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator.errors import UserError
+from runtime.errors import UserError
 from runtime.checkpoint import sha256_file
 
 UNK, EOS, PAD = "<unk>", "<|endoftext|>", "<|pad|>"

@@ -24,7 +24,7 @@ from dataprep.parallel import default_workers, ordered_map
 from dataprep.progress import InputProgress
 from dataprep.sampling import SentenceSample
 from dataprep.tokenizer import EOS, USER_SYMBOLS, WORD_MARK, load_processor, trainer_options
-from orchestrator.errors import UserError
+from runtime.errors import UserError
 from runtime.atomic import fsync_dir, temp_path_for
 
 MIN_VOCAB = 512

@@ -19,7 +19,7 @@ from xml.parsers.expat import errors as expat_errors
 
 from dataprep.inputs import open_buffered
 from dataprep.readers import RawDoc
-from orchestrator.errors import UserError
+from runtime.errors import UserError
 
 # Link namespaces whose links are not prose: MediaWiki's canonical names, which every
 # wiki accepts, plus common Turkish aliases. The dump's own local names (siteinfo

@@ -1,3 +1,18 @@
-"""The daemon and its command line. Never imports torch: `status` must answer fast and
-the daemon must stay small for days; anything that needs torch runs in a worker
-subprocess."""
+"""The daemon and its command line. Never imports torch at module level: `status` must
+answer fast and the daemon must stay small for days; anything that needs torch runs in a
+worker subprocess, or in a command that imports the trainer when it runs.
+
+The packages, in the order a chain flows through them:
+
+    chain/      what the chain is: schedule.json's model, the plan resolved from it
+                (ordered parts, merged settings), state.json, and keeping the two in line
+    daemon/     the long-lived loop: start-up on a run directory, signals, requests from
+                the CLI, schedule edits, systemd notifications
+    part/       a part's life from launch to promotion: its spec, the worker process, the
+                retry policy, promotion of its final checkpoint
+    guard/      the hardware watch: sensors, the policies that pause or throttle
+    records/    what the daemon writes down for people and tools: events.jsonl and
+                runtime.log, progress figures, which run directory a command means
+    commands/   one module per CLI command (those that need torch import it when run)
+    cli.py      the argument parser; imports only the command that runs
+"""

@@ -12,7 +12,7 @@ import importlib
 import sys
 from pathlib import Path
 
-from orchestrator.errors import UserError
+from runtime.errors import UserError
 
 
 def _handler(parser: argparse.ArgumentParser, target: str) -> None:
@@ -34,21 +34,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the whole tool in minutes: tiny model, shipped corpus, CPU")
     p.add_argument("--run-dir", type=Path, help="where it all goes (default: runs/demo)")
-    _handler(p, "orchestrator.demo:cmd_demo")
+    _handler(p, "orchestrator.commands.demo:cmd_demo")
 
     p = sub.add_parser("run", help="the daemon: run the schedule's chain of parts (foreground; systemd runs this)")
     p.add_argument("--schedule", type=Path, required=True, help="the schedule file (JSON)")
     p.add_argument("--run-dir", type=Path, help="default: runs/<schedule name>/ beside the schedule")
     p.add_argument("--exit-when-done", action="store_true",
                    help="exit 0 when every part is done (1 if the chain fails) instead of idling for more parts")
-    _handler(p, "orchestrator.daemon:cmd_run")
+    _handler(p, "orchestrator.commands.run:cmd_run")
 
     p = sub.add_parser("validate", help="check a schedule file; exit 0 if valid, 1 with every error")
     p.add_argument("schedule", type=Path)
-    _handler(p, "orchestrator.schedule:cmd_validate")
+    _handler(p, "orchestrator.commands.validate:cmd_validate")
 
     p = sub.add_parser("schema", help="print the schedule's JSON Schema (for editor autocompletion)")
-    _handler(p, "orchestrator.schedule:cmd_schema")
+    _handler(p, "orchestrator.commands.validate:cmd_schema")
 
     p = sub.add_parser("status", help="the chain at a glance (reads files only; fast)")
     _run_dir_arg(p)
@@ -56,13 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--watch", action="store_true", help="refresh until interrupted")
     p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes with --watch")
     p.add_argument("--all", action="store_true", help="list every part (long runs are folded otherwise)")
-    _handler(p, "orchestrator.status:cmd_status")
+    _handler(p, "orchestrator.commands.status:cmd_status")
 
     p = sub.add_parser("logs", help="print the runtime log; -f follows it")
     _run_dir_arg(p)
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     p.add_argument("-n", "--lines", type=int, default=50, help="lines of history to print first (default 50)")
-    _handler(p, "orchestrator.logs:cmd_logs")
+    _handler(p, "orchestrator.commands.logs:cmd_logs")
 
     for name, help_ in (("pause", "pause training after the current step (survives daemon restarts)"),
                         ("resume", "undo `pause`"),
@@ -75,26 +75,26 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--no-wait", dest="wait", action="store_false",
                            help="return once the daemon has the request, without waiting for it to take effect")
             p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait (default 600)")
-        _handler(p, "orchestrator.requests:cmd_request")
+        _handler(p, "orchestrator.commands.control:cmd_request")
     for name, help_ in (("skip", "leave a part out of the chain (the running one is stopped)"),
                         ("retry", "queue a failed or skipped part again; it runs next")):
         p = sub.add_parser(name, help=help_)
         p.add_argument("part", help="STAGE/PART, or PART when unique")
         _run_dir_arg(p)
-        _handler(p, "orchestrator.requests:cmd_request")
+        _handler(p, "orchestrator.commands.control:cmd_request")
 
     p = sub.add_parser("install-service", help="write a systemd unit that runs the daemon (user or system)")
     p.add_argument("--schedule", type=Path, required=True)
     p.add_argument("--run-dir", type=Path, help="default: runs/<schedule name>/ beside the schedule")
     p.add_argument("--user", action="store_true", help="a user unit (~/.config/systemd/user) instead of a system one")
     p.add_argument("--output", type=Path, help="write the unit here instead")
-    _handler(p, "orchestrator.service:cmd_install_service")
+    _handler(p, "orchestrator.commands.service:cmd_install_service")
 
     p = sub.add_parser("fsck", help="check a run directory (checkpoints, state, pointer); --repair fixes")
     _run_dir_arg(p)
     p.add_argument("--repair", action="store_true",
                    help="fix what can be fixed: damaged files go to quarantine/, never deleted (daemon stopped)")
-    _handler(p, "orchestrator.fsck:cmd_fsck")
+    _handler(p, "orchestrator.commands.fsck:cmd_fsck")
 
     p = sub.add_parser("sample", help="generate text from a checkpoint, streamed")
     p.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint folder (checkpoints/NNNN-...)")
@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tokenizer", type=Path, help="default: the one named by the run's schedule")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    _handler(p, "trainer.sample:cmd_sample")
+    _handler(p, "orchestrator.commands.sample:cmd_sample")
 
     p = sub.add_parser("evaluate", help="validation loss of a checkpoint on every stage (and --val sets)")
     _run_dir_arg(p)
@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", type=Path, help="default: the one named by the run's schedule")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--json", action="store_true")
-    _handler(p, "trainer.evaluate:cmd_evaluate")
+    _handler(p, "orchestrator.commands.evaluate:cmd_evaluate")
 
     p = sub.add_parser("compare", help="checkpoints against validation sets, the best marked; --prompts scores a batch")
     _run_dir_arg(p)
@@ -128,20 +128,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, action="append", help="with --prompts: these (default: all promoted)")
     p.add_argument("--max-tokens", type=int, default=32, help="with --prompts: tokens generated per prompt")
     p.add_argument("--tokenizer", type=Path, help="with --prompts: default: the one named by the run's schedule")
-    _handler(p, "orchestrator.compare:cmd_compare")
+    _handler(p, "orchestrator.commands.compare:cmd_compare")
 
     p = sub.add_parser("plot", help="one figure: losses, learning rate, tokens/s, GPU temperature and power")
     _run_dir_arg(p)
     p.add_argument("--out", type=Path, default=Path("chain.png"), help="the PNG to write (default chain.png)")
     p.add_argument("--size", default="1200x1000", help="WIDTHxHEIGHT in pixels (default 1200x1000)")
-    _handler(p, "orchestrator.plot:cmd_plot")
+    _handler(p, "orchestrator.commands.plot:cmd_plot")
 
     p = sub.add_parser("export", help="a checkpoint's weights, config and tokenizer, for use elsewhere")
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="a new folder")
     p.add_argument("--tokenizer", type=Path, help="default: the one named by the run's schedule")
     p.add_argument("--no-tokenizer", action="store_true", help="export without the tokenizer")
-    _handler(p, "orchestrator.export:cmd_export")
+    _handler(p, "orchestrator.commands.export:cmd_export")
 
     from dataprep.commands import register as register_dataprep  # argparse only; the work imports lazily
 

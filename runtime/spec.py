@@ -99,7 +99,7 @@ class ValSet(BaseModel):
 
 
 class EvalSpec(BaseModel):
-    """The evaluation the worker runs when its part ends (orchestrator.schedule.EvalConfig)."""
+    """The evaluation the worker runs when its part ends (orchestrator.chain.schedule.EvalConfig)."""
 
     model_config = ConfigDict(extra="forbid")
     sets: list[ValSet] = []

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from runtime.atomic import read_json
+from runtime.atomic import atomic_write_json, read_json
 
 FORMAT = "orchestrator.tokens/1"
 MANIFEST_NAME = "manifest.json"
@@ -102,3 +102,10 @@ def load_manifest(path: Path) -> TokenManifest:
 def manifest_for(part_file: Path) -> Path:
     """The manifest that describes a token file: the one in the same directory."""
     return part_file.parent / MANIFEST_NAME
+
+
+def write_manifest(folder: Path, manifest: TokenManifest) -> Path:
+    """Write manifest.json last: a directory without it is not a finished preparation."""
+    path = folder / MANIFEST_NAME
+    atomic_write_json(path, manifest.model_dump(mode="json"))
+    return path

@@ -10,10 +10,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from runtime.tokens import TokenizerInfo, TokenManifest
+from runtime.atomic import read_json
+from runtime.tokens import TokenizerInfo, TokenManifest, write_manifest
 from dataprep.writer import write_part
-from trainer.tokenfile import write_manifest
 
 REPO = Path(__file__).resolve().parent.parent
 TOKENIZER_SHA = "0" * 64
@@ -179,8 +180,31 @@ def promotions(run: Path) -> dict[str, int]:
     """How many promoted checkpoint folders each part has (the proof of promotion)."""
     from collections import Counter
 
-    from orchestrator.promote import promoted_folders
+    from orchestrator.part.promote import promoted_folders
     from runtime.checkpoint import read_meta
     from runtime.paths import RunPaths
 
     return dict(Counter(read_meta(f).part_id for f in promoted_folders(RunPaths(run))))
+
+
+# -- checkpoints ---------------------------------------------------------------------------
+
+def tensors(folder: Path) -> dict[str, torch.Tensor]:
+    model = torch.load(folder / "model.pt", weights_only=True)
+    optim = torch.load(folder / "optim.pt", weights_only=True)["optimizer"]
+    out = {f"model.{k}": v for k, v in model.items()}
+    for pid, state in optim["state"].items():
+        for k, v in state.items():
+            out[f"optim.{pid}.{k}"] = v
+    return out
+
+
+def assert_bitwise_equal(a: Path, b: Path) -> None:
+    ta, tb = tensors(a), tensors(b)
+    assert ta.keys() == tb.keys()
+    different = [k for k in ta if not torch.equal(ta[k], tb[k])]
+    assert not different, f"tensors differ: {different[:5]}"
+
+
+def result_checkpoint(work: Path) -> Path:
+    return work / read_json(work / "result.json")["checkpoint"]

@@ -115,7 +115,7 @@ def main() -> int:
     args = ap.parse_args()
     root = args.root or Path(tempfile.mkdtemp(prefix="soak-"))
     report = soak(root, args.kills, args.seed, args.parts, args.stages)
-    from tests.test_worker import assert_bitwise_equal
+    from tests.helpers import assert_bitwise_equal
 
     for ours, theirs in report.pop("pairs"):
         assert_bitwise_equal(ours, theirs)

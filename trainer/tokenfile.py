@@ -1,6 +1,6 @@
 """Token parts on disk, the reading side: open them through numpy.memmap (never loaded
 whole) and check them against their manifest. Numpy only; the format is runtime.tokens;
-dataprep.writer writes parts, write_manifest (here) seals a prepared directory."""
+dataprep.writer writes parts, runtime.tokens.write_manifest seals a prepared directory."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.atomic import atomic_write_json
 from runtime.checkpoint import sha256_file
-from runtime.tokens import DTYPE_BYTES, MANIFEST_NAME, ManifestError, PartInfo, TokenManifest, load_manifest
+from runtime.tokens import DTYPE_BYTES, ManifestError, PartInfo, TokenManifest, load_manifest
 from trainer.errors import BadInput
 
 INDEX_DTYPE = np.dtype("<u8")
@@ -84,10 +83,3 @@ def check_windows(part: TokenPart, block_size: int) -> None:
             f"{part.manifest_path.parent / part.info.index}: window at {last} runs past the end "
             f"of the part ({part.info.tokens} tokens)"
         )
-
-
-def write_manifest(folder: Path, manifest: TokenManifest) -> Path:
-    """Write manifest.json last: a directory without it is not a finished preparation."""
-    path = folder / MANIFEST_NAME
-    atomic_write_json(path, manifest.model_dump(mode="json"))
-    return path

@@ -59,7 +59,7 @@ class Worker:
         self.stop_reason: str | None = None
         # Under torchrun the parent is torchrun's agent, and the daemon is the agent's parent.
         self.launcher_pid = os.getppid() if self.ranks.on else None
-        # The daemon's pid from its environment (orchestrator.supervisor), else the parent.
+        # The daemon's pid from its environment (orchestrator.part.process), else the parent.
         self.parent_pid = int(os.environ.get("ORCHESTRATOR_DAEMON_PID")
                               or (_parent_of(os.getppid()) if self.ranks.on else os.getppid()))
         self.last_parent_check = 0.0

@@ -1,0 +1,243 @@
+"""From a validated schedule to the chain: the ordered parts, each with its files, sizes
+and merged training settings, and the one resolved model config.
+
+Everything here reads manifests (JSON) only; token files are checked by the worker.
+"""
+
+from __future__ import annotations
+
+import glob
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from orchestrator.chain.schedule import Schedule, ScheduleError
+from runtime.checkpoint import sha256_file
+from runtime.paths import NAME_RE, part_id
+from runtime.spec import DataRef, TrainConfig
+from runtime.tokens import MANIFEST_NAME, ManifestError, TokenManifest, load_manifest, manifest_for
+
+
+def natural_key(text: str) -> list:
+    """'part-10' sorts after 'part-9'."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", text)]
+
+
+@dataclass(frozen=True)
+class PartPlan:
+    id: str
+    stage: str
+    name: str
+    manifest: Path
+    file: Path
+    sha256: str
+    """The token file's checksum (from the manifest): what this part is."""
+    windows: int
+    epochs: int
+    train: TrainConfig
+    val: DataRef | None
+
+    @property
+    def data(self) -> DataRef:
+        return DataRef(manifest=self.manifest, part=self.name)
+
+    def planned_tokens(self, block_size: int) -> int:
+        return self.windows * self.epochs * block_size
+
+
+@dataclass
+class ChainPlan:
+    schedule: Schedule
+    path: Path
+    parts: list[PartPlan]
+    model: dict
+    """Resolved model.config.GPTConfig fields."""
+    tokenizer_sha256: str | None
+    tokenizer_path: Path | None = None
+    _index: dict[str, PartPlan] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self._index = {p.id: p for p in self.parts}
+
+    def get(self, pid: str) -> PartPlan | None:
+        return self._index.get(pid)
+
+    def planned_tokens(self) -> int:
+        return sum(p.planned_tokens(self.model["block_size"]) for p in self.parts)
+
+    def stage_vals(self) -> list[tuple[str, DataRef | None]]:
+        """Each stage's validation split, in stage order."""
+        vals: dict[str, DataRef | None] = {}
+        for p in self.parts:
+            vals.setdefault(p.stage, p.val)
+        return [(s.name, vals.get(s.name)) for s in self.schedule.stages]
+
+    def gpus(self) -> list[int]:
+        """The CUDA devices the chain trains on (the guard watches these)."""
+        used: set[int] = set()
+        for train in [p.train for p in self.parts] or [self.schedule.train]:
+            if train.device.startswith("cuda:"):
+                used.add(int(train.device.split(":")[1]))
+            else:
+                used.update(range(train.gpus))  # rank r trains on cuda:r
+        return sorted(used)
+
+    def lr_total_tokens(self) -> int:
+        return self.schedule.train.total_tokens or max(self.planned_tokens(), 1)
+
+    def model_summary(self) -> str:
+        from model.config import config_from_dict  # torch-free
+
+        m = self.model
+        n = config_from_dict(m).n_params()
+        count = f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"
+        return (f"{count} parameters ({m['n_layer']} layers, {m['n_head']} heads, "
+                f"{m['n_embd']} wide, context {m['block_size']}, vocabulary {m['vocab_size']})")
+
+
+class _Resolver:
+    def __init__(self, schedule: Schedule, path: Path):
+        self.schedule = schedule
+        self.path = path
+        self.base = path.parent.resolve()
+        self.errors: list[str] = []
+        self.manifests: dict[Path, TokenManifest] = {}
+
+    def manifest(self, mpath: Path, where: str) -> TokenManifest | None:
+        if mpath not in self.manifests:
+            try:
+                self.manifests[mpath] = load_manifest(mpath)
+            except ManifestError as e:
+                self.errors.append(f"{where}: {e}")
+                return None
+        return self.manifests[mpath]
+
+    def stage_parts(self, i: int) -> list[PartPlan]:
+        stage = self.schedule.stages[i]
+        train = self.schedule.stage_train(stage)
+        found: list[tuple[Path, str, str, int, str]] = []  # manifest, part name, file, windows, sha
+        for j, entry in enumerate(stage.parts):
+            where = f"stages[{i}].parts[{j}]"
+            target = self.base / entry
+            if target.is_dir():
+                m = self.manifest(target / MANIFEST_NAME, where)
+                if m:
+                    found += [(target / MANIFEST_NAME, p.name, p.file, p.windows, p.sha256) for p in m.parts]
+                continue
+            matches = sorted(glob.glob(str(target)), key=natural_key)
+            if not matches:
+                self.errors.append(f"{where}: {entry!r} matches no file (paths are relative to {self.base})")
+            for f in map(Path, matches):
+                m = self.manifest(manifest_for(f), where)
+                if m is None:
+                    continue
+                if m.val and m.val.file == f.name:
+                    continue  # a glob like data/*.bin also catches the val split; it is never trained
+                try:
+                    info = m.part_for_file(f.name)
+                except KeyError:
+                    self.errors.append(f"{where}: {f} is not listed in {manifest_for(f)}")
+                    continue
+                found.append((manifest_for(f), info.name, info.file, info.windows, info.sha256))
+        if not found and not any(e.startswith(f"stages[{i}]") for e in self.errors):
+            self.errors.append(f"stages[{i}]: stage {stage.name!r} has no parts")
+        val = self.stage_val(i, {mpath for mpath, *_ in found})
+        parts = []
+        for mpath, name, fname, windows, sha in found:
+            if not NAME_RE.match(name):
+                self.errors.append(f"stages[{i}]: part name {name!r} (from {mpath}) is not a safe folder name")
+                continue
+            parts.append(PartPlan(part_id(stage.name, name), stage.name, name, mpath, mpath.parent / fname,
+                                  sha, windows, stage.epochs, train, val))
+        return parts
+
+    def stage_val(self, i: int, manifests: set[Path]) -> DataRef | None:
+        stage = self.schedule.stages[i]
+        where = f"stages[{i}].val"
+        if stage.val is None:
+            if len(manifests) == 1:
+                (mpath,) = manifests
+                m = self.manifests.get(mpath)
+                if m and m.val:
+                    return DataRef(manifest=mpath, part=m.val.name)
+            return None
+        target = self.base / stage.val
+        if target.is_dir():
+            m = self.manifest(target / MANIFEST_NAME, where)
+            if m and m.val is None:
+                self.errors.append(f"{where}: {target} has no validation split (prepare it with --val-fraction)")
+            return DataRef(manifest=target / MANIFEST_NAME, part=m.val.name) if m and m.val else None
+        if not target.is_file():
+            self.errors.append(f"{where}: {stage.val!r} does not exist (paths are relative to {self.base})")
+            return None
+        m = self.manifest(manifest_for(target), where)
+        if m is None:
+            return None
+        try:
+            return DataRef(manifest=manifest_for(target), part=m.part_for_file(target.name).name)
+        except KeyError:
+            self.errors.append(f"{where}: {target} is not listed in {manifest_for(target)}")
+            return None
+
+    def tokenizer(self) -> tuple[str | None, Path | None]:
+        if self.schedule.tokenizer:
+            tpath = (self.base / self.schedule.tokenizer).resolve()
+            if not tpath.is_file():
+                self.errors.append(f"tokenizer: {self.schedule.tokenizer!r} does not exist "
+                                   f"(paths are relative to {self.base})")
+                return None, None
+            try:
+                want = sha256_file(tpath)
+            except OSError as e:
+                self.errors.append(f"tokenizer: {tpath}: cannot read it ({e.strerror})")
+                return None, None
+        else:
+            tpath, want = None, None
+        for mpath, m in self.manifests.items():
+            if want is None:
+                want = m.tokenizer.sha256
+            elif m.tokenizer.sha256 != want:
+                what = f"the tokenizer {self.schedule.tokenizer!r}" if tpath else "the other parts' tokenizer"
+                self.errors.append(f"{mpath}: made with a different tokenizer than {what}; "
+                                   "prepare every part with one tokenizer")
+        return want, tpath
+
+    def model(self) -> dict:
+        from model.config import ConfigError, config_from_dict, padded_vocab  # torch-free
+
+        raw = dict(self.schedule.model)
+        vocab = max((m.tokenizer.vocab_size for m in self.manifests.values()), default=0)
+        if "vocab_size" not in raw:
+            raw["vocab_size"] = padded_vocab(vocab or 64)
+        try:
+            cfg = config_from_dict(raw)
+        except ConfigError as e:
+            self.errors.append(str(e))
+            return {}
+        if vocab > cfg.vocab_size:
+            self.errors.append(f"model.vocab_size: {cfg.vocab_size} is smaller than the tokenizer's "
+                               f"vocabulary ({vocab}); leave it unset to take the tokenizer's")
+        for mpath, m in self.manifests.items():
+            if m.block_size < cfg.block_size:
+                self.errors.append(f"model.block_size: {cfg.block_size}, but {mpath} was prepared for "
+                                   f"{m.block_size}; prepare again with --block-size {cfg.block_size}")
+        return cfg.to_dict()
+
+
+def resolve(schedule: Schedule, path: Path) -> ChainPlan:
+    """Expand every stage into parts and check them against each other; ScheduleError lists all problems."""
+    r = _Resolver(schedule, path)
+    parts: list[PartPlan] = []
+    for i in range(len(schedule.stages)):
+        parts += r.stage_parts(i)
+    seen: dict[str, PartPlan] = {}
+    for p in parts:
+        if p.id in seen:
+            r.errors.append(f"part {p.id} appears twice ({seen[p.id].file} and {p.file}); part names must be "
+                            "unique within a stage")
+        seen[p.id] = p
+    sha, tpath = r.tokenizer()
+    model = r.model()
+    if r.errors:
+        raise ScheduleError(path, r.errors)
+    return ChainPlan(schedule, path.resolve(), parts, model, sha, tpath)

@@ -1,0 +1,225 @@
+"""schedule.json: its pydantic models, loading with precise errors, its JSON Schema.
+
+Unknown keys are errors everywhere (a typo must not be silently ignored). Paths are
+relative to the schedule file. The model section is checked by model.config (imported
+when needed: it is torch-free, and the daemon must not pull in the model package at
+import time). Resolving stages into parts is orchestrator.chain.plan's job.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from runtime.errors import UserError
+from runtime.paths import check_name
+from runtime.spec import CHAIN_WIDE_TRAIN_FIELDS, TrainConfig
+from runtime.validation import describe
+
+
+class GuardConfig(BaseModel):
+    """Hardware limits and what to do about them (defaults suit a GTX 1050 in a warm room)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    sensor_file: str | None = None
+    """A JSON file of readings that override the real sensors (ORCHESTRATOR_SENSOR_FILE too)."""
+    poll_interval_s: float = Field(2.0, gt=0)
+    """How often sensors are read."""
+    sensor_stale_s: float = Field(60.0, gt=0)
+    """A reading older than this counts as a failed sensor (the guard pauses)."""
+    gpu_temp_pause_c: float = 83.0
+    """Pause the worker at this GPU temperature."""
+    gpu_temp_resume_c: float = 75.0
+    """Resume only below this (hysteresis)."""
+    min_pause_s: float = Field(60.0, ge=0)
+    """A thermal pause lasts at least this long."""
+    governor: bool = False
+    """Hold the GPU near gpu_temp_target_c by spacing optimizer steps instead of stopping."""
+    gpu_temp_target_c: float = 80.0
+    """The governor's target temperature."""
+    gpu_power_limit_w: float | None = Field(None, gt=0)
+    """Throttle when the GPU draws more than this."""
+    pause_on_battery: bool = True
+    """On battery (UPS or laptop): checkpoint at once and pause."""
+    battery_grace_s: float = Field(300.0, ge=0)
+    """After this long on battery, stop warmly; the chain resumes when AC returns."""
+    disk_margin_gb: float = Field(1.0, ge=0)
+    """Free space needed beyond twice a checkpoint's size before saving one."""
+    ram_min_available_gb: float = Field(0.5, ge=0)
+    """Pause when available RAM falls below this, before the kernel's OOM killer acts."""
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> "GuardConfig":
+        if self.gpu_temp_resume_c >= self.gpu_temp_pause_c:
+            raise ValueError(f"gpu_temp_resume_c ({self.gpu_temp_resume_c}) must be below "
+                             f"gpu_temp_pause_c ({self.gpu_temp_pause_c})")
+        return self
+
+
+class SupervisorConfig(BaseModel):
+    """How the daemon watches workers and retries parts."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    heartbeat_timeout_s: float = Field(600.0, gt=0)
+    """A worker whose heartbeat is older than this is hung: stopped and retried."""
+    startup_timeout_s: float = Field(600.0, gt=0)
+    """A worker that has not written its first heartbeat after this long is hung (importing
+    torch and checking a large part can take minutes on a slow disk)."""
+    hung_grace_s: float = Field(30.0, gt=0)
+    """A hung worker gets this long to answer SIGTERM before it is killed."""
+    max_attempts: int = Field(5, ge=1)
+    """Consecutive failures without new progress before a part fails the chain."""
+    backoff_s: float = Field(10.0, ge=0)
+    """Wait before the first retry; doubles with each further failure."""
+    backoff_max_s: float = Field(600.0, ge=0)
+    stop_grace_s: float = Field(300.0, gt=0)
+    """How long a warm stop waits for the worker to checkpoint before killing it."""
+    max_nonfinite: int = Field(3, ge=1)
+    """Non-finite-loss rollbacks per part before it fails (the LR is halved from the 2nd)."""
+    progress_log_s: float = Field(60.0, gt=0)
+    """Seconds between progress lines in runtime.log."""
+
+
+class EvalConfig(BaseModel):
+    """What the worker measures when a part ends: is the chain learning, forgetting, transferring?"""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    every_parts: int = Field(1, ge=0)
+    """Evaluate every k-th part of the chain (0: never); the last queued part always."""
+    windows: int = Field(64, ge=1)
+    """Validation windows scored per stage (evenly spread over each stage's val split)."""
+    prompts: list[str] = []
+    """Fixed prompts completed at every evaluation, with the same seed, to read along."""
+    max_tokens: int = Field(48, ge=1)
+    """Tokens generated per prompt."""
+    temperature: float = Field(0.0, ge=0)
+    """0: greedy (the same checkpoint always says the same)."""
+    top_k: int | None = Field(50, ge=1)
+    seed: int = 0
+    tensorboard: bool = False
+    """Also log training and evaluation scalars to <run>/tensorboard/ (needs `tensorboard`)."""
+
+
+class Stage(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    name: str
+    """Names the stage's parts ('<stage>/<part>') and their folders."""
+    parts: list[str] = Field(min_length=1)
+    """Token files (globs allowed, sorted naturally) or prepared directories (all their parts)."""
+    val: str | None = None
+    """Validation split: a prepared directory or a .bin file; default: the parts' own val split."""
+    epochs: int = Field(1, ge=1)
+    """Passes over each part (a small domain corpus may want several)."""
+    train: TrainConfig | None = None
+    """Overrides of the top-level train settings for this stage's parts."""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_name(v, "stage name")
+
+    @model_validator(mode="after")
+    def _no_chain_wide_overrides(self) -> "Stage":
+        fixed = sorted(CHAIN_WIDE_TRAIN_FIELDS & (self.train.model_fields_set if self.train else set()))
+        if fixed:
+            raise ValueError(f"train.{fixed[0]} shapes the whole chain's learning-rate curve; set it in the "
+                             "top-level train section, not in a stage")
+        return self
+
+
+class Schedule(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    name: str
+    """The chain's name; the run directory defaults to runs/<name>/ beside this file."""
+    model: dict[str, Any]
+    """The network: a preset ('tiny', 'mini', 'small', 'gpt2') and/or n_layer, n_head, n_embd,
+    block_size, vocab_size (default: the tokenizer's, rounded up to a multiple of 64),
+    dropout, bias."""
+    tokenizer: str | None = None
+    """The SentencePiece model every part was made with (checked against the manifests)."""
+    train: TrainConfig = TrainConfig()
+    guard: GuardConfig = GuardConfig()
+    supervisor: SupervisorConfig = SupervisorConfig()
+    eval: EvalConfig = EvalConfig()
+    stages: list[Stage] = Field(min_length=1)
+    """Run in order; parts within a stage run in order, each from the previous one's checkpoint."""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_name(v, "schedule name")
+
+    @model_validator(mode="after")
+    def _unique_stages(self) -> "Schedule":
+        seen = set()
+        for s in self.stages:
+            if s.name in seen:
+                raise ValueError(f"stage name {s.name!r} is used twice; stage names must be unique")
+            seen.add(s.name)
+        return self
+
+    def stage_train(self, stage: Stage) -> TrainConfig:
+        """The top-level train settings with the stage's overrides laid over them."""
+        if stage.train is None:
+            return self.train
+        overrides = stage.train.model_dump(include=stage.train.model_fields_set)
+        return TrainConfig.model_validate({**self.train.model_dump(), **overrides})
+
+
+class ScheduleError(UserError):
+    """Every problem found in a schedule, one line each, each naming its JSON path."""
+
+    def __init__(self, path: Path, lines: list[str]):
+        self.path = path
+        self.lines = lines
+        super().__init__(f"{path}: invalid schedule:\n" + "\n".join(f"  {line}" for line in lines))
+
+
+def load(path: Path) -> Schedule:
+    """Read and validate a schedule file (structure and model; parts: orchestrator.chain.plan)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such schedule file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read the schedule: {e}") from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ScheduleError(path, [f"line {e.lineno} column {e.colno}: not valid JSON: {e.msg}"]) from None
+    try:
+        schedule = Schedule.model_validate(raw)
+    except ValidationError as e:
+        raise ScheduleError(path, describe(e, Schedule)) from None
+    from model.config import ConfigError, config_from_dict  # torch-free; imported only when checking
+
+    try:
+        config_from_dict({"vocab_size": 64, **schedule.model})  # vocab comes from the data if unset
+    except ConfigError as e:
+        raise ScheduleError(path, [str(e)]) from None
+    return schedule
+
+
+def json_schema() -> dict[str, Any]:
+    """The schedule's JSON Schema, with the model section spelled out for editors."""
+    from model.config import FIELDS, PRESETS, GPTConfig
+
+    schema = Schedule.model_json_schema()
+    types = {"int": "integer", "float": "number", "bool": "boolean"}
+    props = {"preset": {"enum": list(PRESETS), "description": "Start from a preset; fields below override it."}}
+    for f in GPTConfig.__dataclass_fields__.values():
+        props[f.name] = {"type": types[f.type]}
+    schema["properties"]["model"] = {
+        "type": "object", "additionalProperties": False, "properties": props,
+        "description": Schedule.model_fields["model"].description,
+    }
+    assert set(FIELDS) <= set(props)
+    return schema

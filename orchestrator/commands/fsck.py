@@ -1,0 +1,187 @@
+"""`orchestrator fsck [--repair]`: check a run directory, and repair what can be repaired.
+
+Checks: state.json parses; every promoted checkpoint verifies (sha256 of each file
+against its manifest); checkpoints/LATEST names the chain's newest promoted checkpoint;
+state and checkpoints agree; no scratch is left for parts that are not running or
+queued; no temporary files of interrupted writes; events.jsonl does not end in a torn line.
+Exit 0 when clean, 1 when problems were found (each listed with the folder and file it
+concerns). --repair moves damaged files to quarantine/ (never deletes them), rebuilds an
+unreadable state from the checkpoints and events, queues again a part whose newest
+checkpoint is damaged, rewrites the pointer, and removes temporary files (never committed,
+never data). It needs the daemon to be stopped.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from orchestrator.chain import reconcile
+from orchestrator.chain.plan import resolve as resolve_chain
+from runtime.errors import UserError
+from orchestrator.part.promote import PROMOTED_RE, promoted_folders, quarantine, roll_back, set_latest
+from orchestrator.records.rundir import locate
+from orchestrator.chain.schedule import load as load_schedule
+from orchestrator.chain.state import ChainState, load, save
+from runtime.atomic import end_lines
+from runtime.checkpoint import verify
+from runtime.lockfile import LockFile, Locked
+from runtime.paths import RunPaths
+
+
+@dataclass
+class Problem:
+    where: str
+    """Path relative to the run directory (folder/file)."""
+    what: str
+    fix: Callable[[], str] | None = None
+    """Repairs it and says what it did; None when nothing can be done automatically."""
+
+
+class Check:
+    def __init__(self, paths: RunPaths, schedule: Path | None):
+        self.paths = paths
+        self.schedule = schedule
+        self.problems: list[Problem] = []
+        self.state: ChainState | None = None
+
+    def rel(self, path: Path) -> str:
+        return str(path.relative_to(self.paths.root))
+
+    def run(self) -> list[Problem]:
+        self.check_state()
+        self.check_checkpoints()
+        if self.state:
+            self.check_pointer()
+            self.check_scratch()
+        self.check_temporaries()
+        if self.paths.events.exists() and not self.paths.events.read_bytes().endswith(b"\n"):
+            self.problems.append(Problem("events.jsonl", "ends in a torn line (a crash while writing it)",
+                                         self.seal_events))
+        return self.problems
+
+    def seal_events(self) -> str:
+        end_lines(self.paths.events)
+        return "ended the torn line of events.jsonl (readers skip it)"
+
+    def check_state(self) -> None:
+        try:
+            self.state = load(self.paths.state)
+        except FileNotFoundError:
+            self.problems.append(Problem("state.json", "missing", self.rebuild))
+        except ValueError as e:
+            self.problems.append(Problem("state.json", f"unreadable: {str(e).splitlines()[0]}", self.rebuild))
+
+    def rebuild(self) -> str:
+        if self.schedule is None:
+            raise UserError("to rebuild state.json, name the schedule: orchestrator fsck --repair --schedule FILE")
+        plan = resolve_chain(load_schedule(self.schedule), self.schedule)
+        note = "rebuilt state.json from the checkpoints and events"
+        if self.paths.state.exists():
+            moved = quarantine(self.paths, self.paths.state, "unreadable state.json (fsck)")
+            note = f"moved state.json to {self.rel(moved)}; " + note
+        self.state = reconcile.rebuild(self.paths, plan)
+        save(self.paths.state, self.state)
+        return note
+
+    def check_checkpoints(self) -> None:
+        for folder in promoted_folders(self.paths):
+            verdict = verify(folder)
+            if not verdict.ok:
+                where = f"checkpoints/{folder.name}/{verdict.bad_file or ''}".rstrip("/")
+                self.problems.append(Problem(where, verdict.reason, lambda f=folder, r=verdict.reason: self.drop(f, r)))
+        for entry in self.paths.checkpoints.iterdir() if self.paths.checkpoints.is_dir() else ():
+            if entry.name != "LATEST" and not PROMOTED_RE.match(entry.name):
+                self.problems.append(Problem(self.rel(entry), "not a promoted checkpoint (left by an interrupted "
+                                             "promotion or put there by hand)", lambda e=entry: self.set_aside(e)))
+        if self.state:
+            for part in self.state.parts:
+                if part.status == "done" and part.checkpoint and not (self.paths.root / part.checkpoint).is_dir():
+                    self.problems.append(Problem(part.checkpoint, f"missing: the checkpoint of {part.id} "
+                                                 "(moved away by hand?)"))
+
+    def drop(self, folder: Path, reason: str) -> str:
+        """A damaged promoted checkpoint: the newest one is trained again; an older one is only set aside."""
+        if self.state and self.state.latest_checkpoint == f"checkpoints/{folder.name}":
+            owner, where = roll_back(self.paths, self.state, reason)
+            save(self.paths.state, self.state)
+            return f"moved {folder.name} to {self.rel(Path(where))}; {owner.id} is queued to train again"
+        moved = quarantine(self.paths, folder, f"damaged promoted checkpoint (fsck): {reason}")
+        if self.state:
+            for part in self.state.parts:
+                if part.checkpoint == f"checkpoints/{folder.name}":
+                    part.checkpoint, part.error = None, f"its checkpoint was damaged and set aside: {reason}"
+            save(self.paths.state, self.state)
+        return f"moved {folder.name} to {self.rel(moved)} (later parts do not need it)"
+
+    def check_pointer(self) -> None:
+        want = Path(self.state.latest_checkpoint).name if self.state.latest_checkpoint else None
+        have = self.paths.latest.read_text().strip() if self.paths.latest.exists() else None
+        if want != have:
+            def fix() -> str:
+                if want:
+                    set_latest(self.paths, want)
+                    return f"pointed LATEST at {want}"
+                self.paths.latest.unlink()
+                return "removed LATEST (nothing is promoted)"
+            self.problems.append(Problem("checkpoints/LATEST", f"names {have!r}, the chain's newest is {want!r}", fix))
+
+    def check_scratch(self) -> None:
+        active = {p.id for p in self.state.parts if p.status in ("pending", "running", "failed")}
+        for stage in self.paths.work_root.iterdir() if self.paths.work_root.is_dir() else ():
+            for part in stage.iterdir() if stage.is_dir() else ():
+                if f"{stage.name}/{part.name}" not in active:
+                    self.problems.append(Problem(self.rel(part), "scratch of a part that is done, skipped or not "
+                                                 "in the chain", lambda d=part: self.set_aside(d)))
+
+    def set_aside(self, path: Path) -> str:
+        return f"moved {self.rel(path)} to {self.rel(quarantine(self.paths, path, 'set aside by fsck'))}"
+
+    def check_temporaries(self) -> None:
+        for tmp in sorted(self.paths.root.rglob(".*.tmp-*")):
+            if "quarantine" in tmp.relative_to(self.paths.root).parts:
+                continue
+            self.problems.append(Problem(self.rel(tmp), "temporary file of an interrupted write",
+                                         lambda t=tmp: self.remove_temporary(t)))
+
+    def remove_temporary(self, tmp: Path) -> str:
+        shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+        return f"removed {self.rel(tmp)} (never committed)"
+
+
+def cmd_fsck(args) -> int:
+    paths = locate(args.run_dir, args.schedule)
+    if not paths.state.exists() and not any(paths.checkpoints.glob("[0-9]*-*")):
+        raise UserError(f"{paths.root}: not a run directory (no state.json, no promoted checkpoints)")
+    lock = LockFile(paths.lock)
+    try:
+        lock.acquire()
+    except Locked as e:
+        raise UserError(f"a daemon (pid {e.pid}) is running on {paths.root}; stop it before fsck") from None
+    try:
+        schedule = args.schedule.resolve() if args.schedule else _schedule_of(paths)
+        problems = Check(paths, schedule).run()
+        if not problems:
+            print(f"{paths.root}: clean")
+            return 0
+        print(f"{paths.root}: {len(problems)} problem{'s' * (len(problems) != 1)}")
+        for p in problems:
+            print(f"  {p.where}: {p.what}")
+        if args.repair:
+            print("repairs:")
+            for p in problems:
+                print(f"  {p.fix() if p.fix else f'{p.where}: nothing to do automatically'}")
+        else:
+            print("run again with --repair to fix what can be fixed (damaged files go to quarantine/)")
+        return 1
+    finally:
+        lock.release()
+
+
+def _schedule_of(paths: RunPaths) -> Path | None:
+    try:
+        return Path(load(paths.state).schedule.path)
+    except (OSError, ValueError):
+        return None

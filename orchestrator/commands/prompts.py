@@ -1,0 +1,80 @@
+"""`orchestrator compare --prompts FILE.jsonl`: one batch of prompts across many checkpoints.
+
+Each line of the file: {"prompt": "...", "expected": "..."} ("expected" optional). For
+every checkpoint, every prompt gets its greedy completion; where an answer is expected,
+also its loss given the prompt (how likely the checkpoint finds it) and whether the
+completion begins with it. The seed's batch inference, as one command.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from orchestrator.part.promote import promoted_folders
+from orchestrator.records.rundir import find_tokenizer
+from runtime.errors import UserError
+from runtime.paths import RunPaths
+
+
+def read_prompts(path: Path) -> list[dict]:
+    prompts = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read it ({e})") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except ValueError as e:
+            raise UserError(f"{path}, line {n}: not JSON ({e})") from None
+        if not isinstance(item, dict) or not isinstance(item.get("prompt"), str):
+            raise UserError(f"{path}, line {n}: expected an object with a \"prompt\" string")
+        prompts.append(item)
+    if not prompts:
+        raise UserError(f"{path}: no prompts")
+    return prompts
+
+
+def cmd_batch(args, paths: RunPaths) -> int:
+    import torch  # only here: the rest of the CLI never loads torch
+
+    from trainer.inference import answer_loss, complete, load_model
+
+    prompts = read_prompts(args.prompts)
+    folders = [f.resolve() for f in args.checkpoint] if args.checkpoint else promoted_folders(paths)
+    if not folders:
+        raise UserError(f"{paths.root}: no promoted checkpoints to compare")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    results, sp = [], None
+    for folder in folders:
+        model, meta = load_model(folder, device)
+        if sp is None:
+            import sentencepiece as spm
+
+            sp = spm.SentencePieceProcessor(model_file=str(find_tokenizer(folder, meta.tokenizer_sha256, args.tokenizer)))
+        answers = []
+        for item in prompts:
+            text = complete(model, sp, item["prompt"], args.max_tokens, 0.0, None)
+            entry = {"prompt": item["prompt"], "completion": text}
+            if isinstance(item.get("expected"), str):
+                entry["expected_loss"] = round(answer_loss(model, sp, item["prompt"], item["expected"]), 5)
+                entry["match"] = text.strip().startswith(item["expected"].strip())
+            answers.append(entry)
+        scored = [a for a in answers if "expected_loss" in a]
+        results.append({"checkpoint": folder.name, "part": meta.part_id, "answers": answers,
+                        "mean_expected_loss": round(sum(a["expected_loss"] for a in scored) / len(scored), 5)
+                        if scored else None, "matches": sum(a.get("match", False) for a in answers)})
+    if args.json:
+        print(json.dumps(results, indent=2, ensure_ascii=False))
+        return 0
+    scored = [r for r in results if r["mean_expected_loss"] is not None]
+    best = min(scored, key=lambda r: r["mean_expected_loss"])["checkpoint"] if scored else None
+    print(f"{len(prompts)} prompts x {len(results)} checkpoints (greedy, {args.max_tokens} tokens)")
+    for r in results:
+        loss = "-" if r["mean_expected_loss"] is None else f"{r['mean_expected_loss']:.4f}"
+        mark = " *best" if r["checkpoint"] == best else ""
+        print(f"  {r['checkpoint']:36} expected-answer loss {loss}  matches {r['matches']}/{len(prompts)}{mark}")
+    return 0

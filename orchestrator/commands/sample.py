@@ -1,0 +1,35 @@
+"""`orchestrator sample`: let a checkpoint say something, streamed to the terminal.
+
+The tokenizer is the one the chain was trained with (found through the run's schedule,
+or given), checked against the checkpoint's tokenizer hash.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from orchestrator.records.rundir import find_tokenizer
+
+
+def cmd_sample(args) -> int:
+    import sentencepiece as spm
+    import torch  # only here: the rest of the CLI never loads torch
+
+    from trainer.inference import completions, load_model
+
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, meta = load_model(args.checkpoint, device)
+    sp = spm.SentencePieceProcessor(model_file=str(find_tokenizer(args.checkpoint, meta.tokenizer_sha256,
+                                                                  args.tokenizer)))
+    out = sys.stdout
+    out.write(args.prompt)
+    out.flush()
+    shown = text = ""
+    for text in completions(model, sp, args.prompt, args.max_tokens, args.temperature, args.top_k, args.top_p,
+                            args.repetition_penalty, args.seed):
+        if not text.endswith("\ufffd"):  # half a character: wait for the rest
+            out.write(text[len(shown):])
+            out.flush()
+            shown = text
+    out.write(text[len(shown):] + "\n")
+    return 0

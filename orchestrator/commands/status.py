@@ -1,0 +1,244 @@
+"""`orchestrator status`: the chain at a glance, from files only (never torch, well under a second).
+
+Sources: state.json (the chain), the running part's heartbeat.json (live progress), the
+daemon lock (is a daemon alive?), events.jsonl (recent events). They are read as plain
+JSON: building the pydantic models would cost more than the rest of the command.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from orchestrator.records import progress
+from orchestrator.records.rundir import existing, locate
+from orchestrator.guard.sensors import FILE_KEYS
+from runtime.atomic import read_json, tail_jsonl
+from runtime.lockfile import holder
+from runtime.paths import RunPaths
+
+
+def _read(path) -> dict | None:
+    try:
+        data = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def hardware(paths: RunPaths) -> dict[str, Any] | None:
+    """The latest readings: every standard reading (null where absent), failures, the guard's verdict."""
+    hw = _read(paths.hardware)
+    if hw is None:
+        return None
+    readings = hw.get("readings", {})
+    out = {key: readings.get(key) for key in FILE_KEYS}
+    out.update({k: v for k, v in readings.items() if k not in ("sources",)})
+    out["guard_pause"] = hw.get("pause")
+    out["duty_cycle"] = hw.get("duty_cycle")
+    return out
+
+
+def gather(paths: RunPaths) -> dict[str, Any]:
+    """Everything `status` shows, as the JSON that `status --json` prints."""
+    state = _read(paths.state) or {}
+    parts = state.get("parts", [])
+    pid = holder(paths.lock)
+    running = next((p for p in parts if p["status"] == "running"), None)
+    hb = _read(paths.work(running["id"]).heartbeat) if running else None
+    if hb and running.get("worker_pid") and running["worker_pid"] not in (hb.get("pid"), hb.get("launcher_pid")):
+        hb = None  # an earlier attempt's heartbeat
+    hb = hb or {}
+    now = time.time()
+    daemon = state.get("daemon", {})
+    daemon_state = daemon.get("state") if pid else ("stopped" if daemon.get("state") == "stopped" else "not running")
+    left = progress.remaining_tokens(((p["status"], p.get("planned_tokens", 0)) for p in parts),
+                                     hb.get("part_tokens"), hb.get("part_tokens_total"))
+    current = None
+    if running:
+        stage, part = running["id"].split("/", 1)
+        part_left = max(hb["part_tokens_total"] - hb["part_tokens"], 0) if hb.get("part_tokens_total") else None
+        ckpt_time = hb.get("last_checkpoint_time")
+        current = {
+            "stage": stage, "part": part, "id": running["id"], "attempt": running.get("attempts"),
+            "phase": hb.get("phase", "starting"), "paused_reason": hb.get("paused_reason"),
+            "step": hb.get("step", 0), "steps_total": hb.get("steps_total"),
+            "tokens": hb.get("part_tokens", 0), "tokens_total": hb.get("part_tokens_total"),
+            "loss": hb.get("loss"), "lr": hb.get("lr"), "tokens_per_s": hb.get("tokens_per_s"),
+            "eta_s": progress.eta(part_left, hb.get("tokens_per_s")),
+            "last_checkpoint_step": hb.get("last_checkpoint_step"),
+            "last_checkpoint_age_s": now - ckpt_time if ckpt_time else None,
+            "heartbeat_age_s": now - hb["time"] if "time" in hb else None,
+            "device": hb.get("device"), "precision": hb.get("precision"),
+        }
+    schedule = state.get("schedule", {})
+    return {
+        "name": state.get("name"),
+        "run_dir": str(paths.root),
+        "daemon": {"pid": pid if pid and pid > 0 else None, "state": daemon_state,
+                   "since": daemon.get("since"), "reason": daemon.get("reason")},
+        "schedule": {"path": schedule.get("path"), "valid": schedule.get("valid", True),
+                     "error": schedule.get("error")},
+        "paused": {"user": state.get("user_pause"), "guard": state.get("guard_pause")},
+        "current": current,
+        "chain": {
+            "global_tokens": state.get("global_tokens", 0),
+            "planned_tokens": sum(p["tokens"] if p["status"] == "done" else p.get("planned_tokens", 0)
+                                  for p in parts if p["status"] != "skipped"),
+            "remaining_tokens": left, "eta_s": progress.eta(left, hb.get("tokens_per_s")),
+            "latest_checkpoint": state.get("latest_checkpoint"),
+            "parts_done": sum(p["status"] == "done" for p in parts), "parts_total": len(parts),
+        },
+        "parts": [
+            {k: p.get(k) for k in ("id", "stage", "status", "attempts", "tokens", "planned_tokens", "loss",
+                                   "val_loss", "checkpoint", "error", "retry_at")}
+            for p in parts
+        ],
+        "hardware": hardware(paths),
+        "events": tail_jsonl(paths.events, 8),
+        "latest_eval": next(iter(tail_jsonl(paths.evals, 1)), None),
+    }
+
+
+STATUS_STYLE = {"done": "green", "running": "bold cyan", "pending": "dim", "failed": "bold red", "skipped": "yellow"}
+DAEMON_STYLE = {"running": "green", "idle": "green", "paused": "yellow", "waiting": "yellow", "failed": "red",
+                "not running": "red", "stopped": "dim", "stopping": "yellow", "starting": "cyan"}
+
+
+def _rows(parts: list[dict], show_all: bool) -> list[dict | tuple[str, int, dict, dict]]:
+    """Parts, with long runs of done or pending parts folded into one row (unless show_all)."""
+    if show_all or len(parts) <= 24:
+        return parts
+    rows: list = []
+    i = 0
+    while i < len(parts):
+        j = i
+        while j + 1 < len(parts) and parts[j + 1]["status"] == parts[i]["status"] and parts[i]["status"] in ("done", "pending"):
+            j += 1
+        if j - i >= 3:
+            rows.append((parts[i]["status"], j - i + 1, parts[i], parts[j]))
+        else:
+            rows.extend(parts[i : j + 1])
+        i = j + 1
+    return rows
+
+
+def render(info: dict, show_all: bool = False):
+    from rich.console import Group
+    from rich.panel import Panel
+    from rich.progress_bar import ProgressBar
+    from rich.table import Table
+    from rich.text import Text
+
+    d = info["daemon"]
+    head = Text.assemble((info["name"], "bold"), "  daemon ", (d["state"], DAEMON_STYLE.get(d["state"], "")))
+    if d["pid"]:
+        head.append(f" (pid {d['pid']})")
+    head.append(f" since {progress.clock(d['since'])}")
+    if d["reason"]:
+        head.append(f": {d['reason']}")
+    parts = [head]
+    chain = info["chain"]
+    parts.append(Text(f"chain: {chain['parts_done']}/{chain['parts_total']} parts done, "
+                      f"{progress.tokens(chain['global_tokens'])} of {progress.tokens(chain['planned_tokens'])} tokens, "
+                      f"ETA {progress.duration(chain['eta_s'])}, latest checkpoint {chain['latest_checkpoint'] or '-'}"))
+    bars = Table.grid(padding=(0, 1))
+    bars.add_row("chain", ProgressBar(total=max(chain["planned_tokens"], 1), completed=chain["global_tokens"]
+                                      + ((info["current"] or {}).get("tokens") or 0), width=40))
+    c = info["current"]
+    if c:
+        bars.add_row("part ", ProgressBar(total=max(c["tokens_total"] or 1, 1), completed=c["tokens"], width=40))
+        line = (f"{c['id']} (attempt {c['attempt']}): {c['phase']}, step {c['step']}/{c['steps_total'] or '?'}, "
+                f"loss {progress.loss(c['loss'])}, {progress.tokens(c['tokens_per_s'])} tok/s, "
+                f"ETA {progress.duration(c['eta_s'])}")
+        if c["paused_reason"]:
+            line += f" (paused: {c['paused_reason']})"
+        ckpt = (f"last checkpoint: step {c['last_checkpoint_step']}, {progress.duration(c['last_checkpoint_age_s'])} ago"
+                if c["last_checkpoint_step"] is not None else "no checkpoint in this part yet")
+        parts += [Text(line), Text(ckpt + (f"  [{c['device']}, {c['precision']}]" if c["device"] else ""), style="dim")]
+    parts.append(bars)
+    for who, p in (info["paused"] or {}).items():
+        if p:
+            parts.append(Text(f"paused ({who}): {p['reason']} since {progress.clock(p['since'])}", style="yellow"))
+
+    table = Table(show_edge=False, header_style="bold")
+    table.add_column("part", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    for col in ("tries", "tokens", "loss", "val loss"):
+        table.add_column(col, justify="right", no_wrap=True)
+    table.add_column("ckpt")
+    for row in _rows(info["parts"], show_all):
+        if isinstance(row, tuple):
+            status, n, first, last = row
+            table.add_row(f"{first['id']} .. {last['id'].split('/', 1)[1]}", Text(f"{status} ({n} parts)",
+                          style=STATUS_STYLE[status]), "", "", "", "", "")
+            continue
+        note = row["checkpoint"].rsplit("/", 1)[-1].split("-", 1)[0] if row["checkpoint"] else (row["error"] or "")[:60]
+        table.add_row(row["id"], Text(row["status"], style=STATUS_STYLE[row["status"]]), str(row["attempts"]),
+                      progress.tokens(row["tokens"] or row["planned_tokens"]), progress.loss(row["loss"]),
+                      progress.loss(row["val_loss"]), note)
+    parts.append(table)
+    if info["hardware"]:
+        parts.append(_hardware_line(info["hardware"]))
+    if not info["schedule"]["valid"]:
+        parts.append(Panel(info["schedule"]["error"] or "", title="schedule edit refused", border_style="red"))
+    failed = [p for p in info["parts"] if p["status"] == "failed"]
+    for p in failed:
+        parts.append(Panel(p["error"] or "", title=f"{p['id']} failed (`orchestrator retry {p['id']}`)",
+                           border_style="red"))
+    ev = info.get("latest_eval")
+    if ev:
+        lines = [Text(f"after {ev['part']} ({progress.tokens(ev['global_tokens'])} tokens): " + ", ".join(
+            f"{name} {r['loss']:.3f} (ppl {r['ppl']:.1f})" for name, r in ev["sets"].items()))]
+        lines += [Text(f"> {s['prompt']}{s['text']}"[:200], style="italic") for s in ev.get("samples", [])]
+        parts.append(Panel(Group(*lines), title="latest evaluation", border_style="blue"))
+    if info["events"]:
+        ev = Table.grid(padding=(0, 1))
+        for e in info["events"]:
+            ev.add_row(Text(progress.clock(e.get("time")), style="dim"), e.get("event", ""),
+                       Text(str(e.get("message", "")).splitlines()[0][:100]))
+        parts.append(Panel(ev, title="recent events", border_style="dim"))
+    return Group(*parts)
+
+
+def _hardware_line(hw: dict):
+    from rich.text import Text
+
+    shown = [(key, fmt) for key, fmt in (
+        ("gpu_temp_c", "GPU {:.0f} °C"), ("gpu_power_w", "{:.0f} W"), ("gpu_util_pct", "{:.0f}% busy"),
+        ("cpu_temp_c", "CPU {:.0f} °C"), ("disk_free_gb", "{:.1f} GB disk free"),
+        ("ram_available_gb", "{:.1f} GB RAM free")) if hw.get(key) is not None]
+    items = [fmt.format(hw[key]) for key, fmt in shown]
+    if hw.get("on_battery") is not None:
+        items.append("on battery" if hw["on_battery"] else "on AC")
+    if hw.get("duty_cycle") is not None and hw["duty_cycle"] < 1:
+        items.append(f"throttled to {hw['duty_cycle']:.0%}")
+    line = Text("hardware: " + (", ".join(items) or "no sensors"))
+    for key, why in (hw.get("failed") or {}).items():
+        line.append(f"\n  sensor {key} failed: {why}", style="red")
+    return line
+
+
+def cmd_status(args) -> int:
+    paths = existing(locate(args.run_dir, args.schedule))
+    if args.json:
+        print(json.dumps(gather(paths), indent=2, default=str))
+        return 0
+    from rich.console import Console
+
+    console = Console()
+    if not args.watch:
+        console.print(render(gather(paths), args.all))
+        return 0
+    from rich.live import Live
+
+    with Live(render(gather(paths), args.all), console=console, refresh_per_second=2) as live:
+        try:
+            while True:
+                time.sleep(args.interval)
+                live.update(render(gather(paths), args.all))
+        except KeyboardInterrupt:
+            pass
+    return 0
+

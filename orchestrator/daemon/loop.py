@@ -1,0 +1,402 @@
+"""The daemon: runs a chain of parts, one worker subprocess at a time, and survives.
+
+One loop, in the manner of a process supervisor: signal handlers, the file watcher and
+CLI requests only record what happened and set `wake`; the loop wakes on it (or every
+TICK_S) and dispatches to small handle_* methods. State changes are written to
+state.json at once, atomically; a daemon killed at any instant resumes from that file,
+the promoted checkpoints, and the worker's own checkpoints.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import signal
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+from orchestrator.chain import reconcile
+from orchestrator.chain.plan import resolve as resolve_chain
+from orchestrator.daemon import recovery, requests
+from orchestrator.records import progress
+from runtime.errors import UserError
+from orchestrator.records.events import EventLog
+from orchestrator.guard.watch import HardwareWatch, sensor_file_for
+from orchestrator.daemon.notify import Notifier
+from orchestrator.records.rundir import default_for
+from orchestrator.chain.schedule import load as load_schedule
+from orchestrator.part.runner import PartRunner
+from orchestrator.chain.state import DaemonState, PauseState, ScheduleState
+from orchestrator.chain.state import save as save_state
+from orchestrator.daemon.watcher import ScheduleWatcher
+from runtime.lockfile import LockFile, Locked
+from runtime.paths import RunPaths
+from runtime.workerfiles import Control, write_model
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+TICK_S = 0.5
+DEBOUNCE_S = 0.3  # let an editor finish saving before reading the schedule
+STAT_CHECK_S = 10.0  # fallback check of the schedule's mtime, for filesystems without inotify
+
+
+class Daemon:
+    def __init__(self, schedule_path: Path, run_dir: Path | None = None, exit_when_done: bool = False):
+        self.schedule_path = schedule_path.resolve()
+        self.run_dir = run_dir
+        self.exit_when_done = exit_when_done
+        self.wake = threading.Event()
+        self.signals: deque[int] = deque()
+        self.stopping: str | None = None  # None, "warm" or "cold"
+        self.exit_code: int | None = None
+        self.changed_at: float | None = None
+        self.reload_requested = False
+        self.schedule_stamp: tuple[int, int] | None = None
+        self.last_stat_check = 0.0
+        self.announced_done = False
+        self.control = Control()
+        self.duty_cycle = 1.0
+        self.notifier = Notifier()
+        self.hardware: HardwareWatch | None = None
+        self.write_error: str | None = None  # set while state.json cannot be written (disk full)
+        self.pause_kind: tuple[str, ...] = ()  # the guard's last kind of pause
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    def run(self) -> int:
+        self.plan = resolve_chain(load_schedule(self.schedule_path), self.schedule_path)
+        self.paths = RunPaths((self.run_dir or default_for(self.schedule_path, self.plan.schedule.name)).resolve())
+        recovery.make_run_dir(self.paths)
+        # Handlers first: once the lock holds our pid, CLI commands may signal us (SIGUSR1),
+        # and a default action would kill a daemon that is still starting.
+        self._install_signals()
+        self.lock = LockFile(self.paths.lock)
+        try:
+            self.lock.acquire()
+        except Locked as e:
+            raise UserError(f"another daemon (pid {e.pid or 'unknown'}) is already running on {self.paths.root}; "
+                            "stop it first with `orchestrator stop`") from None
+        watcher = None
+        try:
+            self.events = EventLog(self.paths)
+            self.state = recovery.load_state(self.paths, self.plan, self.events, self._schedule_sha())
+            self.runner = PartRunner(self.paths, self.state, self.plan, self.events, self.save)
+            recovery.recover(self.runner)
+            self._start_guard()
+            watcher = ScheduleWatcher(self.schedule_path, self._on_schedule_event)
+            watcher.start()
+            self.schedule_stamp = self._stamp()
+            self.state.daemon = DaemonState(pid=os.getpid(), state="running")
+            self.sync_control()  # a pause set before a restart still holds
+            self.save()
+            self.events.emit("daemon-started", f"daemon started (pid {os.getpid()}) on {self.paths.root}: "
+                             f"{len(self.state.parts)} parts, model {self.plan.model_summary()}")
+            self.notifier.ready(self._status_line())
+            while self.exit_code is None:
+                self.wake.wait(TICK_S)
+                self.wake.clear()
+                self.tick()
+            return self.exit_code
+        finally:
+            if self.hardware:
+                self.hardware.close()
+            if self.stopping is None:
+                self.notifier.stopping("exiting")
+            if watcher:
+                watcher.stop()
+            if hasattr(self, "state"):
+                self.state.daemon.state = "stopped"
+                self.state.daemon.since = time.time()
+                self.save()
+                self.events.emit("daemon-stopped", f"daemon stopped (exit {self.exit_code})")
+                self.events.close()
+            self.lock.release()
+
+    def tick(self) -> None:
+        try:
+            if self.write_error:
+                self.save()  # retry: the disk may have space again
+            self.handle_signals()
+            self.handle_requests()
+            self.handle_schedule()
+            self.handle_guard()
+            self.handle_worker()
+            self.handle_next()
+            self.publish()
+        except OSError as e:
+            if e.errno not in DISK_FULL:
+                raise
+            self._disk_full(f"cannot write {e.filename or 'a run file'}: {e.strerror}")
+        self.notifier.watchdog()
+
+    def _disk_full(self, why: str) -> None:
+        """Pause on a full disk (no launch, no hang verdicts) until state.json writes again."""
+        if self.write_error is None:
+            self.write_error = f"{why}; free disk space"
+            self.events.warning(self.write_error)
+            self.runner.suspend_hang_checks = True
+
+    # -- signals ---------------------------------------------------------------------------
+
+    def _install_signals(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGCHLD):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum, _frame) -> None:
+        self.signals.append(signum)  # only record; the loop acts
+        self.wake.set()
+
+    def _on_schedule_event(self) -> None:  # watchdog's thread
+        self.changed_at = time.monotonic()
+        self.wake.set()
+
+    def handle_signals(self) -> None:
+        while self.signals:
+            sig = self.signals.popleft()
+            if sig in (signal.SIGTERM, signal.SIGINT):
+                self.begin_stop(f"received {signal.Signals(sig).name}")
+            elif sig == signal.SIGHUP:
+                self.reload_requested = True
+
+    def begin_stop(self, reason: str) -> None:
+        """First call: warm stop (checkpoint, then exit 0). A second: cold stop (kill now)."""
+        if self.stopping is None:
+            self.stopping = "warm"
+            self.events.emit("daemon-stopping", f"stopping warmly ({reason}): the worker checkpoints first")
+            self.notifier.stopping("checkpointing before stop")
+            if self.runner.worker:
+                self.runner.worker.request_stop(self.plan.schedule.supervisor.stop_grace_s, "daemon stopping")
+        elif self.stopping == "warm":
+            self.stopping = "cold"
+            self.events.emit("daemon-stopping", f"stopping now ({reason}, second request): the worker is killed; "
+                             "it resumes from its last checkpoint")
+            if self.runner.worker:
+                self.runner.worker.kill()
+        if self.runner.worker is None:
+            self.exit_code = 0
+
+    # -- requests from the CLI ----------------------------------------------------------------
+
+    def handle_requests(self) -> None:
+        for path, req in requests.pending(self.paths):
+            try:
+                message = self._apply_request(req)
+                requests.answer(self.paths, path, req.id, True, message)
+            except UserError as e:
+                requests.answer(self.paths, path, req.id, False, str(e))
+
+    def _apply_request(self, req: requests.Request) -> str:
+        if req.command == "stop":
+            self.begin_stop("requested by `orchestrator stop`")
+            return "stopping: the worker checkpoints, then the daemon exits"
+        message = requests.apply(self.state, req)
+        part = requests.find_part(self.state, req.part) if req.part else None
+        if req.command == "skip" and part:
+            self.events.emit("part-skipped", message, part=part.id)
+            worker = self.runner.worker
+            if worker and worker.part_id == part.id:
+                worker.request_stop(self.plan.schedule.supervisor.stop_grace_s, "part skipped")
+        elif req.command == "retry" and part:
+            self.events.emit("part-requeued", message, part=part.id)
+        elif req.command in ("pause", "resume"):
+            self.events.emit("paused" if req.command == "pause" else "resumed", f"{message} (by the user)")
+        self.sync_control()
+        self.save()
+        return message
+
+    # -- schedule edits -------------------------------------------------------------------------
+
+    def _stamp(self) -> tuple[int, int] | None:
+        try:
+            st = self.schedule_path.stat()
+            return (st.st_mtime_ns, st.st_size)
+        except OSError:
+            return None
+
+    def _schedule_sha(self) -> str | None:
+        try:
+            return hashlib.sha256(self.schedule_path.read_bytes()).hexdigest()
+        except OSError:
+            return None
+
+    def handle_schedule(self) -> None:
+        now = time.monotonic()
+        if now - self.last_stat_check >= STAT_CHECK_S:
+            self.last_stat_check = now
+            if self._stamp() != self.schedule_stamp:
+                self.changed_at = self.changed_at or now - DEBOUNCE_S
+        settled = self.changed_at is not None and now - self.changed_at >= DEBOUNCE_S
+        if self.reload_requested or settled:
+            self.reload_requested = False
+            self.changed_at = None
+            self.reload()
+
+    def reload(self) -> str:
+        """Read the schedule again; a valid edit applies from the next part, an invalid one is refused."""
+        self.schedule_stamp = self._stamp()
+        sha = self._schedule_sha()
+        if sha is not None and sha == self.state.schedule.sha256:
+            return "the schedule is unchanged"
+        try:
+            plan = resolve_chain(load_schedule(self.schedule_path), self.schedule_path)
+            recovery.check_compatible(self.state, plan)
+        except (UserError, OSError) as e:  # OSError: a data file unreadable right now
+            previous = self.state.schedule
+            self.state.schedule = ScheduleState(path=str(self.schedule_path), sha256=sha, valid=False,
+                                                error=str(e), loaded_at=previous.loaded_at)
+            self.save()
+            self.events.emit("schedule-refused", f"schedule edit refused; the last valid schedule stays in force: "
+                             f"{e}", level=logging.WARNING)
+            return f"refused: {e}"
+        guard_changed = plan.schedule.guard != self.plan.schedule.guard or plan.gpus() != self.plan.gpus()
+        self.plan = self.runner.plan = plan
+        if guard_changed:
+            self.hardware.close()
+            self._start_guard()
+        notes = reconcile.merge(self.state, plan)
+        self.state.schedule = ScheduleState(path=str(self.schedule_path), sha256=sha, valid=True,
+                                            loaded_at=time.time())
+        self.save()
+        self.events.emit("schedule-reloaded", "schedule reloaded" + (": " + "; ".join(notes) if notes else ""))
+        return "reloaded" + (": " + "; ".join(notes) if notes else "")
+
+    # -- the worker -------------------------------------------------------------------------------
+
+    def handle_worker(self) -> None:
+        if self.runner.worker is None:
+            return
+        ended = self.runner.watch(self.control)
+        if ended:
+            part, rc = ended
+            self.runner.conclude(part, rc, stopping=self.stopping is not None)
+            if self.stopping:
+                self.exit_code = 0
+
+    # -- the guard ------------------------------------------------------------------------------------
+
+    def _start_guard(self) -> None:
+        schedule = self.plan.schedule
+        self.hardware = HardwareWatch(schedule.guard, self.paths,
+                                      sensor_file_for(schedule.guard, self.schedule_path.parent), self.plan.gpus())
+        self.hardware.start(self.events)
+
+    def handle_guard(self) -> None:
+        now = time.time()
+        verdict = self.hardware.poll(now)
+        if verdict is None:
+            return
+        e = self.hardware.write_error
+        if e is not None and e.errno in DISK_FULL:
+            self._disk_full(f"cannot write {self.paths.hardware.name}: {e.strerror}")
+        for event, message in verdict.notes:
+            self.events.emit(event, message, level=logging.WARNING if event != "guard-resume" else logging.INFO)
+        was = self.state.guard_pause
+        if verdict.pause and (was is None or verdict.pause_kind != self.pause_kind):
+            self.state.guard_pause = PauseState(reason=verdict.pause, since=was.since if was else now)
+            self.save()
+        elif verdict.pause is None and was is not None:
+            self.state.guard_pause = None
+            self.save()
+        self.pause_kind = verdict.pause_kind
+        worker = self.runner.worker
+        if verdict.stop_worker and worker and worker.stop_deadline is None:
+            worker.request_stop(self.plan.schedule.supervisor.stop_grace_s, "on battery too long")
+        self.duty_cycle = verdict.duty_cycle
+        self.sync_control(checkpoint=verdict.checkpoint)
+
+    # -- what next ------------------------------------------------------------------------------------
+
+    def paused(self) -> str | None:
+        pauses = [p.reason for p in (self.state.user_pause, self.state.guard_pause) if p]
+        return "; ".join(pauses + ([self.write_error] if self.write_error else [])) or None
+
+    def sync_control(self, checkpoint: bool = False) -> None:
+        """Tell the running worker to pause, throttle or checkpoint, through its control.json."""
+        reason = self.paused()
+        wanted = self.control.model_copy(update={
+            "pause": reason is not None, "reason": reason, "duty_cycle": self.duty_cycle,
+            "checkpoint": self.control.checkpoint + int(checkpoint)})
+        if wanted != self.control:
+            self.control = wanted.model_copy(update={"seq": self.control.seq + 1})
+            if self.runner.worker:
+                try:
+                    write_model(self.paths.work(self.runner.worker.part_id).control, self.control, fault="control")
+                except OSError as e:
+                    self.events.warning(f"cannot write the worker's control.json: {e.strerror}")
+
+    def handle_next(self) -> None:
+        if self.runner.worker or self.stopping or self.exit_code is not None:
+            return
+        failed = self.state.failed()
+        if failed:
+            if self.exit_when_done:
+                self.events.emit("chain-failed", f"the chain stopped: {failed.id} failed: {failed.error}",
+                                 level=logging.ERROR)
+                self.exit_code = 1
+            return
+        if self.paused():
+            return
+        part = self.state.next_pending()
+        if part is None:
+            if not self.announced_done:
+                self.announced_done = True
+                then = "exiting" if self.exit_when_done else "waiting for more parts to be queued"
+                self.events.emit("chain-done", f"every part is done: {progress.tokens(self.state.global_tokens)} "
+                                 f"tokens trained; {then}")
+            if self.exit_when_done:
+                self.exit_code = 0
+            return
+        self.announced_done = False
+        if part.retry_at and time.time() < part.retry_at:
+            return
+        self.runner.launch(part, self.control, self.hardware.sensor_file)
+
+    # -- publishing ---------------------------------------------------------------------------------
+
+    def phase(self) -> tuple[str, str | None]:
+        if self.stopping:
+            return "stopping", self.stopping + " stop"
+        if self.runner.worker is None and self.state.failed():
+            return "failed", f"{self.state.failed().id} failed"
+        if self.paused():
+            return "paused", self.paused()
+        if self.runner.worker:
+            return "running", self.runner.worker.part_id
+        part = self.state.next_pending()
+        if part is None:
+            return "idle", "every part is done"
+        if part.retry_at and time.time() < part.retry_at:
+            return "waiting", f"retrying {part.id} at {progress.clock(part.retry_at)}"
+        return "running", None
+
+    def publish(self) -> None:
+        phase, reason = self.phase()
+        d = self.state.daemon
+        if (phase, reason) != (d.state, d.reason):
+            if d.state == "paused":
+                self.state.paused_seconds += time.time() - d.since
+            self.state.daemon = DaemonState(pid=os.getpid(), state=phase, since=time.time(), reason=reason)
+            self.save()
+        self.notifier.status(self._status_line())
+
+    def _status_line(self) -> str:
+        line = self.runner.status_line(self.runner.last_heartbeat)
+        return line or f"{self.state.daemon.state}: {self.state.daemon.reason or ''}".rstrip(": ")
+
+    def save(self) -> None:
+        """Write state.json. A full disk pauses the chain (the state stays in memory and is
+        written as soon as it can be) instead of taking the daemon down."""
+        try:
+            save_state(self.paths.state, self.state)
+        except OSError as e:
+            if e.errno not in DISK_FULL:
+                raise
+            self._disk_full(f"cannot write {self.paths.state.name}: {e.strerror}")
+            return
+        if self.write_error is not None:
+            self.write_error = None
+            self.runner.suspend_hang_checks = False
+            self.events.emit("disk-writable", "state.json can be written again; the chain goes on")

@@ -1,0 +1,90 @@
+"""Starting a daemon on a run directory that may have been left in any state.
+
+    make_run_dir   create it (0700) or say clearly why it cannot be used
+    load_state     state.json, or rebuilt from checkpoints and events if missing/unreadable
+    compatible     the schedule's model and tokenizer must be the chain's
+    recover        finish what a killed daemon left half done; adopt its live worker
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+from orchestrator.chain import reconcile
+from orchestrator.chain.plan import ChainPlan
+from runtime.errors import UserError
+from orchestrator.records.events import EventLog
+from orchestrator.part.promote import quarantine, set_latest
+from orchestrator.part.runner import PartRunner
+from orchestrator.chain.state import ChainState, ScheduleState
+from orchestrator.chain.state import load as load_state_file
+from runtime.paths import RunPaths
+
+
+def make_run_dir(paths: RunPaths) -> None:
+    try:
+        paths.make()
+        probe = paths.root / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"{paths.root}: the run directory cannot be created or written "
+                        f"({e.strerror}); choose another with --run-dir") from None
+
+
+def check_compatible(state: ChainState, plan: ChainPlan) -> None:
+    """A chain keeps one model shape and one tokenizer; UserError otherwise."""
+    if state.model and state.model != plan.model:
+        diff = ", ".join(f"{k} {state.model.get(k)!r} -> {plan.model.get(k)!r}"
+                         for k in sorted(set(state.model) | set(plan.model))
+                         if state.model.get(k) != plan.model.get(k))
+        raise UserError(f"{plan.path}: the model differs from the one this chain trains ({diff}); a chain "
+                        "keeps one model shape: restore the model section, or start a new run dir")
+    if state.tokenizer_sha256 and plan.tokenizer_sha256 and state.tokenizer_sha256 != plan.tokenizer_sha256:
+        raise UserError(f"{plan.path}: the parts use a different tokenizer than the chain trained with; "
+                        "a chain keeps one tokenizer")
+
+
+def load_state(paths: RunPaths, plan: ChainPlan, events: EventLog, schedule_sha: str | None) -> ChainState:
+    if paths.state.exists():
+        try:
+            state = load_state_file(paths.state)
+        except ValueError as e:
+            moved = quarantine(paths, paths.state, f"unreadable state.json: {e}")
+            state = reconcile.rebuild(paths, plan)
+            events.emit("state-rebuilt", f"state.json was unreadable (moved to {moved}); rebuilt it from the "
+                        "promoted checkpoints and events", level=logging.WARNING)
+    elif any(paths.checkpoints.glob("[0-9]*-*")):
+        state = reconcile.rebuild(paths, plan)
+        events.emit("state-rebuilt", "state.json was missing; rebuilt it from the promoted checkpoints and "
+                    "events", level=logging.WARNING)
+    else:
+        state = reconcile.new_state(plan)
+    check_compatible(state, plan)
+    for note in reconcile.merge(state, plan):
+        events.emit("schedule-change", note, level=logging.WARNING)
+    state.schedule = ScheduleState(path=str(plan.path), sha256=schedule_sha, valid=True, loaded_at=time.time())
+    return state
+
+
+def recover(runner: PartRunner) -> None:
+    """Finish interrupted promotions and cleanups; adopt a live worker, or requeue its part."""
+    paths, state = runner.paths, runner.state
+    for part in state.parts:
+        work = paths.work(part.id)
+        if part.status == "done":
+            if work.root.exists():
+                runner.finish_scratch(part)
+            continue
+        if runner.finish_promoted(part):  # promoted, but state.json was not saved in time
+            continue
+        if part.status == "running" and not runner.adopt(part):
+            part.status, part.worker_pid = "pending", None
+    if state.latest_checkpoint:
+        name = Path(state.latest_checkpoint).name
+        if not paths.latest.exists() or paths.latest.read_text().strip() != name:
+            set_latest(paths, name)
+    runner.save()

@@ -1,0 +1,171 @@
+"""Requests from CLI commands to the running daemon, through files in <run>/control/.
+
+    CLI:    writes control/req-<id>.json atomically, sends SIGUSR1 to wake the daemon
+    daemon: applies it, writes control/ack-<id>.json, removes the request
+    CLI:    reads the answer, removes it
+
+`apply` holds what each command means for state.json; the daemon calls it and adds the
+side effects (stopping a worker); with no daemon running, the CLI takes the daemon's lock
+and calls it directly.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import time
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from runtime.errors import UserError
+from orchestrator.chain.state import ChainState, PartState, PauseState
+from runtime.atomic import read_json
+from runtime.lockfile import holder
+from runtime.paths import RunPaths
+from runtime.workerfiles import read_model, write_model
+
+Command = Literal["pause", "resume", "stop", "skip", "retry"]
+EXPIRES_S = 60.0  # a request older than this is stale: its CLI has given up waiting
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    command: Command
+    part: str | None = None
+    reason: str | None = None
+    time: float
+
+
+class Answer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    ok: bool
+    message: str
+
+
+# -- the CLI side ------------------------------------------------------------------------
+
+
+def send(paths: RunPaths, command: Command, part: str | None = None, reason: str | None = None,
+         timeout: float = 30.0) -> Answer:
+    pid = holder(paths.lock)
+    if pid is None:
+        raise NoDaemon(paths.root)
+    req = Request(id=f"{time.time_ns()}-{secrets.token_hex(3)}", command=command, part=part, reason=reason,
+                  time=time.time())
+    write_model(paths.control / f"req-{req.id}.json", req)
+    if pid > 0:
+        try:
+            os.kill(pid, signal.SIGUSR1)
+        except ProcessLookupError:
+            pass
+    request = paths.control / f"req-{req.id}.json"
+    ack = paths.control / f"ack-{req.id}.json"
+    deadline = time.monotonic() + min(timeout, EXPIRES_S - 5)
+    while True:
+        answer = read_model(ack, Answer)
+        if answer is not None:
+            ack.unlink(missing_ok=True)
+            return answer
+        if time.monotonic() > deadline:
+            try:
+                request.unlink()  # withdrawn: it must not take effect later, unasked
+            except FileNotFoundError:
+                deadline += 5  # the daemon has taken it: its answer is on the way
+                continue
+            raise UserError(f"the daemon (pid {pid}) did not answer `{command}` in time; the request is "
+                            f"withdrawn; see {paths.log}")
+        time.sleep(0.05)
+
+
+class NoDaemon(UserError):
+    def __init__(self, run_dir: Path):
+        super().__init__(f"no daemon is running on {run_dir}; start it with `orchestrator run --schedule FILE`")
+
+
+# -- the daemon side ----------------------------------------------------------------------
+
+
+def pending(paths: RunPaths) -> list[tuple[Path, Request]]:
+    """Requests waiting, oldest first. Unreadable or expired ones are removed, and so are
+    answers nobody collected (their CLI gave up)."""
+    now = time.time()
+    out = []
+    for path in sorted(paths.control.glob("req-*.json")):
+        try:
+            req = Request.model_validate(read_json(path))
+        except (OSError, ValueError):
+            path.unlink(missing_ok=True)
+            continue
+        if now - req.time > EXPIRES_S:
+            path.unlink(missing_ok=True)
+        else:
+            out.append((path, req))
+    for old in paths.control.glob("ack-*.json"):
+        try:
+            if now - old.stat().st_mtime > 10 * EXPIRES_S:
+                old.unlink()
+        except FileNotFoundError:
+            pass
+    return out
+
+
+def answer(paths: RunPaths, path: Path, req_id: str, ok: bool, message: str) -> None:
+    write_model(paths.control / f"ack-{req_id}.json", Answer(id=req_id, ok=ok, message=message))
+    path.unlink(missing_ok=True)
+
+
+# -- what a command means for the chain's state ---------------------------------------------
+
+
+def find_part(state: ChainState, name: str | None) -> PartState:
+    if not name:
+        raise UserError("name a part: STAGE/PART, or PART when unique")
+    exact = state.part(name)
+    if exact:
+        return exact
+    matches = [p for p in state.parts if p.id.split("/", 1)[1] == name]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise UserError(f"part {name!r} is ambiguous: {', '.join(p.id for p in matches)}")
+    raise UserError(f"no part {name!r} in the chain; `orchestrator status` lists them")
+
+
+def apply(state: ChainState, req: Request) -> str:
+    """Change state for pause/resume/skip/retry; returns what was done, raises UserError if refused."""
+    if req.command == "pause":
+        if state.user_pause:
+            return f"already paused since {time.strftime('%H:%M:%S', time.localtime(state.user_pause.since))}"
+        state.user_pause = PauseState(reason=req.reason or "paused by the user", since=time.time())
+        return "paused"
+    if req.command == "resume":
+        if not state.user_pause:
+            return "was not paused"
+        state.user_pause = None
+        return "resumed"
+    if req.command == "skip":
+        part = find_part(state, req.part)
+        if part.status == "done":
+            raise UserError(f"{part.id} is already done; a promoted checkpoint is never undone")
+        if part.status == "skipped":
+            return f"{part.id} was already skipped"
+        part.status = "skipped"
+        part.retry_at = None
+        return f"skipped {part.id}; the next part starts from the newest promoted checkpoint"
+    if req.command == "retry":
+        part = find_part(state, req.part)
+        if part.status in ("done", "running", "pending"):
+            what = {"done": "is done; a promoted checkpoint is never retrained",
+                    "running": "is running", "pending": "is already queued"}[part.status]
+            raise UserError(f"{part.id} {what}")
+        part.status = "pending"
+        part.failures = part.nonfinite = 0
+        part.error = None
+        part.retry_at = None  # overrides stay: windows known to diverge stay skipped
+        return f"{part.id} queued again; it runs next"
+    raise UserError(f"`{req.command}` needs a running daemon")

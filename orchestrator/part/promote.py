@@ -1,0 +1,118 @@
+"""Promotion: a part's verified final checkpoint becomes checkpoints/NNNN-stage-part/.
+
+    1. verify every file against the manifest (sha256); a bad folder is quarantined
+    2. rename it into checkpoints/ (atomic within one filesystem; never a copy)
+    3. point checkpoints/LATEST at it (atomic rewrite)
+    4. the caller records the part done in state.json and deletes the scratch
+
+A crash between any two steps is finished on restart by `find_promoted`: the promoted
+folder itself (its meta.json names the part) is the proof that step 2 happened.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+from runtime import faults
+from runtime.atomic import atomic_write_text, fsync_dir
+from runtime.checkpoint import CheckpointMeta, read_meta, verify
+from orchestrator.chain.state import ChainState, PartState
+from runtime.paths import RunPaths
+from runtime.quarantine import NOTE_SUFFIX, note_of
+from runtime.quarantine import quarantine as runtime_quarantine
+
+PROMOTED_RE = re.compile(r"^(\d{4,})-")
+
+
+class PromotionError(Exception):
+    """The final checkpoint failed verification; it has been quarantined."""
+
+
+def quarantine(paths: RunPaths, path: Path, reason: str) -> Path | None:
+    """Move a damaged file or folder into the run's quarantine/ with a note; never delete."""
+    return runtime_quarantine(path, paths.quarantine, reason)
+
+
+def promote(paths: RunPaths, part_id: str, source: Path, seq: int) -> tuple[Path, CheckpointMeta]:
+    verdict = verify(source)
+    if not verdict.ok:
+        moved = quarantine(paths, source, f"final checkpoint of {part_id}: {verdict.reason}")
+        raise PromotionError(f"final checkpoint of {part_id} failed verification ({verdict.reason})"
+                             + (f"; moved to {moved}" if moved else ""))
+    meta = read_meta(source)
+    if meta.part_id != part_id or not meta.done:
+        raise PromotionError(f"{source} is not the final checkpoint of {part_id} (it is "
+                             f"{meta.part_id}, step {meta.step}, done={meta.done})")
+    dest = paths.checkpoints / paths.promoted_name(seq, part_id)
+    faults.point("promote.before-rename")
+    os.rename(source, dest)
+    fsync_dir(paths.checkpoints)
+    fsync_dir(source.parent)
+    faults.point("promote.after-rename")
+    set_latest(paths, dest.name)
+    return dest, meta
+
+
+def set_latest(paths: RunPaths, name: str) -> None:
+    atomic_write_text(paths.latest, name + "\n", fault="latest")
+
+
+def find_promoted(paths: RunPaths, part_id: str) -> Path | None:
+    """The promoted folder of a part, if promotion got as far as the rename."""
+    for folder in promoted_folders(paths):
+        try:
+            if read_meta(folder).part_id == part_id:
+                return folder
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def promoted_folders(paths: RunPaths) -> list[Path]:
+    """Promoted folders in promotion order."""
+    if not paths.checkpoints.is_dir():
+        return []
+    found = [p for p in paths.checkpoints.iterdir() if p.is_dir() and PROMOTED_RE.match(p.name)]
+    return sorted(found, key=lambda p: int(PROMOTED_RE.match(p.name).group(1)))
+
+
+def seq_of(folder: Path) -> int:
+    return int(PROMOTED_RE.match(folder.name).group(1))
+
+
+def clear_scratch(paths: RunPaths, work_root: Path) -> None:
+    """Delete a finished part's scratch; anything the worker quarantined moves to the run's."""
+    wq = work_root / "quarantine"
+    if wq.is_dir():
+        for item in list(wq.iterdir()):
+            if not item.name.endswith(NOTE_SUFFIX):
+                quarantine(paths, item, f"quarantined by the worker of {work_root.name}: {note_of(item)}")
+    if work_root.exists():
+        shutil.rmtree(work_root)
+        fsync_dir(work_root.parent)
+    try:
+        work_root.parent.rmdir()  # the stage's folder, once its last part is gone
+    except OSError:
+        pass
+
+
+def roll_back(paths: RunPaths, state: ChainState, reason: str) -> tuple[PartState, Path | str]:
+    """The newest promoted checkpoint is damaged: quarantine it and queue its part to train
+    again from the one before (returns the part and where the folder went). The caller
+    saves the state."""
+    latest = state.latest_checkpoint
+    owner = next(p for p in state.parts if p.checkpoint == latest)
+    folder = paths.root / latest
+    where = quarantine(paths, folder, f"promoted checkpoint of {owner.id}: {reason}") if folder.exists() else "nowhere"
+    before = max((p for p in state.parts if p.status == "done" and p is not owner), key=lambda p: p.seq, default=None)
+    owner.status, owner.checkpoint, owner.seq, owner.tokens = "pending", None, None, 0
+    state.latest_checkpoint = before.checkpoint if before else None
+    state.global_tokens = read_meta(paths.root / before.checkpoint).global_tokens if before else 0
+    if before:
+        set_latest(paths, Path(before.checkpoint).name)
+    else:
+        paths.latest.unlink(missing_ok=True)
+    return owner, where

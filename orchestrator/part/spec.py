@@ -1,0 +1,95 @@
+"""The resolved spec the daemon writes for a part: the last step of schedule -> worker.
+
+A part's spec is frozen once the part has a checkpoint of its own: retries and restarts
+reuse it, so an edit to the schedule takes effect at the next part boundary and a resumed
+part computes exactly what an uninterrupted one would. Before that nothing of the part is
+kept, and the spec is made afresh from the current state (so a starting checkpoint that
+was found damaged and trained again is the one used). Only the daemon's own overrides
+after failures (micro-batch after OOM, skipped windows and LR scale after non-finite
+losses) change a frozen spec.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from orchestrator.chain.plan import ChainPlan, PartPlan
+from orchestrator.chain.state import ChainState, PartState
+from runtime.atomic import read_json
+from runtime.checkpoint import step_dirs
+from runtime.paths import RunPaths, WorkPaths
+from runtime.spec import EvalSpec, ValSet, WorkerSpec
+from runtime.workerfiles import write_model
+
+
+def _frozen(work: WorkPaths, part_id: str) -> WorkerSpec | None:
+    if not step_dirs(work.checkpoints):
+        return None
+    try:
+        spec = WorkerSpec.model_validate(read_json(work.spec))
+    except (OSError, ValueError, ValidationError):
+        return None
+    return spec if spec.part_id == part_id else None
+
+
+def fresh(plan: ChainPlan, pp: PartPlan, state: ChainState, paths: RunPaths) -> WorkerSpec:
+    train = pp.train
+    if train.cpu_threads is None and train.device in ("auto", "cpu"):
+        # Fixed in the spec so that every attempt of the part computes identically; several
+        # processes (train.gpus on a machine without CUDA) divide the cores between them.
+        train = train.model_copy(update={"cpu_threads": max(1, len(os.sched_getaffinity(0)) // train.gpus)})
+    return WorkerSpec(
+        part_id=pp.id, stage=pp.stage, work_dir=paths.work(pp.id).root, data=pp.data, val=pp.val,
+        epochs=pp.epochs,
+        init_checkpoint=paths.root / state.latest_checkpoint if state.latest_checkpoint else None,
+        model=state.model or plan.model, tokenizer_sha256=plan.tokenizer_sha256, train=train,
+        token_offset=state.global_tokens, chain_total_tokens=plan.lr_total_tokens(),
+    )
+
+
+def write(plan: ChainPlan, pp: PartPlan, part: PartState, state: ChainState, paths: RunPaths,
+          sensor_file: Path | None) -> WorkerSpec:
+    work = paths.work(pp.id)
+    spec = _frozen(work, pp.id) or fresh(plan, pp, state, paths)
+    o = part.overrides
+    train = spec.train.model_copy(update={
+        "micro_batch": o.micro_batch or spec.train.micro_batch,
+        "grad_accum": o.grad_accum or spec.train.grad_accum,
+    })
+    # Guard and evaluation settings are operational, not part of the training math: always current.
+    spec = spec.model_copy(update={"train": train, "lr_scale": o.lr_scale, "skip_windows": list(o.skip_windows),
+                                   "disk_margin_gb": plan.schedule.guard.disk_margin_gb, "sensor_file": sensor_file,
+                                   "eval": evaluation(plan, pp, state, paths)})
+    write_model(work.spec, spec, fault="spec")
+    return spec
+
+
+def evaluation(plan: ChainPlan, pp: PartPlan, state: ChainState, paths: RunPaths) -> EvalSpec | None:
+    """What the worker evaluates when this part ends: every k-th part of the chain and the last
+    one queued, on the validation split of every stage seen so far and of the next stage."""
+    cfg = plan.schedule.eval
+    tensorboard = paths.root / "tensorboard" if cfg.tensorboard else None
+    ids = [p.id for p in state.parts]
+    position = ids.index(pp.id) + 1 if pp.id in ids else len(ids)
+    due = cfg.every_parts > 0 and (position % cfg.every_parts == 0 or position == len(ids))
+    if not due and tensorboard is None:
+        return None
+    sets = []
+    if due:
+        stages = [name for name, _ in plan.stage_vals()]
+        upto = stages.index(pp.stage) + 2  # every stage seen so far, and the next one
+        sets = [ValSet(name=name, data=ref) for name, ref in plan.stage_vals()[:upto] if ref]
+    return EvalSpec(sets=sets, windows=cfg.windows, prompts=cfg.prompts if due else [],
+                    tokenizer=plan.tokenizer_path or _tokenizer_of(pp), max_tokens=cfg.max_tokens,
+                    temperature=cfg.temperature, top_k=cfg.top_k, seed=cfg.seed, tensorboard_dir=tensorboard)
+
+
+def _tokenizer_of(pp: PartPlan) -> Path | None:
+    """Where the part's tokenizer was when it was prepared, if it is still there."""
+    from runtime.tokens import load_manifest
+
+    recorded = load_manifest(pp.manifest).tokenizer.file
+    return Path(recorded) if recorded and Path(recorded).is_file() else None

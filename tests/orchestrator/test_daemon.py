@@ -1,0 +1,261 @@
+"""The daemon end to end: real daemon and worker subprocesses, real signals, real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import (
+    cli, events, make_chain, part_of, promotions, read_state, running_step, start_daemon, wait_for,
+)
+from tests.helpers import assert_bitwise_equal
+
+pytestmark = pytest.mark.slow
+
+PARTS = ["wiki/part-000", "wiki/part-001", "wiki/part-002", "domain/part-000", "domain/part-001", "domain/part-002"]
+TOKENS = 24000  # 187 optimizer steps a part: long enough to be killed in the middle
+ONE_STAGE = [{"name": "wiki", "parts": ["data/wiki"]}]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """A 2 x 3 chain run without interruption: its run directory."""
+    root = tmp_path_factory.mktemp("reference")
+    schedule = make_chain(root, tokens=TOKENS)
+    proc = start_daemon(schedule, root / "daemon.log", "--exit-when-done")
+    assert proc.wait(timeout=600) == 0, (root / "daemon.log").read_text()[-3000:]
+    return root / "runs" / "chain"
+
+
+def promoted(run: Path) -> dict[str, Path]:
+    return {part_of(read_state(run), pid)["id"]: run / part_of(read_state(run), pid)["checkpoint"] for pid in PARTS}
+
+
+def test_chain_of_two_stages_completes(reference):
+    state = read_state(reference)
+    assert [p["id"] for p in state["parts"]] == PARTS
+    assert all(p["status"] == "done" and p["attempts"] == 1 for p in state["parts"])
+    assert state["global_tokens"] == sum(p["tokens"] for p in state["parts"]) > 0
+    assert (reference / "checkpoints" / "LATEST").read_text().strip() == "0006-domain-part-002"
+    assert sorted(p.name for p in (reference / "checkpoints").iterdir()) == [
+        "0001-wiki-part-000", "0002-wiki-part-001", "0003-wiki-part-002", "0004-domain-part-000",
+        "0005-domain-part-001", "0006-domain-part-002", "LATEST"]
+    assert not any((reference / "work").iterdir()), "scratch left behind"
+    assert len(list((reference / "metrics").glob("*.jsonl"))) == 6
+    val = [p["val_loss"] for p in state["parts"][:3]]
+    assert val[2] < val[0]  # the chain learns across parts
+    status = json.loads(cli("status", "--json", "--run-dir", str(reference)).stdout)
+    assert [p["status"] for p in status["parts"]] == ["done"] * 6
+    assert status["parts"][0]["checkpoint"] == "checkpoints/0001-wiki-part-000"
+    assert status["daemon"]["state"] == "stopped" and status["current"] is None
+    assert (reference.stat().st_mode & 0o777) == 0o700
+
+
+def test_workers_and_daemon_killed_repeatedly_end_bitwise_equal(reference, tmp_path):
+    schedule = make_chain(tmp_path, tokens=TOKENS, train={"checkpoint_interval_s": 0.3})
+    run, log = tmp_path / "runs" / "chain", tmp_path / "daemon.log"
+    daemon = start_daemon(schedule, log, "--exit-when-done")
+    kills = []
+
+    def kill_worker(pid_: str, step: int) -> None:
+        wait_for(lambda: running_step(run, pid_) >= step, timeout=120, what=f"{pid_} step {step}")
+        os.kill(part_of(read_state(run), pid_)["worker_pid"], signal.SIGKILL)
+        kills.append(("worker", pid_))
+
+    def kill_daemon(pid_: str, step: int):
+        wait_for(lambda: running_step(run, pid_) >= step, timeout=120, what=f"{pid_} step {step}")
+        daemon.send_signal(signal.SIGKILL)
+        daemon.wait()
+        kills.append(("daemon", pid_))
+        return start_daemon(schedule, log, "--exit-when-done")
+
+    kill_worker("wiki/part-001", 60)
+    kill_worker("wiki/part-001", 120)  # the retried attempt, after it resumed
+    daemon = kill_daemon("wiki/part-002", 80)
+    kill_worker("domain/part-000", 50)
+    daemon = kill_daemon("domain/part-001", 100)
+    assert daemon.wait(timeout=600) == 0, log.read_text()[-3000:]
+
+    state = read_state(run)
+    assert all(p["status"] == "done" for p in state["parts"]) and len(kills) == 5
+    assert state["global_tokens"] == read_state(reference)["global_tokens"]
+    assert [p["tokens"] for p in state["parts"]] == [p["tokens"] for p in read_state(reference)["parts"]]
+    assert promotions(run) == {pid: 1 for pid in PARTS}, "a part was promoted twice or not at all"
+    assert part_of(state, "wiki/part-001")["attempts"] == 3
+    assert any(e["event"] == "worker-adopted" for e in events(run))
+    for pid_, folder in promoted(run).items():
+        assert_bitwise_equal(folder, promoted(reference)[pid_])
+
+
+def test_hot_edits_append_parts_and_refuse_invalid_ones(tmp_path):
+    stage = {"name": "wiki", "parts": ["data/wiki/part-000.bin", "data/wiki/part-001.bin"]}
+    schedule = make_chain(tmp_path, tokens=TOKENS, stages=[stage])
+    run = tmp_path / "runs" / "chain"
+    daemon = start_daemon(schedule, tmp_path / "daemon.log", "--exit-when-done")
+    wait_for(lambda: running_step(run, "wiki/part-000") >= 1, timeout=120, what="first part running")
+    good = json.loads(schedule.read_text())
+
+    def save_like_an_editor(text: str) -> None:  # write a temp file, rename it over the original
+        tmp = schedule.with_name(".schedule.json.swp")
+        tmp.write_text(text)
+        os.replace(tmp, schedule)
+
+    bad = dict(good, stagse=good["stages"])
+    save_like_an_editor(json.dumps(bad))
+    wait_for(lambda: read_state(run)["schedule"]["valid"] is False, what="the invalid edit refused")
+    assert "stagse: unknown field (did you mean 'stages'?)" in read_state(run)["schedule"]["error"]
+    status = json.loads(cli("status", "--json", "--run-dir", str(run)).stdout)
+    assert status["schedule"]["valid"] is False and "stagse" in status["schedule"]["error"]
+    assert daemon.poll() is None  # still running the chain
+
+    good["stages"][0]["parts"].append("data/wiki/part-002.bin")
+    save_like_an_editor(json.dumps(good))
+    wait_for(lambda: len(read_state(run)["parts"]) == 3 and read_state(run)["schedule"]["valid"], what="append")
+    assert daemon.wait(timeout=300) == 0
+    state = read_state(run)
+    assert [p["status"] for p in state["parts"]] == ["done"] * 3
+    kinds = [e["event"] for e in events(run)]
+    assert "schedule-refused" in kinds and "schedule-reloaded" in kinds
+
+
+def test_warm_stop_then_restart_and_a_second_daemon_is_refused(tmp_path):
+    schedule = make_chain(tmp_path, parts=1, tokens=2 * TOKENS, stages=ONE_STAGE)
+    run, log = tmp_path / "runs" / "chain", tmp_path / "daemon.log"
+    daemon = start_daemon(schedule, log)  # no --exit-when-done: it would idle when done
+    wait_for(lambda: read_state(run).get("daemon", {}).get("pid") == daemon.pid, what="the daemon up")
+    second = cli("run", "--schedule", str(schedule))
+    assert second.returncode == 1
+    assert f"another daemon (pid {daemon.pid}) is already running on {run}" in second.stderr
+    assert "Traceback" not in second.stderr
+
+    wait_for(lambda: running_step(run, "wiki/part-000") >= 40, timeout=120, what="training")
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(timeout=120) == 0
+    part = part_of(read_state(run), "wiki/part-000")
+    assert part["status"] == "pending" and read_state(run)["daemon"]["state"] == "stopped"
+    saved = sorted((run / "work" / "wiki" / "part-000" / "ckpt").glob("step-*"))
+    assert saved, "the warm stop left no checkpoint"
+    stopped_at = int(saved[-1].name.split("-")[1])
+    assert stopped_at >= 40
+
+    daemon = start_daemon(schedule, log)
+    wait_for(lambda: running_step(run, "wiki/part-000") > stopped_at, timeout=120, what="resumed training")
+    started = [e for e in events(run) if e["event"] == "part-started"]
+    assert f"resuming at step {stopped_at}" in started[-1]["message"]
+    out = cli("stop", "--run-dir", str(run))  # the CLI waits until the daemon has exited
+    assert out.returncode == 0, out.stderr
+    assert daemon.wait(timeout=10) == 0
+
+    daemon = start_daemon(schedule, log)  # a second signal: cold stop, the worker is killed
+    wait_for(lambda: running_step(run, "wiki/part-000") > stopped_at, timeout=120, what="training again")
+    worker_pid = part_of(read_state(run), "wiki/part-000")["worker_pid"]
+    os.kill(worker_pid, signal.SIGSTOP)  # a worker that cannot checkpoint now: the warm stop waits
+    daemon.send_signal(signal.SIGINT)
+    wait_for(lambda: events(run)[-1]["event"] == "daemon-stopping", what="the warm stop under way")
+    daemon.send_signal(signal.SIGINT)  # the impatient second Ctrl-C
+    assert daemon.wait(timeout=30) == 0
+    wait_for(lambda: not Path(f"/proc/{worker_pid}").exists(), what="the worker killed")
+    assert "second request" in events(run)[-2]["message"]
+    assert part_of(read_state(run), "wiki/part-000")["status"] == "pending"
+
+
+def test_hung_worker_is_killed_and_retried(tmp_path):
+    schedule = make_chain(tmp_path, parts=1, tokens=TOKENS,
+                          supervisor={"heartbeat_timeout_s": 6, "hung_grace_s": 1}, stages=ONE_STAGE)
+    run = tmp_path / "runs" / "chain"
+    daemon = start_daemon(schedule, tmp_path / "daemon.log", "--exit-when-done")
+    wait_for(lambda: running_step(run, "wiki/part-000") >= 20, timeout=120, what="training")
+    os.kill(part_of(read_state(run), "wiki/part-000")["worker_pid"], signal.SIGSTOP)  # frozen: no heartbeat
+    assert daemon.wait(timeout=300) == 0
+    kinds = [e["event"] for e in events(run)]
+    assert kinds.index("worker-hung") < kinds.index("worker-killed") < kinds.index("worker-failed")
+    part = part_of(read_state(run), "wiki/part-000")
+    assert part["status"] == "done" and part["attempts"] == 2
+
+
+def test_pause_resume_skip_retry_through_the_cli(tmp_path):
+    stage = {"name": "wiki", "parts": ["data/wiki/part-*.bin"]}
+    schedule = make_chain(tmp_path, tokens=TOKENS, stages=[stage])
+    run = tmp_path / "runs" / "chain"
+    daemon = start_daemon(schedule, tmp_path / "daemon.log", "--exit-when-done")
+    wait_for(lambda: running_step(run, "wiki/part-000") >= 10, timeout=120, what="training")
+
+    out = cli("pause", "--reason", "testing", "--run-dir", str(run))
+    assert out.returncode == 0 and "is paused" in out.stdout, out.stderr
+    step = running_step(run, "wiki/part-000")
+    hb = run / "work" / "wiki" / "part-000" / "heartbeat.json"
+    first = json.loads(hb.read_text())["time"]
+    wait_for(lambda: json.loads(hb.read_text())["time"] > first + 0.5, what="heartbeats while paused")
+    assert running_step(run, "wiki/part-000") == step
+    status = json.loads(cli("status", "--json", "--run-dir", str(run)).stdout)
+    assert status["paused"]["user"]["reason"] == "testing" and status["daemon"]["state"] == "paused"
+
+    assert cli("skip", "part-001", "--run-dir", str(run)).returncode == 0
+    refused = cli("retry", "wiki/part-000", "--run-dir", str(run))
+    assert refused.returncode == 1 and "is running" in refused.stderr
+    assert cli("resume", "--run-dir", str(run)).returncode == 0
+    wait_for(lambda: running_step(run, "wiki/part-000") > step, what="training resumed")
+    assert daemon.wait(timeout=300) == 0
+    assert [p["status"] for p in read_state(run)["parts"]] == ["done", "skipped", "done"]
+
+    out = cli("retry", "part-001", "--run-dir", str(run))  # no daemon: applied to state.json directly
+    assert out.returncode == 0 and "no daemon is running" in out.stdout
+    assert start_daemon(schedule, tmp_path / "daemon.log", "--exit-when-done").wait(timeout=300) == 0
+    assert [p["status"] for p in read_state(run)["parts"]] == ["done", "done", "done"]
+
+
+def test_oom_halves_the_micro_batch_and_nonfinite_skips_the_window(tmp_path):
+    schedule = make_chain(tmp_path, parts=1, tokens=6000, stages=ONE_STAGE)
+    run = tmp_path / "runs" / "chain"
+    faults = {"ORCHESTRATOR_FAULT_OOM_ABOVE_MICRO_BATCH": "2", "ORCHESTRATOR_FAULT_NAN_AT_CURSOR": "100"}
+    daemon = start_daemon(schedule, tmp_path / "daemon.log", "--exit-when-done", extra_env=faults)
+    assert daemon.wait(timeout=300) == 0, (tmp_path / "daemon.log").read_text()[-3000:]
+    part = part_of(read_state(run), "wiki/part-000")
+    assert part["status"] == "done"
+    assert part["overrides"]["micro_batch"] == 2 and part["overrides"]["grad_accum"] == 4
+    (start, end), = part["overrides"]["skip_windows"]
+    assert start <= 100 < end and end - start == 8  # one optimizer step's windows
+    assert part["tokens"] == (374 // 2 * 2 - 8) * 16  # every whole micro-batch, minus the skipped step
+    kinds = [e["event"] for e in events(run)]
+    assert kinds.index("oom-retry") < kinds.index("nonfinite-rollback") < kinds.index("part-done")
+
+
+def test_lost_state_is_rebuilt_without_retraining(reference, tmp_path):
+    run = tmp_path / "runs" / "chain"
+    shutil.copytree(reference.parent.parent / "data", tmp_path / "data")
+    shutil.copy(reference.parent.parent / "schedule.json", tmp_path / "schedule.json")
+    shutil.copytree(reference, run)
+    (run / "state.json").unlink()
+    before = len(events(run))
+    daemon = start_daemon(tmp_path / "schedule.json", tmp_path / "daemon.log", "--exit-when-done")
+    assert daemon.wait(timeout=60) == 0
+    state, ref = read_state(run), read_state(reference)
+    assert [(p["id"], p["status"], p["tokens"], p["checkpoint"]) for p in state["parts"]] == \
+           [(p["id"], p["status"], p["tokens"], p["checkpoint"]) for p in ref["parts"]]
+    assert state["global_tokens"] == ref["global_tokens"]
+    new = [e["event"] for e in events(run)[before:]]
+    assert "state-rebuilt" in new and "part-started" not in new
+
+
+def test_systemd_notifications_over_a_real_socket(tmp_path):
+    schedule = make_chain(tmp_path, parts=1, tokens=2000, stages=ONE_STAGE)
+    sock_path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(sock_path))
+        sock.settimeout(60)
+        daemon = start_daemon(schedule, tmp_path / "daemon.log", "--exit-when-done",
+                              extra_env={"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "400000"})
+        messages = []
+        while not any("STOPPING=1" in m for m in messages):
+            messages.append(sock.recv(4096).decode())
+        assert daemon.wait(timeout=60) == 0
+    fields = [f for m in messages for f in m.split("\n")]
+    assert "READY=1" in fields and "WATCHDOG=1" in fields and f"MAINPID={daemon.pid}" in fields
+    assert any(f.startswith("STATUS=") for f in fields)
+    assert fields.index("READY=1") < fields.index("STOPPING=1")

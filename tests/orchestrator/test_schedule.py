@@ -1,0 +1,239 @@
+"""Schedules a user gets wrong: one clear message each through the real CLI, exit 1, no traceback."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from orchestrator.part.policy import decide, smaller_batch
+from orchestrator.chain.schedule import SupervisorConfig
+from orchestrator.chain.state import PartState
+from runtime.workerfiles import ErrorReport
+from tests.helpers import REPO, cli, make_chain, make_token_dir
+
+
+@pytest.fixture
+def chain(tmp_path) -> Path:
+    return make_chain(tmp_path, parts=2, tokens=800)
+
+
+def edit(schedule: Path, change) -> Path:
+    """Write the original schedule with one change (each edit starts from the original)."""
+    original = schedule.with_name("original.json.txt")
+    if not original.exists():
+        original.write_text(schedule.read_text())
+    raw = json.loads(original.read_text())
+    change(raw)
+    schedule.write_text(json.dumps(raw))
+    return schedule
+
+
+def refused(*args: str, cwd: Path | None = None) -> str:
+    out = cli(*args, cwd=cwd)
+    assert out.returncode == 1, (out.stdout, out.stderr)
+    assert "Traceback" not in out.stderr
+    return out.stderr
+
+
+def test_a_good_schedule_validates(chain):
+    out = cli("validate", str(chain))
+    assert out.returncode == 0, out.stderr
+    assert "valid: 2 stages, 4 parts" in out.stdout
+
+
+def test_invalid_json_names_line_and_column(chain):
+    chain.write_text('{"name": "x",\n  "stages": [\n}')
+    err = refused("validate", str(chain))
+    assert f"{chain}: invalid schedule" in err and "line 3 column 1: not valid JSON" in err
+
+
+def test_wrong_types_and_unknown_keys_name_their_path_with_a_hint(chain):
+    def change(raw):
+        raw["train"]["micro_batch"] = "eight"
+        raw["train"]["lr_shedule"] = "cosine"
+        raw["stages"][1]["trian"] = {}
+    err = refused("validate", str(edit(chain, change)))
+    assert "train.micro_batch: Input should be a valid integer" in err
+    assert "train.lr_shedule: unknown field (did you mean 'lr_schedule'?)" in err
+    assert "stages[1].trian: unknown field (did you mean 'train'?)" in err
+
+
+def test_model_errors_name_the_field(chain):
+    err = refused("validate", str(edit(chain, lambda raw: raw["model"].update(n_head=3))))
+    assert "model.n_head: 3 heads do not divide n_embd=32" in err
+    err = refused("validate", str(edit(chain, lambda raw: raw["model"].update(block_size=64))))
+    assert "model.block_size: 64, but" in err and "prepare again with --block-size 64" in err
+
+
+def test_missing_parts_duplicates_and_empty_stages(chain):
+    err = refused("validate", str(edit(chain, lambda raw: raw["stages"][0].update(parts=["data/nope/*.bin"]))))
+    assert "stages[0].parts[0]: 'data/nope/*.bin' matches no file (paths are relative to" in err
+    err = refused("validate", str(edit(chain, lambda raw: raw["stages"][0].update(
+        parts=["data/wiki/part-000.bin", "data/wiki/part-*.bin"]))))
+    assert "part wiki/part-000 appears twice" in err
+    err = refused("validate", str(edit(chain, lambda raw: raw["stages"][0].update(parts=[]))))
+    assert "stages[0].parts: List should have at least 1 item" in err
+    err = refused("validate", str(edit(chain, lambda raw: raw["stages"][1].update(name="wiki"))))
+    assert "stage name 'wiki' is used twice" in err
+    err = refused("validate", str(edit(chain, lambda raw: raw["stages"][1]["train"].update(warmup_tokens=5))))
+    assert "train.warmup_tokens shapes the whole chain's learning-rate curve" in err
+
+
+def test_parts_from_another_tokenizer_are_refused(chain):
+    other = make_token_dir(chain.parent / "data" / "other", parts=1, tokens=800)
+    raw = json.loads(other.read_text())
+    raw["tokenizer"]["sha256"] = "1" * 64
+    other.write_text(json.dumps(raw))
+    err = refused("validate", str(edit(chain, lambda r: r["stages"].append({"name": "other", "parts": ["data/other"]}))))
+    assert f"{other}: made with a different tokenizer" in err
+
+
+def test_missing_schedule_and_unwritable_run_dir(chain, tmp_path):
+    err = refused("run", "--schedule", str(tmp_path / "nope.json"))
+    assert f"{tmp_path / 'nope.json'}: no such schedule file" in err
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    err = refused("run", "--schedule", str(chain), "--run-dir", str(blocker / "run"))
+    assert f"{blocker / 'run'}: the run directory cannot be created or written" in err
+
+
+def test_a_model_that_does_not_match_the_run_is_refused_and_nothing_is_touched(chain):
+    run = chain.parent / "runs" / "chain"
+    run.mkdir(parents=True)
+    state = {"name": "chain", "model": {"vocab_size": 64, "block_size": 16, "n_layer": 4, "n_head": 2,
+                                        "n_embd": 32, "dropout": 0.0, "bias": False},
+             "schedule": {"path": str(chain)}}
+    (run / "state.json").write_text(json.dumps(state))
+    before = (run / "state.json").read_text()
+    err = refused("run", "--schedule", str(chain))
+    assert "the model differs from the one this chain trains (n_layer 4 -> 2)" in err
+    assert (run / "state.json").read_text() == before
+
+
+def test_schema_is_json_schema_with_descriptions():
+    out = cli("schema")
+    schema = json.loads(out.stdout)
+    assert schema["additionalProperties"] is False
+    assert "preset" in schema["properties"]["model"]["properties"]
+    train = schema["$defs"]["TrainConfig"]["properties"]
+    assert "learning" in train["lr_schedule"]["description"].lower() or train["lr_schedule"]["description"]
+
+
+def test_commands_without_a_run_say_so(tmp_path):
+    err = refused("status", "--run-dir", str(tmp_path / "none"))
+    assert "no chain has run here yet" in err
+    (tmp_path / "none").mkdir()
+    (tmp_path / "none" / "state.json").write_text("{}")
+    err = refused("pause", "--run-dir", str(tmp_path / "none"))
+    assert "no daemon is running on" in err
+
+
+def test_status_never_imports_torch(chain):
+    code = ("import sys, runpy; sys.argv = ['orchestrator', 'status', '--run-dir', sys.argv[1]]; "
+            "from orchestrator.cli import main; main(); assert 'torch' not in sys.modules, 'torch imported'")
+    run = chain.parent / "runs" / "chain"
+    run.mkdir(parents=True)
+    (run / "state.json").write_text(json.dumps({"name": "chain", "parts": [], "schedule": {"path": str(chain)}}))
+    import subprocess
+    from tests.helpers import REPO, env
+
+    out = subprocess.run([sys.executable, "-c", code, str(run)], capture_output=True, text=True, env=env(), cwd=REPO)
+    assert out.returncode == 0, out.stderr
+
+
+# -- the retry policy, a pure function ----------------------------------------------------
+
+
+SUP = SupervisorConfig(max_attempts=3, backoff_s=10, backoff_max_s=25, max_nonfinite=2)
+
+
+def part(**kw) -> PartState:
+    return PartState(id="s/p", stage="s", file="f", sha256="x", **kw)
+
+
+def test_policy_promotes_relaunches_and_backs_off():
+    assert decide(0, True, None, False, False, part(), 8, 1, SUP).action == "promote"
+    assert decide(-15, True, None, False, False, part(), 8, 1, SUP).action == "promote"
+    assert decide(75, False, None, False, False, part(), 8, 1, SUP).action == "relaunch"
+    first = decide(1, False, None, False, False, part(), 8, 1, SUP)
+    assert (first.action, first.backoff_s, first.failures) == ("retry", 10, 1)
+    second = decide(-9, False, None, False, False, part(failures=1), 8, 1, SUP)
+    assert (second.backoff_s, second.failures) == (20, 2)
+    assert decide(-9, False, None, False, True, part(failures=2), 8, 1, SUP).failures == 1  # progress resets
+    last = decide(1, False, None, False, False, part(failures=2), 8, 1, SUP)
+    assert last.action == "fail" and "3 times in a row" in last.reason
+
+
+def test_policy_bad_input_fails_at_once_and_hangs_count_as_failures():
+    bad = ErrorReport(kind="bad_input", message="part-000.bin: truncated", retryable=False)
+    d = decide(1, False, bad, False, False, part(), 8, 1, SUP)
+    assert d.action == "fail" and d.reason == "part-000.bin: truncated"
+    assert decide(75, False, None, True, False, part(), 8, 1, SUP).action == "retry"
+
+
+def test_policy_oom_keeps_the_effective_batch():
+    assert smaller_batch(8, 2) == (4, 4)
+    assert smaller_batch(6, 1) == (3, 2)
+    assert smaller_batch(3, 1) == (1, 3)
+    assert smaller_batch(1, 8) is None
+    d = decide(90, False, ErrorReport(kind="oom", message="oom"), False, False, part(), 8, 2, SUP)
+    assert (d.action, d.overrides.micro_batch, d.overrides.grad_accum) == ("relaunch", 4, 4)
+    assert decide(90, False, None, False, False, part(), 1, 8, SUP).action == "fail"
+
+
+def test_policy_nonfinite_skips_then_lowers_the_lr_then_gives_up():
+    err = ErrorReport(kind="nonfinite", message="nan", window_range=(16, 24))
+    first = decide(91, False, err, False, False, part(), 4, 2, SUP)
+    assert first.overrides.skip_windows == [(16, 24)] and first.overrides.lr_scale == 1.0
+    p = part(nonfinite=1, overrides=first.overrides)
+    second = decide(91, False, err, False, False, p, 4, 2, SUP)
+    assert second.overrides.lr_scale == 0.5 and len(second.overrides.skip_windows) == 2
+    assert decide(91, False, err, False, False, part(nonfinite=2), 4, 2, SUP).action == "fail"
+
+
+def test_install_service_writes_a_unit_systemd_accepts(chain, tmp_path):
+    import shutil
+    import subprocess
+
+    unit = tmp_path / "orchestrator-chain.service"
+    out = cli("install-service", "--schedule", str(chain), "--output", str(unit))
+    assert out.returncode == 0, out.stderr
+    text = unit.read_text()
+    for line in ("Type=notify", "WatchdogSec=120", "Restart=on-failure", "KillMode=mixed",
+                 "TimeoutStopSec=360", f"--schedule {chain} --run-dir {chain.parent / 'runs' / 'chain'}",
+                 "NoNewPrivileges=yes", "ProtectSystem=strict", f"ReadWritePaths={chain.parent / 'runs' / 'chain'}"):
+        assert line in text, line
+    assert "enable --now orchestrator-chain.service" in out.stdout
+    if shutil.which("systemd-analyze"):
+        check = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+        problems = [l for l in check.stderr.splitlines() if str(unit) in l and "Unknown" in l]
+        assert not problems, check.stderr
+
+
+def test_every_schedule_field_is_documented():
+    from model.config import FIELDS
+    from orchestrator.chain.schedule import EvalConfig, GuardConfig, Schedule, Stage, SupervisorConfig
+    from runtime.spec import TrainConfig
+
+    doc = (REPO / "docs" / "schedule.md").read_text()
+    for cls in (Schedule, Stage, TrainConfig, GuardConfig, SupervisorConfig, EvalConfig):
+        for name in cls.model_fields:
+            assert f"`{name}`" in doc, f"{cls.__name__}.{name} is missing from docs/schedule.md"
+    for name in FIELDS:
+        assert f"`{name}`" in doc, f"model.{name} is missing from docs/schedule.md"
+
+
+def test_the_shipped_example_schedules_are_valid():
+    """The examples in schedules/ name data the user prepares first; everything else in them
+    must be a valid schedule and model (so they do not drift from the schema)."""
+    from model.config import config_from_dict
+    from orchestrator.chain.schedule import Schedule
+
+    examples = sorted((REPO / "schedules").glob("*.json"))
+    assert examples
+    for path in examples:
+        schedule = Schedule.model_validate_json(path.read_text())
+        config_from_dict({**schedule.model, "vocab_size": 16000})

@@ -1,0 +1,232 @@
+"""The worker as a real subprocess: training, exact resume after SIGKILL, stop, pause, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from runtime.atomic import atomic_write_json, read_json
+from runtime.checkpoint import step_dirs, verify
+from runtime.workerfiles import EXIT_DONE, EXIT_ERROR, EXIT_NONFINITE, EXIT_STOPPED, Heartbeat, read_model
+from tests.helpers import (
+    assert_bitwise_equal, make_token_dir, result_checkpoint, run_worker, start_worker, wait_for, write_spec,
+)
+
+FAST_CKPT = {"checkpoint_interval_s": 0.25}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_token_dir(tmp_path_factory.mktemp("data"), parts=2, tokens=40000)
+
+
+@pytest.fixture(scope="module")
+def reference(data, tmp_path_factory) -> Path:
+    """part-000 trained without interruption: the final checkpoint folder."""
+    root = tmp_path_factory.mktemp("reference")
+    spec = write_spec(root / "spec.json", data, "part-000", root / "work")
+    assert run_worker(spec, root / "worker.log") == EXIT_DONE, (root / "worker.log").read_text()
+    return root / "work" / read_json(root / "work" / "result.json")["checkpoint"]
+
+
+def heartbeat(work: Path) -> Heartbeat | None:
+    return read_model(work / "heartbeat.json", Heartbeat)
+
+
+def test_part_trains_loss_falls_and_reports(data, reference):
+    work = reference.parent.parent
+    result = read_json(work / "result.json")
+    metrics = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
+    assert result["step"] == len(metrics) == metrics[-1]["step"]
+    assert result["part_tokens"] == 2499 // 4 * 4 * 16  # whole micro-batches of 4 windows x 16 tokens
+    assert metrics[-1]["loss"] < metrics[0]["loss"] - 1.0
+    assert result["val_loss"] < 3.0  # the bigram table is learnable: ln(64) = 4.16 at random
+    assert heartbeat(work).phase == "done"
+    assert verify(reference).ok
+    assert [p.name for _s, p in step_dirs(work / "ckpt")] == [reference.name]
+
+
+def test_sigkill_at_random_steps_resumes_bitwise_exact(data, reference, tmp_path):
+    spec = write_spec(tmp_path / "spec.json", data, "part-000", tmp_path / "work", train=FAST_CKPT)
+    log = tmp_path / "worker.log"
+    rng = random.Random(7)
+    targets = sorted(rng.sample(range(20, 290), 4))  # of 312 steps
+    kills = 0
+    for target in targets:
+        proc = start_worker(spec, log)
+        wait_for(lambda: proc.poll() is not None or ((hb := heartbeat(tmp_path / "work")) and hb.step >= target),
+                 timeout=120, what=f"step {target}")
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            kills += 1
+    assert kills >= 3
+    assert run_worker(spec, log) == EXIT_DONE, log.read_text()[-2000:]
+    assert log.read_text().count("resuming from step-") >= 3
+    assert_bitwise_equal(result_checkpoint(tmp_path / "work"), reference)
+
+
+@pytest.mark.parametrize("point", ["checkpoint.files-written@2", "checkpoint.manifest.before-rename@3"])
+def test_killed_inside_a_save_resumes_bitwise_exact(data, reference, tmp_path, point):
+    spec = write_spec(tmp_path / "spec.json", data, "part-000", tmp_path / "work", train=FAST_CKPT)
+    log = tmp_path / "worker.log"
+    rc = run_worker(spec, log, extra_env={"ORCHESTRATOR_FAULT": point})
+    assert rc == -signal.SIGKILL
+    assert run_worker(spec, log) == EXIT_DONE, log.read_text()[-2000:]
+    assert_bitwise_equal(result_checkpoint(tmp_path / "work"), reference)
+    assert not list((tmp_path / "work" / "ckpt").glob(".step-*")), "temporary folders left behind"
+
+
+def test_sigterm_checkpoints_then_exits_75_and_resume_is_exact(data, reference, tmp_path):
+    work = tmp_path / "work"
+    spec = write_spec(tmp_path / "spec.json", data, "part-000", work)  # no periodic checkpoint
+    log = tmp_path / "worker.log"
+    proc = start_worker(spec, log)
+    wait_for(lambda: (hb := heartbeat(work)) and hb.step >= 100, what="step 100")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == EXIT_STOPPED
+    saved = step_dirs(work / "ckpt")
+    assert len(saved) == 1 and saved[0][0] >= 100 and verify(saved[0][1]).ok
+    assert run_worker(spec, log) == EXIT_DONE
+    assert_bitwise_equal(result_checkpoint(work), reference)
+
+
+def test_damaged_newest_checkpoint_is_quarantined_and_older_one_used(data, reference, tmp_path):
+    work = tmp_path / "work"
+    spec = write_spec(tmp_path / "spec.json", data, "part-000", work, train=FAST_CKPT)
+    log = tmp_path / "worker.log"
+    proc = start_worker(spec, log)
+    wait_for(lambda: len(step_dirs(work / "ckpt")) >= 2, what="two checkpoints")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    newest = step_dirs(work / "ckpt")[0][1]
+    with open(newest / "model.pt", "r+b") as f:  # flip one byte in the middle
+        f.seek(f.seek(0, os.SEEK_END) // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    assert run_worker(spec, log) == EXIT_DONE
+    assert f"skipping checkpoint {newest.name}: model.pt fails its sha256 checksum" in log.read_text()
+    assert any(p.name.endswith(newest.name) for p in (work / "quarantine").iterdir())
+    assert_bitwise_equal(result_checkpoint(work), reference)
+
+
+def test_pause_stops_steps_and_resume_continues(data, tmp_path):
+    work = tmp_path / "work"
+    spec = write_spec(tmp_path / "spec.json", data, "part-000", work)
+    proc = start_worker(spec, tmp_path / "worker.log")
+    wait_for(lambda: (hb := heartbeat(work)) and hb.step >= 20, what="training")
+    atomic_write_json(work / "control.json", {"seq": 1, "pause": True, "reason": "test", "checkpoint": 1})
+    hb = wait_for(lambda: (hb := heartbeat(work)) and hb.phase == "paused" and hb.control_seq == 1 and hb, what="pause")
+    paused_step = hb.step
+    assert hb.paused_reason == "test"
+    assert hb.last_checkpoint_step == paused_step  # checkpoint requested with the pause
+    # Still paused after several heartbeats: the step counter does not move.
+    later = wait_for(lambda: (h := heartbeat(work)) and h.time > hb.time + 1.0 and h, what="heartbeats while paused")
+    assert later.phase == "paused" and later.step == paused_step
+    atomic_write_json(work / "control.json", {"seq": 2, "pause": False, "checkpoint": 1})
+    wait_for(lambda: (h := heartbeat(work)) and h.step > paused_step, what="resume")
+    assert proc.wait(timeout=120) == EXIT_DONE
+    assert read_json(work / "result.json")["paused_seconds"] >= 1.0
+
+
+def test_continues_from_a_starting_checkpoint(data, reference, tmp_path):
+    work = tmp_path / "work"
+    offset = read_json(reference / "meta.json")["global_tokens"]
+    spec = write_spec(tmp_path / "spec.json", data, "part-001", work, init_checkpoint=str(reference),
+                      token_offset=offset)
+    assert run_worker(spec, tmp_path / "worker.log") == EXIT_DONE
+    result = read_json(work / "result.json")
+    assert result["global_tokens"] == offset + result["part_tokens"]
+    steps_before = torch.load(reference / "optim.pt", weights_only=True)["optimizer"]["state"][0]["step"]
+    steps_after = torch.load(result_checkpoint(work) / "optim.pt", weights_only=True)["optimizer"]["state"][0]["step"]
+    assert steps_after == steps_before + result["step"]  # optimizer state carried over
+
+
+def test_nonfinite_loss_exits_91_naming_the_window(data, tmp_path):
+    work = tmp_path / "work"
+    spec = write_spec(tmp_path / "spec.json", data, "part-000", work,
+                      train={"lr": 1e6, "grad_clip": 0, "warmup_tokens": 0})
+    assert run_worker(spec, tmp_path / "worker.log") == EXIT_NONFINITE
+    report = read_json(work / "error.json")
+    assert report["kind"] == "nonfinite"
+    start, end = report["window_range"]
+    assert end - start == 8  # one optimizer step: micro_batch 4 x grad_accum 2
+
+
+# -- bad input: one clear message, exit 1, nothing damaged ---------------------------------
+
+
+def _bad_run(tmp_path, spec) -> tuple[int, str]:
+    log = tmp_path / "worker.log"
+    rc = run_worker(spec, log)
+    return rc, log.read_text()
+
+
+def test_missing_and_truncated_token_files(data, tmp_path):
+    folder = tmp_path / "data"
+    manifest = make_token_dir(folder, parts=1, tokens=2000)
+    spec = write_spec(tmp_path / "spec.json", manifest, "part-000", tmp_path / "work")
+    with open(folder / "part-000.bin", "r+b") as f:
+        f.truncate(1000)
+    rc, out = _bad_run(tmp_path, spec)
+    assert rc == EXIT_ERROR
+    assert f"{folder / 'part-000.bin'}: truncated: 1000 bytes, expected 4000" in out
+    assert "Traceback" not in out
+    assert read_json(tmp_path / "work" / "error.json")["retryable"] is False
+    (folder / "part-000.bin").unlink()
+    rc, out = _bad_run(tmp_path, spec)
+    assert rc == EXIT_ERROR and "part-000.bin: missing" in out
+
+
+def test_tokenizer_mismatch_and_unknown_spec_key(data, tmp_path):
+    spec = write_spec(tmp_path / "spec.json", data, "part-000", tmp_path / "work", tokenizer_sha256="f" * 64)
+    rc, out = _bad_run(tmp_path, spec)
+    assert rc == EXIT_ERROR and "made with a different tokenizer" in out and str(data) in out
+    spec = write_spec(tmp_path / "spec2.json", data, "part-000", tmp_path / "work", train={"micro_btach": 2})
+    rc, out = _bad_run(tmp_path, spec)
+    assert rc == EXIT_ERROR and "train.micro_btach: unknown field (did you mean 'micro_batch'?)" in out and "spec2.json" in out
+
+
+def test_checkpoint_of_another_model_shape_is_refused(data, reference, tmp_path):
+    work = tmp_path / "work"
+    spec = write_spec(tmp_path / "spec.json", data, "part-001", work, init_checkpoint=str(reference),
+                      model={"vocab_size": 64, "block_size": 16, "n_layer": 3, "n_head": 2, "n_embd": 32})
+    before = sorted(p.name for p in reference.iterdir())
+    rc, out = _bad_run(tmp_path, spec)
+    assert rc == EXIT_ERROR
+    assert "made for a different model (n_layer: checkpoint 2 vs spec 3)" in out
+    assert sorted(p.name for p in reference.iterdir()) == before and verify(reference).ok
+    assert not step_dirs(work / "ckpt")
+
+
+# -- on a real GPU (skipped without one) ---------------------------------------------------------
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("compile_", [False, True])
+def test_a_part_trains_and_resumes_on_cuda(data, tmp_path, compile_):
+    work = tmp_path / "work"
+    spec = write_spec(tmp_path / "spec.json", data, "part-000", work,
+                      train={"device": "cuda", "compile": compile_, **FAST_CKPT})
+    log = tmp_path / "worker.log"
+    proc = start_worker(spec, log)
+    wait_for(lambda: (hb := heartbeat(work)) and hb.step >= 50, timeout=300, what="training on CUDA")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert run_worker(spec, log, timeout=600) == EXIT_DONE, log.read_text()[-3000:]
+    text = log.read_text()
+    assert "resuming from step-" in text and ("compiled" in text) == compile_
+    major = torch.cuda.get_device_capability()[0]
+    assert heartbeat(work).precision == ("bf16" if major >= 8 else "fp16" if major == 7 else "fp32")
+    metrics = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["loss"] < metrics[0]["loss"] - 1.0
