@@ -9,7 +9,6 @@ the promoted checkpoints, and the worker's own checkpoints.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import logging
 import os
@@ -17,6 +16,7 @@ import signal
 import threading
 import time
 from collections import deque
+from enum import Enum
 from pathlib import Path
 
 from orchestrator.chain import reconcile
@@ -30,17 +30,24 @@ from orchestrator.daemon.notify import Notifier
 from orchestrator.records.rundir import default_for
 from orchestrator.chain.schedule import load as load_schedule
 from orchestrator.part.runner import PartRunner
-from orchestrator.chain.state import DaemonState, PauseState, ScheduleState
+from orchestrator.chain.state import DaemonPhase, DaemonState, PauseState, ScheduleState
 from orchestrator.chain.state import save as save_state
 from orchestrator.daemon.watcher import ScheduleWatcher
+from runtime.atomic import DISK_FULL
 from runtime.lockfile import LockFile, Locked
 from runtime.paths import RunPaths
 from runtime.workerfiles import Control, write_model
 
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 TICK_S = 0.5
 DEBOUNCE_S = 0.3  # let an editor finish saving before reading the schedule
 STAT_CHECK_S = 10.0  # fallback check of the schedule's mtime, for filesystems without inotify
+
+
+class Stop(Enum):
+    WARM = "warm"
+    """The worker checkpoints, then the daemon exits (the first SIGTERM/SIGINT, or `stop`)."""
+    COLD = "cold"
+    """The worker is killed now (a second signal); it resumes from its last checkpoint."""
 
 
 class Daemon:
@@ -50,7 +57,7 @@ class Daemon:
         self.exit_when_done = exit_when_done
         self.wake = threading.Event()
         self.signals: deque[int] = deque()
-        self.stopping: str | None = None  # None, "warm" or "cold"
+        self.stopping: Stop | None = None
         self.exit_code: int | None = None
         self.changed_at: float | None = None
         self.reload_requested = False
@@ -89,7 +96,7 @@ class Daemon:
             watcher = ScheduleWatcher(self.schedule_path, self._on_schedule_event)
             watcher.start()
             self.schedule_stamp = self._stamp()
-            self.state.daemon = DaemonState(pid=os.getpid(), state="running")
+            self.state.daemon = DaemonState(pid=os.getpid(), state=DaemonPhase.RUNNING)
             self.sync_control()  # a pause set before a restart still holds
             self.save()
             self.events.emit("daemon-started", f"daemon started (pid {os.getpid()}) on {self.paths.root}: "
@@ -108,7 +115,7 @@ class Daemon:
             if watcher:
                 watcher.stop()
             if hasattr(self, "state"):
-                self.state.daemon.state = "stopped"
+                self.state.daemon.state = DaemonPhase.STOPPED
                 self.state.daemon.since = time.time()
                 self.save()
                 self.events.emit("daemon-stopped", f"daemon stopped (exit {self.exit_code})")
@@ -164,13 +171,13 @@ class Daemon:
     def begin_stop(self, reason: str) -> None:
         """First call: warm stop (checkpoint, then exit 0). A second: cold stop (kill now)."""
         if self.stopping is None:
-            self.stopping = "warm"
+            self.stopping = Stop.WARM
             self.events.emit("daemon-stopping", f"stopping warmly ({reason}): the worker checkpoints first")
             self.notifier.stopping("checkpointing before stop")
             if self.runner.worker:
                 self.runner.worker.request_stop(self.plan.schedule.supervisor.stop_grace_s, "daemon stopping")
-        elif self.stopping == "warm":
-            self.stopping = "cold"
+        elif self.stopping is Stop.WARM:
+            self.stopping = Stop.COLD
             self.events.emit("daemon-stopping", f"stopping now ({reason}, second request): the worker is killed; "
                              "it resumes from its last checkpoint")
             if self.runner.worker:
@@ -356,27 +363,27 @@ class Daemon:
 
     # -- publishing ---------------------------------------------------------------------------------
 
-    def phase(self) -> tuple[str, str | None]:
+    def phase(self) -> tuple[DaemonPhase, str | None]:
         if self.stopping:
-            return "stopping", self.stopping + " stop"
+            return DaemonPhase.STOPPING, f"{self.stopping.value} stop"
         if self.runner.worker is None and self.state.failed():
-            return "failed", f"{self.state.failed().id} failed"
+            return DaemonPhase.FAILED, f"{self.state.failed().id} failed"
         if self.paused():
-            return "paused", self.paused()
+            return DaemonPhase.PAUSED, self.paused()
         if self.runner.worker:
-            return "running", self.runner.worker.part_id
+            return DaemonPhase.RUNNING, self.runner.worker.part_id
         part = self.state.next_pending()
         if part is None:
-            return "idle", "every part is done"
+            return DaemonPhase.IDLE, "every part is done"
         if part.retry_at and time.time() < part.retry_at:
-            return "waiting", f"retrying {part.id} at {progress.clock(part.retry_at)}"
-        return "running", None
+            return DaemonPhase.WAITING, f"retrying {part.id} at {progress.clock(part.retry_at)}"
+        return DaemonPhase.RUNNING, None
 
     def publish(self) -> None:
         phase, reason = self.phase()
         d = self.state.daemon
         if (phase, reason) != (d.state, d.reason):
-            if d.state == "paused":
+            if d.state == DaemonPhase.PAUSED:
                 self.state.paused_seconds += time.time() - d.since
             self.state.daemon = DaemonState(pid=os.getpid(), state=phase, since=time.time(), reason=reason)
             self.save()

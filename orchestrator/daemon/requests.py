@@ -21,7 +21,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from runtime.errors import UserError
-from orchestrator.chain.state import ChainState, PartState, PauseState
+from orchestrator.chain.state import ChainState, PartState, PartStatus, PauseState
 from runtime.atomic import read_json
 from runtime.lockfile import holder
 from runtime.paths import RunPaths
@@ -150,20 +150,20 @@ def apply(state: ChainState, req: Request) -> str:
         return "resumed"
     if req.command == "skip":
         part = find_part(state, req.part)
-        if part.status == "done":
+        if part.status == PartStatus.DONE:
             raise UserError(f"{part.id} is already done; a promoted checkpoint is never undone")
-        if part.status == "skipped":
+        if part.status == PartStatus.SKIPPED:
             return f"{part.id} was already skipped"
-        part.status = "skipped"
+        part.status = PartStatus.SKIPPED
         part.retry_at = None
         return f"skipped {part.id}; the next part starts from the newest promoted checkpoint"
     if req.command == "retry":
         part = find_part(state, req.part)
-        if part.status in ("done", "running", "pending"):
-            what = {"done": "is done; a promoted checkpoint is never retrained",
-                    "running": "is running", "pending": "is already queued"}[part.status]
+        if part.status in (PartStatus.DONE, PartStatus.RUNNING, PartStatus.PENDING):
+            what = {PartStatus.DONE: "is done; a promoted checkpoint is never retrained",
+                    PartStatus.RUNNING: "is running", PartStatus.PENDING: "is already queued"}[PartStatus(part.status)]
             raise UserError(f"{part.id} {what}")
-        part.status = "pending"
+        part.status = PartStatus.PENDING
         part.failures = part.nonfinite = 0
         part.error = None
         part.retry_at = None  # overrides stay: windows known to diverge stay skipped

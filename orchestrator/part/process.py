@@ -25,9 +25,9 @@ import psutil
 import orchestrator
 from runtime.lockfile import holder
 from runtime.paths import WorkPaths
+from runtime.workerfiles import DAEMON_PID_ENV
 
 REPO_ROOT = Path(orchestrator.__file__).resolve().parent.parent
-DAEMON_PID_ENV = "ORCHESTRATOR_DAEMON_PID"
 
 
 def worker_command(spec_path: Path, processes: int = 1) -> list[str]:

@@ -20,15 +20,15 @@ from orchestrator.records import progress
 from orchestrator.chain.plan import ChainPlan
 from orchestrator.records.events import EventLog
 from orchestrator.part.promote import PromotionError, clear_scratch, find_promoted, promote, roll_back
-from orchestrator.chain.state import ChainState, PartState
+from orchestrator.chain.state import ChainState, PartState, PartStatus
 from orchestrator.part.process import WorkerProcess
-from runtime.atomic import append_line, read_json
+from runtime.atomic import append_line, read_json_object
 from runtime.checkpoint import CheckpointMeta, read_meta, step_dirs, verify
 from runtime.lockfile import holder
 from runtime.paths import RunPaths
 from runtime.quarantine import NOTE_SUFFIX
 from runtime.spec import WorkerSpec
-from runtime.workerfiles import Control, ErrorReport, ExitReport, Heartbeat, Result, read_model, write_model
+from runtime.workerfiles import Control, ErrorReport, ExitReport, Heartbeat, Phase, Result, read_model, write_model
 
 
 class PartRunner:
@@ -58,7 +58,7 @@ class PartRunner:
         worker = WorkerProcess.adopt(part.id, work.spec, pid) if pid and pid > 0 else None
         if worker is None:
             return False
-        self.worker, part.status, part.worker_pid = worker, "running", worker.pid
+        self.worker, part.status, part.worker_pid = worker, PartStatus.RUNNING, worker.pid
         self.launch_step = self.newest_step(part.id)
         self.save()
         self.events.emit("worker-adopted", f"the previous daemon's worker for {part.id} (pid {pid}) is still "
@@ -96,7 +96,7 @@ class PartRunner:
         write_model(work.control, control, fault="control")
         self.launch_step = self.newest_step(part.id)
         self.worker = WorkerProcess.launch(part.id, work.spec, work.log, spec.train.gpus)
-        part.status, part.worker_pid = "running", self.worker.pid
+        part.status, part.worker_pid = PartStatus.RUNNING, self.worker.pid
         part.attempts += 1
         part.started_at = part.started_at or time.time()
         part.retry_at = None
@@ -176,7 +176,7 @@ class PartRunner:
 
     def _note_own_pause(self, hb: Heartbeat | None, control: Control) -> None:
         """Record pauses the worker takes on its own (a checkpoint waiting for disk space)."""
-        own = hb.paused_reason if hb and hb.phase == "paused" and not control.pause else None
+        own = hb.paused_reason if hb and hb.phase == Phase.PAUSED and not control.pause else None
         if (own is None) != (self.worker_pause is None):
             if own:
                 self.events.emit("worker-paused", f"the worker of {self.worker.part_id} paused: {own}",
@@ -189,7 +189,7 @@ class PartRunner:
         """One line on the running part, for the log and systemd's STATUS; None without a worker."""
         if self.worker is None:
             return None
-        if hb is None or hb.phase in ("starting", "loading"):
+        if hb is None or hb.phase in (Phase.STARTING, Phase.LOADING):
             return f"{self.worker.part_id}: starting"
         left = progress.remaining_tokens(((p.status, p.planned_tokens) for p in self.state.parts),
                                          hb.part_tokens, hb.part_tokens_total)
@@ -197,7 +197,7 @@ class PartRunner:
         return (f"{self.worker.part_id} step {hb.step}/{hb.steps_total} ({pct:.0f}%) loss {progress.loss(hb.loss)} "
                 f"{progress.tokens(hb.tokens_per_s)} tok/s, chain ETA "
                 f"{progress.duration(progress.eta(left, hb.tokens_per_s))}"
-                + (f" [{hb.phase}]" if hb.phase != "training" else ""))
+                + (f" [{hb.phase}]" if hb.phase != Phase.TRAINING else ""))
 
     # -- settling ---------------------------------------------------------------------------
 
@@ -209,12 +209,12 @@ class PartRunner:
         part.worker_pid = None
         hung, self.hung = self.hung, False
         self.report_quarantine(part.id)
-        if part.status == "skipped":
+        if part.status == PartStatus.SKIPPED:
             self.finish_scratch(part)
             self.save()
             return
         if stopping and result is None:
-            part.status = "pending"
+            part.status = PartStatus.PENDING
             self.save()
             self.events.info(f"the worker of {part.id} stopped ({policy.describe_exit(rc)})")
             return
@@ -238,7 +238,7 @@ class PartRunner:
         if d.event != "worker-stopped":
             self._log_worker_tail(part)
             part.error = d.reason
-        part.status = "failed" if d.action == "fail" else "pending"
+        part.status = PartStatus.FAILED if d.action == "fail" else PartStatus.PENDING
         part.failures = d.failures if d.failures is not None else part.failures
         part.nonfinite = d.nonfinite if d.nonfinite is not None else part.nonfinite
         part.overrides = d.overrides or part.overrides
@@ -250,7 +250,7 @@ class PartRunner:
     def record_done(self, part: PartState, folder: Path, meta: CheckpointMeta, result: Result | None) -> None:
         """The part's checkpoint is promoted: record it (and its evaluation), then clear its scratch."""
         self.record_eval(part, folder, meta)
-        part.status = "done"
+        part.status = PartStatus.DONE
         part.tokens, part.loss, part.val_loss = meta.part_tokens, meta.loss, meta.val_loss
         part.checkpoint = str(Path("checkpoints") / folder.name)
         part.seq = int(folder.name.split("-", 1)[0])
@@ -271,7 +271,7 @@ class PartRunner:
     def record_eval(self, part: PartState, folder: Path, meta: CheckpointMeta) -> None:
         """The worker's evaluation (eval.json) into evals.jsonl and the part's record. Written
         before state.json: a crash in between repeats a line rather than losing it."""
-        evaluation = read_json_or_none(self.paths.work(part.id).eval)
+        evaluation = read_json_object(self.paths.work(part.id).eval)
         if not evaluation or not evaluation.get("sets"):
             return
         record = {"time": round(time.time(), 3), "part": part.id, "checkpoint": f"checkpoints/{folder.name}",
@@ -284,7 +284,7 @@ class PartRunner:
 
     def finish_scratch(self, part: PartState) -> None:
         work = self.paths.work(part.id)
-        if part.status == "done" and work.metrics.exists():
+        if part.status == PartStatus.DONE and work.metrics.exists():
             self.paths.metrics.mkdir(exist_ok=True)
             os.replace(work.metrics, self.paths.part_metrics(part.id))
         clear_scratch(self.paths, work.root)
@@ -303,10 +303,3 @@ class PartRunner:
         found = step_dirs(self.paths.work(pid).checkpoints)
         return found[0][0] if found else -1
 
-
-def read_json_or_none(path: Path) -> dict | None:
-    try:
-        data = read_json(path)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
