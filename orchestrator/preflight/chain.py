@@ -41,7 +41,8 @@ def memory_check(model: dict, micro_batch: int, grad_accum: int, precision: str,
     first = need(model, micro_batch, precision, on_gpu)
     parts = (f"weights, gradients and AdamW state {gb(first.states)}, activations {gb(first.activations)}"
              + (f", CUDA context {gb(first.overhead)}" if first.overhead else ""))
-    head = f"{precision}, micro_batch {micro_batch}: about {gb(first.total)} ({parts}) of {where}'s {gb(capacity_bytes)}"
+    head = (f"{precision}, micro_batch {micro_batch}: about {gb(first.total)} ({parts}); {where} has "
+            f"{gb(capacity_bytes)}")
     if first.total <= capacity_bytes:
         if available_bytes is not None and first.total > available_bytes:
             return warning("memory", f"{head}; only {gb(available_bytes)} is free now",
@@ -86,6 +87,6 @@ def throughput_check(m: dict[str, Any] | None, tokens_left: int, gpus: int = 1) 
     rate = m["tokens_per_s"]
     scale = f" (measured on one device; the chain trains on {gpus})" if gpus > 1 else ""
     return ok("speed", f"{rate:,.0f} tokens/s on {m['placement']}, micro_batch {m['micro_batch']} x grad_accum "
-              f"{m['grad_accum']}: {m['steps']} steps in {m['seconds']:.1f}s after a {m['warmup_s']:.1f}s "
+              f"{m['grad_accum']}: {m['steps']} step{'s' * (m['steps'] != 1)} in {m['seconds']:.1f}s after a {m['warmup_s']:.1f}s "
               f"warm-up{scale}. The {tokens_left:,} tokens left take about {progress.duration(tokens_left / rate)} "
               "of training (evaluations, checkpoints and guard pauses add to it)")

@@ -48,13 +48,15 @@ def render(checks: list[Check]):
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title="orchestrator doctor", show_lines=True, header_style="bold", expand=False)
+    table = Table(title="orchestrator doctor", show_lines=True, header_style="bold")
     table.add_column("check", no_wrap=True)
     table.add_column("", no_wrap=True)
-    table.add_column("finding", ratio=3)
-    table.add_column("fix", ratio=2)
+    table.add_column("finding, and what to do")
     for c in checks:
-        table.add_row(c.name, Text(c.status, style=STYLE[c.status]), c.detail, c.fix)
+        finding = Text(c.detail)
+        if c.fix:
+            finding.append("\nfix: ", style="bold cyan").append(c.fix, style="cyan")
+        table.add_row(c.name, Text(c.status, style=STYLE[c.status]), finding)
     counts = {s: sum(c.status == s for c in checks) for s in STYLE}
     verdict = ("a problem would stop the chain: fix the rows marked problem" if counts["problem"]
                else "nothing would stop the chain" + (" (see the warnings)" if counts["warning"] else ""))
