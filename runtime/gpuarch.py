@@ -136,6 +136,14 @@ def install_fix(capability: tuple[int, int]) -> str:
             "CUDA 13 build for Turing and newer; pytorch.org's selector gives the command for your driver)")
 
 
+def install_command(capability: tuple[int, int]) -> str | None:
+    """Just the pip command of install_fix, or None where no wheel runs the card."""
+    major, minor = capability
+    if tuple(capability) in _JETSON or major < 5:
+        return None
+    return LEGACY_INSTALL if (major, minor) < (7, 5) else DEFAULT_INSTALL
+
+
 def _kernels(arch_list: list[str]) -> str:
     return ", ".join(arch_list) if arch_list else "no architectures"
 

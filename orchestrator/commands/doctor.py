@@ -152,7 +152,8 @@ def gather(schedule: Path | None, run_dir: Path | None, measure_seconds: float, 
         checks += _memory_checks(plan, probe, used)
         _, tokens_left = _parts_left(plan, (run_dir or default_for(schedule, plan.schedule.name)).resolve())
         gpus = max(t.gpus for t in trains)
-        if (speed := chain.throughput_check(probe.measurement, tokens_left, gpus)) is not None:
+        refused = "error" in (probe.placement or {})  # the worker row says why; the measurement failed alike
+        if not refused and (speed := chain.throughput_check(probe.measurement, tokens_left, gpus)) is not None:
             checks.append(speed)
     target = (run_dir or (default_for(schedule, plan.schedule.name) if plan else Path.cwd())).resolve()
     checks += _run_dir_checks(plan, target, sensor)
@@ -170,7 +171,7 @@ def cmd_doctor(args) -> int:
         from rich.console import Console
 
         console = Console()
-        if not console.is_terminal:
-            console = Console(width=max(console.width, 140))  # logs and docs: wide enough to read
+        if not console.is_terminal and "COLUMNS" not in os.environ:
+            console = Console(width=140)  # logs and files: wide enough to read (rich's default is 80)
         console.print(render(checks))
     return exit_code(checks)

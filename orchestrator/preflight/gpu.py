@@ -148,11 +148,13 @@ def torch_checks(probe: ProbeResult, nvml: NvmlFacts, used: set[int], explicit_c
         if g.index not in bad:
             checks.append(ok(name, f"{g.name}, compute capability {cc} ({gpuarch.generation(g.capability)}){mem}: "
                           "this build runs it"))
-        elif g.index in used:
-            checks.append(problem(name, gpuarch.gpu_message(f, g), gpuarch.install_fix(g.capability)))
-        else:
-            checks.append(warning(name, gpuarch.gpu_message(f, g) + " The chain does not train on this card.",
-                                  gpuarch.install_fix(g.capability)))
+        else:  # the paragraph the worker and the daemon say; the fix repeats just the command
+            fix = gpuarch.install_command(g.capability) or gpuarch.install_fix(g.capability)
+            if g.index in used:
+                checks.append(problem(name, gpuarch.gpu_message(f, g), fix))
+            else:
+                checks.append(warning(name, gpuarch.gpu_message(f, g) + " The chain does not train on this card.",
+                                      fix))
     return checks
 
 

@@ -60,5 +60,10 @@ def render(checks: list[Check]):
     counts = {s: sum(c.status == s for c in checks) for s in STYLE}
     verdict = ("a problem would stop the chain: fix the rows marked problem" if counts["problem"]
                else "nothing would stop the chain" + (" (see the warnings)" if counts["warning"] else ""))
-    table.caption = f"{counts['ok']} ok, {counts['warning']} warnings, {counts['problem']} problems: {verdict}"
+    table.caption = (f"{counts['ok']} ok, {_n(counts['warning'], 'warning')}, {_n(counts['problem'], 'problem')}: "
+                     f"{verdict}")
     return table
+
+
+def _n(count: int, word: str) -> str:
+    return f"{count} {word}{'s' * (count != 1)}"

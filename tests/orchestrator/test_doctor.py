@@ -107,7 +107,7 @@ def test_doctor_marks_the_card_the_chain_trains_on_as_a_problem_with_the_fix():
     checks = gpu.torch_checks(probe, gpu.NvmlFacts(absent="no driver"), used={0})
     row = next(c for c in checks if c.name == "GPU 0")
     assert row.status == "problem" and row.detail == gpuarch.gpu_message(pascal_facts(), GTX_1050)
-    assert "cu126" in row.fix
+    assert row.fix == gpuarch.LEGACY_INSTALL
     worker = gpu.placement_check(probe)[0]
     assert worker.status == "problem" and "see the GPU rows" in worker.detail
     assert exit_code(checks) == 1
