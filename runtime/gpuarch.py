@@ -106,17 +106,19 @@ def entry_runs(entry: str, capability: tuple[int, int]) -> bool:
     code, card = (major, minor), tuple(capability)
     if specific:
         return code == card
-    if code in _JETSON or card in _JETSON:
-        return code == card
     if kind == "compute":
         return card >= code
+    if code in _JETSON or card in _JETSON:
+        return code == card
     return card[0] == major and card[1] >= minor
 
 
 def build_runs(arch_list: list[str], capability: tuple[int, int]) -> bool:
-    """Does a build with this arch list run this card? An empty list (a build that does not
-    say) counts as yes: torch itself cannot tell either."""
-    return not arch_list or any(entry_runs(e, capability) for e in arch_list)
+    """Does a build with this arch list run this card? A list with no entry of a form known
+    here (empty, or a future spelling) counts as yes: better a late error than refusing a
+    card that runs."""
+    known = [e for e in arch_list if _parse(e)]
+    return not known or any(entry_runs(e, capability) for e in known)
 
 
 def install_fix(capability: tuple[int, int]) -> str:

@@ -61,12 +61,18 @@ def test_the_cuda_12_6_build_runs_a_gtx_1050_through_its_sm_60_kernels():
     ("compute_75", (6, 1), False),  # ... never onto older ones
     ("sm_90a", (9, 0), True),       # arch-specific code: that card only
     ("sm_90a", (10, 0), False),
-    ("sm_80", (8, 7), False),       # a Jetson Orin runs only its own code
+    ("sm_80", (8, 7), False),       # a Jetson Orin runs only its own cubins
+    ("compute_80", (8, 7), True),   # ... and PTX
     ("sm_120", (12, 0), True),
     ("gfx90a", (9, 0), False),      # not a CUDA entry
 ])
 def test_which_arch_list_entries_run_on_which_card(entry, capability, runs):
     assert gpuarch.entry_runs(entry, capability) is runs
+
+
+def test_an_arch_list_of_unknown_form_refuses_nothing():
+    assert gpuarch.build_runs([], (6, 1)) and gpuarch.build_runs(["gfx1100"], (6, 1))
+    assert not gpuarch.build_runs(["gfx1100", "sm_75"], (6, 1))
 
 
 @pytest.mark.parametrize("capability, expect", [
