@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -77,8 +78,6 @@ def _run_dir_checks(plan, run_dir: Path, sensor: dict) -> list[Check]:
         split = [f"{sub}/" for sub in ("work", "checkpoints") if (run_dir / sub).exists()
                  and os.stat(run_dir / sub).st_dev != dev]
     checks = [host.filesystem_check(run_dir, mount, split)]
-    import shutil
-
     free = int(sensor["disk_free_gb"] * 2**30) if sensor.get("disk_free_gb") is not None \
         else shutil.disk_usage(base).free
     where = mount.point if mount else str(base)
