@@ -75,6 +75,7 @@ class Daemon:
 
     def run(self) -> int:
         self.plan = resolve_chain(load_schedule(self.schedule_path), self.schedule_path)
+        gpu_note = self._check_gpu()
         self.paths = RunPaths((self.run_dir or default_for(self.schedule_path, self.plan.schedule.name)).resolve())
         recovery.make_run_dir(self.paths)
         # Handlers first: once the lock holds our pid, CLI commands may signal us (SIGUSR1),
@@ -89,6 +90,8 @@ class Daemon:
         watcher = None
         try:
             self.events = EventLog(self.paths)
+            if gpu_note:
+                self.events.warning(gpu_note)
             self.state = recovery.load_state(self.paths, self.plan, self.events, self._schedule_sha())
             self.runner = PartRunner(self.paths, self.state, self.plan, self.events, self.save)
             recovery.recover(self.runner)
@@ -121,6 +124,18 @@ class Daemon:
                 self.events.emit("daemon-stopped", f"daemon stopped (exit {self.exit_code})")
                 self.events.close()
             self.lock.release()
+
+    def _check_gpu(self) -> str | None:
+        """Refuse to start a chain that would train on a card this torch build cannot run:
+        the worker would fail at its first kernel, at every attempt. Torch loads in a short
+        probe subprocess, never here, and only when some part may train on an NVIDIA GPU.
+        Returns a note when the check could not be made (the worker checks again)."""
+        from orchestrator.preflight.gpu import daemon_refusal
+
+        refusal, note = daemon_refusal([p.train for p in self.plan.parts] or [self.plan.schedule.train])
+        if refusal:
+            raise UserError(refusal)
+        return note
 
     def tick(self) -> None:
         try:
