@@ -70,6 +70,7 @@ class Daemon:
         self.hardware: HardwareWatch | None = None
         self.write_error: str | None = None  # set while state.json cannot be written (disk full)
         self.pause_kind: tuple[str, ...] = ()  # the guard's last kind of pause
+        self.paused_since: float | None = None  # monotonic, while the daemon's phase is paused
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -222,6 +223,7 @@ class Daemon:
             if worker and worker.part_id == part.id:
                 worker.request_stop(self.plan.schedule.supervisor.stop_grace_s, "part skipped")
         elif req.command == "retry" and part:
+            self.runner.retry_deadlines.pop(part.id, None)  # `retry` means now, not after the backoff
             self.events.emit("part-requeued", message, part=part.id)
         elif req.command in ("pause", "resume"):
             self.events.emit("paused" if req.command == "pause" else "resumed", f"{message} (by the user)")
@@ -276,8 +278,8 @@ class Daemon:
         guard_changed = plan.schedule.guard != self.plan.schedule.guard or plan.gpus() != self.plan.gpus()
         self.plan = self.runner.plan = plan
         if guard_changed:
-            self.hardware.close()
-            self._start_guard()
+            self.hardware.reconfigure(plan.schedule.guard, sensor_file_for(plan.schedule.guard, self.schedule_path.parent),
+                                      plan.gpus(), self.events)
         notes = reconcile.merge(self.state, plan)
         self.state.schedule = ScheduleState(path=str(self.schedule_path), sha256=sha, valid=True,
                                             loaded_at=time.time())
@@ -306,7 +308,7 @@ class Daemon:
         self.hardware.start(self.events)
 
     def handle_guard(self) -> None:
-        now = time.time()
+        now = time.monotonic()
         verdict = self.hardware.poll(now)
         if verdict is None:
             return
@@ -317,7 +319,7 @@ class Daemon:
             self.events.emit(event, message, level=logging.WARNING if event != "guard-resume" else logging.INFO)
         was = self.state.guard_pause
         if verdict.pause and (was is None or verdict.pause_kind != self.pause_kind):
-            self.state.guard_pause = PauseState(reason=verdict.pause, since=was.since if was else now)
+            self.state.guard_pause = PauseState(reason=verdict.pause, since=was.since if was else time.time())
             self.save()
         elif verdict.pause is None and was is not None:
             self.state.guard_pause = None
@@ -372,7 +374,7 @@ class Daemon:
                 self.exit_code = 0
             return
         self.announced_done = False
-        if part.retry_at and time.time() < part.retry_at:
+        if self.runner.backoff_left(part) > 0:
             return
         self.runner.launch(part, self.control, self.hardware.sensor_file)
 
@@ -390,7 +392,7 @@ class Daemon:
         part = self.state.next_pending()
         if part is None:
             return DaemonPhase.IDLE, "every part is done"
-        if part.retry_at and time.time() < part.retry_at:
+        if self.runner.backoff_left(part) > 0:
             return DaemonPhase.WAITING, f"retrying {part.id} at {progress.clock(part.retry_at)}"
         return DaemonPhase.RUNNING, None
 
@@ -398,8 +400,9 @@ class Daemon:
         phase, reason = self.phase()
         d = self.state.daemon
         if (phase, reason) != (d.state, d.reason):
-            if d.state == DaemonPhase.PAUSED:
-                self.state.paused_seconds += time.time() - d.since
+            if d.state == DaemonPhase.PAUSED and self.paused_since is not None:
+                self.state.paused_seconds += time.monotonic() - self.paused_since
+            self.paused_since = time.monotonic() if phase == DaemonPhase.PAUSED else None
             self.state.daemon = DaemonState(pid=os.getpid(), state=phase, since=time.time(), reason=reason)
             self.save()
         self.notifier.status(self._status_line())

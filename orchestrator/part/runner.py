@@ -43,11 +43,12 @@ class PartRunner:
         self.hung = False
         self.launch_step = -1  # newest checkpoint step in the work dir when the worker started
         self.worker_pause: str | None = None  # a pause the worker took itself (disk full)
-        self.last_progress = 0.0
+        self.last_progress = -float("inf")  # monotonic
         self.suspend_hang_checks = False  # while the disk is full no heartbeat can be written
         self.reported: set[str] = set()  # worker quarantine notes already turned into events
         self.last_heartbeat: Heartbeat | None = None  # read once a tick, by watch()
         self.sound_start: str | None = None  # the promoted checkpoint last verified as a start
+        self.retry_deadlines: dict[str, float | None] = {}  # part -> monotonic end of its backoff
 
     # -- starting --------------------------------------------------------------------------
 
@@ -100,6 +101,7 @@ class PartRunner:
         part.attempts += 1
         part.started_at = part.started_at or time.time()
         part.retry_at = None
+        self.retry_deadlines.pop(part.id, None)
         self.save()
         resume = f", resuming at step {self.launch_step}" if self.launch_step >= 0 else ""
         self.events.emit("part-started", f"started {part.id} (attempt {part.attempts}{resume})", part=part.id,
@@ -123,6 +125,18 @@ class PartRunner:
                          f"({verdict.reason}); moved to {where}; {owner.id} trains again from "
                          f"{self.state.latest_checkpoint or 'fresh weights'}", level=logging.ERROR, part=owner.id)
         return False
+
+    def backoff_left(self, part: PartState) -> float:
+        """Seconds before a part that failed may be launched again (0: now). Timed on the
+        monotonic clock; a backoff recorded by an earlier daemon (part.retry_at, wall clock)
+        counts for what is left of it, never more than the longest backoff."""
+        if part.id not in self.retry_deadlines:
+            left = 0.0
+            if part.retry_at:
+                left = min(max(part.retry_at - time.time(), 0.0), self.plan.schedule.supervisor.backoff_max_s)
+            self.retry_deadlines[part.id] = time.monotonic() + left if left else None
+        deadline = self.retry_deadlines[part.id]
+        return max(deadline - time.monotonic(), 0.0) if deadline is not None else 0.0
 
     # -- watching --------------------------------------------------------------------------
 
@@ -148,17 +162,23 @@ class PartRunner:
                              "killed it", level=logging.WARNING)
         hb = self.last_heartbeat = self.heartbeat()
         sup = self.plan.schedule.supervisor
-        last, limit = (hb.time, sup.heartbeat_timeout_s) if hb else (w.started, sup.startup_timeout_s)
-        if w.stop_deadline is None and time.time() - last > limit and not self.suspend_hang_checks:
+        now = time.monotonic()
+        if hb is not None:
+            w.saw_heartbeat(hb, now)
+        if self.suspend_hang_checks:  # a full disk: no heartbeat can be written; the wait starts afresh after
+            w.beat_seen = now
+        last, limit = (w.beat_seen, sup.heartbeat_timeout_s) if w.beat_seen is not None else \
+            (w.started, sup.startup_timeout_s)
+        if w.stop_deadline is None and now - last > limit and not self.suspend_hang_checks:
             self.hung = True
             self.events.emit("worker-hung", f"no heartbeat from the worker of {w.part_id} for "
-                             f"{time.time() - last:.0f}s (limit {limit:.0f}s): stopping it",
+                             f"{now - last:.0f}s (limit {limit:.0f}s): stopping it",
                              level=logging.WARNING, part=w.part_id)
             w.request_stop(sup.hung_grace_s, "hung")
         self._note_own_pause(hb, control)
         self.report_quarantine(w.part_id)
-        if hb and time.time() - self.last_progress >= sup.progress_log_s:
-            self.last_progress = time.time()
+        if hb and now - self.last_progress >= sup.progress_log_s:
+            self.last_progress = now
             self.events.info(self.status_line(hb))
         return None
 
@@ -242,7 +262,8 @@ class PartRunner:
         part.failures = d.failures if d.failures is not None else part.failures
         part.nonfinite = d.nonfinite if d.nonfinite is not None else part.nonfinite
         part.overrides = d.overrides or part.overrides
-        part.retry_at = time.time() + d.backoff_s if d.action == "retry" else None
+        part.retry_at = time.time() + d.backoff_s if d.action == "retry" else None  # for display and restarts
+        self.retry_deadlines[part.id] = time.monotonic() + d.backoff_s if d.action == "retry" else None
         self.save()
         level = logging.INFO if d.event == "worker-stopped" else logging.WARNING
         self.events.emit(d.event, f"{part.id}: {d.reason}", level=level, part=part.id, exit=rc)
