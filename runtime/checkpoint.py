@@ -20,7 +20,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict
 
@@ -36,11 +36,15 @@ def step_dir_name(step: int) -> str:
     return f"step-{step:08d}"
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+def sha256_file(path: Path, chunk: int = 1 << 20, on_progress: Callable[[], None] | None = None) -> str:
+    """The file's sha256; `on_progress` is called after every chunk (a daemon keeps its
+    systemd watchdog fed while it hashes a multi-GB checkpoint for minutes)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
+            if on_progress:
+                on_progress()
     return h.hexdigest()
 
 
@@ -71,6 +75,11 @@ class CheckpointMeta(BaseModel):
     """Tokens trained in this part so far (windows x block_size)."""
     global_tokens: int
     """Tokens trained in the whole chain, this part included."""
+    start: str | None = None
+    """The promoted checkpoint folder the part started from (None: fresh weights, or a
+    checkpoint written before this was recorded)."""
+    start_tokens: int | None = None
+    """The chain's tokens at that start (global_tokens - part_tokens)."""
     done: bool = False
     """True for the part's final checkpoint."""
     model: dict[str, Any]
@@ -101,26 +110,35 @@ class Verdict:
     bad_file: str | None = None
 
 
-def verify(folder: Path, *, checksums: bool = True) -> Verdict:
-    """Is this a complete, undamaged checkpoint? Names the file and why, if not."""
+def verify(folder: Path, *, checksums: bool = True, on_progress: Callable[[], None] | None = None) -> Verdict:
+    """Is this a complete, undamaged checkpoint? Names the file and why, if not. A file
+    that cannot be read (EIO, EACCES) or vanishes meanwhile makes it not trustworthy; it
+    never raises for what it finds in the folder."""
     mpath = folder / MANIFEST
-    if not mpath.exists():
-        return Verdict(False, "no MANIFEST.json (the save did not finish)", MANIFEST)
     try:
         manifest = Manifest.model_validate(read_json(mpath))
-    except Exception as e:  # any parse or schema failure means: not trustworthy
+    except FileNotFoundError:
+        return Verdict(False, "no MANIFEST.json (the save did not finish)", MANIFEST)
+    except Exception as e:  # any read, parse or schema failure means: not trustworthy
         return Verdict(False, f"MANIFEST.json is unreadable: {str(e).splitlines()[0]}", MANIFEST)
-    for name, entry in manifest.files.items():
-        path = folder / name
-        if not path.is_file():
-            return Verdict(False, f"{name} is missing", name)
-        size = path.stat().st_size
-        if size != entry.bytes:
-            return Verdict(False, f"{name} has {size} bytes, the manifest says {entry.bytes}", name)
-        if checksums and sha256_file(path) != entry.sha256:
-            return Verdict(False, f"{name} fails its sha256 checksum", name)
     if META not in manifest.files:
         return Verdict(False, "the manifest does not list meta.json", META)
+    for name, entry in manifest.files.items():
+        path = folder / name
+        if "/" in name or name.startswith("."):
+            return Verdict(False, f"the manifest names {name!r}, not a file of this folder", MANIFEST)
+        try:
+            size = path.stat().st_size
+            if not path.is_file():
+                return Verdict(False, f"{name} is not a file", name)
+            if size != entry.bytes:
+                return Verdict(False, f"{name} has {size} bytes, the manifest says {entry.bytes}", name)
+            if checksums and sha256_file(path, on_progress=on_progress) != entry.sha256:
+                return Verdict(False, f"{name} fails its sha256 checksum", name)
+        except FileNotFoundError:
+            return Verdict(False, f"{name} is missing", name)
+        except OSError as e:
+            return Verdict(False, f"{name} cannot be read ({e.strerror or e})", name)
     return Verdict(True)
 
 

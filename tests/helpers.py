@@ -208,3 +208,27 @@ def assert_bitwise_equal(a: Path, b: Path) -> None:
 
 def result_checkpoint(work: Path) -> Path:
     return work / read_json(work / "result.json")["checkpoint"]
+
+
+# -- the chain's lineage ---------------------------------------------------------------------
+
+
+def assert_lineage(run: Path) -> None:
+    """Each promoted part started from the checkpoint promoted before it, and the token
+    counts add up: state.global_tokens == the done parts' tokens == the newest checkpoint's."""
+    state = read_state(run)
+    done = sorted((p for p in state.get("parts", []) if p["status"] == "done"), key=lambda p: p["seq"])
+    assert state["global_tokens"] == sum(p["tokens"] for p in done), "global_tokens != the done parts' tokens"
+    assert state.get("latest_checkpoint") == (done[-1]["checkpoint"] if done else None)
+    before_name, before_tokens = None, 0
+    for p in done:
+        folder = run / p["checkpoint"] if p["checkpoint"] else None
+        if folder is not None and (folder / "meta.json").is_file():
+            meta = json.loads((folder / "meta.json").read_text())
+            assert meta["part_tokens"] == p["tokens"], f"{p['id']}: tokens differ from its checkpoint's"
+            assert meta["global_tokens"] - meta["part_tokens"] == before_tokens, \
+                f"{p['id']} started at {meta['global_tokens'] - meta['part_tokens']} tokens, not {before_tokens}"
+            if meta.get("start") is not None and before_name is not None:  # both known (not set aside, not old)
+                assert meta["start"] == before_name, f"{p['id']} started from {meta['start']}, not {before_name}"
+        before_name = Path(p["checkpoint"]).name if p["checkpoint"] else None
+        before_tokens += p["tokens"]

@@ -31,9 +31,29 @@ class Start:
     """The part's own checkpoint it resumed from (None: it starts the part)."""
 
 
-def find(work: WorkPaths) -> Path | None:
-    """The part's newest complete checkpoint; broken newer ones are quarantined (logged)."""
-    return checkpoint.find_resume_point(work.checkpoints, log.warning)
+def find(work: WorkPaths, spec: WorkerSpec) -> Path | None:
+    """The part's newest complete checkpoint that continues this spec's start; broken ones,
+    and ones made from another start (the chain moved on meanwhile), are quarantined."""
+    while (found := checkpoint.find_resume_point(work.checkpoints, log.warning)) is not None:
+        meta = checkpoint.read_meta(found)
+        if fits(meta, spec):
+            return found
+        why = (f"made from another start ({meta.start or 'fresh weights'} at {meta.global_tokens - meta.part_tokens} "
+               f"tokens; this part now starts from {_start_name(spec)} at {spec.token_offset})")
+        log.warning("setting aside checkpoint %s: %s", found.name, why)
+        checkpoint.quarantine(found, why)
+    return None
+
+
+def fits(meta, spec: WorkerSpec) -> bool:
+    """Was this checkpoint of the part trained from the spec's starting point?"""
+    same_tokens = meta.global_tokens - meta.part_tokens == spec.token_offset
+    same_start = meta.start is None or meta.start == _start_name(spec)  # None: written before starts were recorded
+    return same_tokens and same_start
+
+
+def _start_name(spec: WorkerSpec) -> str:
+    return spec.init_checkpoint.name if spec.init_checkpoint else "fresh weights"
 
 
 def restore(spec: WorkerSpec, resume: Path | None, model, optimizer, scaler, device: torch.device) -> Start:

@@ -108,6 +108,7 @@ class Saver:
         return CheckpointMeta(
             part_id=spec.part_id, stage=spec.stage, step=p.step, cursor=p.cursor, part_tokens=p.part_tokens,
             global_tokens=p.global_tokens, done=done, model=self.model.config.to_dict(),
+            start=spec.init_checkpoint.name if spec.init_checkpoint else None, start_tokens=spec.token_offset,
             tokenizer_sha256=spec.tokenizer_sha256, micro_batch=spec.train.micro_batch,
             grad_accum=spec.train.grad_accum, lr_scale=spec.lr_scale, loss=p.loss, val_loss=val_loss,
             rng_python=rng["python"], rng_numpy=rng["numpy"],

@@ -57,7 +57,7 @@ def build(spec: WorkerSpec, ranks: Ranks, work: WorkPaths, files: WorkerFiles) -
     model = GPT(cfg).to(placement.device)
     optimizer = optim.build(model, train, placement.device)
     scaler = torch.amp.GradScaler(placement.device.type, enabled=placement.use_scaler)
-    found = resume.find(work) if ranks.main else None  # rank 0 alone may quarantine
+    found = resume.find(work, spec) if ranks.main else None  # rank 0 alone may quarantine
     found = ranks.share_path(str(found) if found else None)
     start = resume.restore(spec, Path(found) if found else None, model, optimizer, scaler, placement.device)
     if ranks.main:

@@ -140,6 +140,8 @@ class ChainState(BaseModel):
     """Tokens trained by every done part together."""
     next_seq: int = 1
     latest_checkpoint: str | None = None
+    blocked: str | None = None
+    """Why the chain cannot go on until the user acts (its starting checkpoint is missing)."""
     user_pause: PauseState | None = None
     """Set by `orchestrator pause`, cleared by `resume`; survives daemon restarts."""
     guard_pause: PauseState | None = None

@@ -21,7 +21,8 @@ from typing import Callable
 from orchestrator.chain import reconcile
 from orchestrator.chain.plan import resolve as resolve_chain
 from runtime.errors import UserError
-from orchestrator.part.promote import PROMOTED_RE, promoted_folders, quarantine, roll_back, set_latest
+from orchestrator.part import lineage
+from orchestrator.part.promote import PROMOTED_RE, promoted_folders, quarantine, set_latest
 from orchestrator.records.rundir import locate
 from orchestrator.chain.schedule import load as load_schedule
 from orchestrator.chain.state import ChainState, PartStatus, load, save
@@ -97,22 +98,52 @@ class Check:
                 self.problems.append(Problem(self.rel(entry), "not a promoted checkpoint (left by an interrupted "
                                              "promotion or put there by hand)", lambda e=entry: self.set_aside(e)))
         if self.state:
+            newest = lineage.newest_done(self.state)
             for part in self.state.parts:
                 if part.status == PartStatus.DONE and part.checkpoint and not (self.paths.root / part.checkpoint).is_dir():
-                    self.problems.append(Problem(part.checkpoint, f"missing: the checkpoint of {part.id} "
-                                                 "(moved away by hand?)"))
+                    if part is newest:
+                        self.problems.append(Problem(part.checkpoint, f"missing: the checkpoint of {part.id}, where "
+                                                     "the chain continues (moved away by hand?); put it back, or "
+                                                     "repair to train it again from the newest one present",
+                                                     self.walk_back))
+                    else:
+                        self.problems.append(Problem(part.checkpoint, f"missing: the checkpoint of {part.id} "
+                                                     "(moved away by hand? later parts do not need it)"))
+            done_tokens = sum(p.tokens for p in self.state.parts if p.status == PartStatus.DONE)
+            want = newest.checkpoint if newest else None
+            if (self.state.global_tokens, self.state.latest_checkpoint) != (done_tokens, want):
+                self.problems.append(Problem("state.json", f"the chain's token count and newest checkpoint "
+                                             f"({self.state.global_tokens}, {self.state.latest_checkpoint}) disagree "
+                                             f"with its done parts ({done_tokens}, {want})", self.settle))
+
+    def walk_back(self) -> str:
+        """The user's explicit choice: train again every done part from the newest checkpoint present."""
+        walk = lineage.walk_back(self.paths, self.state, set(), accept_missing=True)
+        save(self.paths.state, self.state)
+        again = ", ".join(r.part.id for r in walk.requeued) or "nothing"
+        return f"queued to train again: {again}; the chain continues from {self.state.latest_checkpoint or 'fresh weights'}"
+
+    def settle(self) -> str:
+        lineage.settle(self.paths, self.state)
+        save(self.paths.state, self.state)
+        return f"set the chain's token count to {self.state.global_tokens} and its newest checkpoint to " \
+               f"{self.state.latest_checkpoint}"
 
     def drop(self, folder: Path, reason: str) -> str:
-        """A damaged promoted checkpoint: the newest one is trained again; an older one is only set aside."""
-        if self.state and self.state.latest_checkpoint == f"checkpoints/{folder.name}":
-            owner, where = roll_back(self.paths, self.state, reason)
+        """A damaged promoted checkpoint: the chain's newest is trained again (and so is any damaged
+        or missing one before it, down to the newest that is sound); an older one is only set aside."""
+        owner = next((p for p in self.state.parts if p.checkpoint == f"checkpoints/{folder.name}"), None) \
+            if self.state else None
+        if owner is not None and owner is lineage.newest_done(self.state):
+            first = lineage.requeue(self.paths, self.state, owner, f"its checkpoint is damaged ({reason})")
+            walk = lineage.walk_back(self.paths, self.state, set(), accept_missing=True)
             save(self.paths.state, self.state)
-            return f"moved {folder.name} to {self.rel(Path(where))}; {owner.id} is queued to train again"
+            again = ", ".join(r.part.id for r in [first, *walk.requeued])
+            return (f"moved {folder.name} to {self.rel(first.moved_to) if first.moved_to else 'nowhere'}; queued to "
+                    f"train again: {again}; the chain continues from {self.state.latest_checkpoint or 'fresh weights'}")
         moved = quarantine(self.paths, folder, f"damaged promoted checkpoint (fsck): {reason}")
-        if self.state:
-            for part in self.state.parts:
-                if part.checkpoint == f"checkpoints/{folder.name}":
-                    part.checkpoint, part.error = None, f"its checkpoint was damaged and set aside: {reason}"
+        if owner is not None:
+            owner.checkpoint, owner.error = None, f"its checkpoint was damaged and set aside: {reason}"
             save(self.paths.state, self.state)
         return f"moved {folder.name} to {self.rel(moved)} (later parts do not need it)"
 

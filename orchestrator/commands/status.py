@@ -80,6 +80,7 @@ def gather(paths: RunPaths) -> dict[str, Any]:
                                   for p in parts if p["status"] != "skipped"),
             "remaining_tokens": left, "eta_s": progress.eta(left, hb.get("tokens_per_s")),
             "latest_checkpoint": state.get("latest_checkpoint"),
+            "blocked": state.get("blocked"),
             "parts_done": sum(p["status"] == "done" for p in parts), "parts_total": len(parts),
         },
         "parts": [
@@ -132,6 +133,8 @@ def render(info: dict, show_all: bool = False):
         head.append(f": {d['reason']}")
     parts = [head]
     chain = info["chain"]
+    if chain.get("blocked"):
+        parts.append(Text(f"the chain waits: {chain['blocked']}", style="bold red"))
     parts.append(Text(f"chain: {chain['parts_done']}/{chain['parts_total']} parts done, "
                       f"{progress.tokens(chain['global_tokens'])} of {progress.tokens(chain['planned_tokens'])} tokens, "
                       f"ETA {progress.duration(chain['eta_s'])}, latest checkpoint {chain['latest_checkpoint'] or '-'}"))

@@ -94,7 +94,8 @@ class Daemon:
             if gpu_note:
                 self.events.warning(gpu_note)
             self.state = recovery.load_state(self.paths, self.plan, self.events, self._schedule_sha())
-            self.runner = PartRunner(self.paths, self.state, self.plan, self.events, self.save)
+            self.runner = PartRunner(self.paths, self.state, self.plan, self.events, self.save,
+                                     keepalive=self.notifier.watchdog)
             recovery.recover(self.runner)
             self._start_guard()
             watcher = ScheduleWatcher(self.schedule_path, self._on_schedule_event)
@@ -377,6 +378,9 @@ class Daemon:
         if self.runner.backoff_left(part) > 0:
             return
         self.runner.launch(part, self.control, self.hardware.sensor_file)
+        if self.state.blocked and self.exit_when_done:
+            self.events.emit("chain-failed", f"the chain stopped: {self.state.blocked}", level=logging.ERROR)
+            self.exit_code = 1
 
     # -- publishing ---------------------------------------------------------------------------------
 
@@ -385,6 +389,8 @@ class Daemon:
             return DaemonPhase.STOPPING, f"{self.stopping.value} stop"
         if self.runner.worker is None and self.state.failed():
             return DaemonPhase.FAILED, f"{self.state.failed().id} failed"
+        if self.runner.worker is None and self.state.blocked:
+            return DaemonPhase.FAILED, self.state.blocked
         if self.paused():
             return DaemonPhase.PAUSED, self.paused()
         if self.runner.worker:

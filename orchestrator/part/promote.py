@@ -15,11 +15,11 @@ import os
 import re
 import shutil
 from pathlib import Path
+from typing import Callable
 
 from runtime import faults
 from runtime.atomic import atomic_write_text, fsync_dir
 from runtime.checkpoint import CheckpointMeta, read_meta, verify
-from orchestrator.chain.state import ChainState, PartState, PartStatus
 from runtime.paths import RunPaths
 from runtime.quarantine import NOTE_SUFFIX, note_of
 from runtime.quarantine import quarantine as runtime_quarantine
@@ -36,8 +36,9 @@ def quarantine(paths: RunPaths, path: Path, reason: str) -> Path | None:
     return runtime_quarantine(path, paths.quarantine, reason)
 
 
-def promote(paths: RunPaths, part_id: str, source: Path, seq: int) -> tuple[Path, CheckpointMeta]:
-    verdict = verify(source)
+def promote(paths: RunPaths, part_id: str, source: Path, seq: int,
+            on_progress: Callable[[], None] | None = None) -> tuple[Path, CheckpointMeta]:
+    verdict = verify(source, on_progress=on_progress)
     if not verdict.ok:
         moved = quarantine(paths, source, f"final checkpoint of {part_id}: {verdict.reason}")
         raise PromotionError(f"final checkpoint of {part_id} failed verification ({verdict.reason})"
@@ -97,22 +98,3 @@ def clear_scratch(paths: RunPaths, work_root: Path) -> None:
         work_root.parent.rmdir()  # the stage's folder, once its last part is gone
     except OSError:
         pass
-
-
-def roll_back(paths: RunPaths, state: ChainState, reason: str) -> tuple[PartState, Path | str]:
-    """The newest promoted checkpoint is damaged: quarantine it and queue its part to train
-    again from the one before (returns the part and where the folder went). The caller
-    saves the state."""
-    latest = state.latest_checkpoint
-    owner = next(p for p in state.parts if p.checkpoint == latest)
-    folder = paths.root / latest
-    where = quarantine(paths, folder, f"promoted checkpoint of {owner.id}: {reason}") if folder.exists() else "nowhere"
-    before = max((p for p in state.parts if p.status == PartStatus.DONE and p is not owner), key=lambda p: p.seq, default=None)
-    owner.status, owner.checkpoint, owner.seq, owner.tokens = PartStatus.PENDING, None, None, 0
-    state.latest_checkpoint = before.checkpoint if before else None
-    state.global_tokens = read_meta(paths.root / before.checkpoint).global_tokens if before else 0
-    if before:
-        set_latest(paths, Path(before.checkpoint).name)
-    else:
-        paths.latest.unlink(missing_ok=True)
-    return owner, where

@@ -19,11 +19,12 @@ from orchestrator.part import spec as specs
 from orchestrator.records import progress
 from orchestrator.chain.plan import ChainPlan
 from orchestrator.records.events import EventLog
-from orchestrator.part.promote import PromotionError, clear_scratch, find_promoted, promote, roll_back
+from orchestrator.part import lineage
+from orchestrator.part.promote import PromotionError, clear_scratch, find_promoted, promote, quarantine
 from orchestrator.chain.state import ChainState, PartState, PartStatus
 from orchestrator.part.process import WorkerProcess
 from runtime.atomic import append_line, read_json_object
-from runtime.checkpoint import CheckpointMeta, read_meta, step_dirs, verify
+from runtime.checkpoint import CheckpointMeta, read_meta, step_dirs
 from runtime.lockfile import holder
 from runtime.paths import RunPaths
 from runtime.quarantine import NOTE_SUFFIX
@@ -33,12 +34,14 @@ from runtime.workerfiles import Control, ErrorReport, ExitReport, Heartbeat, Pha
 
 class PartRunner:
     def __init__(self, paths: RunPaths, state: ChainState, plan: ChainPlan, events: EventLog,
-                 save: Callable[[], None]):
+                 save: Callable[[], None], keepalive: Callable[[], None] = lambda: None):
         self.paths = paths
         self.state = state
         self.plan = plan  # replaced by the daemon when the schedule is reloaded
         self.events = events
         self.save = save
+        self.keepalive = keepalive
+        """Called during long work in one tick (hashing a checkpoint): the systemd watchdog."""
         self.worker: WorkerProcess | None = None
         self.hung = False
         self.launch_step = -1  # newest checkpoint step in the work dir when the worker started
@@ -47,7 +50,7 @@ class PartRunner:
         self.suspend_hang_checks = False  # while the disk is full no heartbeat can be written
         self.reported: set[str] = set()  # worker quarantine notes already turned into events
         self.last_heartbeat: Heartbeat | None = None  # read once a tick, by watch()
-        self.sound_start: str | None = None  # the promoted checkpoint last verified as a start
+        self.verified: set[str] = set()  # promoted folders verified as a start (they never change)
         self.retry_deadlines: dict[str, float | None] = {}  # part -> monotonic end of its backoff
 
     # -- starting --------------------------------------------------------------------------
@@ -87,8 +90,8 @@ class PartRunner:
             self.launch_step = self.newest_step(part.id)
             self.conclude(part, 0, stopping=False)
             return
-        if self.newest_step(part.id) < 0 and not self.start_is_sound():
-            return  # the part whose checkpoint was damaged is queued again, before this one
+        if not self.secure_start(part):
+            return  # a part queued again before this one runs first, or the chain waits for its start
         spec = specs.write(self.plan, self.plan.get(part.id), part, self.state, self.paths, sensor_file)
         self.state.model = self.state.model or spec.model
         self.state.tokenizer_sha256 = self.state.tokenizer_sha256 or spec.tokenizer_sha256
@@ -107,24 +110,43 @@ class PartRunner:
         self.events.emit("part-started", f"started {part.id} (attempt {part.attempts}{resume})", part=part.id,
                          attempt=part.attempts, pid=self.worker.pid)
 
-    def start_is_sound(self) -> bool:
-        """The newest promoted checkpoint, where the next part starts, must verify. A damaged
-        one (a power cut, a bad disk) is quarantined and its part queued to train again from
-        the one before; False then."""
-        latest = self.state.latest_checkpoint
-        if not latest or latest == self.sound_start:  # promoted folders never change: once is enough
-            return True
-        folder = self.paths.root / latest
-        verdict = verify(folder)
-        if verdict.ok:
-            self.sound_start = latest
-            return True
-        owner, where = roll_back(self.paths, self.state, verdict.reason)
-        self.save()
-        self.events.emit("checkpoint-damaged", f"the promoted checkpoint of {owner.id} is damaged "
-                         f"({verdict.reason}); moved to {where}; {owner.id} trains again from "
-                         f"{self.state.latest_checkpoint or 'fresh weights'}", level=logging.ERROR, part=owner.id)
-        return False
+    def secure_start(self, part: PartState) -> bool:
+        """May the part start now? Its own scratch must continue the chain as it stands (else
+        it is set aside); without scratch, the chain's start must be present and verify
+        (lineage.walk_back). False when a part was queued again before it, or the chain waits."""
+        frozen = specs.frozen(self.paths.work(part.id), part.id)
+        if frozen is not None and not lineage.scratch_fits(frozen, self.state, self.paths):
+            self.set_aside_scratch(part, frozen)
+            frozen = None
+        if frozen is not None:
+            return True  # resumes its own checkpoints, which hold all of its start's training
+        walk = lineage.walk_back(self.paths, self.state, self.verified, on_progress=self.keepalive)
+        for r in walk.requeued:
+            where = f"; moved to {r.moved_to}" if r.moved_to else ""
+            self.events.emit("checkpoint-damaged", f"{r.part.id} trains again: {r.reason}{where}; the chain now "
+                             f"continues from {self.state.latest_checkpoint or 'fresh weights'}",
+                             level=logging.ERROR, part=r.part.id)
+        blocked = walk.blocked_message()
+        changed = blocked != self.state.blocked
+        self.state.blocked = blocked
+        if walk.requeued or changed:
+            self.save()
+        if changed and blocked:
+            self.events.emit("chain-blocked", blocked, level=logging.ERROR)
+        elif changed:
+            self.events.emit("chain-unblocked", "the chain's starting checkpoint is back; going on")
+        return not walk.requeued and blocked is None
+
+    def set_aside_scratch(self, part: PartState, spec: WorkerSpec) -> None:
+        """Quarantine checkpoints of a part made from a start the chain no longer has."""
+        work = self.paths.work(part.id)
+        was = spec.init_checkpoint.name if spec.init_checkpoint else "fresh weights"
+        why = (f"{part.id} had trained from {was} at {spec.token_offset} tokens; the chain now continues from "
+               f"{self.state.latest_checkpoint or 'fresh weights'} at {self.state.global_tokens} tokens")
+        moved = quarantine(self.paths, work.checkpoints, f"scratch set aside: {why}")
+        work.spec.unlink(missing_ok=True)
+        self.events.emit("scratch-set-aside", f"{why}: its checkpoints were moved to {moved}, and it starts afresh",
+                         level=logging.WARNING, part=part.id)
 
     def backoff_left(self, part: PartState) -> float:
         """Seconds before a part that failed may be launched again (0: now). Timed on the
@@ -245,7 +267,8 @@ class PartRunner:
                           train.grad_accum, self.plan.schedule.supervisor)
         if d.action == "promote":
             try:
-                folder, meta = promote(self.paths, part.id, work.root / result.checkpoint, self.state.next_seq)
+                folder, meta = promote(self.paths, part.id, work.root / result.checkpoint, self.state.next_seq,
+                                       on_progress=self.keepalive)
                 self.record_done(part, folder, meta, result)
                 return
             except PromotionError as e:

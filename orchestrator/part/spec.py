@@ -25,7 +25,8 @@ from runtime.spec import EvalSpec, ValSet, WorkerSpec
 from runtime.workerfiles import write_model
 
 
-def _frozen(work: WorkPaths, part_id: str) -> WorkerSpec | None:
+def frozen(work: WorkPaths, part_id: str) -> WorkerSpec | None:
+    """The part's spec, if it is frozen: the part has checkpoints of its own."""
     if not step_dirs(work.checkpoints):
         return None
     try:
@@ -53,7 +54,7 @@ def fresh(plan: ChainPlan, pp: PartPlan, state: ChainState, paths: RunPaths) -> 
 def write(plan: ChainPlan, pp: PartPlan, part: PartState, state: ChainState, paths: RunPaths,
           sensor_file: Path | None) -> WorkerSpec:
     work = paths.work(pp.id)
-    spec = _frozen(work, pp.id) or fresh(plan, pp, state, paths)
+    spec = frozen(work, pp.id) or fresh(plan, pp, state, paths)
     o = part.overrides
     train = spec.train.model_copy(update={
         "micro_batch": o.micro_batch or spec.train.micro_batch,

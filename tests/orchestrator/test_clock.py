@@ -81,7 +81,7 @@ def test_a_stepped_wall_clock_neither_stops_the_guard_and_checkpoints_nor_hangs_
              what="the daemon polling on after the step")
     step(THREE_HOURS - 10, (worker_clock,))
     hot(50)
-    assert daemon.wait(timeout=300) == 0, (tmp_path / "daemon.log").read_text()[-3000:]
+    assert daemon.wait(timeout=900) == 0, (tmp_path / "daemon.log").read_text()[-3000:]
 
     kinds = [e["event"] for e in events(run)]
     assert "worker-hung" not in kinds and "worker-killed" not in kinds

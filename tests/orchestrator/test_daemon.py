@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import (
-    cli, events, make_chain, part_of, promotions, read_state, running_step, start_daemon, wait_for,
+    assert_lineage, cli, events, make_chain, part_of, promotions, read_state, running_step, start_daemon, wait_for,
 )
 from tests.helpers import assert_bitwise_equal
 
@@ -30,6 +30,7 @@ def reference(tmp_path_factory) -> Path:
     schedule = make_chain(root, tokens=TOKENS)
     proc = start_daemon(schedule, root / "daemon.log", "--exit-when-done")
     assert proc.wait(timeout=600) == 0, (root / "daemon.log").read_text()[-3000:]
+    assert_lineage(root / "runs" / "chain")
     return root / "runs" / "chain"
 
 

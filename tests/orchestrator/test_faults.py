@@ -22,7 +22,7 @@ import pytest
 
 from runtime.checkpoint import sha256_file, write_manifest
 from tests.helpers import (
-    REPO, cli, events, make_chain, part_of, promotions, read_state, running_step, start_daemon, wait_for,
+    assert_lineage,     REPO, cli, events, make_chain, part_of, promotions, read_state, running_step, start_daemon, wait_for,
 )
 from tests.helpers import assert_bitwise_equal
 
@@ -54,6 +54,7 @@ def reference(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("reference")
     schedule = make_chain(root, **CHAIN)
     assert start_daemon(schedule, root / "daemon.log", "--exit-when-done").wait(timeout=300) == 0
+    assert_lineage(root / "runs" / "chain")
     return root / "runs" / "chain"
 
 
