@@ -6,6 +6,7 @@ folder and publishes it; this module only converts and writes into an existing f
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,8 @@ def write_export(folder: Path, *, fmt: str, state: dict[str, torch.Tensor], mode
             raise ExportError(f"no GGUF mapping for the {family.model_type} architecture yet")
         if spm is None:
             raise ExportError("a GGUF file carries its tokenizer; export without --no-tokenizer")
-        gguf_file = f"{name}-{dtype}.gguf"
+        stem = re.sub(r"[^\w.-]+", "-", name).strip("-.") or "model"  # the name, safe as a file name
+        gguf_file = f"{stem}-{dtype}.gguf"
         gguf.write(folder / gguf_file, arch=arch, hf_config=hf_config, tensors=tensors, spm=spm, dtype=dtype,
                    name=name, description=source.summary(), chat_template=chat_template)
         (folder / "Modelfile").write_text(card.modelfile(gguf_file, sampling, spm.pieces[spm.eos_id].text))
