@@ -24,8 +24,8 @@ DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 _HF_NAMES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}
 
 
-def _json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+def _json(path: Path, obj: Any, indent: int | None = 2) -> None:
+    path.write_text(json.dumps(obj, indent=indent, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def generation_config(hf_config: dict[str, Any], sampling: dict[str, Any]) -> dict[str, Any]:
@@ -54,7 +54,7 @@ def write(folder: Path, *, hf_config: dict[str, Any], tensors: dict[str, torch.T
     written = ["config.json", "model.safetensors", "generation_config.json"]
     if spm is not None:
         max_length = hf_config.get("n_positions") or hf_config.get("max_position_embeddings")
-        _json(folder / "tokenizer.json", hf_tokenizer.tokenizer_json(spm))
+        _json(folder / "tokenizer.json", hf_tokenizer.tokenizer_json(spm), indent=None)  # merges: one line, not four each
         _json(folder / "tokenizer_config.json", hf_tokenizer.tokenizer_config(spm, max_length, chat_template))
         _json(folder / "special_tokens_map.json", hf_tokenizer.special_tokens(spm))
         written += ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
