@@ -22,7 +22,7 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     tok = root / "tok" / "t.model"
     made = cli("tokenizer", "train", "-i", str(CORPUS), "--vocab-size", "1000", "--out", str(tok), "-q", "--workers", "0")
     assert made.returncode == 0, made.stderr
-    out = cli("prepare", "-i", str(CORPUS), "--tokenizer", str(tok), "--out", str(root / "data"), "--parts", "4",
+    out = cli("prepare", "-i", str(CORPUS), "--tokenizer", str(tok), "--out", str(root / "data"), "--parts", "8",
               "--block-size", "64", "--val-fraction", "0.1", "-q", "--workers", "0")
     assert out.returncode == 0, out.stderr
     manifest = root / "data" / "manifest.json"
