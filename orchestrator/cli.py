@@ -41,6 +41,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", type=Path, help="where it all goes (default: runs/demo)")
     _handler(p, "orchestrator.commands.demo:cmd_demo")
 
+    p = sub.add_parser("doctor", help="check this machine (torch and the GPU, NVML, disk, inotify, systemd, "
+                       "battery) and, with --schedule, the chain; run it first on a new machine")
+    p.add_argument("--schedule", type=Path, help="also check this schedule: it validates, fits the card's memory, "
+                   "and how long it takes at the speed measured here")
+    p.add_argument("--run-dir", type=Path, help="the run directory to check (default: runs/<schedule name>/ beside "
+                   "the schedule, or the current directory)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--measure-seconds", type=float, default=10.0,
+                   help="with --schedule: train the schedule's model on random tokens this long to measure tokens/s "
+                   "(default 10; 0 skips)")
+    p.add_argument("--probe-timeout", type=float, default=120.0,
+                   help="seconds to wait for torch to import and find the GPUs (default 120)")
+    _handler(p, "orchestrator.commands.doctor:cmd_doctor")
+
     p = sub.add_parser("run", help="the daemon: run the schedule's chain of parts (foreground; systemd runs this)")
     p.add_argument("--schedule", type=Path, required=True, help="the schedule file (JSON)")
     p.add_argument("--run-dir", type=Path, help="default: runs/<schedule name>/ beside the schedule")

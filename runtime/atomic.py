@@ -7,6 +7,7 @@ then fsync the directory so the rename itself is on disk.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -14,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from runtime import faults
+
+# The errors that mean "no space left": a full disk, or the user's quota.
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -132,6 +136,16 @@ def end_lines(path: str | os.PathLike) -> bool:
 def read_json(path: str | os.PathLike) -> Any:
     with open(path, "rb") as f:
         return json.loads(f.read())
+
+
+def read_json_object(path: str | os.PathLike) -> dict | None:
+    """A run file that should hold a JSON object, or None if it is missing, unreadable,
+    torn or not an object: for readers that must never fail on another process's file."""
+    try:
+        data = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:

@@ -57,6 +57,9 @@ def setting(name: str) -> int | None:
                              micro-batch exceeds N (the daemon must halve it)
     NAN_AT_CURSOR=P          the loss of the optimizer step that trains position P of the
                              part's window order is NaN (the daemon must skip it)
+
+    (ORCHESTRATOR_FAULT_GPU_FACTS=JSON, fabricated torch and GPU facts, is read by
+    runtime.gpuarch.fabricated_facts, not here: it is JSON, not a number.)
     """
     raw = os.environ.get(f"{ENV}_{name}")
     return int(raw) if raw else None

@@ -12,6 +12,7 @@ Every one is written atomically; readers treat a missing or unparsable file as a
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Literal
 
@@ -27,7 +28,25 @@ EXIT_STOPPED = 75  # stopped on request (SIGTERM/SIGINT, or the daemon went away
 EXIT_OOM = 90  # out of memory: retry with a smaller micro-batch
 EXIT_NONFINITE = 91  # non-finite loss: roll back, skip the window
 
-Phase = Literal["starting", "loading", "compiling", "training", "paused", "saving", "evaluating", "done"]
+# The daemon's pid, in the worker's environment: the worker stops when its daemon is gone.
+DAEMON_PID_ENV = "ORCHESTRATOR_DAEMON_PID"
+
+
+
+class Phase(str, Enum):
+    """What the worker is doing, as its heartbeat says (status shows it)."""
+
+    STARTING = "starting"
+    LOADING = "loading"
+    COMPILING = "compiling"
+    TRAINING = "training"
+    PAUSED = "paused"
+    SAVING = "saving"
+    EVALUATING = "evaluating"
+    DONE = "done"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 class Heartbeat(BaseModel):
@@ -36,7 +55,10 @@ class Heartbeat(BaseModel):
     launcher_pid: int | None = None
     """Under torchrun: torchrun's pid, the process the daemon started (pid is rank 0's)."""
     time: float
-    """time.time() when written; the daemon declares a hang when it grows too old."""
+    """time.time() when written: for display only (the wall clock can be stepped)."""
+    seq: int = 0
+    """Counts the worker's heartbeat writes: the daemon judges liveness by seeing it change,
+    on its own monotonic clock, never by comparing wall-clock times."""
     phase: Phase
     step: int = 0
     steps_total: int = 0

@@ -5,6 +5,10 @@ Precision by CUDA compute capability (auto):
     7.x         fp16 autocast with a GradScaler
     below 7.0   fp32 (Pascal, e.g. GTX 1050); fp16 only when asked for, to save memory
 torch.cuda.is_bf16_supported() is not consulted: it reports emulated bf16 on Pascal.
+
+Before any CUDA work, the card's architecture is checked against the build's
+(runtime.gpuarch): a GTX 10xx under a CUDA 12.8+ build is refused with the install
+command of a build that runs it, instead of failing at the first kernel.
 """
 
 from __future__ import annotations
@@ -12,10 +16,13 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
 
+from runtime import gpuarch
+from runtime.gpuarch import GpuInfo, TorchFacts
 from runtime.spec import TrainConfig
 from trainer.errors import BadInput
 
@@ -47,8 +54,37 @@ class Placement:
         return ", ".join(parts) + f" ({self.why})"
 
 
+def torch_facts() -> TorchFacts:
+    """What this torch build is and which GPUs it sees (or the tests' fabricated facts)."""
+    fabricated = gpuarch.fabricated_facts()
+    if fabricated is not None:
+        return fabricated
+    facts = TorchFacts(torch_version=torch.__version__, cuda_build=torch.version.cuda,
+                       hip_build=getattr(torch.version, "hip", None))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        facts.cuda_available = torch.cuda.is_available()
+        if facts.cuda_available:
+            facts.arch_list = torch.cuda.get_arch_list()
+            for i in range(torch.cuda.device_count()):
+                props = torch.cuda.get_device_properties(i)
+                facts.gpus.append(GpuInfo(index=i, name=props.name, capability=(props.major, props.minor),
+                                          memory_gb=round(props.total_memory / 2**30, 2)))
+    facts.notes = [" ".join(str(w.message).split()) for w in caught]
+    return facts
+
+
+def check_architecture(cfg: TrainConfig, local_rank: int | None = None) -> None:
+    """BadInput with runtime.gpuarch's message when the card this part would train on is
+    missing from the build; nothing for a CPU part or a build that runs the card."""
+    indices = gpuarch.cuda_indices(cfg, local_rank)
+    if indices and (why := gpuarch.refusal(torch_facts(), indices)):
+        raise BadInput(why)
+
+
 def choose(cfg: TrainConfig, local_rank: int | None = None) -> Placement:
     """`local_rank`: this process's place among several on one machine (one GPU each)."""
+    check_architecture(cfg, local_rank)
     if cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available()):
         return _cpu(cfg)
     if not torch.cuda.is_available():

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from orchestrator.chain.plan import ChainPlan
 from orchestrator.part.promote import promoted_folders, seq_of
-from orchestrator.chain.state import ChainState, PartState, ScheduleState
+from orchestrator.chain.state import ChainState, PartState, PartStatus, ScheduleState
 from runtime.atomic import read_jsonl
 from runtime.checkpoint import read_meta
 from runtime.paths import RunPaths
@@ -39,7 +39,7 @@ def merge(state: ChainState, plan: ChainPlan) -> list[str]:
     for p in history:
         planned = plan.get(p.id)
         if planned is None:
-            still = "it stays queued (`orchestrator skip` leaves it out)" if p.status == "pending" else \
+            still = "it stays queued (`orchestrator skip` leaves it out)" if p.status == PartStatus.PENDING else \
                 "it stays in the chain's history"
             notes.append(f"{p.id} ({p.status}) is no longer in the schedule; {still}")
         elif planned.sha256 != p.sha256:
@@ -70,7 +70,7 @@ def merge(state: ChainState, plan: ChainPlan) -> list[str]:
 
 def started(part: PartState) -> bool:
     """Has training touched this part (its data and spec are then fixed)?"""
-    return part.status != "pending" or part.attempts > 0
+    return part.status != PartStatus.PENDING or part.attempts > 0
 
 
 def _span(ids: list[str]) -> str:
@@ -94,7 +94,7 @@ def rebuild(paths: RunPaths, plan: ChainPlan) -> ChainState:
         state.model = state.model or meta.model
         state.tokenizer_sha256 = state.tokenizer_sha256 or meta.tokenizer_sha256
         done.append(PartState(
-            id=meta.part_id, stage=meta.stage, status="done",
+            id=meta.part_id, stage=meta.stage, status=PartStatus.DONE,
             file=str(planned.file) if planned else "unknown", sha256=planned.sha256 if planned else "unknown",
             tokens=meta.part_tokens, loss=meta.loss, val_loss=meta.val_loss,
             checkpoint=str(Path("checkpoints") / folder.name), seq=seq_of(folder),
@@ -106,7 +106,7 @@ def rebuild(paths: RunPaths, plan: ChainPlan) -> ChainState:
     skipped -= {e.get("part") for e in events if e.get("event") == "part-requeued"}
     done_ids = {p.id for p in done}
     block = plan.model["block_size"]
-    history = done + [_new_part(pp, block).model_copy(update={"status": "skipped"})
+    history = done + [_new_part(pp, block).model_copy(update={"status": PartStatus.SKIPPED})
                       for pp in plan.parts if pp.id in skipped and pp.id not in done_ids]
     for p in history:
         p.attempts = sum(1 for e in events if e.get("event") == "part-started" and e.get("part") == p.id)

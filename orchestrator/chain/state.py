@@ -17,6 +17,7 @@ failed (a part failed; the chain is stopped), stopping, stopped.
 from __future__ import annotations
 
 import time
+from enum import Enum
 from pathlib import Path
 from typing import Literal
 
@@ -25,8 +26,34 @@ from pydantic import BaseModel, ConfigDict, Field
 from runtime.atomic import read_json
 from runtime.workerfiles import write_model
 
-PartStatus = Literal["pending", "running", "done", "failed", "skipped"]
-DaemonPhase = Literal["starting", "running", "waiting", "paused", "idle", "failed", "stopping", "stopped"]
+
+
+class PartStatus(str, Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class DaemonPhase(str, Enum):
+    STARTING = "starting"
+    RUNNING = "running"
+    WAITING = "waiting"
+    """Backoff before a retry."""
+    PAUSED = "paused"
+    IDLE = "idle"
+    """Every part done; waiting for more to be queued."""
+    FAILED = "failed"
+    """A part failed; the chain is stopped until retry or skip."""
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 class Overrides(BaseModel):
@@ -43,7 +70,7 @@ class PartState(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: str
     stage: str
-    status: PartStatus = "pending"
+    status: PartStatus = PartStatus.PENDING
     file: str
     """The token file the part was planned from."""
     sha256: str
@@ -78,7 +105,7 @@ class PartState(BaseModel):
 class DaemonState(BaseModel):
     model_config = ConfigDict(extra="forbid")
     pid: int | None = None
-    state: DaemonPhase = "starting"
+    state: DaemonPhase = DaemonPhase.STARTING
     since: float = Field(default_factory=time.time)
     reason: str | None = None
 
@@ -125,13 +152,13 @@ class ChainState(BaseModel):
         return next((p for p in self.parts if p.id == pid), None)
 
     def running(self) -> PartState | None:
-        return next((p for p in self.parts if p.status == "running"), None)
+        return next((p for p in self.parts if p.status == PartStatus.RUNNING), None)
 
     def next_pending(self) -> PartState | None:
-        return next((p for p in self.parts if p.status == "pending"), None)
+        return next((p for p in self.parts if p.status == PartStatus.PENDING), None)
 
     def failed(self) -> PartState | None:
-        return next((p for p in self.parts if p.status == "failed"), None)
+        return next((p for p in self.parts if p.status == PartStatus.FAILED), None)
 
 
 def load(path: Path) -> ChainState:

@@ -8,4 +8,5 @@ torch (sample, evaluate, compare --prompts, export) imports it inside the functi
     evaluate    losses of a checkpoint             compare    checkpoints side by side
     prompts     compare --prompts                  sample     text from a checkpoint
     plot        one figure of the chain            export     a checkpoint for use elsewhere
+    doctor      preflight: machine and schedule
 """

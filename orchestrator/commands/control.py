@@ -15,7 +15,7 @@ from orchestrator.records.rundir import existing, locate
 from runtime.errors import UserError
 from runtime.lockfile import LockFile, Locked, holder
 from runtime.paths import RunPaths
-from runtime.workerfiles import Heartbeat, read_model
+from runtime.workerfiles import Heartbeat, Phase, read_model
 
 
 def cmd_request(args) -> int:
@@ -82,7 +82,7 @@ def _wait_for_worker_pause(paths: RunPaths, timeout: float) -> None:
 
     def paused() -> bool:
         hb = read_model(hb_path, Heartbeat)
-        return hb is None or hb.phase in ("paused", "done")
+        return hb is None or hb.phase in (Phase.PAUSED, Phase.DONE)
 
     _wait(paused, timeout, "the worker to finish its step and pause")
     print(f"the worker of {running.id} is paused")

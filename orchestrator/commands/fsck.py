@@ -24,7 +24,7 @@ from runtime.errors import UserError
 from orchestrator.part.promote import PROMOTED_RE, promoted_folders, quarantine, roll_back, set_latest
 from orchestrator.records.rundir import locate
 from orchestrator.chain.schedule import load as load_schedule
-from orchestrator.chain.state import ChainState, load, save
+from orchestrator.chain.state import ChainState, PartStatus, load, save
 from runtime.atomic import end_lines
 from runtime.checkpoint import verify
 from runtime.lockfile import LockFile, Locked
@@ -98,7 +98,7 @@ class Check:
                                              "promotion or put there by hand)", lambda e=entry: self.set_aside(e)))
         if self.state:
             for part in self.state.parts:
-                if part.status == "done" and part.checkpoint and not (self.paths.root / part.checkpoint).is_dir():
+                if part.status == PartStatus.DONE and part.checkpoint and not (self.paths.root / part.checkpoint).is_dir():
                     self.problems.append(Problem(part.checkpoint, f"missing: the checkpoint of {part.id} "
                                                  "(moved away by hand?)"))
 
@@ -129,7 +129,7 @@ class Check:
             self.problems.append(Problem("checkpoints/LATEST", f"names {have!r}, the chain's newest is {want!r}", fix))
 
     def check_scratch(self) -> None:
-        active = {p.id for p in self.state.parts if p.status in ("pending", "running", "failed")}
+        active = {p.id for p in self.state.parts if p.status in (PartStatus.PENDING, PartStatus.RUNNING, PartStatus.FAILED)}
         for stage in self.paths.work_root.iterdir() if self.paths.work_root.is_dir() else ():
             for part in stage.iterdir() if stage.is_dir() else ():
                 if f"{stage.name}/{part.name}" not in active:

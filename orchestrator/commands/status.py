@@ -14,22 +14,14 @@ from typing import Any
 from orchestrator.records import progress
 from orchestrator.records.rundir import existing, locate
 from orchestrator.guard.sensors import FILE_KEYS
-from runtime.atomic import read_json, tail_jsonl
+from runtime.atomic import read_json_object, tail_jsonl
 from runtime.lockfile import holder
 from runtime.paths import RunPaths
 
 
-def _read(path) -> dict | None:
-    try:
-        data = read_json(path)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def hardware(paths: RunPaths) -> dict[str, Any] | None:
     """The latest readings: every standard reading (null where absent), failures, the guard's verdict."""
-    hw = _read(paths.hardware)
+    hw = read_json_object(paths.hardware)
     if hw is None:
         return None
     readings = hw.get("readings", {})
@@ -42,11 +34,11 @@ def hardware(paths: RunPaths) -> dict[str, Any] | None:
 
 def gather(paths: RunPaths) -> dict[str, Any]:
     """Everything `status` shows, as the JSON that `status --json` prints."""
-    state = _read(paths.state) or {}
+    state = read_json_object(paths.state) or {}
     parts = state.get("parts", [])
     pid = holder(paths.lock)
     running = next((p for p in parts if p["status"] == "running"), None)
-    hb = _read(paths.work(running["id"]).heartbeat) if running else None
+    hb = read_json_object(paths.work(running["id"]).heartbeat) if running else None
     if hb and running.get("worker_pid") and running["worker_pid"] not in (hb.get("pid"), hb.get("launcher_pid")):
         hb = None  # an earlier attempt's heartbeat
     hb = hb or {}

@@ -9,7 +9,6 @@ the promoted checkpoints, and the worker's own checkpoints.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import logging
 import os
@@ -17,6 +16,7 @@ import signal
 import threading
 import time
 from collections import deque
+from enum import Enum
 from pathlib import Path
 
 from orchestrator.chain import reconcile
@@ -30,17 +30,24 @@ from orchestrator.daemon.notify import Notifier
 from orchestrator.records.rundir import default_for
 from orchestrator.chain.schedule import load as load_schedule
 from orchestrator.part.runner import PartRunner
-from orchestrator.chain.state import DaemonState, PauseState, ScheduleState
+from orchestrator.chain.state import DaemonPhase, DaemonState, PauseState, ScheduleState
 from orchestrator.chain.state import save as save_state
 from orchestrator.daemon.watcher import ScheduleWatcher
+from runtime.atomic import DISK_FULL
 from runtime.lockfile import LockFile, Locked
 from runtime.paths import RunPaths
 from runtime.workerfiles import Control, write_model
 
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 TICK_S = 0.5
 DEBOUNCE_S = 0.3  # let an editor finish saving before reading the schedule
 STAT_CHECK_S = 10.0  # fallback check of the schedule's mtime, for filesystems without inotify
+
+
+class Stop(Enum):
+    WARM = "warm"
+    """The worker checkpoints, then the daemon exits (the first SIGTERM/SIGINT, or `stop`)."""
+    COLD = "cold"
+    """The worker is killed now (a second signal); it resumes from its last checkpoint."""
 
 
 class Daemon:
@@ -50,7 +57,7 @@ class Daemon:
         self.exit_when_done = exit_when_done
         self.wake = threading.Event()
         self.signals: deque[int] = deque()
-        self.stopping: str | None = None  # None, "warm" or "cold"
+        self.stopping: Stop | None = None
         self.exit_code: int | None = None
         self.changed_at: float | None = None
         self.reload_requested = False
@@ -63,11 +70,13 @@ class Daemon:
         self.hardware: HardwareWatch | None = None
         self.write_error: str | None = None  # set while state.json cannot be written (disk full)
         self.pause_kind: tuple[str, ...] = ()  # the guard's last kind of pause
+        self.paused_since: float | None = None  # monotonic, while the daemon's phase is paused
 
     # -- life cycle ----------------------------------------------------------------------
 
     def run(self) -> int:
         self.plan = resolve_chain(load_schedule(self.schedule_path), self.schedule_path)
+        gpu_note = self._check_gpu()
         self.paths = RunPaths((self.run_dir or default_for(self.schedule_path, self.plan.schedule.name)).resolve())
         recovery.make_run_dir(self.paths)
         # Handlers first: once the lock holds our pid, CLI commands may signal us (SIGUSR1),
@@ -82,6 +91,8 @@ class Daemon:
         watcher = None
         try:
             self.events = EventLog(self.paths)
+            if gpu_note:
+                self.events.warning(gpu_note)
             self.state = recovery.load_state(self.paths, self.plan, self.events, self._schedule_sha())
             self.runner = PartRunner(self.paths, self.state, self.plan, self.events, self.save)
             recovery.recover(self.runner)
@@ -89,7 +100,7 @@ class Daemon:
             watcher = ScheduleWatcher(self.schedule_path, self._on_schedule_event)
             watcher.start()
             self.schedule_stamp = self._stamp()
-            self.state.daemon = DaemonState(pid=os.getpid(), state="running")
+            self.state.daemon = DaemonState(pid=os.getpid(), state=DaemonPhase.RUNNING)
             self.sync_control()  # a pause set before a restart still holds
             self.save()
             self.events.emit("daemon-started", f"daemon started (pid {os.getpid()}) on {self.paths.root}: "
@@ -108,12 +119,24 @@ class Daemon:
             if watcher:
                 watcher.stop()
             if hasattr(self, "state"):
-                self.state.daemon.state = "stopped"
+                self.state.daemon.state = DaemonPhase.STOPPED
                 self.state.daemon.since = time.time()
                 self.save()
                 self.events.emit("daemon-stopped", f"daemon stopped (exit {self.exit_code})")
                 self.events.close()
             self.lock.release()
+
+    def _check_gpu(self) -> str | None:
+        """Refuse to start a chain that would train on a card this torch build cannot run:
+        the worker would fail at its first kernel, at every attempt. Torch loads in a short
+        probe subprocess, never here, and only when some part may train on an NVIDIA GPU.
+        Returns a note when the check could not be made (the worker checks again)."""
+        from orchestrator.preflight.gpu import daemon_refusal
+
+        refusal, note = daemon_refusal([p.train for p in self.plan.parts] or [self.plan.schedule.train])
+        if refusal:
+            raise UserError(refusal)
+        return note
 
     def tick(self) -> None:
         try:
@@ -164,13 +187,13 @@ class Daemon:
     def begin_stop(self, reason: str) -> None:
         """First call: warm stop (checkpoint, then exit 0). A second: cold stop (kill now)."""
         if self.stopping is None:
-            self.stopping = "warm"
+            self.stopping = Stop.WARM
             self.events.emit("daemon-stopping", f"stopping warmly ({reason}): the worker checkpoints first")
             self.notifier.stopping("checkpointing before stop")
             if self.runner.worker:
                 self.runner.worker.request_stop(self.plan.schedule.supervisor.stop_grace_s, "daemon stopping")
-        elif self.stopping == "warm":
-            self.stopping = "cold"
+        elif self.stopping is Stop.WARM:
+            self.stopping = Stop.COLD
             self.events.emit("daemon-stopping", f"stopping now ({reason}, second request): the worker is killed; "
                              "it resumes from its last checkpoint")
             if self.runner.worker:
@@ -200,6 +223,7 @@ class Daemon:
             if worker and worker.part_id == part.id:
                 worker.request_stop(self.plan.schedule.supervisor.stop_grace_s, "part skipped")
         elif req.command == "retry" and part:
+            self.runner.retry_deadlines.pop(part.id, None)  # `retry` means now, not after the backoff
             self.events.emit("part-requeued", message, part=part.id)
         elif req.command in ("pause", "resume"):
             self.events.emit("paused" if req.command == "pause" else "resumed", f"{message} (by the user)")
@@ -254,8 +278,8 @@ class Daemon:
         guard_changed = plan.schedule.guard != self.plan.schedule.guard or plan.gpus() != self.plan.gpus()
         self.plan = self.runner.plan = plan
         if guard_changed:
-            self.hardware.close()
-            self._start_guard()
+            self.hardware.reconfigure(plan.schedule.guard, sensor_file_for(plan.schedule.guard, self.schedule_path.parent),
+                                      plan.gpus(), self.events)
         notes = reconcile.merge(self.state, plan)
         self.state.schedule = ScheduleState(path=str(self.schedule_path), sha256=sha, valid=True,
                                             loaded_at=time.time())
@@ -284,7 +308,7 @@ class Daemon:
         self.hardware.start(self.events)
 
     def handle_guard(self) -> None:
-        now = time.time()
+        now = time.monotonic()
         verdict = self.hardware.poll(now)
         if verdict is None:
             return
@@ -295,7 +319,7 @@ class Daemon:
             self.events.emit(event, message, level=logging.WARNING if event != "guard-resume" else logging.INFO)
         was = self.state.guard_pause
         if verdict.pause and (was is None or verdict.pause_kind != self.pause_kind):
-            self.state.guard_pause = PauseState(reason=verdict.pause, since=was.since if was else now)
+            self.state.guard_pause = PauseState(reason=verdict.pause, since=was.since if was else time.time())
             self.save()
         elif verdict.pause is None and was is not None:
             self.state.guard_pause = None
@@ -350,34 +374,35 @@ class Daemon:
                 self.exit_code = 0
             return
         self.announced_done = False
-        if part.retry_at and time.time() < part.retry_at:
+        if self.runner.backoff_left(part) > 0:
             return
         self.runner.launch(part, self.control, self.hardware.sensor_file)
 
     # -- publishing ---------------------------------------------------------------------------------
 
-    def phase(self) -> tuple[str, str | None]:
+    def phase(self) -> tuple[DaemonPhase, str | None]:
         if self.stopping:
-            return "stopping", self.stopping + " stop"
+            return DaemonPhase.STOPPING, f"{self.stopping.value} stop"
         if self.runner.worker is None and self.state.failed():
-            return "failed", f"{self.state.failed().id} failed"
+            return DaemonPhase.FAILED, f"{self.state.failed().id} failed"
         if self.paused():
-            return "paused", self.paused()
+            return DaemonPhase.PAUSED, self.paused()
         if self.runner.worker:
-            return "running", self.runner.worker.part_id
+            return DaemonPhase.RUNNING, self.runner.worker.part_id
         part = self.state.next_pending()
         if part is None:
-            return "idle", "every part is done"
-        if part.retry_at and time.time() < part.retry_at:
-            return "waiting", f"retrying {part.id} at {progress.clock(part.retry_at)}"
-        return "running", None
+            return DaemonPhase.IDLE, "every part is done"
+        if self.runner.backoff_left(part) > 0:
+            return DaemonPhase.WAITING, f"retrying {part.id} at {progress.clock(part.retry_at)}"
+        return DaemonPhase.RUNNING, None
 
     def publish(self) -> None:
         phase, reason = self.phase()
         d = self.state.daemon
         if (phase, reason) != (d.state, d.reason):
-            if d.state == "paused":
-                self.state.paused_seconds += time.time() - d.since
+            if d.state == DaemonPhase.PAUSED and self.paused_since is not None:
+                self.state.paused_seconds += time.monotonic() - self.paused_since
+            self.paused_since = time.monotonic() if phase == DaemonPhase.PAUSED else None
             self.state.daemon = DaemonState(pid=os.getpid(), state=phase, since=time.time(), reason=reason)
             self.save()
         self.notifier.status(self._status_line())

@@ -19,7 +19,7 @@ from runtime.errors import UserError
 from orchestrator.records.events import EventLog
 from orchestrator.part.promote import quarantine, set_latest
 from orchestrator.part.runner import PartRunner
-from orchestrator.chain.state import ChainState, ScheduleState
+from orchestrator.chain.state import ChainState, PartStatus, ScheduleState
 from orchestrator.chain.state import load as load_state_file
 from runtime.paths import RunPaths
 
@@ -75,14 +75,14 @@ def recover(runner: PartRunner) -> None:
     paths, state = runner.paths, runner.state
     for part in state.parts:
         work = paths.work(part.id)
-        if part.status == "done":
+        if part.status == PartStatus.DONE:
             if work.root.exists():
                 runner.finish_scratch(part)
             continue
         if runner.finish_promoted(part):  # promoted, but state.json was not saved in time
             continue
-        if part.status == "running" and not runner.adopt(part):
-            part.status, part.worker_pid = "pending", None
+        if part.status == PartStatus.RUNNING and not runner.adopt(part):
+            part.status, part.worker_pid = PartStatus.PENDING, None
     if state.latest_checkpoint:
         name = Path(state.latest_checkpoint).name
         if not paths.latest.exists() or paths.latest.read_text().strip() != name:

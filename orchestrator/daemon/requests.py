@@ -21,8 +21,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from runtime.errors import UserError
-from orchestrator.chain.state import ChainState, PartState, PauseState
+from orchestrator.chain.state import ChainState, PartState, PartStatus, PauseState
 from runtime.atomic import read_json
+from runtime.clock import Stamp
 from runtime.lockfile import holder
 from runtime.paths import RunPaths
 from runtime.workerfiles import read_model, write_model
@@ -38,6 +39,13 @@ class Request(BaseModel):
     part: str | None = None
     reason: str | None = None
     time: float
+    """Wall-clock time written, for people reading the file."""
+    boot: str = ""
+    since_boot: float = 0.0
+    """When it was written, on the system-wide boot clock (runtime.clock): its age."""
+
+    def age(self) -> float | None:
+        return Stamp(self.boot, self.since_boot).age()
 
 
 class Answer(BaseModel):
@@ -45,6 +53,8 @@ class Answer(BaseModel):
     id: str
     ok: bool
     message: str
+    boot: str = ""
+    since_boot: float = 0.0
 
 
 # -- the CLI side ------------------------------------------------------------------------
@@ -55,8 +65,9 @@ def send(paths: RunPaths, command: Command, part: str | None = None, reason: str
     pid = holder(paths.lock)
     if pid is None:
         raise NoDaemon(paths.root)
+    stamp = Stamp.now()
     req = Request(id=f"{time.time_ns()}-{secrets.token_hex(3)}", command=command, part=part, reason=reason,
-                  time=time.time())
+                  time=time.time(), boot=stamp.boot, since_boot=stamp.seconds)
     write_model(paths.control / f"req-{req.id}.json", req)
     if pid > 0:
         try:
@@ -92,8 +103,8 @@ class NoDaemon(UserError):
 
 def pending(paths: RunPaths) -> list[tuple[Path, Request]]:
     """Requests waiting, oldest first. Unreadable or expired ones are removed, and so are
-    answers nobody collected (their CLI gave up)."""
-    now = time.time()
+    answers nobody collected (their CLI gave up). Ages are on the boot clock: a request
+    from before a reboot, or of unknown age, has expired; a stepped wall clock changes nothing."""
     out = []
     for path in sorted(paths.control.glob("req-*.json")):
         try:
@@ -101,21 +112,23 @@ def pending(paths: RunPaths) -> list[tuple[Path, Request]]:
         except (OSError, ValueError):
             path.unlink(missing_ok=True)
             continue
-        if now - req.time > EXPIRES_S:
+        age = req.age()
+        if age is None or age > EXPIRES_S:
             path.unlink(missing_ok=True)
         else:
             out.append((path, req))
     for old in paths.control.glob("ack-*.json"):
-        try:
-            if now - old.stat().st_mtime > 10 * EXPIRES_S:
-                old.unlink()
-        except FileNotFoundError:
-            pass
+        ack = read_model(old, Answer)
+        age = Stamp(ack.boot, ack.since_boot).age() if ack else None
+        if age is None or age > 10 * EXPIRES_S:
+            old.unlink(missing_ok=True)
     return out
 
 
 def answer(paths: RunPaths, path: Path, req_id: str, ok: bool, message: str) -> None:
-    write_model(paths.control / f"ack-{req_id}.json", Answer(id=req_id, ok=ok, message=message))
+    stamp = Stamp.now()
+    write_model(paths.control / f"ack-{req_id}.json", Answer(id=req_id, ok=ok, message=message, boot=stamp.boot,
+                                                             since_boot=stamp.seconds))
     path.unlink(missing_ok=True)
 
 
@@ -150,20 +163,20 @@ def apply(state: ChainState, req: Request) -> str:
         return "resumed"
     if req.command == "skip":
         part = find_part(state, req.part)
-        if part.status == "done":
+        if part.status == PartStatus.DONE:
             raise UserError(f"{part.id} is already done; a promoted checkpoint is never undone")
-        if part.status == "skipped":
+        if part.status == PartStatus.SKIPPED:
             return f"{part.id} was already skipped"
-        part.status = "skipped"
+        part.status = PartStatus.SKIPPED
         part.retry_at = None
         return f"skipped {part.id}; the next part starts from the newest promoted checkpoint"
     if req.command == "retry":
         part = find_part(state, req.part)
-        if part.status in ("done", "running", "pending"):
-            what = {"done": "is done; a promoted checkpoint is never retrained",
-                    "running": "is running", "pending": "is already queued"}[part.status]
+        if part.status in (PartStatus.DONE, PartStatus.RUNNING, PartStatus.PENDING):
+            what = {PartStatus.DONE: "is done; a promoted checkpoint is never retrained",
+                    PartStatus.RUNNING: "is running", PartStatus.PENDING: "is already queued"}[PartStatus(part.status)]
             raise UserError(f"{part.id} {what}")
-        part.status = "pending"
+        part.status = PartStatus.PENDING
         part.failures = part.nonfinite = 0
         part.error = None
         part.retry_at = None  # overrides stay: windows known to diverge stay skipped

@@ -12,8 +12,9 @@
                  to start a checkpoint that would not fit)
     sensors      a failed sensor (error, stale, nonsense) pauses: it fails closed
 
-`evaluate` takes the time as an argument, so tests and the thermal simulation drive it
-with a clock of their own.
+`evaluate` takes the time as an argument: the daemon's monotonic clock (a stepped wall
+clock must neither lengthen nor cut a pause), or the tests' and the thermal simulation's
+own clock.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class Guard:
         self.thermal_since: float | None = None
         self.thermal_phase = "hot"  # or "cooling": below the pause threshold, not yet resumed
         self.battery_since: float | None = None
+        self.battery_since_wall: float | None = None  # for the message only
         self.temp_pi = _PI()
         self.power_pi = _PI()
         self.last_time: float | None = None
@@ -114,13 +116,13 @@ class Guard:
         on_battery = r.get("on_battery")
         if not (on_battery and self.cfg.pause_on_battery):
             if on_battery is False:
-                self.battery_since = None
+                self.battery_since = self.battery_since_wall = None
                 self.stop_noted = False
             return
         if self.battery_since is None:
-            self.battery_since = now
+            self.battery_since, self.battery_since_wall = now, time.time()
             v.checkpoint = True
-        since = time.strftime("%H:%M", time.localtime(self.battery_since))
+        since = time.strftime("%H:%M", time.localtime(self.battery_since_wall))
         reasons["battery"] = f"on battery since {since}"
         if now - self.battery_since >= self.cfg.battery_grace_s:
             v.stop_worker = True

@@ -20,6 +20,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -34,6 +36,7 @@ SANE = {"gpu_temp_c": (-30.0, 130.0), "cpu_temp_c": (-30.0, 130.0), "gpu_power_w
 @dataclass
 class Readings:
     time: float
+    """Wall-clock time of the reading, for display (hardware.json, status)."""
     values: dict[str, Any] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     """Reading name (or source name) -> why it cannot be trusted."""
@@ -225,14 +228,20 @@ class PsutilSource:
 
 
 class FileSource:
-    """A JSON object of readings; re-read when it changes; stale when not rewritten in time."""
+    """A JSON object of readings; re-read when it changes; stale when not rewritten in time.
+
+    Staleness is judged on the caller's clock (the daemon's monotonic one): the file is
+    stale once it has not changed for stale_s since this source last saw it change. Its
+    mtime is never compared with the wall clock, which can be stepped by hours.
+    """
 
     name = "file"
 
     def __init__(self, path: Path, stale_s: float):
         self.path = path
         self.stale_s = stale_s
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, int, int, int] | None = None
+        self._changed_at: float | None = None
         self._parsed: tuple[dict, dict] = ({}, {})
 
     def start(self) -> str | None:
@@ -243,21 +252,23 @@ class FileSource:
             st = os.stat(self.path)
         except OSError as e:
             return {}, {"sensor_file": f"{self.path}: {e.strerror}"}
-        stamp = (st.st_mtime_ns, st.st_size)
+        if not stat.S_ISREG(st.st_mode):  # a FIFO or a device would block the reader
+            return {}, {"sensor_file": f"{self.path}: not a regular file"}
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
         if stamp != self._stamp:
-            self._stamp = stamp
+            self._stamp, self._changed_at = stamp, now
             self._parsed = self._parse()
         values, failed = self._parsed
-        age = now - st.st_mtime
+        age = now - self._changed_at
         if age > self.stale_s:
-            why = f"stale: {self.path} was last written {age:.0f}s ago (limit {self.stale_s:.0f}s)"
+            why = f"stale: {self.path} has not been rewritten for {age:.0f}s (limit {self.stale_s:.0f}s)"
             return {}, {**{k: why for k in values}, "sensor_file": why}
         return dict(values), dict(failed)
 
     def _parse(self) -> tuple[dict, dict]:
         try:
-            raw = json.loads(self.path.read_bytes())
-        except (OSError, ValueError) as e:
+            raw = json.loads(_read_regular(self.path, MAX_SENSOR_FILE_BYTES))
+        except (OSError, ValueError, RecursionError) as e:
             return {}, {"sensor_file": f"{self.path}: unreadable ({e})"}
         if not isinstance(raw, dict):
             return {}, {"sensor_file": f"{self.path}: expected a JSON object"}
@@ -276,6 +287,23 @@ class FileSource:
             else:
                 values[key] = float(value) if kind is float else value
         return values, failed
+
+
+MAX_SENSOR_FILE_BYTES = 1 << 20
+
+
+def _read_regular(path: Path, limit: int) -> bytes:
+    """A regular file's bytes, never blocking on a FIFO or a device put in its place."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        data = os.read(fd, limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise ValueError(f"larger than {limit} bytes")
+    return data
 
 
 class Sensors:
@@ -305,7 +333,9 @@ class Sensors:
             self.nvml.restore()
 
     def read(self, now: float) -> Readings:
-        r = Readings(time=now)
+        """Every source's readings; `now` is the caller's clock (for staleness), the readings'
+        time is the wall clock (for display)."""
+        r = Readings(time=time.time())
         for source in self.sources:
             try:
                 values, failed = source.read(now)

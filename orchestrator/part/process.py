@@ -25,9 +25,9 @@ import psutil
 import orchestrator
 from runtime.lockfile import holder
 from runtime.paths import WorkPaths
+from runtime.workerfiles import DAEMON_PID_ENV
 
 REPO_ROOT = Path(orchestrator.__file__).resolve().parent.parent
-DAEMON_PID_ENV = "ORCHESTRATOR_DAEMON_PID"
 
 
 def worker_command(spec_path: Path, processes: int = 1) -> list[str]:
@@ -64,7 +64,11 @@ class WorkerProcess:
         self.pid = pid
         self.proc = proc  # None when adopted
         self.launcher = launcher  # pid is torchrun's, the workers are its children
-        self.started = time.time()
+        self.started = time.monotonic()
+        self.beat_key: tuple | None = None
+        self.beat_seen: float | None = None
+        """When (monotonic) the daemon last saw the heartbeat change: liveness is judged by
+        change on the daemon's own clock, never by the wall-clock time written in it."""
         self.stop_deadline: float | None = None
         self.stop_reason: str | None = None
         self.killed = False
@@ -92,6 +96,11 @@ class WorkerProcess:
             return cls(part_id, spec_path, launcher, None, launcher=True)
         return cls(part_id, spec_path, pid, None)
 
+    def saw_heartbeat(self, hb, now: float) -> None:
+        key = (hb.pid, hb.seq, hb.time)
+        if key != self.beat_key:
+            self.beat_key, self.beat_seen = key, now
+
     def poll(self) -> tuple[bool, int | None]:
         """(exited, exit code); the code is None for an adopted worker or a signal death."""
         if self.proc is not None:
@@ -113,7 +122,7 @@ class WorkerProcess:
         """Warm stop: the worker checkpoints and exits 75; killed if not done by the deadline."""
         if self.stop_deadline is None:
             self.stop_reason = reason
-            self.stop_deadline = time.time() + grace_s
+            self.stop_deadline = time.monotonic() + grace_s
             rank0 = holder(WorkPaths(self.spec_path.parent).lock) if self.launcher else None
             if rank0:
                 # Rank 0 tells the others; SIGTERM to torchrun would give them only its own 30 s.
@@ -123,7 +132,7 @@ class WorkerProcess:
 
     def enforce_deadline(self) -> bool:
         """Kill the group if a warm stop overran its grace; True if it did now."""
-        if self.stop_deadline is not None and not self.killed and time.time() > self.stop_deadline:
+        if self.stop_deadline is not None and not self.killed and time.monotonic() > self.stop_deadline:
             self.kill()
             return True
         return False

@@ -19,7 +19,7 @@ from pathlib import Path
 from runtime import faults
 from runtime.atomic import atomic_write_text, fsync_dir
 from runtime.checkpoint import CheckpointMeta, read_meta, verify
-from orchestrator.chain.state import ChainState, PartState
+from orchestrator.chain.state import ChainState, PartState, PartStatus
 from runtime.paths import RunPaths
 from runtime.quarantine import NOTE_SUFFIX, note_of
 from runtime.quarantine import quarantine as runtime_quarantine
@@ -107,8 +107,8 @@ def roll_back(paths: RunPaths, state: ChainState, reason: str) -> tuple[PartStat
     owner = next(p for p in state.parts if p.checkpoint == latest)
     folder = paths.root / latest
     where = quarantine(paths, folder, f"promoted checkpoint of {owner.id}: {reason}") if folder.exists() else "nowhere"
-    before = max((p for p in state.parts if p.status == "done" and p is not owner), key=lambda p: p.seq, default=None)
-    owner.status, owner.checkpoint, owner.seq, owner.tokens = "pending", None, None, 0
+    before = max((p for p in state.parts if p.status == PartStatus.DONE and p is not owner), key=lambda p: p.seq, default=None)
+    owner.status, owner.checkpoint, owner.seq, owner.tokens = PartStatus.PENDING, None, None, 0
     state.latest_checkpoint = before.checkpoint if before else None
     state.global_tokens = read_meta(paths.root / before.checkpoint).global_tokens if before else 0
     if before:

@@ -20,15 +20,15 @@ from orchestrator.records import progress
 from orchestrator.chain.plan import ChainPlan
 from orchestrator.records.events import EventLog
 from orchestrator.part.promote import PromotionError, clear_scratch, find_promoted, promote, roll_back
-from orchestrator.chain.state import ChainState, PartState
+from orchestrator.chain.state import ChainState, PartState, PartStatus
 from orchestrator.part.process import WorkerProcess
-from runtime.atomic import append_line, read_json
+from runtime.atomic import append_line, read_json_object
 from runtime.checkpoint import CheckpointMeta, read_meta, step_dirs, verify
 from runtime.lockfile import holder
 from runtime.paths import RunPaths
 from runtime.quarantine import NOTE_SUFFIX
 from runtime.spec import WorkerSpec
-from runtime.workerfiles import Control, ErrorReport, ExitReport, Heartbeat, Result, read_model, write_model
+from runtime.workerfiles import Control, ErrorReport, ExitReport, Heartbeat, Phase, Result, read_model, write_model
 
 
 class PartRunner:
@@ -43,11 +43,12 @@ class PartRunner:
         self.hung = False
         self.launch_step = -1  # newest checkpoint step in the work dir when the worker started
         self.worker_pause: str | None = None  # a pause the worker took itself (disk full)
-        self.last_progress = 0.0
+        self.last_progress = -float("inf")  # monotonic
         self.suspend_hang_checks = False  # while the disk is full no heartbeat can be written
         self.reported: set[str] = set()  # worker quarantine notes already turned into events
         self.last_heartbeat: Heartbeat | None = None  # read once a tick, by watch()
         self.sound_start: str | None = None  # the promoted checkpoint last verified as a start
+        self.retry_deadlines: dict[str, float | None] = {}  # part -> monotonic end of its backoff
 
     # -- starting --------------------------------------------------------------------------
 
@@ -58,7 +59,7 @@ class PartRunner:
         worker = WorkerProcess.adopt(part.id, work.spec, pid) if pid and pid > 0 else None
         if worker is None:
             return False
-        self.worker, part.status, part.worker_pid = worker, "running", worker.pid
+        self.worker, part.status, part.worker_pid = worker, PartStatus.RUNNING, worker.pid
         self.launch_step = self.newest_step(part.id)
         self.save()
         self.events.emit("worker-adopted", f"the previous daemon's worker for {part.id} (pid {pid}) is still "
@@ -96,10 +97,11 @@ class PartRunner:
         write_model(work.control, control, fault="control")
         self.launch_step = self.newest_step(part.id)
         self.worker = WorkerProcess.launch(part.id, work.spec, work.log, spec.train.gpus)
-        part.status, part.worker_pid = "running", self.worker.pid
+        part.status, part.worker_pid = PartStatus.RUNNING, self.worker.pid
         part.attempts += 1
         part.started_at = part.started_at or time.time()
         part.retry_at = None
+        self.retry_deadlines.pop(part.id, None)
         self.save()
         resume = f", resuming at step {self.launch_step}" if self.launch_step >= 0 else ""
         self.events.emit("part-started", f"started {part.id} (attempt {part.attempts}{resume})", part=part.id,
@@ -123,6 +125,18 @@ class PartRunner:
                          f"({verdict.reason}); moved to {where}; {owner.id} trains again from "
                          f"{self.state.latest_checkpoint or 'fresh weights'}", level=logging.ERROR, part=owner.id)
         return False
+
+    def backoff_left(self, part: PartState) -> float:
+        """Seconds before a part that failed may be launched again (0: now). Timed on the
+        monotonic clock; a backoff recorded by an earlier daemon (part.retry_at, wall clock)
+        counts for what is left of it, never more than the longest backoff."""
+        if part.id not in self.retry_deadlines:
+            left = 0.0
+            if part.retry_at:
+                left = min(max(part.retry_at - time.time(), 0.0), self.plan.schedule.supervisor.backoff_max_s)
+            self.retry_deadlines[part.id] = time.monotonic() + left if left else None
+        deadline = self.retry_deadlines[part.id]
+        return max(deadline - time.monotonic(), 0.0) if deadline is not None else 0.0
 
     # -- watching --------------------------------------------------------------------------
 
@@ -148,17 +162,23 @@ class PartRunner:
                              "killed it", level=logging.WARNING)
         hb = self.last_heartbeat = self.heartbeat()
         sup = self.plan.schedule.supervisor
-        last, limit = (hb.time, sup.heartbeat_timeout_s) if hb else (w.started, sup.startup_timeout_s)
-        if w.stop_deadline is None and time.time() - last > limit and not self.suspend_hang_checks:
+        now = time.monotonic()
+        if hb is not None:
+            w.saw_heartbeat(hb, now)
+        if self.suspend_hang_checks:  # a full disk: no heartbeat can be written; the wait starts afresh after
+            w.beat_seen = now
+        last, limit = (w.beat_seen, sup.heartbeat_timeout_s) if w.beat_seen is not None else \
+            (w.started, sup.startup_timeout_s)
+        if w.stop_deadline is None and now - last > limit and not self.suspend_hang_checks:
             self.hung = True
             self.events.emit("worker-hung", f"no heartbeat from the worker of {w.part_id} for "
-                             f"{time.time() - last:.0f}s (limit {limit:.0f}s): stopping it",
+                             f"{now - last:.0f}s (limit {limit:.0f}s): stopping it",
                              level=logging.WARNING, part=w.part_id)
             w.request_stop(sup.hung_grace_s, "hung")
         self._note_own_pause(hb, control)
         self.report_quarantine(w.part_id)
-        if hb and time.time() - self.last_progress >= sup.progress_log_s:
-            self.last_progress = time.time()
+        if hb and now - self.last_progress >= sup.progress_log_s:
+            self.last_progress = now
             self.events.info(self.status_line(hb))
         return None
 
@@ -176,7 +196,7 @@ class PartRunner:
 
     def _note_own_pause(self, hb: Heartbeat | None, control: Control) -> None:
         """Record pauses the worker takes on its own (a checkpoint waiting for disk space)."""
-        own = hb.paused_reason if hb and hb.phase == "paused" and not control.pause else None
+        own = hb.paused_reason if hb and hb.phase == Phase.PAUSED and not control.pause else None
         if (own is None) != (self.worker_pause is None):
             if own:
                 self.events.emit("worker-paused", f"the worker of {self.worker.part_id} paused: {own}",
@@ -189,7 +209,7 @@ class PartRunner:
         """One line on the running part, for the log and systemd's STATUS; None without a worker."""
         if self.worker is None:
             return None
-        if hb is None or hb.phase in ("starting", "loading"):
+        if hb is None or hb.phase in (Phase.STARTING, Phase.LOADING):
             return f"{self.worker.part_id}: starting"
         left = progress.remaining_tokens(((p.status, p.planned_tokens) for p in self.state.parts),
                                          hb.part_tokens, hb.part_tokens_total)
@@ -197,7 +217,7 @@ class PartRunner:
         return (f"{self.worker.part_id} step {hb.step}/{hb.steps_total} ({pct:.0f}%) loss {progress.loss(hb.loss)} "
                 f"{progress.tokens(hb.tokens_per_s)} tok/s, chain ETA "
                 f"{progress.duration(progress.eta(left, hb.tokens_per_s))}"
-                + (f" [{hb.phase}]" if hb.phase != "training" else ""))
+                + (f" [{hb.phase}]" if hb.phase != Phase.TRAINING else ""))
 
     # -- settling ---------------------------------------------------------------------------
 
@@ -209,12 +229,12 @@ class PartRunner:
         part.worker_pid = None
         hung, self.hung = self.hung, False
         self.report_quarantine(part.id)
-        if part.status == "skipped":
+        if part.status == PartStatus.SKIPPED:
             self.finish_scratch(part)
             self.save()
             return
         if stopping and result is None:
-            part.status = "pending"
+            part.status = PartStatus.PENDING
             self.save()
             self.events.info(f"the worker of {part.id} stopped ({policy.describe_exit(rc)})")
             return
@@ -238,11 +258,12 @@ class PartRunner:
         if d.event != "worker-stopped":
             self._log_worker_tail(part)
             part.error = d.reason
-        part.status = "failed" if d.action == "fail" else "pending"
+        part.status = PartStatus.FAILED if d.action == "fail" else PartStatus.PENDING
         part.failures = d.failures if d.failures is not None else part.failures
         part.nonfinite = d.nonfinite if d.nonfinite is not None else part.nonfinite
         part.overrides = d.overrides or part.overrides
-        part.retry_at = time.time() + d.backoff_s if d.action == "retry" else None
+        part.retry_at = time.time() + d.backoff_s if d.action == "retry" else None  # for display and restarts
+        self.retry_deadlines[part.id] = time.monotonic() + d.backoff_s if d.action == "retry" else None
         self.save()
         level = logging.INFO if d.event == "worker-stopped" else logging.WARNING
         self.events.emit(d.event, f"{part.id}: {d.reason}", level=level, part=part.id, exit=rc)
@@ -250,7 +271,7 @@ class PartRunner:
     def record_done(self, part: PartState, folder: Path, meta: CheckpointMeta, result: Result | None) -> None:
         """The part's checkpoint is promoted: record it (and its evaluation), then clear its scratch."""
         self.record_eval(part, folder, meta)
-        part.status = "done"
+        part.status = PartStatus.DONE
         part.tokens, part.loss, part.val_loss = meta.part_tokens, meta.loss, meta.val_loss
         part.checkpoint = str(Path("checkpoints") / folder.name)
         part.seq = int(folder.name.split("-", 1)[0])
@@ -271,7 +292,7 @@ class PartRunner:
     def record_eval(self, part: PartState, folder: Path, meta: CheckpointMeta) -> None:
         """The worker's evaluation (eval.json) into evals.jsonl and the part's record. Written
         before state.json: a crash in between repeats a line rather than losing it."""
-        evaluation = read_json_or_none(self.paths.work(part.id).eval)
+        evaluation = read_json_object(self.paths.work(part.id).eval)
         if not evaluation or not evaluation.get("sets"):
             return
         record = {"time": round(time.time(), 3), "part": part.id, "checkpoint": f"checkpoints/{folder.name}",
@@ -284,7 +305,7 @@ class PartRunner:
 
     def finish_scratch(self, part: PartState) -> None:
         work = self.paths.work(part.id)
-        if part.status == "done" and work.metrics.exists():
+        if part.status == PartStatus.DONE and work.metrics.exists():
             self.paths.metrics.mkdir(exist_ok=True)
             os.replace(work.metrics, self.paths.part_metrics(part.id))
         clear_scratch(self.paths, work.root)
@@ -303,10 +324,3 @@ class PartRunner:
         found = step_dirs(self.paths.work(pid).checkpoints)
         return found[0][0] if found else -1
 
-
-def read_json_or_none(path: Path) -> dict | None:
-    try:
-        data = read_json(path)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None

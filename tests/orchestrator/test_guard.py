@@ -98,7 +98,10 @@ def test_file_source_validates_and_goes_stale(tmp_path):
     f.write_text("{not json")
     assert "unreadable" in src.read(now)[1]["sensor_file"]
     f.write_text(json.dumps({"gpu_temp_c": 71}))
-    assert "stale" in src.read(f.stat().st_mtime + 11)[1]["gpu_temp_c"]
+    assert src.read(now + 100)[0] == {"gpu_temp_c": 71.0}  # seen to change now: fresh
+    assert "stale" in src.read(now + 111)[1]["gpu_temp_c"]  # not rewritten for 11 s of the caller's clock
+    f.write_text(json.dumps({"gpu_temp_c": 72}))
+    assert src.read(now + 112) == ({"gpu_temp_c": 72.0}, {})
 
 
 def test_the_file_overrides_the_real_sources(tmp_path):
