@@ -16,10 +16,14 @@ its HF architecture has a GgufArch. A new family is one more FAMILIES entry.
            every Linear weight is transposed; our model has no biases by default and
            GPT-2 always has them, so they are written as zeros; tanh GELU; learned
            positions; tied embeddings (lm_head is not written, HF ties it on load).
-    llama, qwen3 (GGUF half only, until the family lands in model/): LlamaForCausalLM
-           and Qwen3ForCausalLM as llama.cpp's converter writes them; llama's Q and K
-           rows are permuted from HF's half-split RoPE layout to llama.cpp's interleaved
-           one, qwen3 runs NeoX-style RoPE and needs no permutation.
+    llama  the Llama/Qwen3-style family (config `family: "llama"`) -> LlamaForCausalLM,
+           or Qwen3ForCausalLM with qk_norm. That network is built with Hugging Face's
+           parameter names and math (rotate_half RoPE, RMSNorm in fp32, SwiGLU, GQA),
+           so its tensors map one to one; a tied lm_head is not written.
+
+GGUF: gpt2 as llama.cpp's "gpt2" (Conv1D weights transposed back); llama as "llama",
+whose Q and K rows are permuted from HF's half-split RoPE layout to the interleaved
+pairs llama.cpp's "llama" rotates; qwen3 as "qwen3", NeoX-style RoPE, no permutation.
 """
 
 from __future__ import annotations
@@ -43,12 +47,9 @@ class Special:
 
 @dataclass(frozen=True)
 class Family:
-    architecture: str
-    """The HF class (config.json "architectures")."""
-    model_type: str
-    """The HF model_type; also the key of its GgufArch."""
     hf_config: Callable[[dict[str, Any], Special], dict[str, Any]]
-    """Our model config (GPTConfig fields) -> the HF config.json fields."""
+    """Our model config (GPTConfig fields) -> the HF config.json fields, "architectures"
+    (the HF class) and "model_type" (also the key of its GgufArch) among them."""
     hf_tensors: Callable[[Tensors, dict[str, Any]], Tensors]
     """Our state dict -> the HF state dict (tied weights written once)."""
 
@@ -123,6 +124,39 @@ def _gpt2_gguf_tensor(name: str, t: torch.Tensor, hf: dict[str, Any]) -> torch.T
     return t
 
 
+# -- llama (Llama / Qwen3) -------------------------------------------------------------
+
+def _llama_config(cfg: dict[str, Any], special: Special) -> dict[str, Any]:
+    qwen3 = bool(cfg.get("qk_norm"))
+    head_dim = cfg["n_embd"] // cfg["n_head"]
+    theta = float(cfg.get("rope_theta", 10000.0))
+    out = {
+        "architectures": ["Qwen3ForCausalLM" if qwen3 else "LlamaForCausalLM"],
+        "model_type": "qwen3" if qwen3 else "llama",
+        "vocab_size": cfg["vocab_size"], "hidden_size": cfg["n_embd"], "intermediate_size": cfg["intermediate_size"],
+        "num_hidden_layers": cfg["n_layer"], "num_attention_heads": cfg["n_head"],
+        "num_key_value_heads": cfg.get("n_kv_head") or cfg["n_head"], "head_dim": head_dim,
+        "max_position_embeddings": cfg["block_size"], "rms_norm_eps": cfg.get("norm_eps", 1e-5),
+        # rope_parameters for transformers 5, rope_theta for 4.x
+        "rope_theta": theta, "rope_parameters": {"rope_type": "default", "rope_theta": theta},
+        "hidden_act": "silu", "attention_bias": False, "attention_dropout": 0.0, "initializer_range": 0.02,
+        "tie_word_embeddings": bool(cfg.get("tie_embeddings", True)), "use_cache": True,
+        "bos_token_id": special.bos, "eos_token_id": special.eos, "pad_token_id": special.pad,
+    }
+    if qwen3:
+        out.update({"use_sliding_window": False, "sliding_window": None, "max_window_layers": cfg["n_layer"]})
+    else:
+        out["mlp_bias"] = False
+    return out
+
+
+def _llama_tensors(state: Tensors, cfg: dict[str, Any]) -> Tensors:
+    out = dict(state)  # Hugging Face's names already
+    if cfg.get("tie_embeddings", True):
+        out.pop("lm_head.weight", None)  # the embedding itself: HF ties it on load
+    return out
+
+
 # -- llama, qwen3 (HF -> GGUF) ---------------------------------------------------------
 
 def _llama_gguf_metadata(hf: dict[str, Any]) -> dict[str, Any]:
@@ -162,7 +196,8 @@ def _as_is(name: str, t: torch.Tensor, hf: dict[str, Any]) -> torch.Tensor:
 
 
 FAMILIES: dict[str, Family] = {
-    "gpt2": Family("GPT2LMHeadModel", "gpt2", _gpt2_config, _gpt2_tensors),
+    "gpt2": Family(_gpt2_config, _gpt2_tensors),
+    "llama": Family(_llama_config, _llama_tensors),
 }
 
 GGUF_ARCHS: dict[str, GgufArch] = {

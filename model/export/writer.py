@@ -52,9 +52,9 @@ def write_export(folder: Path, *, fmt: str, state: dict[str, torch.Tensor], mode
     elif fmt == "gguf":
         from model.export import gguf
 
-        arch = families.GGUF_ARCHS.get(family.model_type)
+        arch = families.GGUF_ARCHS.get(hf_config["model_type"])
         if arch is None:
-            raise ExportError(f"no GGUF mapping for the {family.model_type} architecture yet")
+            raise ExportError(f"no GGUF mapping for the {hf_config['model_type']} architecture yet")
         if spm is None:
             raise ExportError("a GGUF file carries its tokenizer; export without --no-tokenizer")
         stem = re.sub(r"[^\w.-]+", "-", name).strip("-.") or "model"  # the name, safe as a file name
@@ -67,7 +67,7 @@ def write_export(folder: Path, *, fmt: str, state: dict[str, torch.Tensor], mode
         raise ExportError(f"unknown format {fmt!r}")
     files.append("README.md")
     (folder / "README.md").write_text(card.model_card(
-        name=name, fmt=fmt, family=family_name, architecture=family.architecture if fmt == "hf" else
-        f"GGUF ({families.GGUF_ARCHS[family.model_type].arch})", model=model_cfg, n_params=n_params,
+        name=name, fmt=fmt, family=family_name, architecture=hf_config["architectures"][0] if fmt == "hf" else
+        f"GGUF ({families.GGUF_ARCHS[hf_config['model_type']].arch})", model=model_cfg, n_params=n_params,
         source=source, files=files, dtype=dtype, gguf_file=gguf_file), encoding="utf-8")
     return files

@@ -275,6 +275,38 @@ def test_llama_and_qwen3_gguf_round_trip_through_transformers(kind, tok_models, 
         assert (theirs(ids).logits - model(ids).logits).abs().max().item() < 1e-4
 
 
+@pytest.mark.parametrize("kind", ["llama", "qwen3"])
+def test_the_llama_family_exports_as_llama_or_qwen3(kind, tok_models, tmp_path):
+    """The llama family's config (as model.config.GPTConfig resolves it) and state dict
+    (Hugging Face's names: the family is built with them) become an HF folder that
+    transformers runs with the reference model's logits. Unusual eps and theta values, so
+    a setting lost on the way shows in the logits."""
+    qwen3 = kind == "qwen3"
+    ours = {"family": "llama", "vocab_size": 1024, "block_size": 128, "n_layer": 2, "n_head": 4, "n_embd": 64,
+            "dropout": 0.0, "bias": False, "n_kv_head": 2, "intermediate_size": 160, "rope_theta": 500.0,
+            "norm_eps": 0.01, "qk_norm": qwen3, "tie_embeddings": qwen3}
+    common = dict(vocab_size=1024, hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=128, rms_norm_eps=0.01,
+                  rope_parameters={"rope_type": "default", "rope_theta": 500.0}, tie_word_embeddings=qwen3)
+    torch.manual_seed(0)
+    reference = (transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**common, head_dim=16)) if qwen3 else
+                 transformers.LlamaForCausalLM(transformers.LlamaConfig(**common))).eval()
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.normal_(0, 0.1)
+    sp = spm_file.read(tok_models["bpe"])
+    family = families.FAMILIES[families.family_of(ours)]
+    config = family.hf_config(ours, families.Special(1, 1, 2))
+    tensors = family.hf_tensors(reference.state_dict(), ours)
+    assert ("lm_head.weight" in tensors) != qwen3  # a tied head is written once
+    hf.write(tmp_path, hf_config=config, tensors=tensors, spm=sp, dtype="f32", sampling=SAMPLING)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert type(theirs).__name__ == ("Qwen3ForCausalLM" if qwen3 else "LlamaForCausalLM")
+    ids = torch.tensor([prompt_ids(tok_models["bpe"], corpus_lines()[2][:200])[:100]])
+    with torch.no_grad():
+        assert (theirs(ids).logits - reference(ids).logits).abs().max().item() < 1e-5
+
+
 def test_interleaving_rope_rows_pairs_each_heads_halves():
     w = torch.arange(8).repeat_interleave(2).view(8, 2).float()  # one head of 8 rows: 0..3 first half, 4..7 second
     assert families.interleave_rope_rows(w, 1)[:, 0].tolist() == [0, 4, 1, 5, 2, 6, 3, 7]
