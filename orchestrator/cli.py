@@ -163,10 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
         "tokenizer files). --format gguf: one .gguf file for llama.cpp, Ollama and LM Studio, plus an Ollama "
         "Modelfile. --format pt: this project's own model.pt, config.json and tokenizer.model. Every format "
         "writes README.md naming the checkpoint it came from. See docs/evaluation.md.")
-    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint folder (checkpoints/NNNN-...)")
     p.add_argument("--out", type=Path, required=True, help="a new (or empty) folder")
+    # checked by the command, so a wrong value gets the paragraph and exit 1 of any user mistake
     p.add_argument("--format", default="hf", metavar="{hf,gguf,pt}", help="default: hf")
-    p.add_argument("--dtype", choices=("f32", "f16", "bf16", "q8_0"),
+    p.add_argument("--dtype", metavar="{f32,f16,bf16,q8_0}",
                    help="weight type: hf f32 (default), f16, bf16; gguf f16 (default), f32, bf16, q8_0; pt keeps f32")
     p.add_argument("--name", help="the model's name in README.md and GGUF metadata (default: the --out folder's)")
     p.add_argument("--tokenizer", type=Path, help="default: the one named by the run's schedule")

@@ -36,7 +36,8 @@ def cmd_export(args) -> int:
                         "(one file for llama.cpp, Ollama, LM Studio) or pt (this project's model.pt)")
     dtype = args.dtype or DEFAULT_DTYPE[args.format]
     if dtype not in FORMAT_DTYPES[args.format]:
-        raise UserError(f"--dtype {dtype} does not go with --format {args.format}; "
+        known = "" if dtype in FORMAT_DTYPES["gguf"] else " (an unknown weight type)"
+        raise UserError(f"--dtype {dtype}{known} does not go with --format {args.format}; "
                         f"choose one of {', '.join(FORMAT_DTYPES[args.format])}")
     if args.format == "gguf" and args.no_tokenizer:
         raise UserError("--no-tokenizer: a GGUF file carries its tokenizer (llama.cpp reads text through it); "
