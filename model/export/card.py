@@ -51,8 +51,8 @@ def model_card(*, name: str, fmt: str, family: str, architecture: str, model: di
     """README.md of an export: what the model is, where it comes from, how to run it."""
     shape = ", ".join(f"{k} {model[k]}" for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")
                       if k in model)
-    front = "---\nlibrary_name: transformers\ntags: [gpt-orchestrator, text-generation]\n---\n\n" \
-        if fmt == "hf" else "---\ntags: [gpt-orchestrator, gguf, text-generation]\n---\n\n"
+    front = {"hf": "---\nlibrary_name: transformers\ntags: [gpt-orchestrator, text-generation]\n---\n\n",
+             "gguf": "---\ntags: [gpt-orchestrator, gguf, text-generation]\n---\n\n"}.get(fmt, "")
     lines = [
         f"# {name}", "",
         f"A {family}-family language model ({n_params / 1e6:.1f}M parameters; {shape}) trained from scratch "
@@ -84,6 +84,18 @@ def model_card(*, name: str, fmt: str, family: str, architecture: str, model: di
             'ids = tok("Bugün", return_tensors="pt").input_ids',
             "out = model.generate(ids, max_new_tokens=50)  # sampling settings: generation_config.json",
             "print(tok.decode(out[0], skip_special_tokens=True))",
+            "```",
+        ]
+    elif fmt == "pt":
+        lines += [
+            "With gpt-orchestrator installed:", "",
+            "```python",
+            "import json, torch",
+            "from model.config import config_from_dict",
+            "from model.gpt import GPT",
+            'config = json.load(open("config.json"))',
+            'model = GPT(config_from_dict(config["model"]))',
+            'model.load_state_dict(torch.load("model.pt", weights_only=True))',
             "```",
         ]
     else:

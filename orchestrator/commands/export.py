@@ -53,7 +53,7 @@ def cmd_export(args) -> int:
     name = args.name or out.resolve().name
     with _staged(out) as stage:
         if args.format == "pt":
-            files = _write_pt(stage, folder, meta, tokenizer)
+            files = _write_pt(stage, folder, meta, tokenizer, name)
         else:
             files = _write_converted(stage, args.format, dtype, name, folder, meta, tokenizer)
     size = sum((out / f).stat().st_size for f in files) / 2**20
@@ -108,7 +108,7 @@ def _umask() -> int:
     return current
 
 
-def _write_pt(stage: Path, folder: Path, meta: CheckpointMeta, tokenizer: Path | None) -> list[str]:
+def _write_pt(stage: Path, folder: Path, meta: CheckpointMeta, tokenizer: Path | None, name: str) -> list[str]:
     shutil.copyfile(folder / "model.pt", stage / "model.pt")
     files = ["model.pt", "config.json"]
     if tokenizer:
@@ -120,7 +120,15 @@ def _write_pt(stage: Path, folder: Path, meta: CheckpointMeta, tokenizer: Path |
         "load": "GPT(model.config.config_from_dict(config['model'])).load_state_dict("
                 "torch.load('model.pt', weights_only=True))",
     })
-    return files
+    from model.config import config_from_dict  # torch-free, as is the card
+    from model.export.card import Provenance, model_card
+
+    (stage / "README.md").write_text(model_card(
+        name=name, fmt="pt", family=str(meta.model.get("family", "gpt2")),
+        architecture="this project's own format (model.pt)", model=meta.model,
+        n_params=config_from_dict(meta.model).n_params(), source=Provenance.of(folder, meta, _evals(folder)),
+        files=[*files, "README.md"], dtype="f32"), encoding="utf-8")
+    return [*files, "README.md"]
 
 
 def _write_converted(stage: Path, fmt: str, dtype: str, name: str, folder: Path, meta: CheckpointMeta,

@@ -96,6 +96,7 @@ def test_pt_keeps_the_projects_own_files(trained, tmp_path):
     config = json.loads((tmp_path / "pt" / "config.json").read_text())
     GPT(config_from_dict(config["model"])).load_state_dict(torch.load(tmp_path / "pt" / "model.pt", weights_only=True))
     assert (tmp_path / "pt" / "tokenizer.model").read_bytes() == tok.read_bytes()
+    assert config["part"] in (tmp_path / "pt" / "README.md").read_text()
 
 
 def test_a_users_mistake_gets_one_paragraph_and_exit_1(trained, tmp_path):
