@@ -73,7 +73,9 @@ def model_card(*, name: str, fmt: str, family: str, architecture: str, model: di
         "## Files", "", *[f"- `{f}`" for f in files], "",
         "## Use it", "",
         "A prompt is read as the start of a document: the tokenizer puts the document-end token "
-        "`<|endoftext|>` before it (as in training), and generation stops at the next one.", "",
+        "`<|endoftext|>` before it (as in training), and generation stops at the next one." if fmt != "pt" else
+        "Encode a prompt after the document-end id (`sp.eos_id()` of tokenizer.model), as a document starts "
+        "in training and as `orchestrator sample` does.", "",
     ]
     if fmt == "hf":
         lines += [
