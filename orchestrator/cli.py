@@ -15,6 +15,11 @@ from pathlib import Path
 from runtime.errors import UserError
 
 
+# What `sample` draws with unless told otherwise; an export writes the same settings into
+# generation_config.json and the Ollama Modelfile, so a model samples alike everywhere.
+SAMPLING = {"temperature": 0.8, "top_k": 50, "top_p": 0.95, "repetition_penalty": 1.1, "max_new_tokens": 100}
+
+
 def _handler(parser: argparse.ArgumentParser, target: str) -> None:
     parser.set_defaults(handler=target)
 
@@ -113,11 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="generate text from a checkpoint, streamed")
     p.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint folder (checkpoints/NNNN-...)")
     p.add_argument("--prompt", default="", help="the text to continue")
-    p.add_argument("--max-tokens", type=int, default=100)
-    p.add_argument("--temperature", type=float, default=0.8, help="0 picks the most likely token (deterministic)")
-    p.add_argument("--top-k", type=int, default=50)
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--repetition-penalty", type=float, default=1.1)
+    p.add_argument("--max-tokens", type=int, default=SAMPLING["max_new_tokens"])
+    p.add_argument("--temperature", type=float, default=SAMPLING["temperature"],
+                   help="0 picks the most likely token (deterministic)")
+    p.add_argument("--top-k", type=int, default=SAMPLING["top_k"])
+    p.add_argument("--top-p", type=float, default=SAMPLING["top_p"])
+    p.add_argument("--repetition-penalty", type=float, default=SAMPLING["repetition_penalty"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tokenizer", type=Path, help="default: the one named by the run's schedule")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
@@ -150,11 +156,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", default="1200x1000", help="WIDTHxHEIGHT in pixels (default 1200x1000)")
     _handler(p, "orchestrator.commands.plot:cmd_plot")
 
-    p = sub.add_parser("export", help="a checkpoint's weights, config and tokenizer, for use elsewhere")
-    p.add_argument("--checkpoint", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True, help="a new folder")
+    p = sub.add_parser(
+        "export", help="a checkpoint as a Hugging Face folder, a GGUF file (llama.cpp, Ollama) or model.pt",
+        description="Write a verified checkpoint's model where other tools run it. --format hf (default): a "
+        "folder transformers loads with no custom code (config.json, model.safetensors, generation_config.json, "
+        "tokenizer files). --format gguf: one .gguf file for llama.cpp, Ollama and LM Studio, plus an Ollama "
+        "Modelfile. --format pt: this project's own model.pt, config.json and tokenizer.model. Every format "
+        "writes README.md naming the checkpoint it came from. See docs/evaluation.md.")
+    p.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint folder (checkpoints/NNNN-...)")
+    p.add_argument("--out", type=Path, required=True, help="a new (or empty) folder")
+    # checked by the command, so a wrong value gets the paragraph and exit 1 of any user mistake
+    p.add_argument("--format", default="hf", metavar="{hf,gguf,pt}", help="default: hf")
+    p.add_argument("--dtype", metavar="{f32,f16,bf16,q8_0}",
+                   help="weight type: hf f32 (default), f16, bf16; gguf f16 (default), f32, bf16, q8_0; pt keeps f32")
+    p.add_argument("--name", help="the model's name in README.md and GGUF metadata (default: the --out folder's)")
     p.add_argument("--tokenizer", type=Path, help="default: the one named by the run's schedule")
-    p.add_argument("--no-tokenizer", action="store_true", help="export without the tokenizer")
+    p.add_argument("--no-tokenizer", action="store_true", help="export without the tokenizer (not for gguf)")
     _handler(p, "orchestrator.commands.export:cmd_export")
 
     from dataprep.commands import register as register_dataprep  # argparse only; the work imports lazily

@@ -20,8 +20,10 @@ from trainer import checkpoint
 from trainer.errors import BadInput
 
 
-def load_model(folder: Path, device: torch.device) -> tuple[GPT, CheckpointMeta]:
-    verdict = verify(folder)
+def load_model(folder: Path, device: torch.device, *, verified: bool = False) -> tuple[GPT, CheckpointMeta]:
+    """The checkpoint's model in eval mode; verified against its manifest first unless the
+    caller just did (`verified`: hashing a large checkpoint twice costs seconds)."""
+    verdict = verify(folder, checksums=not verified)
     if not verdict.ok:
         raise UserError(f"{folder}: not a usable checkpoint: {verdict.reason}")
     meta = read_meta(folder)

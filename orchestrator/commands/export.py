@@ -1,41 +1,172 @@
-"""`orchestrator export --checkpoint DIR --out FOLDER`: a checkpoint's model, for use elsewhere.
+"""`orchestrator export --checkpoint DIR --out FOLDER [--format hf|gguf|pt]`: a checkpoint's
+model where people run models.
 
-Writes FOLDER/model.pt (the weights: a state dict of tensors, load it with
-torch.load(..., weights_only=True) into model.gpt.GPT), FOLDER/config.json (the model's
-shape and where it comes from) and FOLDER/tokenizer.model. No optimizer state: a tenth to
-a third of the checkpoint. The checkpoint is verified first; no torch needed.
+    hf    (default) a folder transformers loads with no custom code: config.json of the
+          standard architecture, model.safetensors, generation_config.json, tokenizer.json
+          and friends (model.export)
+    gguf  one .gguf file for llama.cpp, Ollama and LM Studio, and an Ollama Modelfile
+    pt    this project's own files: model.pt (a state dict of tensors for model.gpt.GPT,
+          torch.load(..., weights_only=True)), config.json, tokenizer.model
+
+Every format writes README.md naming the checkpoint (part, tokens, validation losses).
+The checkpoint is verified first (no export from a damaged one). The folder is built
+under a temporary name beside FOLDER and renamed into place once complete, so an
+interrupted export leaves no half-written model behind.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+from pathlib import Path
 
 from orchestrator.records.rundir import find_tokenizer
-from runtime.atomic import atomic_write_json
-from runtime.checkpoint import read_meta, verify
+from runtime.atomic import atomic_write_json, fsync_dir, read_jsonl, temp_path_for
+from runtime.checkpoint import CheckpointMeta, read_meta, verify
 from runtime.errors import UserError
+
+DEFAULT_DTYPE = {"hf": "f32", "gguf": "f16", "pt": "f32"}
+FORMAT_DTYPES = {"hf": ("f32", "f16", "bf16"), "gguf": ("f32", "f16", "bf16", "q8_0"), "pt": ("f32",)}
 
 
 def cmd_export(args) -> int:
     folder = args.checkpoint.resolve()
+    if args.format not in FORMAT_DTYPES:
+        raise UserError(f"--format {args.format}: unknown format; choose hf (a transformers folder), gguf "
+                        "(one file for llama.cpp, Ollama, LM Studio) or pt (this project's model.pt)")
+    dtype = args.dtype or DEFAULT_DTYPE[args.format]
+    if dtype not in FORMAT_DTYPES[args.format]:
+        known = "" if dtype in FORMAT_DTYPES["gguf"] else " (an unknown weight type)"
+        raise UserError(f"--dtype {dtype}{known} does not go with --format {args.format}; "
+                        f"choose one of {', '.join(FORMAT_DTYPES[args.format])}")
+    if args.format == "gguf" and args.no_tokenizer:
+        raise UserError("--no-tokenizer: a GGUF file carries its tokenizer (llama.cpp reads text through it); "
+                        "leave the flag out, or pass --tokenizer FILE.model")
+    out: Path = args.out
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{out}: exists and is not an empty folder; choose a new folder")
     verdict = verify(folder)
     if not verdict.ok:
         raise UserError(f"{folder}: not a usable checkpoint: {verdict.reason}")
     meta = read_meta(folder)
-    out = args.out
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"{out}: exists and is not empty; choose a new folder")
     tokenizer = None if args.no_tokenizer else find_tokenizer(folder, meta.tokenizer_sha256, args.tokenizer)
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(folder / "model.pt", out / "model.pt")
+    name = args.name or out.resolve().name
+    with _staged(out) as stage:
+        if args.format == "pt":
+            files = _write_pt(stage, folder, meta, tokenizer, name)
+        else:
+            files = _write_converted(stage, args.format, dtype, name, folder, meta, tokenizer)
+    size = sum((out / f).stat().st_size for f in files) / 2**20
+    print(f"exported {folder.name} ({meta.part_id}, {meta.global_tokens:,} tokens) as {args.format} ({dtype}) "
+          f"to {out}: {', '.join(files)} ({size:.1f} MiB)")
+    return 0
+
+
+class _staged:
+    """A temporary sibling folder that becomes `out` only when everything in it is written
+    and synced; removed if anything fails."""
+
+    def __init__(self, out: Path):
+        self.out = out
+
+    def __enter__(self) -> Path:
+        try:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp = temp_path_for(self.out)
+            self.tmp.mkdir()
+        except OSError as e:
+            raise UserError(f"{self.out}: cannot create the export folder ({e.strerror})") from None
+        return self.tmp
+
+    def __exit__(self, kind, value, tb) -> bool:
+        if kind is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            if isinstance(value, OSError):  # a full disk, a read-only folder
+                raise UserError(f"{value.filename or self.out}: {value.strerror or value}; nothing was exported") \
+                    from None
+            return False
+        try:
+            mode = 0o666 & ~_umask()  # safetensors writes 0600; an export is meant to be shared
+            for f in self.tmp.iterdir():
+                os.chmod(f, mode)
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+            fsync_dir(self.tmp)
+            if self.out.exists():
+                self.out.rmdir()  # empty, checked before: the rename takes its place
+            os.replace(self.tmp, self.out)
+            fsync_dir(self.out.parent)
+        except OSError as e:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise UserError(f"{self.out}: cannot write the export ({e.strerror}); nothing was exported") from None
+        return False
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def _write_pt(stage: Path, folder: Path, meta: CheckpointMeta, tokenizer: Path | None, name: str) -> list[str]:
+    shutil.copyfile(folder / "model.pt", stage / "model.pt")
+    files = ["model.pt", "config.json"]
     if tokenizer:
-        shutil.copyfile(tokenizer, out / "tokenizer.model")
-    atomic_write_json(out / "config.json", {
+        shutil.copyfile(tokenizer, stage / "tokenizer.model")
+        files.append("tokenizer.model")
+    atomic_write_json(stage / "config.json", {
         "model": meta.model, "part": meta.part_id, "global_tokens": meta.global_tokens, "loss": meta.loss,
         "val_loss": meta.val_loss, "tokenizer_sha256": meta.tokenizer_sha256, "checkpoint": str(folder),
         "load": "GPT(model.config.config_from_dict(config['model'])).load_state_dict("
                 "torch.load('model.pt', weights_only=True))",
     })
-    print(f"exported {folder.name} to {out}: model.pt ({(out / 'model.pt').stat().st_size / 2**20:.1f} MiB), "
-          f"config.json{', tokenizer.model' if tokenizer else ''}")
-    return 0
+    from model.config import config_from_dict  # torch-free, as is the card
+    from model.export.card import Provenance, model_card
+
+    (stage / "README.md").write_text(model_card(
+        name=name, fmt="pt", family=str(meta.model.get("family", "gpt2")),
+        architecture="this project's own format (model.pt)", model=meta.model,
+        n_params=config_from_dict(meta.model).n_params(), source=Provenance.of(folder, meta, _evals(folder)),
+        files=[*files, "README.md"], dtype="f32"), encoding="utf-8")
+    return [*files, "README.md"]
+
+
+def _write_converted(stage: Path, fmt: str, dtype: str, name: str, folder: Path, meta: CheckpointMeta,
+                     tokenizer: Path | None) -> list[str]:
+    import torch  # only here: the rest of the CLI never loads torch
+
+    from model.export import spm as spm_file
+    from model.export.card import Provenance
+    from model.export.writer import ExportError, write_export
+    from orchestrator.cli import SAMPLING
+    from trainer.inference import load_model
+
+    spm = None
+    if tokenizer is not None:
+        try:
+            spm = spm_file.read(tokenizer)
+        except spm_file.SpmError as e:
+            raise UserError(f"{tokenizer}: cannot convert this tokenizer: {e}") from None
+    model, _ = load_model(folder, torch.device("cpu"), verified=True)
+    source = Provenance.of(folder, meta, _evals(folder))
+    try:
+        return write_export(stage, fmt=fmt, state=model.state_dict(), model_cfg=meta.model, spm=spm, dtype=dtype,
+                            sampling=SAMPLING, name=name, source=source,
+                            n_params=sum(p.numel() for p in model.parameters()))
+    except ExportError as e:
+        raise UserError(f"{folder}: {e}") from None
+
+
+def _evals(folder: Path) -> dict[str, float]:
+    """The latest recorded evaluation of this checkpoint (evals.jsonl of its run), by set."""
+    run = folder.parent.parent
+    found: dict[str, float] = {}
+    try:
+        records = read_jsonl(run / "evals.jsonl")
+    except (OSError, ValueError):
+        return found
+    for record in records:
+        where = record.get("checkpoint") or ""
+        if where and (run / where).resolve() == folder and isinstance(record.get("sets"), dict):
+            found = {k: v["loss"] for k, v in record["sets"].items() if isinstance(v, dict) and "loss" in v}
+    return found

@@ -117,7 +117,7 @@ def test_plot_writes_a_png_of_the_asked_size(chain, tmp_path):
 
 def test_export_writes_a_loadable_model(chain, tmp_path):
     checkpoint = chain / read_state(chain)["latest_checkpoint"]
-    out = cli("export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "export"))
+    out = cli("export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "export"), "--format", "pt")
     assert out.returncode == 0, out.stderr
     from model.config import config_from_dict
     from model.gpt import GPT
@@ -128,7 +128,18 @@ def test_export_writes_a_loadable_model(chain, tmp_path):
     assert (tmp_path / "export" / "tokenizer.model").stat().st_size > 0
     assert config["part"] == "jargon/part-001"
     again = cli("export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "export"))
-    assert again.returncode == 1 and "not empty" in again.stderr
+    assert again.returncode == 1 and "not an empty folder" in again.stderr
+
+
+def test_an_export_names_the_chains_validation_losses(chain, tmp_path):
+    checkpoint = chain / read_state(chain)["latest_checkpoint"]
+    out = cli("export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "hf"))  # the tokenizer: the run's
+    assert out.returncode == 0, out.stderr
+    card = (tmp_path / "hf" / "README.md").read_text()
+    last = evals(chain)[-1]
+    for name in ("wikipedia", "jargon"):
+        assert f"| validation loss, `{name}` | {last['sets'][name]['loss']:.4f} |" in card
+    assert "jargon/part-001" in card and (tmp_path / "hf" / "tokenizer.json").exists()
 
 
 def test_tensorboard_logs_when_asked(tmp_path, chain):

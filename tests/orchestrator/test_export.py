@@ -1,0 +1,138 @@
+"""`orchestrator export` on a checkpoint a real worker trained on Turkish text: each format
+loads where it should and names its checkpoint; a user's mistake gets one paragraph and exit 1."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers import REPO, cli, run_worker, write_spec
+
+CORPUS = REPO / "tests" / "data" / "tr-ataturk-speeches-excerpt.txt.gz"
+TEXT = "Türk milleti, istiklal ve hürriyetine kavuşmak için yegâne hedefine 1923'te ulaştı."
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("export")
+    tok = root / "tok" / "t.model"
+    made = cli("tokenizer", "train", "-i", str(CORPUS), "--vocab-size", "1000", "--out", str(tok), "-q", "--workers", "0")
+    assert made.returncode == 0, made.stderr
+    out = cli("prepare", "-i", str(CORPUS), "--tokenizer", str(tok), "--out", str(root / "data"), "--parts", "8",
+              "--block-size", "64", "--val-fraction", "0.1", "-q", "--workers", "0")
+    assert out.returncode == 0, out.stderr
+    manifest = root / "data" / "manifest.json"
+    sha = json.loads(manifest.read_text())["tokenizer"]["sha256"]
+    spec = write_spec(root / "spec.json", manifest, "part-000", root / "work", tokenizer_sha256=sha,
+                      model={"vocab_size": 1024, "block_size": 64, "n_layer": 2, "n_head": 2, "n_embd": 64},
+                      train={"micro_batch": 16, "grad_accum": 1, "eval_windows": 4})
+    assert run_worker(spec, root / "worker.log") == 0, (root / "worker.log").read_text()[-2000:]
+    return root / "work" / json.loads((root / "work" / "result.json").read_text())["checkpoint"], tok
+
+
+def ours(checkpoint: Path):
+    from trainer.inference import load_model
+
+    torch.set_num_threads(1)
+    return load_model(checkpoint, torch.device("cpu"))
+
+
+def test_hf_is_the_default_and_transformers_runs_it_as_ours(trained, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    import sentencepiece as spm
+
+    checkpoint, tok = trained
+    out = cli("export", "--checkpoint", str(checkpoint), "--tokenizer", str(tok), "--out", str(tmp_path / "tr-gpt"))
+    assert out.returncode == 0, out.stderr
+    folder = tmp_path / "tr-gpt"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ["config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+         "special_tokens_map.json", "README.md"])
+    assert not list(tmp_path.glob(".tr-gpt.tmp-*"))  # the staging folder became the export
+    model, meta = ours(checkpoint)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+    hf_tok = transformers.AutoTokenizer.from_pretrained(folder)
+    sp = spm.SentencePieceProcessor(model_file=str(tok))
+    ids = hf_tok(TEXT, return_tensors="pt").input_ids
+    assert ids[0].tolist() == [sp.eos_id(), *sp.encode(TEXT)]
+    with torch.no_grad():
+        assert (theirs(ids).logits - model(ids)[0]).abs().max().item() < 1e-4
+    card = (folder / "README.md").read_text()
+    assert meta.part_id in card and f"{meta.global_tokens:,}" in card and f"{meta.val_loss:.4f}" in card
+    assert str(checkpoint) in card
+
+
+def test_gguf_is_one_file_with_a_modelfile_and_names_its_checkpoint(trained, tmp_path):
+    from gguf import GGUFReader
+
+    checkpoint, tok = trained
+    out = cli("export", "--checkpoint", str(checkpoint), "--tokenizer", str(tok), "--out", str(tmp_path / "g"),
+              "--format", "gguf", "--dtype", "q8_0", "--name", "tr-gpt")
+    assert out.returncode == 0, out.stderr
+    folder = tmp_path / "g"
+    assert sorted(p.name for p in folder.iterdir()) == ["Modelfile", "README.md", "tr-gpt-q8_0.gguf"]
+    reader = GGUFReader(folder / "tr-gpt-q8_0.gguf")
+    _, meta = ours(checkpoint)
+    assert reader.get_field("general.name").contents() == "tr-gpt"
+    assert meta.part_id in reader.get_field("general.description").contents()
+    assert {t.tensor_type.name for t in reader.tensors} == {"Q8_0", "F32"}  # matrices quantized, vectors not
+    modelfile = (folder / "Modelfile").read_text()
+    assert modelfile.startswith("FROM ./tr-gpt-q8_0.gguf\n") and "PARAMETER repeat_penalty 1.1" in modelfile
+    assert meta.part_id in (folder / "README.md").read_text()
+
+
+def test_pt_keeps_the_projects_own_files(trained, tmp_path):
+    from model.config import config_from_dict
+    from model.gpt import GPT
+
+    checkpoint, tok = trained
+    out = cli("export", "--checkpoint", str(checkpoint), "--tokenizer", str(tok), "--out", str(tmp_path / "pt"),
+              "--format", "pt")
+    assert out.returncode == 0, out.stderr
+    config = json.loads((tmp_path / "pt" / "config.json").read_text())
+    GPT(config_from_dict(config["model"])).load_state_dict(torch.load(tmp_path / "pt" / "model.pt", weights_only=True))
+    assert (tmp_path / "pt" / "tokenizer.model").read_bytes() == tok.read_bytes()
+    assert config["part"] in (tmp_path / "pt" / "README.md").read_text()
+
+
+def test_a_users_mistake_gets_one_paragraph_and_exit_1(trained, tmp_path):
+    checkpoint, tok = trained
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "something").write_text("x")
+    damaged = tmp_path / "lone" / "checkpoints" / checkpoint.name
+    shutil.copytree(checkpoint, damaged)
+    lone = tmp_path / "lone2" / "checkpoints" / checkpoint.name
+    shutil.copytree(checkpoint, lone)
+    with open(damaged / "model.pt", "r+b") as f:
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    other_tok = tmp_path / "other.model"
+    other_tok.write_bytes(tok.read_bytes() + b"\0")
+    base = ("export", "--checkpoint", str(checkpoint), "--tokenizer", str(tok))
+    cases = [
+        ((*base, "--out", str(taken)), "exists and is not an empty folder"),
+        (("export", "--checkpoint", str(damaged), "--tokenizer", str(tok), "--out", str(tmp_path / "a")),
+         "model.pt fails its sha256 checksum"),
+        (("export", "--checkpoint", str(lone), "--out", str(tmp_path / "b")), "cannot find the tokenizer"),
+        (("export", "--checkpoint", str(checkpoint), "--tokenizer", str(other_tok), "--out", str(tmp_path / "c")),
+         "not the tokenizer"),
+        ((*base, "--out", str(tmp_path / "d"), "--format", "onnx"), "--format onnx: unknown format"),
+        ((*base, "--out", str(tmp_path / "e"), "--format", "hf", "--dtype", "q8_0"), "does not go with --format hf"),
+        (("export", "--checkpoint", str(checkpoint), "--no-tokenizer", "--out", str(tmp_path / "f"), "--format",
+          "gguf"), "a GGUF file carries its tokenizer"),
+        (("export", "--checkpoint", str(tmp_path / "nowhere"), "--tokenizer", str(tok), "--out", str(tmp_path / "g")),
+         "not a usable checkpoint"),
+    ]
+    for args, message in cases:
+        out = cli(*args)
+        assert out.returncode == 1, (args, out.stderr)
+        assert message in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
+        assert out.stderr.startswith("error: ") and out.stderr.count("\n") == 1, out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lone", "lone2", "other.model", "taken"]  # nothing left
