@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", type=Path, help="default: runs/<schedule name>/ beside the schedule")
     p.add_argument("--exit-when-done", action="store_true",
                    help="exit 0 when every part is done (1 if the chain fails) instead of idling for more parts")
+    p.add_argument("--existing-run-dir", action="store_true",
+                   help="refuse to start unless the run directory exists (the systemd unit uses it: a run on a disk "
+                        "that is not mounted must not become a new chain on the root filesystem)")
     _handler(p, "orchestrator.commands.run:cmd_run")
 
     p = sub.add_parser("validate", help="check a schedule file; exit 0 if valid, 1 with every error")

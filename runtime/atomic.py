@@ -97,18 +97,34 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, *, fault: str | None = 
 def append_line(path: str | os.PathLike, line: str, *, sync: bool = True, fault: str | None = None) -> None:
     """Append one line to an append-only log (events.jsonl, metrics.jsonl).
 
-    A power cut can leave the last line torn; readers skip a line that does not parse
-    (see read_jsonl), and end_lines() seals a torn end before new lines follow it.
+    A short write (the kernel took only part of the line) is carried on until the whole
+    line is written; if the rest cannot be (a full disk), the torn line is ended with a
+    newline where possible, so the next line is not glued to it. A power cut can still
+    leave the last line torn: readers skip a line that does not parse (read_jsonl), and
+    end_lines() seals a torn end before new lines follow it.
     """
     if "\n" in line:
         raise ValueError("append_line takes a single line")
     if fault:
         faults.point(f"{fault}.before-append")
+    data = (line + "\n").encode("utf-8")
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    written = 0
     try:
-        os.write(fd, (line + "\n").encode("utf-8"))
+        while written < len(data):
+            n = os.write(fd, data[written:])
+            if n <= 0:
+                raise OSError(errno.EIO, "the write made no progress", os.fspath(path))
+            written += n
         if sync:
             os.fsync(fd)
+    except OSError:
+        if 0 < written < len(data):
+            try:
+                os.write(fd, b"\n")
+            except OSError:
+                pass  # end_lines() seals it when the log is next opened
+        raise
     finally:
         os.close(fd)
     if fault:

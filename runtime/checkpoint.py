@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict
 
+from runtime import faults
 from runtime.atomic import atomic_write_json, read_json
 
 MANIFEST = "MANIFEST.json"
@@ -40,6 +41,7 @@ def sha256_file(path: Path, chunk: int = 1 << 20, on_progress: Callable[[], None
     """The file's sha256; `on_progress` is called after every chunk (a daemon keeps its
     systemd watchdog fed while it hashes a multi-GB checkpoint for minutes)."""
     h = hashlib.sha256()
+    faults.io_error(path)
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)

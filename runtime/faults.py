@@ -14,6 +14,7 @@ production.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 
@@ -63,3 +64,16 @@ def setting(name: str) -> int | None:
     """
     raw = os.environ.get(f"{ENV}_{name}")
     return int(raw) if raw else None
+
+
+def io_error(path) -> None:
+    """A simulated read error for tests: ORCHESTRATOR_FAULT_IO_ERROR=ERRNO:TEXT raises
+    OSError(ERRNO) when reading a file whose path contains TEXT (e.g. EIO:0002-wiki-part-001/
+    model.pt: a bad sector under a promoted checkpoint)."""
+    raw = os.environ.get(f"{ENV}_IO_ERROR")
+    if not raw:
+        return
+    name, _, text = raw.partition(":")
+    if text and text in os.fspath(path):
+        code = getattr(errno, name, errno.EIO)
+        raise OSError(code, os.strerror(code), os.fspath(path))

@@ -114,10 +114,18 @@ class RunPaths:
         stage, part = split_part_id(pid)
         return self.metrics / f"{stage}--{part}.jsonl"
 
+    def is_run(self) -> bool:
+        """Does the folder hold a run (a chain's state, its lock, or its layout)?"""
+        return any(p.exists() for p in (self.state, self.lock, self.events, self.checkpoints))
+
     def make(self) -> None:
-        """Create the layout; the run dir is private to its owner (0700)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.root.chmod(0o700)
+        """Create the layout. A run dir this creates is private to its owner (0700); the mode
+        of a folder that existed already is the user's business and stays as it is."""
+        try:
+            self.root.mkdir(parents=True)
+            self.root.chmod(0o700)
+        except FileExistsError:
+            pass
         for d in (self.control, self.work_root, self.checkpoints, self.metrics):
             d.mkdir(exist_ok=True)
 

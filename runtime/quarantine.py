@@ -6,7 +6,9 @@ and fsck use <run>/quarantine/, where a finished part's worker quarantine ends u
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -25,7 +27,12 @@ def quarantine(path: Path, into: Path, reason: str) -> Path | None:
     while dest.exists():
         dest = dest.with_name(f"{dest.name}.{n}")
         n += 1
-    os.rename(path, dest)
+    try:
+        os.rename(path, dest)
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise
+        shutil.move(path, dest)  # quarantine/ on another disk: copied, then removed
     dest.with_name(dest.name + NOTE_SUFFIX).write_text(reason + "\n")
     fsync_dir(into)
     fsync_dir(path.parent)

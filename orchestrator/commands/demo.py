@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from runtime.errors import UserError
+from orchestrator.daemon.recovery import make_run_dir
 from runtime.paths import RunPaths
 
 CORPUS = Path(__file__).resolve().parent.parent / "demo_corpus"
@@ -101,6 +102,7 @@ def cmd_demo(args) -> int:
     console = Console()
     paths = RunPaths((args.run_dir or Path("runs") / "demo").resolve())
     inputs = paths.root / "inputs"
+    make_run_dir(paths)  # before inputs/: a daemon accepts the folder as its run directory
     inputs.mkdir(parents=True, exist_ok=True)
     console.rule("orchestrator demo: a tiny GPT, two stages of three parts, on this machine's CPU")
     started = time.monotonic()

@@ -6,4 +6,4 @@ from orchestrator.daemon.loop import Daemon
 
 
 def cmd_run(args) -> int:
-    return Daemon(args.schedule, args.run_dir, args.exit_when_done).run()
+    return Daemon(args.schedule, args.run_dir, args.exit_when_done, args.existing_run_dir).run()

@@ -41,6 +41,7 @@ from runtime.workerfiles import Control, write_model
 TICK_S = 0.5
 DEBOUNCE_S = 0.3  # let an editor finish saving before reading the schedule
 STAT_CHECK_S = 10.0  # fallback check of the schedule's mtime, for filesystems without inotify
+FAULT_RETRY_S = 30.0  # after an unexpected I/O error, the daemon pauses the chain and tries again this often
 
 
 class Stop(Enum):
@@ -51,10 +52,12 @@ class Stop(Enum):
 
 
 class Daemon:
-    def __init__(self, schedule_path: Path, run_dir: Path | None = None, exit_when_done: bool = False):
+    def __init__(self, schedule_path: Path, run_dir: Path | None = None, exit_when_done: bool = False,
+                 existing_run_dir: bool = False):
         self.schedule_path = schedule_path.resolve()
         self.run_dir = run_dir
         self.exit_when_done = exit_when_done
+        self.existing_run_dir = existing_run_dir
         self.wake = threading.Event()
         self.signals: deque[int] = deque()
         self.stopping: Stop | None = None
@@ -71,6 +74,8 @@ class Daemon:
         self.write_error: str | None = None  # set while state.json cannot be written (disk full)
         self.pause_kind: tuple[str, ...] = ()  # the guard's last kind of pause
         self.paused_since: float | None = None  # monotonic, while the daemon's phase is paused
+        self.fault: str | None = None  # an unexpected I/O error: the chain pauses until a retry succeeds
+        self.fault_retry_at = 0.0
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -78,7 +83,7 @@ class Daemon:
         self.plan = resolve_chain(load_schedule(self.schedule_path), self.schedule_path)
         gpu_note = self._check_gpu()
         self.paths = RunPaths((self.run_dir or default_for(self.schedule_path, self.plan.schedule.name)).resolve())
-        recovery.make_run_dir(self.paths)
+        recovery.make_run_dir(self.paths, must_exist=self.existing_run_dir)
         # Handlers first: once the lock holds our pid, CLI commands may signal us (SIGUSR1),
         # and a default action would kill a daemon that is still starting.
         self._install_signals()
@@ -143,6 +148,8 @@ class Daemon:
         try:
             if self.write_error:
                 self.save()  # retry: the disk may have space again
+            if self.fault and time.monotonic() >= self.fault_retry_at:
+                self.retry_after_fault()
             self.handle_signals()
             self.handle_requests()
             self.handle_schedule()
@@ -151,10 +158,27 @@ class Daemon:
             self.handle_next()
             self.publish()
         except OSError as e:
-            if e.errno not in DISK_FULL:
-                raise
-            self._disk_full(f"cannot write {e.filename or 'a run file'}: {e.strerror}")
+            if e.errno in DISK_FULL:
+                self._disk_full(f"cannot write {e.filename or 'a run file'}: {e.strerror}")
+            else:
+                self._fault(e)
         self.notifier.watchdog()
+
+    def _fault(self, e: OSError) -> None:
+        """A file the daemon needs cannot be read or written (EIO, EACCES, EXDEV...): pause the
+        chain and say which, retrying every FAULT_RETRY_S, instead of exiting into a restart
+        loop. The retry first settles what was half done, as a restart would."""
+        where = f"{e.filename}: " if e.filename else ""
+        message = f"{where}{e.strerror or e}; fix it (permissions? a failing disk?); the daemon retries every " \
+                  f"{FAULT_RETRY_S:.0f}s"
+        if message != self.fault:
+            self.events.emit("daemon-fault", message, level=logging.ERROR)
+        self.fault = message
+        self.fault_retry_at = time.monotonic() + FAULT_RETRY_S
+
+    def retry_after_fault(self) -> None:
+        self.fault = None
+        recovery.recover(self.runner)  # a part left running without its worker goes back to pending
 
     def _disk_full(self, why: str) -> None:
         """Pause on a full disk (no launch, no hang verdicts) until state.json writes again."""
@@ -336,7 +360,7 @@ class Daemon:
 
     def paused(self) -> str | None:
         pauses = [p.reason for p in (self.state.user_pause, self.state.guard_pause) if p]
-        return "; ".join(pauses + ([self.write_error] if self.write_error else [])) or None
+        return "; ".join(pauses + [e for e in (self.write_error, self.fault) if e]) or None
 
     def sync_control(self, checkpoint: bool = False) -> None:
         """Tell the running worker to pause, throttle or checkpoint, through its control.json."""

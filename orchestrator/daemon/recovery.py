@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import time
@@ -24,7 +25,21 @@ from orchestrator.chain.state import load as load_state_file
 from runtime.paths import RunPaths
 
 
-def make_run_dir(paths: RunPaths) -> None:
+def make_run_dir(paths: RunPaths, must_exist: bool = False) -> None:
+    """Create the run directory, or use the run it holds. Refused: a folder that exists and
+    holds something else (a typo: /tmp, ~, .), a missing one when it must exist (a disk
+    not mounted), one that cannot be written, and one whose checkpoints/ and work/ are on
+    different filesystems (promotion is a rename)."""
+    root = paths.root
+    if root.exists() and not root.is_dir():
+        raise UserError(f"{root}: exists and is not a folder; choose a run directory with --run-dir")
+    if root.is_dir() and not paths.is_run() and any(root.iterdir()):
+        raise UserError(f"{root}: this folder holds files but no run (no state.json, checkpoints/ or daemon.lock); "
+                        "a run directory must be new, empty, or one a daemon made. Check --run-dir for a typo, "
+                        "or name a new folder")
+    if must_exist and not root.is_dir():
+        raise UserError(f"{root}: the run directory does not exist. Its disk may not be mounted: a new chain is not "
+                        "started in its place. Mount it, or create the folder to start the chain there")
     try:
         paths.make()
         probe = paths.root / f".write-test-{os.getpid()}"
@@ -33,6 +48,30 @@ def make_run_dir(paths: RunPaths) -> None:
     except OSError as e:
         raise UserError(f"{paths.root}: the run directory cannot be created or written "
                         f"({e.strerror}); choose another with --run-dir") from None
+    _check_renames(paths)
+
+
+def _check_renames(paths: RunPaths) -> None:
+    """Promotion renames a part's final checkpoint from work/ into checkpoints/: refuse a
+    layout where that cannot work (a symlink to another disk: EXDEV), before any training."""
+    probe = paths.work_root / f".rename-test-{os.getpid()}"
+    target = paths.checkpoints / probe.name
+    try:
+        probe.mkdir(exist_ok=True)
+        os.rename(probe, target)
+        target.rmdir()
+    except OSError as e:
+        for leftover in (probe, target):
+            try:
+                leftover.rmdir()
+            except OSError:
+                pass
+        if e.errno == errno.EXDEV:
+            raise UserError(f"{paths.root}: checkpoints/ and work/ are on different filesystems, so a finished part "
+                            "cannot be promoted by a rename. Put the whole run directory on the bigger disk "
+                            "(link or mount the run directory itself, not its subfolders)") from None
+        raise UserError(f"{paths.root}: cannot rename from work/ into checkpoints/ ({e.strerror}); fix the "
+                        "permissions or choose another run directory") from None
 
 
 def check_compatible(state: ChainState, plan: ChainPlan) -> None:

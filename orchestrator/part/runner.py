@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -314,17 +315,24 @@ class PartRunner:
 
     def record_eval(self, part: PartState, folder: Path, meta: CheckpointMeta) -> None:
         """The worker's evaluation (eval.json) into evals.jsonl and the part's record. Written
-        before state.json: a crash in between repeats a line rather than losing it."""
+        before state.json: a crash in between repeats a line rather than losing it. A
+        malformed file is reported and left out: it never stops the promotion."""
         evaluation = read_json_object(self.paths.work(part.id).eval)
-        if not evaluation or not evaluation.get("sets"):
+        if evaluation is None:
             return
+        sets, samples = evaluation.get("sets"), evaluation.get("samples") or []
+        if not _losses(sets) or not isinstance(samples, list):
+            self.events.warning(f"the evaluation of {part.id} (eval.json) is malformed; left out")
+            return
+        samples = [s for s in samples if isinstance(s, dict) and isinstance(s.get("prompt"), str)
+                   and isinstance(s.get("text"), str)]
         record = {"time": round(time.time(), 3), "part": part.id, "checkpoint": f"checkpoints/{folder.name}",
-                  "global_tokens": meta.global_tokens, "source": "chain", **evaluation}
+                  "global_tokens": meta.global_tokens, "source": "chain", **evaluation, "samples": samples}
         append_line(self.paths.evals, json.dumps(record, ensure_ascii=False), fault="evals")
-        part.eval = {name: r["loss"] for name, r in evaluation["sets"].items()}
-        samples = "; ".join(f"{s['prompt']!r} -> {s['text'][:60]!r}" for s in evaluation.get("samples", []))
+        part.eval = _losses(sets)
+        shown = "; ".join(f"{s['prompt']!r} -> {s['text'][:60]!r}" for s in samples)
         self.events.info(f"evaluation of {part.id}: " + ", ".join(f"{n} {v:.4f}" for n, v in part.eval.items())
-                         + (f"; {samples}" if samples else ""))
+                         + (f"; {shown}" if shown else ""))
 
     def finish_scratch(self, part: PartState) -> None:
         work = self.paths.work(part.id)
@@ -347,3 +355,16 @@ class PartRunner:
         found = step_dirs(self.paths.work(pid).checkpoints)
         return found[0][0] if found else -1
 
+
+def _losses(sets) -> dict[str, float] | None:
+    """{set: loss} from an eval.json's sets, or None unless every entry has a finite loss."""
+    if not isinstance(sets, dict) or not sets:
+        return None
+    out = {}
+    for name, r in sets.items():
+        loss = r.get("loss") if isinstance(r, dict) else None
+        if not isinstance(name, str) or isinstance(loss, bool) or not isinstance(loss, (int, float)) \
+                or not math.isfinite(loss):
+            return None
+        out[name] = float(loss)
+    return out

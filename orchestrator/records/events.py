@@ -35,9 +35,10 @@ class EventLog:
         for h in handlers:
             h.setFormatter(fmt)
             self.logger.addHandler(h)
-        if end_lines(paths.events):
-            self.logger.warning("events.jsonl ended in a torn line (a crash or power cut while writing); "
-                                "sealed it: readers skip that line")
+        for log in (paths.events, paths.evals, paths.hardware_log):  # every log the daemon appends to
+            if end_lines(log):
+                self.logger.warning(f"{log.name} ended in a torn line (a crash or power cut while writing); "
+                                    "sealed it: readers skip that line")
 
     def emit(self, event: str, message: str, level: int = logging.INFO, **fields) -> None:
         record = {"time": round(time.time(), 3), "event": event, **fields, "message": message}
