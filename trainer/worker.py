@@ -63,7 +63,7 @@ class Worker:
         self.files = WorkerFiles(self.work, spec.train.heartbeat_interval_s, main=self.ranks.main,
                                  launcher_pid=self.stop.launcher_pid, token_offset=spec.token_offset)
         self.metrics = Metrics(self.work, spec.train.log_interval_steps)
-        self.lock = LockFile(self.work.lock)
+        self.lock = LockFile(self.work.lock, role="worker")
 
     def run(self) -> int:
         """Setup, the loop, the end; the exit code."""

@@ -13,7 +13,7 @@ from orchestrator.daemon.requests import Command, NoDaemon, Request, apply, find
 from orchestrator.records.events import EventLog
 from orchestrator.records.rundir import existing, locate
 from runtime.errors import UserError
-from runtime.lockfile import LockFile, Locked, holder
+from runtime.lockfile import LockFile, Locked, busy_message, holder
 from runtime.paths import RunPaths
 from runtime.workerfiles import Heartbeat, Phase, read_model
 
@@ -25,8 +25,8 @@ def cmd_request(args) -> int:
     part = getattr(args, "part", None)
     try:
         answer_ = send(paths, command, part=part, reason=getattr(args, "reason", None))
-    except NoDaemon:
-        if command in ("pause", "resume", "stop"):
+    except NoDaemon as e:
+        if command in ("pause", "resume", "stop") or e.busy:
             raise
         return _offline(paths, command, part)
     if not answer_.ok:
@@ -42,11 +42,11 @@ def cmd_request(args) -> int:
 
 def _offline(paths: RunPaths, command: Command, part: str | None) -> int:
     """skip/retry with no daemon running: take its lock and change state.json directly."""
-    lock = LockFile(paths.lock)
+    lock = LockFile(paths.lock, role=command)
     try:
         lock.acquire()
-    except Locked:  # a daemon started meanwhile
-        raise UserError(f"a daemon started on {paths.root} meanwhile; run the command again") from None
+    except Locked as e:  # a daemon started meanwhile, or fsck is at work
+        raise UserError(busy_message(e, paths.root) + "; run the command again then") from None
     try:
         try:
             state = chain_state.load(paths.state)

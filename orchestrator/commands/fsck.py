@@ -28,7 +28,7 @@ from orchestrator.chain.schedule import load as load_schedule
 from orchestrator.chain.state import ChainState, PartStatus, load, save
 from runtime.atomic import end_lines
 from runtime.checkpoint import verify
-from runtime.lockfile import LockFile, Locked
+from runtime.lockfile import LockFile, Locked, busy_message, holder_role
 from runtime.paths import RunPaths
 
 
@@ -186,12 +186,14 @@ def cmd_fsck(args) -> int:
     paths = locate(args.run_dir, args.schedule)
     if not paths.state.exists() and not any(paths.checkpoints.glob("[0-9]*-*")):
         raise UserError(f"{paths.root}: not a run directory (no state.json, no promoted checkpoints)")
-    lock = LockFile(paths.lock)
+    lock = LockFile(paths.lock, role="fsck")
     try:
         lock.acquire()
     except Locked as e:
-        raise UserError(f"a daemon (pid {e.pid}) is running on {paths.root}; stop it before fsck") from None
+        raise UserError(busy_message(e, paths.root) + " (fsck needs the daemon stopped)") from None
     try:
+        if args.repair:
+            _refuse_live_workers(paths)
         schedule = args.schedule.resolve() if args.schedule else _schedule_of(paths)
         problems = Check(paths, schedule).run()
         if not problems:
@@ -209,6 +211,17 @@ def cmd_fsck(args) -> int:
         return 1
     finally:
         lock.release()
+
+
+def _refuse_live_workers(paths: RunPaths) -> None:
+    """A worker whose daemon was killed may still be training (it checkpoints and exits when
+    it notices): repairing its part's files under it would damage them."""
+    for lock in sorted(paths.work_root.glob("*/*/worker.lock")):
+        pid, _role = holder_role(lock)
+        if pid is not None:
+            part = f"{lock.parent.parent.name}/{lock.parent.name}"
+            raise UserError(f"a worker (pid {pid}) is still training {part} in {lock.parent}; it stops by itself once "
+                            "it notices its daemon is gone: wait for it to exit (or kill it), then repair")
 
 
 def _schedule_of(paths: RunPaths) -> Path | None:

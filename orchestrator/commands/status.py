@@ -15,7 +15,7 @@ from orchestrator.records import progress
 from orchestrator.records.rundir import existing, locate
 from orchestrator.guard.sensors import FILE_KEYS
 from runtime.atomic import read_json_object, tail_jsonl
-from runtime.lockfile import holder
+from runtime.lockfile import holder_role
 from runtime.paths import RunPaths
 
 
@@ -36,7 +36,9 @@ def gather(paths: RunPaths) -> dict[str, Any]:
     """Everything `status` shows, as the JSON that `status --json` prints."""
     state = read_json_object(paths.state) or {}
     parts = state.get("parts", [])
-    pid = holder(paths.lock)
+    pid, role = holder_role(paths.lock)
+    if role not in (None, "daemon"):
+        pid = None  # fsck or an offline skip holds the run, not a daemon
     running = next((p for p in parts if p["status"] == "running"), None)
     hb = read_json_object(paths.work(running["id"]).heartbeat) if running else None
     if hb and running.get("worker_pid") and running["worker_pid"] not in (hb.get("pid"), hb.get("launcher_pid")):

@@ -34,7 +34,7 @@ from orchestrator.chain.state import DaemonPhase, DaemonState, PauseState, Sched
 from orchestrator.chain.state import save as save_state
 from orchestrator.daemon.watcher import ScheduleWatcher
 from runtime.atomic import DISK_FULL
-from runtime.lockfile import LockFile, Locked
+from runtime.lockfile import LockFile, Locked, busy_message
 from runtime.paths import RunPaths
 from runtime.workerfiles import Control, write_model
 
@@ -91,8 +91,7 @@ class Daemon:
         try:
             self.lock.acquire()
         except Locked as e:
-            raise UserError(f"another daemon (pid {e.pid or 'unknown'}) is already running on {self.paths.root}; "
-                            "stop it first with `orchestrator stop`") from None
+            raise UserError(busy_message(e, self.paths.root)) from None
         watcher = None
         try:
             self.events = EventLog(self.paths)

@@ -120,6 +120,10 @@ def recover(runner: PartRunner) -> None:
             continue
         if runner.finish_promoted(part):  # promoted, but state.json was not saved in time
             continue
+        if part.status == PartStatus.SKIPPED and work.result.exists():
+            runner.launch_step = runner.newest_step(part.id)
+            runner.conclude(part, 0, stopping=False)  # skipped after it finished: promoted if it still fits
+            continue
         if part.status == PartStatus.RUNNING and not runner.adopt(part):
             part.status, part.worker_pid = PartStatus.PENDING, None
     if state.latest_checkpoint:

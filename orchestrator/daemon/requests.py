@@ -24,7 +24,7 @@ from runtime.errors import UserError
 from orchestrator.chain.state import ChainState, PartState, PartStatus, PauseState
 from runtime.atomic import read_json
 from runtime.clock import Stamp
-from runtime.lockfile import holder
+from runtime.lockfile import holder_role
 from runtime.paths import RunPaths
 from runtime.workerfiles import read_model, write_model
 
@@ -62,9 +62,11 @@ class Answer(BaseModel):
 
 def send(paths: RunPaths, command: Command, part: str | None = None, reason: str | None = None,
          timeout: float = 30.0) -> Answer:
-    pid = holder(paths.lock)
+    pid, role = holder_role(paths.lock)
     if pid is None:
         raise NoDaemon(paths.root)
+    if role not in (None, "daemon"):  # fsck or an offline skip holds the run: never signal it
+        raise NoDaemon(paths.root, f"`orchestrator {role}` (pid {pid}) is working on it")
     stamp = Stamp.now()
     req = Request(id=f"{time.time_ns()}-{secrets.token_hex(3)}", command=command, part=part, reason=reason,
                   time=time.time(), boot=stamp.boot, since_boot=stamp.seconds)
@@ -94,8 +96,10 @@ def send(paths: RunPaths, command: Command, part: str | None = None, reason: str
 
 
 class NoDaemon(UserError):
-    def __init__(self, run_dir: Path):
-        super().__init__(f"no daemon is running on {run_dir}; start it with `orchestrator run --schedule FILE`")
+    def __init__(self, run_dir: Path, busy: str | None = None):
+        self.busy = busy
+        what = f"; {busy}: wait for it to finish" if busy else "; start it with `orchestrator run --schedule FILE`"
+        super().__init__(f"no daemon is running on {run_dir}{what}")
 
 
 # -- the daemon side ----------------------------------------------------------------------

@@ -107,3 +107,11 @@ def scratch_fits(spec: WorkerSpec, state: ChainState, paths: RunPaths) -> bool:
     same_start = (have is None and want is None) or (have is not None and want is not None
                                                       and Path(have).name == want.name)
     return same_start and spec.token_offset == state.global_tokens
+
+
+def meta_fits(meta, state: ChainState) -> bool:
+    """Was a checkpoint of the part trained from the chain's start as it stands now?"""
+    if meta.global_tokens - meta.part_tokens != state.global_tokens:
+        return False
+    want = Path(state.latest_checkpoint).name if state.latest_checkpoint else None
+    return meta.start is None or meta.start == want  # None: written before starts were recorded

@@ -138,14 +138,25 @@ class PartRunner:
             self.events.emit("chain-unblocked", "the chain's starting checkpoint is back; going on")
         return not walk.requeued and blocked is None
 
-    def set_aside_scratch(self, part: PartState, spec: WorkerSpec) -> None:
+    def result_fits(self, part: PartState, result: Result) -> bool:
+        """Was the finished part trained from the chain's start as it stands now? (A result
+        left behind while the chain moved on, say a skipped part retried, is not promoted.)"""
+        try:
+            meta = read_meta(self.paths.work(part.id).root / result.checkpoint)
+        except (OSError, ValueError):
+            return True  # promotion verifies the folder and refuses it with the reason
+        return lineage.meta_fits(meta, self.state)
+
+    def set_aside_scratch(self, part: PartState, spec: WorkerSpec | None) -> None:
         """Quarantine checkpoints of a part made from a start the chain no longer has."""
         work = self.paths.work(part.id)
-        was = spec.init_checkpoint.name if spec.init_checkpoint else "fresh weights"
-        why = (f"{part.id} had trained from {was} at {spec.token_offset} tokens; the chain now continues from "
+        was = (spec.init_checkpoint.name if spec.init_checkpoint else "fresh weights") if spec else "another start"
+        at = f" at {spec.token_offset} tokens" if spec else ""
+        why = (f"{part.id} had trained from {was}{at}; the chain now continues from "
                f"{self.state.latest_checkpoint or 'fresh weights'} at {self.state.global_tokens} tokens")
         moved = quarantine(self.paths, work.checkpoints, f"scratch set aside: {why}")
-        work.spec.unlink(missing_ok=True)
+        for stale in (work.spec, work.result, work.eval):
+            stale.unlink(missing_ok=True)
         self.events.emit("scratch-set-aside", f"{why}: its checkpoints were moved to {moved}, and it starts afresh",
                          level=logging.WARNING, part=part.id)
 
@@ -252,7 +263,10 @@ class PartRunner:
         part.worker_pid = None
         hung, self.hung = self.hung, False
         self.report_quarantine(part.id)
-        if part.status == PartStatus.SKIPPED:
+        if part.status == PartStatus.SKIPPED and result is not None and self.result_fits(part, result):
+            # It finished before the skip took effect: promote it rather than throw the training away.
+            self.events.info(f"{part.id} had finished before it was skipped; promoting it")
+        elif part.status == PartStatus.SKIPPED:
             self.finish_scratch(part)
             self.save()
             return
@@ -266,6 +280,11 @@ class PartRunner:
         progressed = self.newest_step(part.id) > self.launch_step
         d = policy.decide(rc, result is not None, error, hung, progressed, part, train.micro_batch,
                           train.grad_accum, self.plan.schedule.supervisor)
+        if d.action == "promote" and not self.result_fits(part, result):
+            self.set_aside_scratch(part, spec)
+            part.status = PartStatus.PENDING
+            self.save()
+            return
         if d.action == "promote":
             try:
                 folder, meta = promote(self.paths, part.id, work.root / result.checkpoint, self.state.next_seq,
@@ -279,6 +298,10 @@ class PartRunner:
                 d = policy.decide(None, False, ErrorReport(kind="error", message=str(e)), False, False, part,
                                   train.micro_batch, train.grad_accum, self.plan.schedule.supervisor)
                 d.event = "promotion-refused"
+        if part.status == PartStatus.SKIPPED:  # its result could not be promoted: it stays skipped
+            self.finish_scratch(part)
+            self.save()
+            return
         if d.event != "worker-stopped":
             self._log_worker_tail(part)
             part.error = d.reason
