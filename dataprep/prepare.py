@@ -346,10 +346,14 @@ def _print_summary(out: Path, manifest: TokenManifest, seconds: float) -> None:
               f"({'every token' if manifest.chat.loss_on == 'all' else 'the responses'}; validation: the responses)")
         return
     split = src.get("val_split", {})
-    held = (f", held out by sections: {split['held_out_sections']:,} of {split['sections']:,} sections of the "
-            f"{split['long_documents']:,} long documents" if split.get("by") == valsplit.BY_SECTIONS else "")
-    print(f"documents: {src.get('documents_read', 0):,} read; {src['train']['documents']:,} train, "
-          f"{src['val']['documents']:,} val{held}; dropped: {describe_drops(src.get('dropped', {}))}")
+    if split.get("by") == valsplit.BY_SECTIONS:
+        print(f"documents: {src.get('documents_read', 0):,} read; validation by sections: held out "
+              f"{split['held_out_sections']:,} of the {split['sections']:,} sections of the {split['long_documents']:,} "
+              f"long documents ({split['section_tokens']:,}+ tokens each), leaving {src['train']['documents']:,} "
+              f"training pieces; dropped: {describe_drops(src.get('dropped', {}))}")
+    else:
+        print(f"documents: {src.get('documents_read', 0):,} read; {src['train']['documents']:,} train, "
+              f"{src['val']['documents']:,} val; dropped: {describe_drops(src.get('dropped', {}))}")
     print(f"windows: {windows.get('windows', 0):,}; starts inside a long sentence {windows.get('mid_sentence', 0):,}, "
           f"inside a word {windows.get('mid_word', 0):,}; tail tokens left out {windows.get('uncovered_tokens', 0):,}")
     if src.get("damaged_example"):
