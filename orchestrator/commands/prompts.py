@@ -49,13 +49,14 @@ def read_prompts(path: Path) -> list[dict]:
 
 
 def cmd_batch(args, paths: RunPaths) -> int:
+    prompts = read_prompts(args.prompts)
+    if not args.chat and any("system" in item for item in prompts):
+        raise UserError(f"{args.prompts}: \"system\" is the system text of a chat prompt: add --chat")
+
     import torch  # only here: the rest of the CLI never loads torch
 
     from trainer.inference import answer_loss, complete, load_model
 
-    prompts = read_prompts(args.prompts)
-    if not args.chat and any("system" in item for item in prompts):
-        raise UserError(f"{args.prompts}: \"system\" is the system text of a chat prompt: add --chat")
     folders = [f.resolve() for f in args.checkpoint] if args.checkpoint else promoted_folders(paths)
     if not folders:
         raise UserError(f"{paths.root}: no promoted checkpoints to compare")
