@@ -15,6 +15,8 @@ from runtime.errors import UserError
 
 
 def cmd_sample(args) -> int:
+    if args.system is not None and not args.chat:
+        raise UserError("--system is the system text of a chat prompt: add --chat")
     import sentencepiece as spm
     import torch  # only here: the rest of the CLI never loads torch
 
@@ -24,8 +26,6 @@ def cmd_sample(args) -> int:
     model, meta = load_model(args.checkpoint, device)
     sp = spm.SentencePieceProcessor(model_file=str(find_tokenizer(args.checkpoint, meta.tokenizer_sha256,
                                                                   args.tokenizer)))
-    if args.system is not None and not args.chat:
-        raise UserError("--system is the system text of a chat prompt: add --chat")
     out = sys.stdout
     if not args.chat:
         out.write(args.prompt)
