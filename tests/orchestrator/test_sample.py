@@ -83,17 +83,16 @@ def test_sample_chat_formats_the_prompt_and_stops_at_the_end_of_the_turn(chat_tr
     out = cli(*base, "--chat", "--prompt", 'What does "daemon" mean in hacker jargon?')
     assert out.returncode == 0, out.stderr
     assert out.stdout == ANSWER + "\n"  # the answer only, ended by the end of turn, not by --max-tokens
-    system = cli(*base, "--chat", "--system", "Brief.", "--prompt", "What is a kluge?")
-    assert system.returncode == 0 and system.stdout == ANSWER + "\n"
-    plain = cli(*base, "--prompt", 'What does "daemon" mean in hacker jargon?')
-    assert plain.returncode == 0 and plain.stdout != ANSWER + "\n"  # as a document start it is no question
+    refused = cli(*base, "--system", "Brief.", "--prompt", "What is a kluge?")  # a system text needs the chat format
+    assert refused.returncode == 1 and "add --chat" in refused.stderr and "Traceback" not in refused.stderr
 
 
 def test_compare_prompts_chat_scores_the_answer_with_its_end_of_turn(chat_trained, tmp_path):
+    """A line's system text comes before the user's turn (the compare path covers --system)."""
     checkpoint, tok = chat_trained
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(json.dumps({"prompt": "What is a hack?", "expected": ANSWER}) + "\n"
-                       + json.dumps({"prompt": "What is cruft?", "system": "Be brief.", "expected": ANSWER}) + "\n")
+                       + json.dumps({"prompt": "What is cruft?", "system": "Brief.", "expected": ANSWER}) + "\n")
     base = ("compare", "--run-dir", str(tmp_path), "--prompts", str(prompts), "--checkpoint", str(checkpoint),
             "--tokenizer", str(tok), "--json")
     (tmp_path / "state.json").write_text("{}")  # compare reads a run directory; the checkpoint is named
