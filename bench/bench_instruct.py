@@ -33,7 +33,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
@@ -142,7 +141,10 @@ def main() -> int:
             p = m["parts"][0]
             targets = f", {p['targets']:,} targets ({p['targets'] / p['tokens']:.0%})" if "targets" in p else ""
             print(f"{name:9} {p['tokens']:,} tokens in {p['windows']:,} windows{targets}; val {m['val']['tokens']:,}")
-        results = [run_seed(seed, data, args.vocab_size, args) for seed in range(args.seeds)]
+        results = []
+        for seed in range(args.seeds):
+            results.append(run_seed(seed, data, args.vocab_size, args))
+            print(f"seed {seed} done after {time.monotonic() - started:.0f} s", flush=True)
     print(f"\nresponse loss on held-out Q&A (and text val loss), after {args.pretrain_steps} text steps and "
           f"{args.steps} instruction steps; {time.monotonic() - started:.0f} s")
     print(f"{'seed':>4} {'pretrained':>11} {'masked':>8} {'unmasked':>9} {'ratio':>6}   {'best m/u':>13}   "
@@ -158,7 +160,6 @@ def main() -> int:
     print("curves (step: masked / unmasked response loss, seed 0):")
     c = results[0]["curves"]
     print("  " + "  ".join(f"{s}: {a:.3f}/{b:.3f}" for (s, a), (_, b) in zip(c["masked"], c["unmasked"])))
-    np.set_printoptions(precision=4)
     return 0
 
 
