@@ -223,10 +223,10 @@ def _lay_out(out: OutputDir, facts: TokenizerFacts, dtype: str, args, arguments:
         val_stream = open_stream(out.staging, "val", dtype)
         if len(val_stream.tokens) < args.block_size + 1:
             by = streams.get("val_split", {}).get("by", valsplit.BY_DOCUMENTS)
+            what = "pieces" if by == valsplit.BY_SECTIONS else "documents"
             raise UserError(f"the validation split holds {len(val_stream.tokens):,} tokens "
-                            f"({streams['val']['documents']} {'pieces' if by == valsplit.BY_SECTIONS else 'documents'}, "
-                            f"held out by {by}), less than one window of {args.block_size + 1}; raise --val-fraction, "
-                            "add input, or use --val-fraction 0")
+                            f"({streams['val']['documents']} {what}, held out by {by}), less than one window of "
+                            f"{args.block_size + 1}; raise --val-fraction, add input, or use --val-fraction 0")
         val_info = layout.write("val", val_stream, 0, len(val_stream.tokens))
     del train
     for name in ("train", "val"):
@@ -348,8 +348,9 @@ def _print_summary(out: Path, manifest: TokenManifest, seconds: float) -> None:
     split = src.get("val_split", {})
     if split.get("by") == valsplit.BY_SECTIONS:
         print(f"documents: {src.get('documents_read', 0):,} read; validation by sections: held out "
-              f"{split['held_out_sections']:,} of the {split['sections']:,} sections of the {split['long_documents']:,} "
-              f"long documents ({split['section_tokens']:,}+ tokens each), leaving {src['train']['documents']:,} "
+              f"{split['held_out_sections']:,} of the {split['sections']:,} sections of the "
+              f"{split['long_documents']:,} long documents ({split['section_tokens']:,}+ tokens each), leaving "
+              f"{src['train']['documents']:,} "
               f"training pieces; dropped: {describe_drops(src.get('dropped', {}))}")
     else:
         print(f"documents: {src.get('documents_read', 0):,} read; {src['train']['documents']:,} train, "

@@ -222,9 +222,9 @@ class _Resolver:
                                f"vocabulary ({vocab}); leave it unset to take the tokenizer's")
         for mpath, m in self.manifests.items():
             if m.block_size < cfg.block_size or (m.instruction and m.block_size != cfg.block_size):
-                what = "instruction data (its windows and loss mask fit one block size)" if m.instruction else ""
-                self.errors.append(f"model.block_size: {cfg.block_size}, but {mpath} was prepared{' as ' + what if what else ''} "
-                                   f"for {m.block_size}; prepare again with --block-size {cfg.block_size}")
+                what = " as instruction data (its windows and loss mask fit one block size)" if m.instruction else ""
+                self.errors.append(f"model.block_size: {cfg.block_size}, but {mpath} was prepared{what} for "
+                                   f"{m.block_size}; prepare again with --block-size {cfg.block_size}")
         return cfg.to_dict()
 
     def instruction_data(self) -> None:

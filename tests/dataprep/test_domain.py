@@ -57,9 +57,9 @@ def conversations() -> list[dict]:
     rows = [json.loads(line) for line in QA.read_text(encoding="utf-8").splitlines()]
     multi = []
     for a, b in zip(rows[0:6:2], rows[1:6:2]):
-        multi.append({"messages": [{"role": "system", "content": "Answer from the Jargon File."},
-                                   {"role": "user", "content": a["prompt"]}, {"role": "assistant", "content": a["response"]},
-                                   {"role": "user", "content": b["prompt"]}, {"role": "assistant", "content": b["response"]}]})
+        turns = [("system", "Answer from the Jargon File."), ("user", a["prompt"]), ("assistant", a["response"]),
+                 ("user", b["prompt"]), ("assistant", b["response"])]
+        multi.append({"messages": [{"role": role, "content": content} for role, content in turns]})
     long_answer = " ".join(r["response"] for r in rows[10:22])
     return rows + multi + [{"prompt": "Summarise these entries.", "response": long_answer}]
 

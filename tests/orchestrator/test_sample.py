@@ -58,7 +58,8 @@ def chat_trained(trained, tmp_path_factory) -> tuple[Path, Path]:
     one short answer: what it says after a chat prompt, and where it stops, are then known."""
     _, tok = trained
     root = tmp_path_factory.mktemp("chat")
-    questions = [json.loads(line)["prompt"] for line in (REPO / "tests" / "data" / "jargon-qa.jsonl").read_text().splitlines()]
+    lines = (REPO / "tests" / "data" / "jargon-qa.jsonl").read_text().splitlines()
+    questions = [json.loads(line)["prompt"] for line in lines]
     source = root / "qa.jsonl"
     rows = [{"prompt": q, "response": ANSWER, **({"system": "Brief."} if i % 3 == 0 else {})}
             for i, q in enumerate(questions)]
@@ -69,7 +70,8 @@ def chat_trained(trained, tmp_path_factory) -> tuple[Path, Path]:
     manifest = root / "data" / "manifest.json"
     assert json.loads(manifest.read_text())["source"]["windows"]["long_examples"] == 0
     sha = json.loads(manifest.read_text())["tokenizer"]["sha256"]
-    spec = write_spec(root / "spec.json", manifest, "part-000", root / "work", tokenizer_sha256=sha, epochs=12, val=None,
+    spec = write_spec(root / "spec.json", manifest, "part-000", root / "work", tokenizer_sha256=sha, epochs=12,
+                      val=None,
                       model={"vocab_size": 640, "block_size": 64, "n_layer": 2, "n_head": 2, "n_embd": 64},
                       train={"micro_batch": 16, "grad_accum": 1, "eval_windows": 0, "lr": 1e-2, "warmup_tokens": 0})
     assert run_worker(spec, root / "worker.log") == 0, (root / "worker.log").read_text()[-2000:]

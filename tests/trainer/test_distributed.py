@@ -19,8 +19,8 @@ import torch
 from runtime.atomic import read_json
 from runtime.workerfiles import EXIT_DONE, EXIT_STOPPED, ExitReport, Heartbeat, read_model
 from tests.helpers import (
-    env, events, make_chain, make_instruction_dir, make_token_dir, part_of, promotions, read_state, run_worker, running_step,
-    start_daemon, wait_for, write_spec,
+    env, events, make_chain, make_instruction_dir, make_token_dir, part_of, promotions, read_state, run_worker,
+    running_step, start_daemon, wait_for, write_spec,
 )
 from tests.helpers import assert_bitwise_equal, result_checkpoint
 

@@ -67,8 +67,9 @@ def _trainer(manifest: Path, micro_batch: int, grad_accum: int, model: GPT) -> T
     part = open_part(manifest, "part-000")
     train = TrainConfig(micro_batch=micro_batch, grad_accum=grad_accum, grad_clip=0, warmup_tokens=0, lr=1.0,
                         lr_schedule="constant")
-    spec = WorkerSpec(part_id="s/p", stage="s", work_dir=manifest.parent, data=DataRef(manifest=manifest, part="part-000"),
-                      model=CFG.to_dict(), train=train, chain_total_tokens=10_000)
+    spec = WorkerSpec(part_id="s/p", stage="s", work_dir=manifest.parent,
+                      data=DataRef(manifest=manifest, part="part-000"), model=CFG.to_dict(), train=train,
+                      chain_total_tokens=10_000)
     sgd = torch.optim.SGD(model.parameters(), lr=1.0)  # the update is the gradient itself
     return Trainer(spec, CPU, model, sgd, torch.amp.GradScaler("cpu", enabled=False),
                    WindowOrder(part.n_windows, 1, 0, "s/p"), Batches(part, 16, CPU.device), Progress())

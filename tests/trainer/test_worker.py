@@ -15,7 +15,8 @@ from runtime.atomic import atomic_write_json, read_json
 from runtime.checkpoint import step_dirs, verify
 from runtime.workerfiles import EXIT_DONE, EXIT_ERROR, EXIT_NONFINITE, EXIT_STOPPED, Heartbeat, read_model
 from tests.helpers import (
-    assert_bitwise_equal, make_instruction_dir, make_token_dir, result_checkpoint, run_worker, start_worker, wait_for, write_spec,
+    assert_bitwise_equal, make_instruction_dir, make_token_dir, result_checkpoint, run_worker, start_worker, wait_for,
+    write_spec,
 )
 
 FAST_CKPT = {"checkpoint_interval_s": 0.25}
@@ -91,7 +92,8 @@ def test_sigkill_on_instruction_data_resumes_bitwise_exact(tmp_path):
     assert run_worker(spec, log) == EXIT_DONE, log.read_text()[-2000:]
     assert "resuming from step-" in log.read_text()
     assert_bitwise_equal(result_checkpoint(tmp_path / "work"), reference)
-    assert read_json(tmp_path / "work" / "result.json")["val_loss"] == read_json(tmp_path / "ref" / "result.json")["val_loss"]
+    val_loss = read_json(tmp_path / "work" / "result.json")["val_loss"]
+    assert val_loss == read_json(tmp_path / "ref" / "result.json")["val_loss"]
 
 
 @pytest.mark.parametrize("point", ["checkpoint.files-written@2", "checkpoint.manifest.before-rename@3"])
