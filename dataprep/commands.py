@@ -10,6 +10,7 @@ from pathlib import Path
 
 _INPUT_HELP = ("an input: a MediaWiki XML dump (.xml, .xml.bz2), JSONL with title/text fields (.jsonl), plain "
                "text (anything else), or a directory of such files; .gz and .bz2 are read as they stream. "
+               "For prepare, JSONL of prompt/response (optional system) or messages is instruction data. "
                "Repeat for several inputs")
 
 
@@ -74,9 +75,14 @@ def register(subparsers) -> None:
         help="corpus -> token parts, a validation split and manifest.json",
         description="Tokenize a corpus into parts of near-equal token counts for a training chain.\n\n"
                     "Writes part-000.bin/.idx ... (tokens, and the token-safe window starts: document or\n"
-                    "sentence starts), val.bin/.idx (documents held out by a stable hash of their title)\n"
-                    "and manifest.json, all at once at the end: an interrupted run leaves no part that\n"
-                    "looks complete, and running the same command again finishes the job. See docs/data.md.",
+                    "sentence starts), val.bin/.idx (documents held out by a stable hash of their title, or\n"
+                    "sections of each long document when documents are few) and manifest.json, all at once\n"
+                    "at the end: an interrupted run leaves no part that looks complete, and running the same\n"
+                    "command again finishes the job.\n\n"
+                    "Instruction data (JSONL lines {\"prompt\", \"response\", \"system\"?} or {\"messages\":\n"
+                    "[{\"role\", \"content\"}, ...]}) is rendered with the chat markers, packed whole into\n"
+                    "windows, and gets part-000.mask beside each part: only the responses are loss targets.\n"
+                    "See docs/data.md.",
         epilog="example: orchestrator prepare --input trwiki-latest-pages-articles.xml.bz2 --tokenizer "
                "tokenizers/tr16k.model --out data/trwiki --parts 120 --block-size 256")
     _add_input_options(p)
@@ -94,8 +100,16 @@ def register(subparsers) -> None:
     p.add_argument("--val-fraction", type=float, default=0.01, metavar="X",
                    help="share of documents held out for validation, by a stable hash of their title (or file "
                         "name) (default: 0.01)")
-    p.add_argument("--overlap", type=int, default=0, metavar="N",
-                   help="tokens shared by consecutive windows inside a long document (default: 0)")
+    p.add_argument("--val-split", choices=("auto", "documents", "sections"), default="auto",
+                   help="hold out whole documents, or a share of each long document's sections; auto: sections "
+                        "when the documents are too few to hold out 5 of them on average (default: auto)")
+    p.add_argument("--overlap", type=int, default=None, metavar="N",
+                   help="tokens shared by consecutive windows inside a long document (default: 0); instruction "
+                        "data: tokens of context before the first counted token of a long example's next window "
+                        "(default: a quarter of --block-size)")
+    p.add_argument("--loss-on", choices=("response", "all"), default="response",
+                   help="instruction data: the loss targets of the training parts, the responses (default) or "
+                        "every token but padding; the validation split always counts the responses only")
     p.add_argument("--dtype", choices=("auto", "uint16", "uint32"), default="auto",
                    help="token dtype (default: uint16 when the vocabulary fits, else uint32)")
     p.set_defaults(handler="dataprep.prepare:cmd_prepare")

@@ -10,6 +10,7 @@ Duplicates are not decided here: only the parent sees every document.
 from __future__ import annotations
 
 import itertools
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ import numpy as np
 from dataprep import cleaning
 from dataprep.readers import RawDoc
 from dataprep.sentences import segments, split_long
+from runtime.chat import chat_ids, render
 
 DAMAGED = "damaged_page"
 EMPTY = "empty"
@@ -29,6 +31,7 @@ class WorkOptions:
     min_chars: int
     tokenizer: Path | None = None  # set for `prepare`: encode the documents
     max_line_bytes: int = 4096  # for `tokenizer train`: longer lines are split
+    chat: bool = False  # `prepare` on instruction data: render the examples (runtime.chat)
 
 
 @dataclass
@@ -61,6 +64,7 @@ class EncodedChunk:
     digests: np.ndarray  # uint64
     split_keys: np.ndarray  # float64 in [0, 1)
     problems: Problems
+    mask: np.ndarray | None = None  # instruction data: uint8 per token, 1 = a response token (a loss target)
 
 
 _worker: dict = {}  # this process's options and tokenizer, set by init_worker only
@@ -75,6 +79,8 @@ def init_worker(options: WorkOptions) -> None:
         sp = spm.SentencePieceProcessor(model_file=str(options.tokenizer))
         _worker["sp"] = sp
         _worker["eos"] = sp.eos_id()
+        if options.chat:
+            _worker["chat"] = chat_ids(sp)
 
 
 def clean_document(doc: RawDoc, min_chars: int, problems: Problems) -> str | None:
@@ -141,6 +147,36 @@ def encode_chunk(docs: list[RawDoc]) -> EncodedChunk:
     digests = np.fromiter(map(cleaning.digest, texts), dtype=np.uint64, count=len(texts))
     split_keys = np.fromiter(map(cleaning.split_key, names, texts), dtype=np.float64, count=len(texts))
     return EncodedChunk(tokens, doc_tokens, seg_starts, doc_segs, digests, split_keys, problems)
+
+
+def encode_examples(docs: list[RawDoc]) -> EncodedChunk:
+    """For `prepare` on instruction data: each example's contents cleaned (as documents
+    are, except that a short answer is not too short), rendered with the chat markers
+    (runtime.chat), fingerprinted and placed for the validation split. An example is one
+    "document" of one "sentence": it is never cut at a sentence start."""
+    problems = Problems()
+    sp, ids = _worker["sp"], _worker["chat"]
+    tokens: list[int] = []
+    mask: list[int] = []
+    lengths, digests, keys = [], [], []
+    for doc in docs:
+        messages = [(role, cleaning.clean_text(content)) for role, content in doc.messages]
+        if not all(content for _, content in messages):
+            problems.dropped[EMPTY] += 1
+            continue
+        ids_, mask_ = render(messages, lambda texts: sp.encode(texts, num_threads=1), ids)
+        tokens.extend(ids_)
+        mask.extend(mask_)
+        lengths.append(len(ids_))
+        text = json.dumps(messages, ensure_ascii=False)
+        digests.append(cleaning.digest(text))
+        keys.append(cleaning.split_key(None, text))
+    n = len(lengths)
+    return EncodedChunk(
+        tokens=np.asarray(tokens, dtype=np.uint32), doc_tokens=np.asarray(lengths, dtype=np.int64),
+        seg_starts=np.zeros(n, dtype=np.int64), doc_segs=np.ones(n, dtype=np.int64),
+        digests=np.asarray(digests, dtype=np.uint64), split_keys=np.asarray(keys, dtype=np.float64),
+        problems=problems, mask=np.asarray(mask, dtype=np.uint8))
 
 
 def encode_documents(sp, texts: list[str], eos: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

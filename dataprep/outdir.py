@@ -80,7 +80,7 @@ class OutputDir:
         published without reaching its manifest."""
         pending = self._read(self.staging / MANIFEST_NAME)
         for part in (pending or {}).get("parts", []) + ([pending["val"]] if pending and pending.get("val") else []):
-            for name in (part.get("file"), part.get("index")):
+            for name in (part.get("file"), part.get("index"), part.get("mask")):
                 if name and "/" not in name:
                     (self.path / name).unlink(missing_ok=True)
         shutil.rmtree(self.staging)
@@ -100,7 +100,7 @@ class OutputDir:
         """Move the parts into place, then write the manifest: the preparation exists."""
         atomic_write_json(self.staging / MANIFEST_NAME, manifest.model_dump(mode="json"))
         for part in [*manifest.parts, *([manifest.val] if manifest.val else [])]:
-            for name in (part.file, part.index):
+            for name in (part.file, part.index, *([part.mask] if part.mask else [])):
                 staged, final = self.parts_dir / name, self.path / name
                 if staged.exists():
                     staged.replace(final)

@@ -2,7 +2,10 @@
 
 Three formats, several inputs per run:
 - MediaWiki XML dumps (dataprep.wikidump): one document per main-namespace article;
-- JSONL: one document per line, `{"title": ..., "text": ...}` (title optional);
+- JSONL: one document per line, `{"title": ..., "text": ...}` (title optional); or
+  instruction data, one example per line, `{"prompt": ..., "response": ...}` (optional
+  "system") or `{"messages": [{"role": ..., "content": ...}, ...]}`: a file is one kind
+  or the other, as its first line says (`input_kind`);
 - plain text, cut by `text_unit`: "block" (a document per blank-line-separated block,
   its hard-wrapped lines joined), "line" (a document per line), "file" (a document per
   file, its blocks as paragraphs).
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from dataprep.inputs import InputSpec, open_buffered
+from runtime.chat import check_messages
 from runtime.errors import UserError
 
 MAX_LINE_BYTES = 1 << 24
@@ -40,6 +44,23 @@ class RawDoc:
     key: str | None = None
     """What identifies an untitled document for the validation split (its file, for
     --text-unit file); without title or key the text itself does."""
+    messages: tuple[tuple[str, str], ...] | None = None
+    """Instruction data: the example's (role, content) messages, checked (runtime.chat);
+    `text` is then empty."""
+
+
+TEXT, CHAT = "text", "chat"
+"""The two kinds of input: documents, or instruction examples (JSONL only)."""
+
+
+def input_kind(spec: InputSpec) -> str:
+    """TEXT or CHAT: for JSONL, what its first non-blank line holds."""
+    if spec.format != "jsonl":
+        return TEXT
+    for _offset, number, line in _lines(spec):
+        if line.strip():
+            return _line_kind(spec, number, _parse(spec, number, line))
+    return TEXT
 
 
 def read_documents(spec: InputSpec, text_unit: str, counts: Counter) -> Iterator[tuple[RawDoc, int]]:
@@ -133,21 +154,83 @@ def _file_key(spec: InputSpec, per_file: bool, piece: int) -> str | None:
     return spec.key if piece == 0 else f"{spec.key}#{piece}"
 
 
+def _parse(spec: InputSpec, number: int, line: str):
+    try:
+        return json.loads(line)
+    except ValueError as e:
+        msg = getattr(e, "msg", str(e))
+        col = getattr(e, "colno", None)
+        where = f", column {col}" if col else ""
+        raise UserError(f"{spec.path}: line {number}{where}: not valid JSON ({msg})") from None
+
+
+_EXPECTED = ('expected an object with a "text" string (and optionally a "title" string), or an instruction '
+             'example: {"prompt": ..., "response": ...} (optionally "system") or {"messages": [{"role": ..., '
+             '"content": ...}, ...]}')
+
+
+def _line_kind(spec: InputSpec, number: int, obj) -> str:
+    if isinstance(obj, dict):
+        if "messages" in obj or "prompt" in obj or "response" in obj:
+            return CHAT
+        if isinstance(obj.get("text"), str):
+            return TEXT
+    raise UserError(f"{spec.path}: line {number}: {_EXPECTED}")
+
+
 def _read_jsonl(spec: InputSpec) -> Iterator[tuple[RawDoc, int]]:
+    kind = None
     for offset, number, line in _lines(spec):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except ValueError as e:
-            msg = getattr(e, "msg", str(e))
-            col = getattr(e, "colno", None)
-            where = f", column {col}" if col else ""
-            raise UserError(f"{spec.path}: line {number}{where}: not valid JSON ({msg})") from None
-        if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-            raise UserError(f'{spec.path}: line {number}: expected an object with a "text" string '
-                            f'(and optionally a "title" string)')
+        obj = _parse(spec, number, line)
+        here = _line_kind(spec, number, obj)
+        kind = kind or here
+        if here != kind:
+            what = "an instruction example" if here == CHAT else "a text document"
+            raise UserError(f"{spec.path}: line {number}: {what}, but the file's first line is "
+                            f"{'an instruction example' if kind == CHAT else 'a text document'}; "
+                            "put documents and instruction examples in separate files and preparations")
+        if kind == CHAT:
+            yield RawDoc(None, "", messages=_messages(spec, number, obj)), offset
+            continue
         title = obj.get("title")
         if title is not None and not isinstance(title, str):
             raise UserError(f'{spec.path}: line {number}: "title" must be a string')
         yield RawDoc(title, obj["text"]), offset
+
+
+def _messages(spec: InputSpec, number: int, obj: dict) -> tuple[tuple[str, str], ...]:
+    """An instruction line's messages, checked; a UserError names the file and line."""
+    where = f"{spec.path}: line {number}"
+    if "messages" in obj:
+        extra = sorted(set(obj) - {"messages"})
+        raw = obj["messages"]
+        if extra:
+            raise UserError(f'{where}: "messages" with {", ".join(map(repr, extra))} beside it; give either '
+                            '"messages" or "prompt"/"response"/"system"')
+        if not isinstance(raw, list):
+            raise UserError(f'{where}: "messages" must be a list of {{"role": ..., "content": ...}} objects')
+        messages = []
+        for i, m in enumerate(raw, 1):
+            if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+                raise UserError(f'{where}: message {i} must be an object with "role" and "content" strings')
+            messages.append((m["role"], m["content"]))
+    else:
+        unknown = sorted(set(obj) - {"prompt", "response", "system"})
+        if unknown:
+            raise UserError(f'{where}: unknown field {", ".join(map(repr, unknown))} (an instruction example has '
+                            '"prompt", "response" and optionally "system")')
+        for field in ("prompt", "response"):
+            if not isinstance(obj.get(field), str):
+                raise UserError(f'{where}: "{field}" must be a string (an instruction example has "prompt" and '
+                                '"response", optionally "system")')
+        system = obj.get("system")
+        if system is not None and not isinstance(system, str):
+            raise UserError(f'{where}: "system" must be a string')
+        messages = ([("system", system)] if system is not None else []) + [("user", obj["prompt"]),
+                                                                           ("assistant", obj["response"])]
+    problem = check_messages(messages)
+    if problem:
+        raise UserError(f"{where}: {problem}")
+    return tuple(messages)

@@ -120,7 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="generate text from a checkpoint, streamed")
     p.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint folder (checkpoints/NNNN-...)")
-    p.add_argument("--prompt", default="", help="the text to continue")
+    p.add_argument("--prompt", default="", help="the text to continue (with --chat: the user's message)")
+    p.add_argument("--chat", action="store_true",
+                   help="format the prompt as a user turn, the way instruction data is trained, and print the "
+                        "assistant's answer up to the end of its turn")
+    p.add_argument("--system", help="with --chat: a system message before the user's")
     p.add_argument("--max-tokens", type=int, default=SAMPLING["max_new_tokens"])
     p.add_argument("--temperature", type=float, default=SAMPLING["temperature"],
                    help="0 picks the most likely token (deterministic)")
@@ -150,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", type=Path, help="a JSONL file of {\"prompt\", \"expected\"?} to score across checkpoints")
     p.add_argument("--checkpoint", type=Path, action="append", help="with --prompts: these (default: all promoted)")
     p.add_argument("--max-tokens", type=int, default=32, help="with --prompts: tokens generated per prompt")
+    p.add_argument("--chat", action="store_true",
+                   help="with --prompts: format each prompt as a user turn (a line's \"system\" before it), as "
+                        "instruction data is trained; answers end at the end of the turn")
     p.add_argument("--tokenizer", type=Path, help="with --prompts: default: the one named by the run's schedule")
     _handler(p, "orchestrator.commands.compare:cmd_compare")
 

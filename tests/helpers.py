@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from runtime.atomic import read_json
-from runtime.tokens import TokenizerInfo, TokenManifest, write_manifest
+from runtime.tokens import FORMAT_MASKED, ChatInfo, TokenizerInfo, TokenManifest, write_manifest
 from dataprep.writer import write_part
 
 REPO = Path(__file__).resolve().parent.parent
@@ -56,6 +56,30 @@ def make_token_dir(folder: Path, parts: int = 2, tokens: int = 4000, vocab: int 
         dtype="uint16", block_size=block_size,
         tokenizer=TokenizerInfo(sha256=TOKENIZER_SHA, vocab_size=vocab, eos_id=0),
         parts=infos, val=val,
+    )
+    return write_manifest(folder, manifest)
+
+
+def make_instruction_dir(folder: Path, parts: int = 2, windows: int = 200, vocab: int = 64, block_size: int = 16,
+                         seed: int = 0, val_windows: int = 40) -> Path:
+    """A prepared directory of instruction data as `prepare` lays it out (format /2):
+    windows end to end, each with a random-length "prompt" (not counted) before its
+    "response" (counted), so windows count different numbers of targets; returns manifest.json."""
+    folder.mkdir(parents=True, exist_ok=True)
+    width = block_size + 1
+
+    def part(name: str, n: int, part_seed: int):
+        tokens = bigram_tokens(n * width, vocab, part_seed)
+        prompt = np.random.default_rng(part_seed).integers(1, block_size - 1, size=n)  # tokens before the response
+        mask = (np.arange(width)[None, :] > prompt[:, None]).astype(np.uint8).reshape(-1)
+        return write_part(folder, name, tokens, np.arange(n, dtype=np.uint64) * width, n, "uint16", mask)
+
+    infos = [part(f"part-{i:03d}", windows, seed + i) for i in range(parts)]
+    manifest = TokenManifest(
+        format=FORMAT_MASKED, dtype="uint16", block_size=block_size,
+        tokenizer=TokenizerInfo(sha256=TOKENIZER_SHA, vocab_size=vocab, eos_id=1),
+        parts=infos, val=part("val", val_windows, seed + 1000) if val_windows else None,
+        chat=ChatInfo(user_id=4, assistant_id=5, system_id=6, end_of_turn_id=1, pad_id=2),
     )
     return write_manifest(folder, manifest)
 

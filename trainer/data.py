@@ -65,8 +65,14 @@ class WindowOrder:
         return windows, p
 
 
+IGNORE = -100
+"""A target the loss skips: F.cross_entropy's default ignore_index, so the model's own
+mean over the remaining targets is the masked loss, with no change to the model."""
+
+
 class Batches:
-    """Turns window indices into (x, y) tensors on the training device."""
+    """Turns window indices into (x, y) tensors on the training device. For instruction
+    data (a part with a loss mask) the targets that are not loss targets are IGNORE."""
 
     def __init__(self, part: TokenPart, block_size: int, device: torch.device):
         self.part = part
@@ -74,13 +80,34 @@ class Batches:
         self.device = device
         self._offsets = np.arange(block_size + 1, dtype=np.int64)
 
+    @property
+    def masked(self) -> bool:
+        return self.part.mask is not None
+
+    def _positions(self, windows: np.ndarray) -> np.ndarray:
+        starts = self.part.starts[windows].astype(np.int64)
+        return starts[:, None] + self._offsets
+
     def get(self, windows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """windows (B,) -> x, y each (B, block_size) int64; y is x shifted by one token."""
-        starts = self.part.starts[windows].astype(np.int64)
-        rows = torch.from_numpy(self.part.tokens[starts[:, None] + self._offsets].astype(np.int64))
+        positions = self._positions(windows)
+        tokens = self.part.tokens[positions].astype(np.int64)
+        if self.masked:
+            x = torch.from_numpy(np.ascontiguousarray(tokens[:, :-1]))
+            y = torch.from_numpy(np.where(self.part.mask[positions[:, 1:]] != 0, tokens[:, 1:], IGNORE))
+            if self.device.type == "cuda":
+                x, y = (t.pin_memory().to(self.device, non_blocking=True) for t in (x, y))
+            return x, y
+        rows = torch.from_numpy(tokens)
         if self.device.type == "cuda":
             rows = rows.pin_memory().to(self.device, non_blocking=True)
         return rows[:, :-1], rows[:, 1:]
+
+    def targets(self, windows: np.ndarray) -> int:
+        """The loss targets in these windows: block_size each, or those the mask counts."""
+        if not self.masked:
+            return len(windows) * self.block_size
+        return int(np.count_nonzero(self.part.mask[self._positions(windows)[:, 1:]]))
 
 
 def evenly_spaced(n_windows: int, count: int) -> np.ndarray:

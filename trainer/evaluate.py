@@ -23,7 +23,9 @@ from trainer.tokenfile import check_windows, open_part
 
 @torch.no_grad()
 def mean_loss(model: GPT, placement: Placement, batches: Batches, windows: np.ndarray, micro_batch: int) -> float:
-    """Mean next-token loss over the given windows of a part."""
+    """Mean next-token loss over the targets of the given windows of a part: every token
+    of a text part, the responses of an instruction part (so an instruction stage's
+    validation loss is the response loss)."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
@@ -32,8 +34,9 @@ def mean_loss(model: GPT, placement: Placement, batches: Batches, windows: np.nd
         x, y = batches.get(chunk)
         with placement.autocast():
             _, loss = model(x, y)
-        total += loss.item() * len(chunk)
-        count += len(chunk)
+        targets = batches.targets(chunk)  # the model's loss is the mean over these
+        total += loss.item() * targets
+        count += targets
     model.train(was_training)
     return total / max(count, 1)
 

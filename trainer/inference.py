@@ -1,8 +1,10 @@
 """A checkpoint put to use: loaded for inference, completing prompts, scoring answers.
 
 The checkpoint is verified (manifest checksums) and loaded with weights_only. A prompt is
-encoded after a document-end token, as a document start looks in training. Used by the
-worker's evaluation and by the `sample`, `evaluate` and `compare --prompts` commands.
+encoded after a document-end token, as a document start looks in training; a chat prompt
+(`chat=True`) is rendered as instruction data is (runtime.chat) and ends with the
+assistant's marker, and its answer ends at the end of the turn. Used by the worker's
+evaluation and by the `sample`, `evaluate` and `compare --prompts` commands.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch.nn.functional as F
 
 from model.config import config_from_dict
 from model.gpt import GPT, generate
+from runtime import chat as chatfmt
 from runtime.errors import UserError
 from runtime.checkpoint import CheckpointMeta, read_meta, verify
 from trainer import checkpoint
@@ -35,41 +38,66 @@ def load_model(folder: Path, device: torch.device, *, verified: bool = False) ->
     return model.to(device).eval(), meta
 
 
-def prompt_ids(sp, prompt: str) -> list[int]:
-    """A prompt as a document start looks in training: after a document-end token."""
+def chat_ids(sp) -> chatfmt.ChatIds:
+    """The tokenizer's chat ids; a UserError for a tokenizer without the chat markers."""
+    try:
+        return chatfmt.chat_ids(sp)
+    except chatfmt.ChatFormatError as e:
+        raise UserError(str(e)) from None
+
+
+def prompt_ids(sp, prompt: str, chat: bool = False, system: str | None = None) -> list[int]:
+    """A prompt as a document start looks in training: after a document-end token; with
+    `chat`, as the user's turn (after an optional system text), up to the assistant's marker."""
+    if chat:
+        messages = chatfmt.as_messages(system, prompt)
+        problem = chatfmt.check_messages(messages, complete=False)
+        if problem:
+            raise UserError(f"chat prompt: {problem}")
+        return chatfmt.prompt_ids(messages, sp.encode, chat_ids(sp))
     eos = sp.eos_id()
     return ([eos] if eos >= 0 else []) + sp.encode(prompt)
 
 
+def stop_ids(sp, chat: bool = False) -> frozenset[int]:
+    """Where generation ends: a document end; in a chat, the end of the turn (the same eos)
+    or any role marker (the model starting another turn)."""
+    return chat_ids(sp).stops if chat else frozenset({sp.eos_id()})
+
+
 def completions(model: GPT, sp, prompt: str, max_tokens: int, temperature: float, top_k: int | None,
-                top_p: float | None = None, repetition_penalty: float = 1.0, seed: int = 0):
+                top_p: float | None = None, repetition_penalty: float = 1.0, seed: int = 0, chat: bool = False,
+                system: str | None = None):
     """Yield the text generated after `prompt` as it grows (whole-sequence decodes: byte-fallback
-    pieces only form characters together); stops at a document end."""
+    pieces only form characters together); stops at a document end, or with `chat` at the end
+    of the assistant's turn."""
     device = model.wte.weight.device
-    idx = torch.tensor([prompt_ids(sp, prompt)], dtype=torch.long, device=device)
+    idx = torch.tensor([prompt_ids(sp, prompt, chat, system)], dtype=torch.long, device=device)
+    stops = stop_ids(sp, chat)
     generator = torch.Generator(device=device).manual_seed(seed)
     new: list[int] = []
     for token in generate(model, idx, max_tokens, temperature, top_k, top_p, repetition_penalty, generator):
         t = int(token[0, 0])
-        if t == sp.eos_id():
+        if t in stops:
             break
         new.append(t)
         yield sp.decode(new)
 
 
 def complete(model: GPT, sp, prompt: str, max_tokens: int, temperature: float, top_k: int | None,
-             seed: int = 0) -> str:
+             seed: int = 0, chat: bool = False, system: str | None = None) -> str:
     text = ""
-    for text in completions(model, sp, prompt, max_tokens, temperature, top_k, seed=seed):
+    for text in completions(model, sp, prompt, max_tokens, temperature, top_k, seed=seed, chat=chat, system=system):
         pass
     return text
 
 
 @torch.no_grad()
-def answer_loss(model: GPT, sp, prompt: str, expected: str) -> float:
-    """Mean loss of the expected answer's tokens, given the prompt."""
-    answer = sp.encode(expected)
-    ids = (prompt_ids(sp, prompt) + answer)[-(model.config.block_size + 1):]
+def answer_loss(model: GPT, sp, prompt: str, expected: str, chat: bool = False, system: str | None = None) -> float:
+    """Mean loss of the expected answer's tokens, given the prompt; with `chat`, the answer
+    is the assistant's turn and its end-of-turn token is scored too, as in training."""
+    answer = sp.encode(expected) + ([chat_ids(sp).end_of_turn] if chat else [])
+    ids = (prompt_ids(sp, prompt, chat, system) + answer)[-(model.config.block_size + 1):]
     scored = min(len(answer), len(ids) - 1)
     x = torch.tensor([ids[:-1]], device=model.wte.weight.device)
     logits, _ = model(x)

@@ -1,7 +1,9 @@
 """Optimizer steps over a part's window order. No files, no signals: the worker owns those.
 
 One optimizer step = up to grad_accum micro-batches of micro_batch windows on each rank
-(trainer.distributed; one rank unless the part trains on several GPUs). The loop
+(trainer.distributed; one rank unless the part trains on several GPUs). Its loss is the
+mean over every target of the step: on instruction data, where a window counts only its
+response tokens, each micro-batch's mean is weighted by the targets it counts. The loop
 syncs with the device once per optimizer step (loss and gradient norm together), and a
 step aborted between micro-batches leaves weights, optimizer, cursor and random
 generators as they were (the generators are rewound when dropout drew from them), so a
@@ -120,6 +122,7 @@ class Trainer:
             raise torch.OutOfMemoryError(f"simulated out of memory at micro_batch {mb}")
         t0 = time.perf_counter()
         rng = self._rng_state()
+        divisors = self._divisors(windows, n_micro)
         loss_sum = torch.zeros((), device=self.placement.device)
         for i in range(n_micro):
             if abort():
@@ -131,7 +134,7 @@ class Trainer:
             with no_sync(self.model, last=i == n_micro - 1):
                 with self.placement.autocast():
                     _, loss = self.model(x, y)
-                loss = loss / n_micro
+                loss = loss / divisors[i]
                 self.scaler.scale(loss).backward()
             loss_sum += loss.detach()
 
@@ -157,6 +160,19 @@ class Trainer:
         p.global_tokens += tokens
         p.loss = loss_value
         return StepResult(loss_value, lr, norm_value, tokens, time.perf_counter() - t0)
+
+    def _divisors(self, windows, n_micro: int) -> list:
+        """What each of this rank's micro-batch losses (a mean over its targets) is divided
+        by so that the step's loss, summed over micro-batches and averaged over ranks, is
+        the mean over all the step's targets: n_micro when every window counts block_size
+        targets, else (the step's targets) / (the micro-batch's x ranks). Every window counts
+        at least one target (checked when the part is opened)."""
+        if not self.batches.masked:
+            return [n_micro] * n_micro
+        mb, ranks = self.train.micro_batch, self.ranks
+        total = self.batches.targets(windows[: n_micro * self.round_windows])
+        counts = [self.batches.targets(windows[(i * ranks.world + ranks.rank) * mb:][:mb]) for i in range(n_micro)]
+        return [total / (c * ranks.world) for c in counts]
 
     def _rng_state(self):
         """The generators' state before a step, when the step draws from them (dropout)."""

@@ -1,7 +1,10 @@
 """From a validated schedule to the chain: the ordered parts, each with its files, sizes
 and merged training settings, and the one resolved model config.
 
-Everything here reads manifests (JSON) only; token files are checked by the worker.
+Everything here reads manifests (JSON) only; token files are checked by the worker
+(sizes, checksums, and that every window of instruction data counts a target), except
+that an instruction part's mask file must be there with one byte per token: a copied
+directory that lost its .mask files would otherwise look fine until the part started.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from orchestrator.chain.schedule import Schedule, ScheduleError
 from runtime.checkpoint import sha256_file
 from runtime.paths import NAME_RE, part_id
 from runtime.spec import DataRef, TrainConfig
-from runtime.tokens import MANIFEST_NAME, ManifestError, TokenManifest, load_manifest, manifest_for
+from runtime.tokens import MANIFEST_NAME, MASK_DTYPE_BYTES, ManifestError, TokenManifest, load_manifest, manifest_for
 
 
 def natural_key(text: str) -> list:
@@ -218,10 +221,35 @@ class _Resolver:
             self.errors.append(f"model.vocab_size: {cfg.vocab_size} is smaller than the tokenizer's "
                                f"vocabulary ({vocab}); leave it unset to take the tokenizer's")
         for mpath, m in self.manifests.items():
-            if m.block_size < cfg.block_size:
-                self.errors.append(f"model.block_size: {cfg.block_size}, but {mpath} was prepared for "
+            if m.block_size < cfg.block_size or (m.instruction and m.block_size != cfg.block_size):
+                what = " as instruction data (its windows and loss mask fit one block size)" if m.instruction else ""
+                self.errors.append(f"model.block_size: {cfg.block_size}, but {mpath} was prepared{what} for "
                                    f"{m.block_size}; prepare again with --block-size {cfg.block_size}")
         return cfg.to_dict()
+
+    def instruction_data(self) -> None:
+        """An instruction manifest's masks are on disk with one byte per token, and its chat
+        ids are ids of its tokenizer (runtime.tokens checks the rest of its shape)."""
+        for mpath, m in self.manifests.items():
+            if not m.instruction:
+                continue
+            ids = m.chat.model_dump(include={"user_id", "assistant_id", "system_id", "end_of_turn_id", "pad_id"})
+            wrong = [f"{k} {v}" for k, v in ids.items() if v >= m.tokenizer.vocab_size]
+            if wrong or m.chat.end_of_turn_id != m.tokenizer.eos_id:
+                self.errors.append(f"{mpath}: chat ids ({', '.join(wrong) or 'end_of_turn_id'}) do not fit its "
+                                   f"tokenizer (vocabulary {m.tokenizer.vocab_size}, eos {m.tokenizer.eos_id}); "
+                                   "prepare it again")
+            for info in [*m.parts, *([m.val] if m.val else [])]:
+                path = mpath.parent / info.mask
+                try:
+                    size = path.stat().st_size
+                except OSError:
+                    self.errors.append(f"{mpath}: {info.name}'s loss mask {path} is missing (copy the .mask files "
+                                       "with the .bin files)")
+                    continue
+                if size != info.tokens * MASK_DTYPE_BYTES:
+                    self.errors.append(f"{path}: {size} bytes, expected {info.tokens} (one per token of "
+                                       f"{info.file}); prepare the directory again")
 
 
 def resolve(schedule: Schedule, path: Path) -> ChainPlan:
@@ -238,6 +266,7 @@ def resolve(schedule: Schedule, path: Path) -> ChainPlan:
         seen[p.id] = p
     sha, tpath = r.tokenizer()
     model = r.model()
+    r.instruction_data()
     if r.errors:
         raise ScheduleError(path, r.errors)
     return ChainPlan(schedule, path.resolve(), parts, model, sha, tpath)

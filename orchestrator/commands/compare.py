@@ -37,6 +37,8 @@ def table(paths: RunPaths) -> dict:
 
 def cmd_compare(args) -> int:
     paths = existing(locate(args.run_dir, args.schedule))
+    if getattr(args, "chat", False) and not args.prompts:
+        raise UserError("--chat formats the prompts of --prompts FILE; add --prompts")
     if args.prompts:
         from orchestrator.commands.prompts import cmd_batch  # torch: only for scoring prompts
 

@@ -1,9 +1,17 @@
 """`orchestrator compare --prompts FILE.jsonl`: one batch of prompts across many checkpoints.
 
-Each line of the file: {"prompt": "...", "expected": "..."} ("expected" optional). For
-every checkpoint, every prompt gets its greedy completion; where an answer is expected,
-also its loss given the prompt (how likely the checkpoint finds it) and whether the
-completion begins with it. The seed's batch inference, as one command.
+Each line of the file: {"prompt": "...", "expected": "..."} ("expected" optional; with
+--chat also "system"). For every checkpoint, every prompt gets its greedy completion;
+where an answer is expected, also its loss given the prompt (how likely the checkpoint
+finds it) and whether the completion begins with it. The seed's batch inference, as one
+command.
+
+--chat formats every prompt as a user turn, as instruction data is trained (runtime.chat):
+the answer ends at the end of the turn, and an expected answer's loss includes the
+end-of-turn token, as the instruction stage's response loss does. It is a flag for the
+whole batch, not a property found per checkpoint: a batch across a chain compares
+checkpoints from before and after the instruction stage, and only one formatting for all
+of them keeps the comparison fair.
 """
 
 from __future__ import annotations
@@ -32,6 +40,8 @@ def read_prompts(path: Path) -> list[dict]:
             raise UserError(f"{path}, line {n}: not JSON ({e})") from None
         if not isinstance(item, dict) or not isinstance(item.get("prompt"), str):
             raise UserError(f"{path}, line {n}: expected an object with a \"prompt\" string")
+        if "system" in item and not isinstance(item["system"], str):
+            raise UserError(f"{path}, line {n}: \"system\" must be a string")
         prompts.append(item)
     if not prompts:
         raise UserError(f"{path}: no prompts")
@@ -39,11 +49,14 @@ def read_prompts(path: Path) -> list[dict]:
 
 
 def cmd_batch(args, paths: RunPaths) -> int:
+    prompts = read_prompts(args.prompts)
+    if not args.chat and any("system" in item for item in prompts):
+        raise UserError(f"{args.prompts}: \"system\" is the system text of a chat prompt: add --chat")
+
     import torch  # only here: the rest of the CLI never loads torch
 
     from trainer.inference import answer_loss, complete, load_model
 
-    prompts = read_prompts(args.prompts)
     folders = [f.resolve() for f in args.checkpoint] if args.checkpoint else promoted_folders(paths)
     if not folders:
         raise UserError(f"{paths.root}: no promoted checkpoints to compare")
@@ -57,10 +70,11 @@ def cmd_batch(args, paths: RunPaths) -> int:
             sp = spm.SentencePieceProcessor(model_file=str(find_tokenizer(folder, meta.tokenizer_sha256, args.tokenizer)))
         answers = []
         for item in prompts:
-            text = complete(model, sp, item["prompt"], args.max_tokens, 0.0, None)
+            chat = {"chat": args.chat, "system": item.get("system")}
+            text = complete(model, sp, item["prompt"], args.max_tokens, 0.0, None, **chat)
             entry = {"prompt": item["prompt"], "completion": text}
             if isinstance(item.get("expected"), str):
-                entry["expected_loss"] = round(answer_loss(model, sp, item["prompt"], item["expected"]), 5)
+                entry["expected_loss"] = round(answer_loss(model, sp, item["prompt"], item["expected"], **chat), 5)
                 entry["match"] = text.strip().startswith(item["expected"].strip())
             answers.append(entry)
         scored = [a for a in answers if "expected_loss" in a]

@@ -12,7 +12,7 @@ from orchestrator.part.policy import decide, smaller_batch
 from orchestrator.chain.schedule import SupervisorConfig
 from orchestrator.chain.state import PartState
 from runtime.workerfiles import ErrorReport
-from tests.helpers import REPO, cli, make_chain, make_token_dir
+from tests.helpers import REPO, cli, make_chain, make_instruction_dir, make_token_dir
 
 
 @pytest.fixture
@@ -89,6 +89,21 @@ def test_parts_from_another_tokenizer_are_refused(chain):
     other.write_text(json.dumps(raw))
     err = refused("validate", str(edit(chain, lambda r: r["stages"].append({"name": "other", "parts": ["data/other"]}))))
     assert f"{other}: made with a different tokenizer" in err
+
+
+def test_an_instruction_stage_validates_and_its_masks_are_checked(chain):
+    make_instruction_dir(chain.parent / "data" / "qa", parts=2, windows=40)
+    stage = {"name": "qa", "parts": ["data/qa"]}
+    out = cli("validate", str(edit(chain, lambda r: r["stages"].append(stage))))
+    assert out.returncode == 0, out.stderr
+    (chain.parent / "data" / "qa" / "part-001.mask").unlink()
+    err = refused("validate", str(chain))
+    assert "part-001's loss mask" in err and "part-001.mask is missing" in err
+    (chain.parent / "data" / "qa" / "part-001.mask").write_bytes(b"\1" * 10)
+    assert "part-001.mask: 10 bytes, expected 680" in refused("validate", str(chain))
+    make_instruction_dir(chain.parent / "data" / "qa32", parts=1, windows=40, block_size=32)
+    err = refused("validate", str(edit(chain, lambda r: r["stages"].append({"name": "qa", "parts": ["data/qa32"]}))))
+    assert "prepared as instruction data" in err and "for 32" in err  # larger windows than the model's: refused
 
 
 def test_missing_schedule_and_unwritable_run_dir(chain, tmp_path):

@@ -15,7 +15,8 @@ from runtime.atomic import atomic_write_json, read_json
 from runtime.checkpoint import step_dirs, verify
 from runtime.workerfiles import EXIT_DONE, EXIT_ERROR, EXIT_NONFINITE, EXIT_STOPPED, Heartbeat, read_model
 from tests.helpers import (
-    assert_bitwise_equal, make_token_dir, result_checkpoint, run_worker, start_worker, wait_for, write_spec,
+    assert_bitwise_equal, make_instruction_dir, make_token_dir, result_checkpoint, run_worker, start_worker, wait_for,
+    write_spec,
 )
 
 FAST_CKPT = {"checkpoint_interval_s": 0.25}
@@ -70,6 +71,29 @@ def test_sigkill_at_random_steps_resumes_bitwise_exact(data, reference, tmp_path
     assert run_worker(spec, log) == EXIT_DONE, log.read_text()[-2000:]
     assert log.read_text().count("resuming from step-") >= 3
     assert_bitwise_equal(result_checkpoint(tmp_path / "work"), reference)
+
+
+def test_sigkill_on_instruction_data_resumes_bitwise_exact(tmp_path):
+    """The loss mask is data beside the tokens, read through the same window order: a
+    part of instruction data resumes exactly too, and reports a response-only val_loss."""
+    data = make_instruction_dir(tmp_path / "data", parts=1, windows=480, val_windows=40)
+    ref = write_spec(tmp_path / "ref.json", data, "part-000", tmp_path / "ref")
+    assert run_worker(ref, tmp_path / "ref.log") == EXIT_DONE, (tmp_path / "ref.log").read_text()[-2000:]
+    reference = result_checkpoint(tmp_path / "ref")
+    spec = write_spec(tmp_path / "spec.json", data, "part-000", tmp_path / "work", train=FAST_CKPT)
+    log = tmp_path / "worker.log"
+    proc = start_worker(spec, log)
+    wait_for(lambda: proc.poll() is not None or ((hb := heartbeat(tmp_path / "work")) and hb.last_checkpoint_step
+                                                 and hb.step > hb.last_checkpoint_step),
+             timeout=120, what="a checkpoint, and a step after it")
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert run_worker(spec, log) == EXIT_DONE, log.read_text()[-2000:]
+    assert "resuming from step-" in log.read_text()
+    assert_bitwise_equal(result_checkpoint(tmp_path / "work"), reference)
+    val_loss = read_json(tmp_path / "work" / "result.json")["val_loss"]
+    assert val_loss == read_json(tmp_path / "ref" / "result.json")["val_loss"]
 
 
 @pytest.mark.parametrize("point", ["checkpoint.files-written@2", "checkpoint.manifest.before-rename@3"])
