@@ -110,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", type=Path, help="default: runs/<schedule name>/ beside the schedule")
     p.add_argument("--user", action="store_true", help="a user unit (~/.config/systemd/user) instead of a system one")
     p.add_argument("--output", type=Path, help="write the unit here instead")
+    p.add_argument("--run-as", metavar="USER", help="system units: the account the daemon runs as (default: the "
+                   "user who ran sudo; root only when named)")
     _handler(p, "orchestrator.commands.service:cmd_install_service")
 
     p = sub.add_parser("fsck", help="check a run directory (checkpoints, state, pointer); --repair fixes")

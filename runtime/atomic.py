@@ -11,6 +11,7 @@ import errno
 import json
 import os
 import secrets
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +153,21 @@ def end_lines(path: str | os.PathLike) -> bool:
 def read_json(path: str | os.PathLike) -> Any:
     with open(path, "rb") as f:
         return json.loads(f.read())
+
+
+def read_regular_file(path: str | os.PathLike, limit: int) -> bytes:
+    """A small regular file's bytes, never blocking on a FIFO or a device put in its place
+    (a sensor file written by another program), and never more than `limit` bytes."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", os.fspath(path))
+        data = os.read(fd, limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise ValueError(f"{os.fspath(path)}: larger than {limit} bytes")
+    return data
 
 
 def read_json_object(path: str | os.PathLike) -> dict | None:

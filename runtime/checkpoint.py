@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -42,9 +43,14 @@ def sha256_file(path: Path, chunk: int = 1 << 20, on_progress: Callable[[], None
     systemd watchdog fed while it hashes a multi-GB checkpoint for minutes)."""
     h = hashlib.sha256()
     faults.io_error(path)
+    slow = faults.setting("SLOW_HASH_MS")  # tests: a disk this slow per chunk
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
+            for _ in range((slow or 0) // 10):
+                time.sleep(0.01)
+                if on_progress:
+                    on_progress()
             if on_progress:
                 on_progress()
     return h.hexdigest()

@@ -58,6 +58,10 @@ def setting(name: str) -> int | None:
                              micro-batch exceeds N (the daemon must halve it)
     NAN_AT_CURSOR=P          the loss of the optimizer step that trains position P of the
                              part's window order is NaN (the daemon must skip it)
+    SLOW_HASH_MS=N           hashing a file takes N ms more per chunk (a slow disk: the
+                             daemon's watchdog must be fed meanwhile)
+    SENSOR_READ_HANG_S=N     every sensor read hangs N seconds (a hung mount)
+    NO_INOTIFY=1             the schedule watcher cannot start (no inotify)
 
     (ORCHESTRATOR_FAULT_GPU_FACTS=JSON, fabricated torch and GPU facts, is read by
     runtime.gpuarch.fabricated_facts, not here: it is JSON, not a number.)

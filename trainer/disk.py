@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from runtime.atomic import read_regular_file
 from runtime.checkpoint import step_dirs
 
 
@@ -21,10 +22,10 @@ def free_bytes(path: Path, sensor_file: Path | None) -> tuple[int, str]:
         mount = mount.parent
     if sensor_file:
         try:
-            given = json.loads(sensor_file.read_text()).get("disk_free_gb")
+            given = json.loads(read_regular_file(sensor_file, 1 << 20)).get("disk_free_gb")
             if isinstance(given, (int, float)) and not isinstance(given, bool):
                 return int(given * 2**30), str(mount)
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError, AttributeError, RecursionError):
             pass  # the daemon's guard reports a broken sensor file; use the real disk
     return shutil.disk_usage(path).free, str(mount)
 

@@ -40,7 +40,7 @@ from runtime.workerfiles import Control, write_model
 
 TICK_S = 0.5
 DEBOUNCE_S = 0.3  # let an editor finish saving before reading the schedule
-STAT_CHECK_S = 10.0  # fallback check of the schedule's mtime, for filesystems without inotify
+STAT_CHECK_S = 2.0  # the schedule is also polled (a stat): edits are seen without inotify too
 FAULT_RETRY_S = 30.0  # after an unexpected I/O error, the daemon pauses the chain and tries again this often
 
 
@@ -103,7 +103,8 @@ class Daemon:
             recovery.recover(self.runner)
             self._start_guard()
             watcher = ScheduleWatcher(self.schedule_path, self._on_schedule_event)
-            watcher.start()
+            if not watcher.start():
+                self.events.info(f"schedule edits are noticed by polling every {STAT_CHECK_S:g}s: {watcher.unavailable}")
             self.schedule_stamp = self._stamp()
             self.state.daemon = DaemonState(pid=os.getpid(), state=DaemonPhase.RUNNING)
             self.sync_control()  # a pause set before a restart still holds

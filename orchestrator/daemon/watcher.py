@@ -8,12 +8,15 @@ before reading it.
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import Callable
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+
+from runtime import faults
 
 
 class _Handler(FileSystemEventHandler):
@@ -28,14 +31,31 @@ class _Handler(FileSystemEventHandler):
 
 
 class ScheduleWatcher:
-    def __init__(self, schedule: Path, on_change: Callable[[], None]):
-        self.observer = Observer()
-        self.observer.daemon = True
-        self.observer.schedule(_Handler(schedule, on_change), str(schedule.parent), recursive=False)
+    """inotify through watchdog. Without it (no inotify: a network filesystem, the user's
+    watch or instance limit reached), start() says why and the daemon's own poll of the
+    schedule's stat is the only way edits are seen: a little later, never missed."""
 
-    def start(self) -> None:
-        self.observer.start()
+    def __init__(self, schedule: Path, on_change: Callable[[], None]):
+        self.schedule = schedule
+        self.on_change = on_change
+        self.observer = None
+        self.unavailable: str | None = None
+
+    def start(self) -> bool:
+        try:
+            if faults.setting("NO_INOTIFY"):
+                raise OSError(errno.EMFILE, "inotify instance limit reached (simulated)")
+            observer = Observer()
+            observer.daemon = True
+            observer.schedule(_Handler(self.schedule, self.on_change), str(self.schedule.parent), recursive=False)
+            observer.start()
+        except OSError as e:
+            self.unavailable = f"no inotify ({e.strerror or e})"
+            return False
+        self.observer = observer
+        return True
 
     def stop(self) -> None:
-        self.observer.stop()
-        self.observer.join(timeout=5)
+        if self.observer is not None:
+            self.observer.stop()
+            self.observer.join(timeout=5)

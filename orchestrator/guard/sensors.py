@@ -26,6 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from runtime import faults
+from runtime.atomic import read_regular_file
+
 FILE_KEYS = {"gpu_temp_c": float, "gpu_power_w": float, "on_battery": bool, "disk_free_gb": float,
              "ram_available_gb": float}
 # Plausible ranges; a value outside is a broken sensor, not a fact about the machine.
@@ -267,7 +270,7 @@ class FileSource:
 
     def _parse(self) -> tuple[dict, dict]:
         try:
-            raw = json.loads(_read_regular(self.path, MAX_SENSOR_FILE_BYTES))
+            raw = json.loads(read_regular_file(self.path, MAX_SENSOR_FILE_BYTES))
         except (OSError, ValueError, RecursionError) as e:
             return {}, {"sensor_file": f"{self.path}: unreadable ({e})"}
         if not isinstance(raw, dict):
@@ -290,20 +293,6 @@ class FileSource:
 
 
 MAX_SENSOR_FILE_BYTES = 1 << 20
-
-
-def _read_regular(path: Path, limit: int) -> bytes:
-    """A regular file's bytes, never blocking on a FIFO or a device put in its place."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(f"{path} is not a regular file")
-        data = os.read(fd, limit + 1)
-    finally:
-        os.close(fd)
-    if len(data) > limit:
-        raise ValueError(f"larger than {limit} bytes")
-    return data
 
 
 class Sensors:
@@ -336,6 +325,8 @@ class Sensors:
         """Every source's readings; `now` is the caller's clock (for staleness), the readings'
         time is the wall clock (for display)."""
         r = Readings(time=time.time())
+        if hang := faults.setting("SENSOR_READ_HANG_S"):  # tests: a sensor file on a hung mount
+            time.sleep(hang)
         for source in self.sources:
             try:
                 values, failed = source.read(now)
