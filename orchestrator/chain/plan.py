@@ -10,6 +10,7 @@ directory that lost its .mask files would otherwise look fine until the part sta
 from __future__ import annotations
 
 import glob
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,27 +131,36 @@ class _Resolver:
             matches = sorted(glob.glob(str(target)), key=natural_key)
             if not matches:
                 self.errors.append(f"{where}: {entry!r} matches no file (paths are relative to {self.base})")
-            for f in map(Path, matches):
-                m = self.manifest(manifest_for(f), where)
+            # A glob may match 100,000 files: one manifest and one lookup table per folder,
+            # and plain strings until a part is kept.
+            folders: dict[str, tuple[Path, TokenManifest | None, dict]] = {}
+            for f in matches:
+                folder, name = os.path.split(f)
+                if folder not in folders:
+                    mpath = manifest_for(Path(f))
+                    m = self.manifest(mpath, where)
+                    folders[folder] = (mpath, m, {p.file: p for p in m.parts} if m else {})
+                mpath, m, by_file = folders[folder]
                 if m is None:
                     continue
-                if m.val and m.val.file == f.name:
+                if m.val and m.val.file == name:
                     continue  # a glob like data/*.bin also catches the val split; it is never trained
-                try:
-                    info = m.part_for_file(f.name)
-                except KeyError:
-                    self.errors.append(f"{where}: {f} is not listed in {manifest_for(f)}")
+                info = by_file.get(name)
+                if info is None:
+                    self.errors.append(f"{where}: {f} is not listed in {mpath}")
                     continue
-                found.append((manifest_for(f), info.name, info.file, info.windows, info.sha256))
+                found.append((mpath, info.name, info.file, info.windows, info.sha256))
         if not found and not any(e.startswith(f"stages[{i}]") for e in self.errors):
             self.errors.append(f"stages[{i}]: stage {stage.name!r} has no parts")
         val = self.stage_val(i, {mpath for mpath, *_ in found})
         parts = []
+        folder_of: dict[Path, Path] = {}
         for mpath, name, fname, windows, sha in found:
             if not NAME_RE.match(name):
                 self.errors.append(f"stages[{i}]: part name {name!r} (from {mpath}) is not a safe folder name")
                 continue
-            parts.append(PartPlan(part_id(stage.name, name), stage.name, name, mpath, mpath.parent / fname,
+            folder = folder_of.setdefault(mpath, mpath.parent)
+            parts.append(PartPlan(part_id(stage.name, name), stage.name, name, mpath, folder / fname,
                                   sha, windows, stage.epochs, train, val))
         return parts
 

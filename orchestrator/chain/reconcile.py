@@ -13,8 +13,8 @@ from pathlib import Path
 
 from orchestrator.chain.plan import ChainPlan
 from orchestrator.part.promote import promoted_folders, seq_of
+from orchestrator.records.events import read_events
 from orchestrator.chain.state import ChainState, PartState, PartStatus, ScheduleState
-from runtime.atomic import read_jsonl
 from runtime.checkpoint import read_meta
 from runtime.paths import RunPaths
 
@@ -81,7 +81,7 @@ def rebuild(paths: RunPaths, plan: ChainPlan) -> ChainState:
     """A state.json made again from the promoted checkpoints (what is done, in what order,
     with which tokens) and events.jsonl (attempts, skips); the rest follows the schedule."""
     state = new_state(plan)
-    events = read_jsonl(paths.events)
+    events = read_events(paths)
     done: list[PartState] = []
     for folder in promoted_folders(paths):
         try:

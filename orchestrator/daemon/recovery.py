@@ -112,6 +112,7 @@ def load_state(paths: RunPaths, plan: ChainPlan, events: EventLog, schedule_sha:
 def recover(runner: PartRunner) -> None:
     """Finish interrupted promotions and cleanups; adopt a live worker, or requeue its part."""
     paths, state = runner.paths, runner.state
+    runner.unrecorded = None  # look at checkpoints/ afresh: a promotion may not have been recorded
     for part in state.parts:
         work = paths.work(part.id)
         if part.status == PartStatus.DONE:

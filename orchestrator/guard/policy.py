@@ -31,6 +31,20 @@ DUTY_MIN = 0.05
 KP = 0.04  # duty per °C of error
 KI = 0.0015  # duty per °C·s
 POWER_SCALE = 10.0  # power error counted like temperature: 10% of the limit ~ 1 °C
+# Hysteresis, so that a reading hovering at a threshold does not pause and resume (and write
+# an event) every poll: memory and disk pauses end only this far above their threshold (or
+# 10% of it, whichever is more); AC must hold this long before a battery pause ends; the
+# governor's throttling is reported when the duty falls below THROTTLE_NOTE and reported
+# over once it has been at full speed for THROTTLE_SETTLE_S.
+RAM_HYSTERESIS_GB = 0.25
+DISK_HYSTERESIS_GB = 0.5
+AC_SETTLE_S = 30.0
+THROTTLE_NOTE = 0.95
+THROTTLE_SETTLE_S = 60.0
+
+
+def _margin(threshold: float, at_least: float) -> float:
+    return max(at_least, 0.1 * threshold)
 
 
 @dataclass
@@ -77,6 +91,8 @@ class Guard:
         self.last_time: float | None = None
         self.reasons: dict[str, str] = {}
         self.throttling = False
+        self.full_speed_since: float | None = None
+        self.ac_since: float | None = None
         self.stop_noted = False
 
     def evaluate(self, r: Readings, now: float) -> Verdict:
@@ -87,15 +103,18 @@ class Guard:
         self._thermal(r, now, reasons)
         self._battery(r, now, reasons, v)
         ram, disk = r.get("ram_available_gb"), r.get("disk_free_gb")
-        if ram is not None and ram < self.cfg.ram_min_available_gb:
-            reasons["memory"] = f"available RAM {ram:.2f} GB < {self.cfg.ram_min_available_gb:g} GB"
-        if disk is not None and disk < self.cfg.disk_margin_gb:
-            reasons["disk"] = (f"disk nearly full: {disk:.2f} GB free < {self.cfg.disk_margin_gb:g} GB on the run "
+        ram_min, disk_min = self.cfg.ram_min_available_gb, self.cfg.disk_margin_gb
+        # Hysteresis: a pause for memory or disk holds until there is clearly more again, so a
+        # reading hovering at the threshold pauses once, not on every other poll.
+        if ram is not None and ram < ram_min + (_margin(ram_min, RAM_HYSTERESIS_GB) if "memory" in self.reasons else 0):
+            reasons["memory"] = f"available RAM {ram:.2f} GB < {ram_min:g} GB"
+        if disk is not None and disk < disk_min + (_margin(disk_min, DISK_HYSTERESIS_GB) if "disk" in self.reasons else 0):
+            reasons["disk"] = (f"disk nearly full: {disk:.2f} GB free < {disk_min:g} GB on the run "
                                "directory's filesystem; free space (old checkpoints, quarantine/)")
         v.duty_cycle = self._duty(r, dt)
         v.pause = "; ".join(reasons.values()) or None
         v.pause_kind = tuple(sorted(reasons)) + ((f"thermal:{self.thermal_phase}",) if "thermal" in reasons else ())
-        self._notes(reasons, v)
+        self._notes(reasons, v, now)
         return v
 
     def _thermal(self, r: Readings, now: float, reasons: dict[str, str]) -> None:
@@ -115,10 +134,15 @@ class Guard:
     def _battery(self, r: Readings, now: float, reasons: dict[str, str], v: Verdict) -> None:
         on_battery = r.get("on_battery")
         if not (on_battery and self.cfg.pause_on_battery):
-            if on_battery is False:
-                self.battery_since = self.battery_since_wall = None
+            if on_battery is False and self.battery_since is not None:
+                self.ac_since = now if self.ac_since is None else self.ac_since
+                if now - self.ac_since < AC_SETTLE_S:  # a flapping supply: resume once AC holds
+                    reasons["battery"] = f"on AC again; resuming after {AC_SETTLE_S:g}s on AC"
+                    return
+                self.battery_since = self.battery_since_wall = self.ac_since = None
                 self.stop_noted = False
             return
+        self.ac_since = None
         if self.battery_since is None:
             self.battery_since, self.battery_since_wall = now, time.time()
             v.checkpoint = True
@@ -137,12 +161,23 @@ class Guard:
             duty = min(duty, self.power_pi.update(POWER_SCALE * (limit - watts) / limit, dt))
         return round(duty, 2)
 
-    def _notes(self, reasons: dict[str, str], v: Verdict) -> None:
+    def _throttling(self, duty: float, now: float) -> bool:
+        """Is the governor throttling, for the log? On below THROTTLE_NOTE; off after
+        THROTTLE_SETTLE_S at full speed (the controller hovers near 1.0 at the target)."""
+        if duty < 0.999:
+            self.full_speed_since = None
+        elif self.full_speed_since is None:
+            self.full_speed_since = now
+        if not self.throttling:
+            return duty < THROTTLE_NOTE
+        return self.full_speed_since is None or now - self.full_speed_since < THROTTLE_SETTLE_S
+
+    def _notes(self, reasons: dict[str, str], v: Verdict, now: float) -> None:
         for key in reasons.keys() - self.reasons.keys():
             v.notes.append(("guard-pause", f"pausing: {reasons[key]}"))
         for key in self.reasons.keys() - reasons.keys():
             v.notes.append(("guard-resume", f"{key} is fine again"))
-        throttling = v.duty_cycle < 1.0
+        throttling = self._throttling(v.duty_cycle, now)
         if throttling != self.throttling:
             v.notes.append(("guard-throttle", f"throttling to a duty cycle of {v.duty_cycle:.0%}" if throttling
                             else "throttling ended: full speed"))

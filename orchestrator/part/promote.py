@@ -5,7 +5,7 @@
     3. point checkpoints/LATEST at it (atomic rewrite)
     4. the caller records the part done in state.json and deletes the scratch
 
-A crash between any two steps is finished on restart by `find_promoted`: the promoted
+A crash between any two steps is finished on restart (unrecorded_promotions): the promoted
 folder itself (its meta.json names the part) is the proof that step 2 happened.
 """
 
@@ -61,15 +61,19 @@ def set_latest(paths: RunPaths, name: str) -> None:
     atomic_write_text(paths.latest, name + "\n", fault="latest")
 
 
-def find_promoted(paths: RunPaths, part_id: str) -> Path | None:
-    """The promoted folder of a part, if promotion got as far as the rename."""
+def unrecorded_promotions(paths: RunPaths, recorded: set[str]) -> dict[str, Path]:
+    """Part id -> promoted folder, for every promoted folder not in `recorded` (the folder
+    names state.json knows): promotions a killed daemon did not get to record. Reads one
+    meta.json per unknown folder, so a start over 1,000 done parts costs a directory listing."""
+    found: dict[str, Path] = {}
     for folder in promoted_folders(paths):
-        try:
-            if read_meta(folder).part_id == part_id:
-                return folder
-        except (OSError, ValueError):
+        if folder.name in recorded:
             continue
-    return None
+        try:
+            found[read_meta(folder).part_id] = folder
+        except (OSError, ValueError):
+            continue  # which part it was is unknowable; fsck reports the folder
+    return found
 
 
 def promoted_folders(paths: RunPaths) -> list[Path]:

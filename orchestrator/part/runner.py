@@ -21,7 +21,7 @@ from orchestrator.records import progress
 from orchestrator.chain.plan import ChainPlan
 from orchestrator.records.events import EventLog
 from orchestrator.part import lineage
-from orchestrator.part.promote import PromotionError, clear_scratch, find_promoted, promote, quarantine
+from orchestrator.part.promote import PromotionError, clear_scratch, promote, quarantine, unrecorded_promotions
 from orchestrator.chain.state import ChainState, PartState, PartStatus
 from orchestrator.part.process import WorkerProcess
 from runtime.atomic import append_line, read_json_object
@@ -51,6 +51,7 @@ class PartRunner:
         self.suspend_hang_checks = False  # while the disk is full no heartbeat can be written
         self.reported: set[str] = set()  # worker quarantine notes already turned into events
         self.last_heartbeat: Heartbeat | None = None  # read once a tick, by watch()
+        self.unrecorded: dict[str, Path] | None = None  # promoted folders state.json does not know yet, read once
         self.verified: set[str] = set()  # promoted folders verified as a start (they never change)
         self.retry_deadlines: dict[str, float | None] = {}  # part -> monotonic end of its backoff
 
@@ -73,8 +74,11 @@ class PartRunner:
     def finish_promoted(self, part: PartState) -> bool:
         """If the part's checkpoint is already promoted (a daemon died before recording it),
         record it done now; True then. The promoted folder is the proof."""
-        folder = find_promoted(self.paths, part.id)
-        if folder is None:
+        if self.unrecorded is None:
+            recorded = {Path(p.checkpoint).name for p in self.state.parts if p.checkpoint}
+            self.unrecorded = unrecorded_promotions(self.paths, recorded)
+        folder = self.unrecorded.pop(part.id, None)
+        if folder is None or not folder.is_dir():
             return False
         self.record_done(part, folder, read_meta(folder), read_model(self.paths.work(part.id).result, Result))
         self.events.emit("promotion-completed", f"finished the interrupted promotion of {part.id}", part=part.id)

@@ -53,7 +53,24 @@ def test_battery_checkpoints_pauses_then_stops_and_ac_resumes():
     assert v.stop_worker and ("guard-stop" in [n[0] for n in v.notes])
     assert "guard-stop" not in [n[0] for n in g.evaluate(readings(on_battery=True), 102).notes]
     v = g.evaluate(readings(on_battery=False), 103)
-    assert v.pause is None and not v.stop_worker
+    assert v.pause.startswith("on AC again") and not v.stop_worker and not v.notes  # AC must hold first
+    v = g.evaluate(readings(on_battery=False), 133)
+    assert v.pause is None and v.notes == [("guard-resume", "battery is fine again")]
+
+
+def test_readings_hovering_at_a_threshold_pause_once_not_every_poll():
+    g = Guard(CFG.model_copy(update={"governor": True, "gpu_temp_target_c": 80}))
+    notes = []
+    for t in range(200):
+        wobble = 0.02 if t % 2 else -0.02
+        v = g.evaluate(readings(ram_available_gb=0.5 + wobble, disk_free_gb=1.0 + wobble,
+                                on_battery=bool(t % 2) if t < 20 else False, gpu_temp_c=80 + 3 * wobble), t)
+        notes += [kind for kind, _ in v.notes]
+    assert notes.count("guard-pause") == 3  # memory, disk and battery, once each
+    assert "guard-resume" not in notes[:-1]  # the battery's, once AC held: nothing else flapped
+    assert notes.count("guard-throttle") <= 2
+    v = g.evaluate(readings(ram_available_gb=0.76, disk_free_gb=1.51, on_battery=False, gpu_temp_c=80), 300)
+    assert v.pause is None  # clearly above both thresholds again
 
 
 def test_memory_and_disk_limits_pause():

@@ -100,3 +100,19 @@ def test_malformed_worker_output_and_torn_logs_never_crash_the_daemon(tmp_path):
     assert part_of(read_state(run), "wiki/part-000")["status"] == "done"
     for torn in ("evals.jsonl", "hardware.jsonl"):
         assert (run / torn).read_bytes().endswith(b"\n") and f"{torn} ended in a torn line" in text
+
+
+def test_events_jsonl_is_rotated_and_still_read_whole(tmp_path):
+    from orchestrator.records.events import EventLog, read_events
+    from runtime.paths import RunPaths
+
+    paths = RunPaths(tmp_path)
+    log = EventLog(paths, stderr=False, max_bytes=2000)
+    for n in range(200):
+        log.emit("part-skipped" if n == 0 else "note", f"event {n}", part=f"wiki/part-{n:03d}")
+    log.close()
+    rotated = sorted(p.name for p in tmp_path.glob("events.jsonl.*"))
+    assert rotated == [f"events.jsonl.{n}" for n in range(1, 9)]  # bounded: 8 kept
+    assert all(p.stat().st_size < 2300 for p in tmp_path.glob("events.jsonl*"))
+    kept = read_events(paths)
+    assert [e["message"] for e in kept] == [f"event {n}" for n in range(200 - len(kept), 200)]  # in order
