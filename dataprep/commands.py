@@ -1,6 +1,6 @@
 """Registers `tokenizer train` and `prepare` with the orchestrator CLI.
 
-Only argparse and pathlib here: the CLI builds its whole parser for every command,
+Only argparse, pathlib and runtime.args here: the CLI builds its whole parser for every command,
 `orchestrator status` included, so the work itself is named as "module:function" and
 imported only when the command runs.
 """
@@ -8,17 +8,12 @@ imported only when the command runs.
 import argparse
 from pathlib import Path
 
+from runtime.args import number
+
 _INPUT_HELP = ("an input: a MediaWiki XML dump (.xml, .xml.bz2), JSONL with title/text fields (.jsonl), plain "
                "text (anything else), or a directory of such files; .gz and .bz2 are read as they stream. "
                "For prepare, JSONL of prompt/response (optional system) or messages is instruction data. "
                "Repeat for several inputs")
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text}")
-    return value
 
 
 def _add_input_options(p: argparse.ArgumentParser) -> None:
@@ -28,9 +23,9 @@ def _add_input_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-unit", choices=("block", "line", "file"), default="block",
                    help="what one document is in plain text: a blank-line separated block (its lines joined), "
                         "one line, or a whole file (default: block)")
-    p.add_argument("--min-chars", type=int, default=50, metavar="N",
+    p.add_argument("--min-chars", type=number("--min-chars", low=0), default=50, metavar="N",
                    help="drop documents shorter than N characters after cleaning (default: 50)")
-    p.add_argument("--workers", type=int, default=None, metavar="N",
+    p.add_argument("--workers", type=number("--workers", low=0), default=None, metavar="N",
                    help="worker processes for parsing, cleaning and tokenizing (default: one per CPU core; "
                         "0 runs everything in this process)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
@@ -55,15 +50,16 @@ def register(subparsers) -> None:
         epilog="example: orchestrator tokenizer train --input trwiki-latest-pages-articles.xml.bz2 "
                "--vocab-size 16000 --out tokenizers/tr16k.model")
     _add_input_options(p)
-    p.add_argument("--vocab-size", type=_positive, required=True, metavar="N", help="pieces in the vocabulary")
+    p.add_argument("--vocab-size", type=number("--vocab-size", low=1), required=True, metavar="N",
+                   help="pieces in the vocabulary")
     p.add_argument("--out", type=Path, required=True, metavar="FILE.model",
                    help="the model to write (FILE.vocab is written beside it)")
     p.add_argument("--model-type", choices=("bpe", "unigram"), default="bpe", help="SentencePiece algorithm (default: bpe)")
-    p.add_argument("--sample-sentences", type=int, default=1_000_000, metavar="N",
+    p.add_argument("--sample-sentences", type=number("--sample-sentences", low=1), default=1_000_000, metavar="N",
                    help="train on a uniform sample of at most N sentences; this bounds memory (default: 1000000)")
-    p.add_argument("--heldout-sentences", type=int, default=2000, metavar="N",
+    p.add_argument("--heldout-sentences", type=number("--heldout-sentences", low=0), default=2000, metavar="N",
                    help="sentences held out (never trained on) to measure the result (default: 2000)")
-    p.add_argument("--max-sentence-bytes", type=int, default=4096, metavar="N",
+    p.add_argument("--max-sentence-bytes", type=number("--max-sentence-bytes", low=1), default=4096, metavar="N",
                    help="split longer sentences at spaces rather than let SentencePiece skip them (default: 4096)")
     p.add_argument("--special", action="append", default=[], metavar="TOKEN",
                    help="another user-defined token to keep as one id (repeatable), e.g. <|tool|>")
@@ -91,19 +87,19 @@ def register(subparsers) -> None:
     p.add_argument("--out", type=Path, required=True, metavar="DIR",
                    help="the directory to write: new, empty, or an unfinished run of the same command")
     size = p.add_mutually_exclusive_group(required=True)
-    size.add_argument("--parts", type=_positive, metavar="N", help="cut the training tokens into N parts")
-    size.add_argument("--part-tokens", type=_positive, metavar="N",
+    size.add_argument("--parts", type=number("--parts", low=1), metavar="N", help="cut the training tokens into N parts")
+    size.add_argument("--part-tokens", type=number("--part-tokens", low=1), metavar="N",
                       help="cut into as few near-equal parts as keep each at most about N tokens")
-    p.add_argument("--block-size", type=_positive, required=True, metavar="N",
+    p.add_argument("--block-size", type=number("--block-size", low=1), required=True, metavar="N",
                    help="the model's block_size: windows of N + 1 tokens are laid out for it (a model with a "
                         "smaller one would leave the end of every window unused)")
-    p.add_argument("--val-fraction", type=float, default=0.01, metavar="X",
+    p.add_argument("--val-fraction", type=number("--val-fraction", float, low=0, high=1), default=0.01, metavar="X",
                    help="share of documents held out for validation, by a stable hash of their title (or file "
                         "name) (default: 0.01)")
     p.add_argument("--val-split", choices=("auto", "documents", "sections"), default="auto",
                    help="hold out whole documents, or a share of each long document's sections; auto: sections "
                         "when the documents are too few to hold out 5 of them on average (default: auto)")
-    p.add_argument("--overlap", type=int, default=None, metavar="N",
+    p.add_argument("--overlap", type=number("--overlap", low=0), default=None, metavar="N",
                    help="tokens shared by consecutive windows inside a long document (default: 0); instruction "
                         "data: tokens of context before the first counted token of a long example's next window "
                         "(default: a quarter of --block-size)")

@@ -98,7 +98,7 @@ def config_from_dict(raw: dict[str, Any]) -> GPTConfig:
     preset = values.pop("preset", None)
     base: dict[str, Any] = {}
     if preset is not None:
-        if preset not in PRESETS:
+        if not isinstance(preset, str) or preset not in PRESETS:
             raise ConfigError(f"model.preset: unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
         base = dict(PRESETS[preset])
     unknown = sorted(set(values) - set(FIELDS))

@@ -9,15 +9,24 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import re
 import sys
 from pathlib import Path
 
+from runtime.args import number
 from runtime.errors import UserError
 
 
 # What `sample` draws with unless told otherwise; an export writes the same settings into
 # generation_config.json and the Ollama Modelfile, so a model samples alike everywhere.
 SAMPLING = {"temperature": 0.8, "top_k": 50, "top_p": 0.95, "repetition_penalty": 1.1, "max_new_tokens": 100}
+
+
+def device_flag(text: str) -> str:
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", text):
+        raise UserError(f"--device: {text!r} is not one of auto, cpu, cuda, cuda:N")
+    return text
 
 
 def _handler(parser: argparse.ArgumentParser, target: str) -> None:
@@ -48,10 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", type=Path, help="the run directory to check (default: runs/<schedule name>/ beside "
                    "the schedule, or the current directory)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--measure-seconds", type=float, default=10.0,
+    p.add_argument("--measure-seconds", type=number("--measure-seconds", float, low=0), default=10.0,
                    help="with --schedule: train the schedule's model on random tokens this long to measure tokens/s "
                    "(default 10; 0 skips)")
-    p.add_argument("--probe-timeout", type=float, default=120.0,
+    p.add_argument("--probe-timeout", type=number("--probe-timeout", float, above=0), default=120.0,
                    help="seconds to wait for torch to import and find the GPUs (default 120)")
     _handler(p, "orchestrator.commands.doctor:cmd_doctor")
 
@@ -76,14 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
     _run_dir_arg(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--watch", action="store_true", help="refresh until interrupted")
-    p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes with --watch")
+    p.add_argument("--interval", type=number("--interval", float, above=0), default=2.0, help="seconds between refreshes with --watch")
     p.add_argument("--all", action="store_true", help="list every part (long runs are folded otherwise)")
     _handler(p, "orchestrator.commands.status:cmd_status")
 
     p = sub.add_parser("logs", help="print the runtime log; -f follows it")
     _run_dir_arg(p)
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
-    p.add_argument("-n", "--lines", type=int, default=50, help="lines of history to print first (default 50)")
+    p.add_argument("-n", "--lines", type=number("--lines", low=0), default=50, help="lines of history to print first (default 50)")
     _handler(p, "orchestrator.commands.logs:cmd_logs")
 
     for name, help_ in (("pause", "pause training after the current step (survives daemon restarts)"),
@@ -96,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("pause", "stop"):
             p.add_argument("--no-wait", dest="wait", action="store_false",
                            help="return once the daemon has the request, without waiting for it to take effect")
-            p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait (default 600)")
+            p.add_argument("--timeout", type=number("--timeout", float, above=0), default=600.0, help="seconds to wait (default 600)")
         _handler(p, "orchestrator.commands.control:cmd_request")
     for name, help_ in (("skip", "leave a part out of the chain (the running one is stopped)"),
                         ("retry", "queue a failed or skipped part again; it runs next")):
@@ -127,26 +136,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="format the prompt as a user turn, the way instruction data is trained, and print the "
                         "assistant's answer up to the end of its turn")
     p.add_argument("--system", help="with --chat: a system message before the user's")
-    p.add_argument("--max-tokens", type=int, default=SAMPLING["max_new_tokens"])
-    p.add_argument("--temperature", type=float, default=SAMPLING["temperature"],
+    p.add_argument("--max-tokens", type=number("--max-tokens", low=1), default=SAMPLING["max_new_tokens"])
+    p.add_argument("--temperature", type=number("--temperature", float, low=0), default=SAMPLING["temperature"],
                    help="0 picks the most likely token (deterministic)")
-    p.add_argument("--top-k", type=int, default=SAMPLING["top_k"])
-    p.add_argument("--top-p", type=float, default=SAMPLING["top_p"])
-    p.add_argument("--repetition-penalty", type=float, default=SAMPLING["repetition_penalty"])
+    p.add_argument("--top-k", type=number("--top-k", low=1), default=SAMPLING["top_k"])
+    p.add_argument("--top-p", type=number("--top-p", float, above=0, high=1), default=SAMPLING["top_p"])
+    p.add_argument("--repetition-penalty", type=number("--repetition-penalty", float, above=0),
+                   default=SAMPLING["repetition_penalty"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tokenizer", type=Path, help="default: the one named by the run's schedule")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--device", type=device_flag, default="auto", help="auto, cpu, cuda, cuda:N")
     _handler(p, "orchestrator.commands.sample:cmd_sample")
 
     p = sub.add_parser("evaluate", help="validation loss of a checkpoint on every stage (and --val sets)")
     _run_dir_arg(p)
     p.add_argument("--checkpoint", type=Path, help="default: the newest promoted checkpoint")
     p.add_argument("--val", type=Path, action="append", help="another validation split: a prepared dir or .bin")
-    p.add_argument("--windows", type=int, default=64, help="windows scored per set (default 64)")
+    p.add_argument("--windows", type=number("--windows", low=1), default=64, help="windows scored per set (default 64)")
     p.add_argument("--prompt", action="append", help="a prompt to complete (repeatable)")
-    p.add_argument("--max-tokens", type=int, default=48)
+    p.add_argument("--max-tokens", type=number("--max-tokens", low=1), default=48)
     p.add_argument("--tokenizer", type=Path, help="default: the one named by the run's schedule")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--device", type=device_flag, default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--json", action="store_true")
     _handler(p, "orchestrator.commands.evaluate:cmd_evaluate")
 
@@ -155,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--prompts", type=Path, help="a JSONL file of {\"prompt\", \"expected\"?} to score across checkpoints")
     p.add_argument("--checkpoint", type=Path, action="append", help="with --prompts: these (default: all promoted)")
-    p.add_argument("--max-tokens", type=int, default=32, help="with --prompts: tokens generated per prompt")
+    p.add_argument("--max-tokens", type=number("--max-tokens", low=1), default=32,
+                   help="with --prompts: tokens generated per prompt")
     p.add_argument("--chat", action="store_true",
                    help="with --prompts: format each prompt as a user turn (a line's \"system\" before it), as "
                         "instruction data is trained; answers end at the end of the turn")
@@ -193,17 +204,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    module_name, _, func_name = args.handler.partition(":")
+    """Run one command. A user's mistake, and the machine saying no (a file that cannot be
+    read or written, a path too long, a closed pipe), end in one paragraph and exit 1;
+    only a bug in this program shows a traceback."""
     try:
+        args = build_parser().parse_args(argv)
+        module_name, _, func_name = args.handler.partition(":")
         handler = getattr(importlib.import_module(module_name), func_name)
         return int(handler(args) or 0)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return _fail(str(e))
+    except BrokenPipeError:
+        # `orchestrator ... | head`: the reader has gone; say so once, on stderr, and stop writing.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return _fail("the output was closed before everything was written (a pipe into `head`?)")
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        return _fail(f"{where}{e.strerror or e}")
+    except RecursionError:
+        return _fail("a file given is nested too deeply to read (JSON thousands of levels deep?)")
     except KeyboardInterrupt:
         return 130
+
+
+def _fail(message: str) -> int:
+    try:
+        print(f"error: {message}", file=sys.stderr)
+    except OSError:
+        pass
+    return 1
 
 
 if __name__ == "__main__":

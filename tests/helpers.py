@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -256,3 +257,27 @@ def assert_lineage(run: Path) -> None:
                 assert meta["start"] == before_name, f"{p['id']} started from {meta['start']}, not {before_name}"
         before_name = Path(p["checkpoint"]).name if p["checkpoint"] else None
         before_tokens += p["tokens"]
+
+
+# -- holding processes still ----------------------------------------------------------------------
+
+
+def freeze_worker(run: Path, pid: str) -> list[int]:
+    """SIGSTOP the worker of part `pid` and, under torchrun, its launcher and every rank;
+    returns the pids to thaw(). A frozen worker cannot notice that its daemon is gone."""
+    import psutil
+
+    top = part_of(read_state(run), pid)["worker_pid"]
+    proc = psutil.Process(top)
+    pids = [top] + [c.pid for c in proc.children(recursive=True)]
+    for p in pids:
+        os.kill(p, signal.SIGSTOP)
+    return pids
+
+
+def thaw(pids: list[int]) -> None:
+    for p in pids:
+        try:
+            os.kill(p, signal.SIGCONT)
+        except ProcessLookupError:
+            pass

@@ -103,3 +103,15 @@ def answer_loss(model: GPT, sp, prompt: str, expected: str, chat: bool = False, 
     logits, _ = model(x)
     targets = torch.tensor(ids[1:], device=x.device)
     return F.cross_entropy(logits[0, -scored:].float(), targets[-scored:]).item()
+
+
+def torch_device(name: str) -> torch.device:
+    """The device a command runs a checkpoint on (--device auto, cpu, cuda, cuda:N); a card
+    this torch build cannot use, or none at all, is the user's to fix: UserError."""
+    from runtime.spec import TrainConfig
+    from trainer import device
+
+    try:
+        return device.choose(TrainConfig(device=name, compile=False)).device
+    except BadInput as e:
+        raise UserError(str(e)) from None

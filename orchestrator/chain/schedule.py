@@ -15,9 +15,13 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from runtime.errors import UserError
+from runtime.atomic import read_regular_file
 from runtime.paths import check_name
 from runtime.spec import CHAIN_WIDE_TRAIN_FIELDS, TrainConfig
 from runtime.validation import describe
+
+
+MAX_SCHEDULE_BYTES = 16 * 1024 * 1024
 
 
 class GuardConfig(BaseModel):
@@ -186,19 +190,28 @@ class ScheduleError(UserError):
 def load(path: Path) -> Schedule:
     """Read and validate a schedule file (structure and model; parts: orchestrator.chain.plan)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        if path.is_dir():
+            raise UserError(f"{path}: is a folder, not a schedule file")
+        if path.stat().st_size > MAX_SCHEDULE_BYTES:
+            raise UserError(f"{path}: {path.stat().st_size:,} bytes is too large for a schedule (at most "
+                            f"{MAX_SCHEDULE_BYTES:,}); list parts with globs or prepared folders, not one by one")
+        text = read_regular_file(path, MAX_SCHEDULE_BYTES).decode("utf-8")
     except FileNotFoundError:
         raise UserError(f"{path}: no such schedule file") from None
-    except (OSError, UnicodeDecodeError) as e:
+    except (OSError, UnicodeDecodeError, ValueError) as e:
         raise UserError(f"{path}: cannot read the schedule: {e}") from None
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as e:
         raise ScheduleError(path, [f"line {e.lineno} column {e.colno}: not valid JSON: {e.msg}"]) from None
+    except RecursionError:
+        raise ScheduleError(path, ["nested too deeply to be a schedule (thousands of levels of [ or {)"]) from None
     try:
         schedule = Schedule.model_validate(raw)
     except ValidationError as e:
         raise ScheduleError(path, describe(e, Schedule)) from None
+    except RecursionError:
+        raise ScheduleError(path, ["nested too deeply to be a schedule"]) from None
     from model.config import ConfigError, config_from_dict  # torch-free; imported only when checking
 
     try:

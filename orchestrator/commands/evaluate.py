@@ -14,7 +14,7 @@ from orchestrator.records.rundir import find_tokenizer, locate
 from runtime.atomic import append_line
 from runtime.errors import UserError
 from runtime.spec import DataRef, EvalSpec, TrainConfig, ValSet
-from runtime.tokens import MANIFEST_NAME, load_manifest, manifest_for
+from runtime.tokens import MANIFEST_NAME, ManifestError, load_manifest, manifest_for
 
 
 def _val_sets(args, paths) -> tuple[list[ValSet], Path | None]:
@@ -27,19 +27,27 @@ def _val_sets(args, paths) -> tuple[list[ValSet], Path | None]:
         sets = [ValSet(name=stage, data=ref) for stage, ref in plan.stage_vals() if ref]
         tokenizer = plan.tokenizer_path
     for path in args.val or []:
-        path = path.resolve()
-        if path.is_dir():
-            m = load_manifest(path / MANIFEST_NAME)
-            if m.val is None:
-                raise UserError(f"{path}: has no validation split")
-            sets.append(ValSet(name=path.name, data=DataRef(manifest=path / MANIFEST_NAME, part=m.val.name)))
-        else:
-            m = load_manifest(manifest_for(path))
-            sets.append(ValSet(name=path.stem, data=DataRef(manifest=manifest_for(path),
-                                                            part=m.part_for_file(path.name).name)))
+        sets.append(_val_set(path.resolve()))
     if not sets:
         raise UserError("nothing to evaluate on: no run with validation splits; name a split with --val FILE")
     return sets, tokenizer
+
+
+def _val_set(path: Path) -> ValSet:
+    """--val: a prepared folder (its validation split) or one of its token files."""
+    mpath = path / MANIFEST_NAME if path.is_dir() else manifest_for(path)
+    try:
+        m = load_manifest(mpath)
+    except ManifestError as e:
+        raise UserError(f"--val {path}: not prepared ({e}); make one with `orchestrator prepare`") from None
+    if path.is_dir():
+        if m.val is None:
+            raise UserError(f"--val {path}: has no validation split (prepare it with --val-fraction)")
+        return ValSet(name=path.name, data=DataRef(manifest=mpath, part=m.val.name))
+    try:
+        return ValSet(name=path.stem, data=DataRef(manifest=mpath, part=m.part_for_file(path.name).name))
+    except KeyError:
+        raise UserError(f"--val {path}: not listed in {mpath}") from None
 
 
 def cmd_evaluate(args) -> int:
@@ -56,7 +64,10 @@ def cmd_evaluate(args) -> int:
         folder = paths.checkpoints / paths.latest.read_text().strip()
     folder = folder.resolve()
     sets, tokenizer = _val_sets(args, paths)
-    placement = device.choose(TrainConfig(device=args.device, compile=False))
+    try:
+        placement = device.choose(TrainConfig(device=args.device, compile=False))
+    except BadInput as e:
+        raise UserError(str(e)) from None
     model, meta = load_model(folder, placement.device)
     prompts = args.prompt or []
     if prompts and tokenizer is None:
@@ -64,7 +75,7 @@ def cmd_evaluate(args) -> int:
     spec = EvalSpec(sets=sets, windows=args.windows, prompts=prompts, tokenizer=args.tokenizer or tokenizer,
                     max_tokens=args.max_tokens, temperature=0.0)
     try:
-        result = evaluate(model, placement, spec, micro_batch=8)
+        result = evaluate(model, placement, spec, micro_batch=TrainConfig().micro_batch)
     except BadInput as e:
         raise UserError(str(e)) from None
     in_run = folder.parent == paths.checkpoints.resolve()

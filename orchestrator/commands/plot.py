@@ -135,7 +135,11 @@ def cmd_plot(args) -> int:
     try:
         w, h = int(width), int(height)
     except ValueError:
-        raise UserError(f"--size {args.size!r}: expected WIDTHxHEIGHT in pixels, like 1200x1000") from None
+        w = h = 0
+    if not (100 <= w <= 20000 and 100 <= h <= 20000):
+        raise UserError(f"--size {args.size!r}: expected WIDTHxHEIGHT in pixels between 100 and 20000, like 1200x1000")
+    if not args.out.parent.is_dir():
+        raise UserError(f"--out {args.out}: the folder {args.out.parent} does not exist")
     draw(paths, args.out, w, h)
     print(f"wrote {args.out} ({w}x{h})")
     return 0

@@ -18,12 +18,10 @@ def cmd_sample(args) -> int:
     if args.system is not None and not args.chat:
         raise UserError("--system is the system text of a chat prompt: add --chat")
     import sentencepiece as spm
-    import torch  # only here: the rest of the CLI never loads torch
 
-    from trainer.inference import completions, load_model
+    from trainer.inference import completions, load_model, torch_device  # torch: only here
 
-    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, meta = load_model(args.checkpoint, device)
+    model, meta = load_model(args.checkpoint, torch_device(args.device))
     sp = spm.SentencePieceProcessor(model_file=str(find_tokenizer(args.checkpoint, meta.tokenizer_sha256,
                                                                   args.tokenizer)))
     out = sys.stdout

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import (
-    assert_lineage, cli, events, make_chain, part_of, promotions, read_state, running_step, start_daemon, wait_for,
+    assert_lineage, cli, events, freeze_worker, make_chain, part_of, promotions, read_state, running_step,
+    start_daemon, thaw, wait_for,
 )
 from tests.helpers import assert_bitwise_equal
 
@@ -71,10 +72,19 @@ def test_workers_and_daemon_killed_repeatedly_end_bitwise_equal(reference, tmp_p
 
     def kill_daemon(pid_: str, step: int):
         wait_for(lambda: running_step(run, pid_) >= step, timeout=120, what=f"{pid_} step {step}")
+        # The worker is held while the daemon dies and a new one starts, so the new one always
+        # finds it alive and adopts it (else the race between the worker noticing and the new
+        # daemon starting is the machine's speed's to decide).
+        worker = freeze_worker(run, pid_)
         daemon.send_signal(signal.SIGKILL)
         daemon.wait()
         kills.append(("daemon", pid_))
-        return start_daemon(schedule, log, "--exit-when-done")
+        adopted = sum(e["event"] == "worker-adopted" for e in events(run))
+        new = start_daemon(schedule, log, "--exit-when-done")
+        wait_for(lambda: sum(e["event"] == "worker-adopted" for e in events(run)) > adopted, timeout=120,
+                 what="the new daemon adopting the worker")
+        thaw(worker)
+        return new
 
     kill_worker("wiki/part-001", 60)
     kill_worker("wiki/part-001", 120)  # the retried attempt, after it resumed

@@ -19,8 +19,8 @@ import torch
 from runtime.atomic import read_json
 from runtime.workerfiles import EXIT_DONE, EXIT_STOPPED, ExitReport, Heartbeat, read_model
 from tests.helpers import (
-    env, events, make_chain, make_instruction_dir, make_token_dir, part_of, promotions, read_state, run_worker,
-    running_step, start_daemon, wait_for, write_spec,
+    env, events, freeze_worker, make_chain, make_instruction_dir, make_token_dir, part_of, promotions, read_state,
+    run_worker, running_step, start_daemon, thaw, wait_for, write_spec,
 )
 from tests.helpers import assert_bitwise_equal, result_checkpoint
 
@@ -151,9 +151,12 @@ def test_daemon_runs_a_part_on_two_ranks_acts_on_their_exit_code_survives_its_de
     oom = {"ORCHESTRATOR_FAULT_OOM_ABOVE_MICRO_BATCH": "2"}
     daemon = start_daemon(schedule, log, "--exit-when-done", extra_env=oom)
     wait_for(lambda: running_step(run, "wiki/part-000") >= 10, timeout=180, what="the retry at micro_batch 2")
+    held = freeze_worker(run, "wiki/part-000")  # torchrun and its ranks, held so the new daemon finds them
     daemon.send_signal(signal.SIGKILL)  # torchrun and its workers live on; rank 0 notices, saves, exits 75
     daemon.wait()
     daemon = start_daemon(schedule, log, "--exit-when-done", extra_env=oom)  # adopts torchrun, then relaunches
+    wait_for(lambda: "worker-adopted" in [e["event"] for e in events(run)], timeout=120, what="the adoption")
+    thaw(held)
     wait_for(lambda: part_of(read_state(run), "wiki/part-000").get("attempts") == 3
              and running_step(run, "wiki/part-000") >= 30, timeout=180, what="the third attempt training")
     daemon.send_signal(signal.SIGTERM)  # warm: SIGTERM to rank 0, which stops every rank after saving
