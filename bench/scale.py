@@ -30,13 +30,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+import numpy as np  # noqa: E402
+
 from dataprep.writer import write_part  # noqa: E402
 from orchestrator.chain.state import ChainState, PartState, PartStatus, PauseState, ScheduleState  # noqa: E402
 from runtime.checkpoint import META, CheckpointMeta, sha256_file, write_manifest  # noqa: E402
 from runtime.paths import RunPaths  # noqa: E402
-from runtime.tokens import TokenizerInfo, TokenManifest, write_manifest as write_token_manifest  # noqa: E402
-
-import numpy as np  # noqa: E402
+from runtime.tokens import TokenizerInfo, TokenManifest  # noqa: E402
+from runtime.tokens import write_manifest as write_token_manifest  # noqa: E402
 
 BLOCK = 16
 MODEL = {"block_size": BLOCK, "n_layer": 1, "n_head": 1, "n_embd": 16}

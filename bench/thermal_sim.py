@@ -26,8 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from orchestrator.guard.policy import Guard  # noqa: E402
 from orchestrator.chain.schedule import GuardConfig  # noqa: E402
+from orchestrator.guard.policy import Guard  # noqa: E402
 from orchestrator.guard.sensors import FileSource, Sensors  # noqa: E402
 
 P_MAX, P_IDLE = 75.0, 8.0

@@ -25,16 +25,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from dataprep.writer import write_part  # noqa: E402
 from model.config import config_from_dict  # noqa: E402
 from model.gpt import GPT  # noqa: E402
 from runtime.checkpoint import CheckpointMeta  # noqa: E402
 from runtime.spec import DataRef, TrainConfig, WorkerSpec  # noqa: E402
-from runtime.tokens import TokenizerInfo, TokenManifest  # noqa: E402
+from runtime.tokens import (  # noqa: E402
+    TokenizerInfo,
+    TokenManifest,
+    write_manifest,  # noqa: E402
+)
 from trainer import checkpoint, device, optim  # noqa: E402
 from trainer.data import Batches, WindowOrder  # noqa: E402
 from trainer.loop import Progress, Trainer  # noqa: E402
-from dataprep.writer import write_part  # noqa: E402
-from runtime.tokens import write_manifest  # noqa: E402
 from trainer.tokenfile import open_part  # noqa: E402
 
 # Dense peak TFLOP/s at the precision the trainer picks on that card (datasheets).

@@ -19,10 +19,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from runtime.errors import UserError
-from runtime.atomic import atomic_write_json, fsync_dir, read_json
-from runtime.tokens import MANIFEST_NAME, ManifestError, TokenManifest, load_manifest, write_manifest
 from runtime import faults
+from runtime.atomic import atomic_write_json, fsync_dir, read_json
+from runtime.errors import UserError
+from runtime.tokens import MANIFEST_NAME, ManifestError, TokenManifest, load_manifest, write_manifest
 
 STAGING = ".prepare"
 

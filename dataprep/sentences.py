@@ -24,8 +24,8 @@ ABBREVIATIONS = frozenset({
     "mr", "mrs", "ms", "dr", "prof", "st", "jr", "sr", "vs", "etc", "e.g", "i.e", "no", "vol", "fig", "al",
     "inc", "ltd", "co", "gen", "col", "lt", "sgt", "capt", "rev", "mt", "approx", "ca", "cf", "pp", "ed",
     # Turkish
-    "vb", "vs", "bkz", "örn", "yy", "doç", "yrd", "av", "sn", "alb", "bnb", "yzb", "ünv", "müh", "hz",
-    "md", "mad", "s", "c", "no", "yön", "say", "tel",
+    "vb", "bkz", "örn", "yy", "doç", "yrd", "av", "sn", "alb", "bnb", "yzb", "ünv", "müh", "hz",
+    "md", "mad", "s", "c", "yön", "say", "tel",
 })
 
 

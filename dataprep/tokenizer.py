@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.errors import UserError
 from runtime.checkpoint import sha256_file
+from runtime.errors import UserError
 
 UNK, EOS, PAD = "<unk>", "<|endoftext|>", "<|pad|>"
 NEWLINE = "\n"

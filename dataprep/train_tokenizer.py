@@ -24,8 +24,8 @@ from dataprep.parallel import default_workers, ordered_map
 from dataprep.progress import InputProgress
 from dataprep.sampling import SentenceSample
 from dataprep.tokenizer import EOS, USER_SYMBOLS, WORD_MARK, load_processor, trainer_options
-from runtime.errors import UserError
 from runtime.atomic import fsync_dir, temp_path_for
+from runtime.errors import UserError
 
 MIN_VOCAB = 512
 

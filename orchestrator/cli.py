@@ -17,7 +17,6 @@ from pathlib import Path
 from runtime.args import number
 from runtime.errors import UserError
 
-
 # What `sample` draws with unless told otherwise; an export writes the same settings into
 # generation_config.json and the Ollama Modelfile, so a model samples alike everywhere.
 SAMPLING = {"temperature": 0.8, "top_k": 50, "top_p": 0.95, "repetition_penalty": 1.1, "max_new_tokens": 100}

@@ -41,18 +41,22 @@ class TrainConfig(BaseModel):
     decay_fraction: float = Field(0.2, ge=0, le=1)
     """wsd: the final fraction of the chain's tokens over which the rate decays."""
     total_tokens: int | None = Field(None, gt=0)
-    """Tokens the schedule spans; default: every part queued when the part starts."""
+    """Tokens the schedule spans; default (null): every part queued when the part starts. Set it if you plan to
+    queue more parts later and want the decay placed now."""
     weight_decay: float = Field(0.1, ge=0)
     """AdamW weight decay, applied to weight matrices only."""
     beta1: float = Field(0.9, ge=0, lt=1)
+    """AdamW's first-moment decay."""
     beta2: float = Field(0.95, ge=0, lt=1)
+    """AdamW's second-moment decay."""
     eps: float = Field(1e-8, gt=0)
+    """AdamW's epsilon."""
     grad_clip: float = Field(1.0, ge=0)
     """Clip the global gradient norm to this; 0 turns clipping off."""
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
-    """auto: bf16 on compute capability 8.0+, fp16 on 7.x, fp32 below and on CPU."""
+    """auto: bf16 on compute capability 8.0+, fp16 on 7.x, fp32 below and on CPU (docs/worker.md)."""
     compile: bool | Literal["auto"] = "auto"
-    """torch.compile: auto uses it on CUDA 7.0+ when Triton imports."""
+    """torch.compile: auto uses it on CUDA 7.0+ when Triton imports; true or false."""
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     """auto, cpu, cuda or cuda:N."""
     gpus: int = Field(1, ge=1)
@@ -60,7 +64,8 @@ class TrainConfig(BaseModel):
     an optimizer step then takes gpus x micro_batch x grad_accum windows. On a machine
     without CUDA: that many CPU processes (gloo), which is only useful for testing."""
     cpu_threads: int | None = Field(None, ge=1)
-    """Torch threads on CPU; default: every CPU this process may run on."""
+    """Torch threads on CPU; default (null): every CPU this process may run on, divided by gpus (fixed into each
+    part's spec)."""
     seed: int = 1337
     """Seeds the data order and initial weights of the chain."""
     checkpoint_interval_s: float = Field(600, gt=0)
@@ -98,19 +103,32 @@ class ValSet(BaseModel):
     data: DataRef
 
 
-class EvalSpec(BaseModel):
-    """The evaluation the worker runs when its part ends (orchestrator.chain.schedule.EvalConfig)."""
+class EvalSettings(BaseModel):
+    """How an evaluation scores and samples: the part of the schedule's `eval` section that
+    the daemon hands to the worker unchanged (EvalConfig and EvalSpec both derive from it)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    windows: int = Field(64, ge=1)
+    """Validation windows scored per stage (evenly spread over each stage's val split)."""
+    prompts: list[str] = []
+    """Fixed prompts completed at every evaluation, with the same seed, to read along."""
+    max_tokens: int = Field(48, ge=1)
+    """Tokens generated per prompt."""
+    temperature: float = Field(0.0, ge=0)
+    """0: greedy (the same checkpoint always says the same)."""
+    top_k: int | None = Field(50, ge=1)
+    """Sample only among the k most likely tokens (with temperature > 0)."""
+    seed: int = 0
+    """Seeds the prompts' sampling, so an evaluation repeats exactly."""
+
+
+class EvalSpec(EvalSettings):
+    """The evaluation the worker runs when its part ends (from orchestrator.chain.schedule.EvalConfig)."""
+
     sets: list[ValSet] = []
     """Every stage seen so far and the next one."""
-    windows: int = Field(64, ge=1)
-    prompts: list[str] = []
     tokenizer: Path | None = None
-    max_tokens: int = Field(48, ge=1)
-    temperature: float = Field(0.0, ge=0)
-    top_k: int | None = None
-    seed: int = 0
     tensorboard_dir: Path | None = None
 
 

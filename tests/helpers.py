@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dataprep.writer import write_part
 from runtime.atomic import read_json
 from runtime.tokens import FORMAT_MASKED, ChatInfo, TokenizerInfo, TokenManifest, write_manifest
-from dataprep.writer import write_part
 
 REPO = Path(__file__).resolve().parent.parent
 TOKENIZER_SHA = "0" * 64

@@ -3,9 +3,11 @@
     python tests/soak.py [--kills 30] [--seed 1] [--root DIR] [--parts 3] [--stages 2]
 
 It runs the chain once without interruption (the reference), then again while killing,
-at random moments, either the worker (the daemon retries it) or the daemon (the soak
-starts it again, as systemd would), until at least --kills kills have landed and the
-chain is complete. It then checks that every promoted checkpoint is bitwise equal to the
+at random points of its progress, either the worker (the daemon retries it) or the daemon
+(the soak starts it again, as systemd would), until --kills kills have landed and the
+chain is complete. The kill points are seeded fractions of the chain's tokens, so the
+soak does the same on a fast machine and a slow one (pacing kills by the clock once let
+a fast machine finish the chain before the kills were done). It then checks that every promoted checkpoint is bitwise equal to the
 reference's, that every part was promoted exactly once, and that the token counts add
 up, and prints the figures: kills, recoveries, and work lost (the training time since
 the killed worker's last checkpoint). tests/test_soak.py runs a short version.
@@ -48,6 +50,26 @@ def _heartbeat(run: Path, part: dict) -> dict:
         return {}
 
 
+def _kill(pid: int) -> bool:
+    try:
+        os.kill(pid, signal.SIGKILL)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def _progress(run: Path) -> int:
+    """Tokens the chain has trained so far: the done parts', and the running part's."""
+    state = read_state(run)
+    done = state.get("global_tokens", 0)
+    running = next((p for p in state.get("parts", []) if p["status"] == "running"), None)
+    if running is None:
+        return done
+    hb = _heartbeat(run, running)
+    current = running.get("worker_pid") in (hb.get("pid"), hb.get("launcher_pid"))  # not an earlier attempt's
+    return done + (hb.get("part_tokens", 0) if current else 0)
+
+
 def soak(root: Path, kills: int, seed: int, parts: int = 3, stages: int = 2, log=print) -> dict:
     rng = random.Random(seed)
     reference = _chain(root / "reference", parts, stages, kills)
@@ -59,35 +81,30 @@ def soak(root: Path, kills: int, seed: int, parts: int = 3, stages: int = 2, log
     run, dlog = root / "soak" / "runs" / "chain", root / "soak.log"
     daemon = start_daemon(schedule, dlog, "--exit-when-done")
     t0 = time.monotonic()
+    total = sum(p.get("planned_tokens", 0) for p in read_state(reference.parent / "runs" / "chain")["parts"])
+    # Kill points spread over the first 90% of the chain's tokens, one in each of `kills` slices.
+    points = [int(total * 0.9 * (i + rng.random()) / kills) for i in range(kills)]
     landed = {"worker": 0, "daemon": 0}
     lost: list[float] = []
-    while True:
-        deadline = time.monotonic() + rng.uniform(2.0, 9.0)
-        while time.monotonic() < deadline and daemon.poll() is None:
-            time.sleep(0.05)  # the soak's clock: a random moment, not a synchronisation
+    for point in points:
+        while daemon.poll() is None and _progress(run) < point:
+            time.sleep(0.02)  # polling an observable: the chain's progress
         if daemon.poll() is not None:
-            assert daemon.returncode == 0, f"daemon exit {daemon.returncode}"
-            break  # the chain is complete
-        if sum(landed.values()) >= kills:
-            assert daemon.wait(timeout=1800) == 0
-            break
+            break  # the chain is complete (it cannot be before the last point; asserted below)
         state = read_state(run)
         running = next((p for p in state.get("parts", []) if p["status"] == "running" and p.get("worker_pid")), None)
-        if running and rng.random() < 0.7:
+        if running and rng.random() < 0.7 and _kill(running["worker_pid"]):
             hb = _heartbeat(run, running)
-            try:
-                os.kill(running["worker_pid"], signal.SIGKILL)
-            except ProcessLookupError:
-                continue
             landed["worker"] += 1
             if hb.get("phase") == "training":
                 lost.append(time.time() - (hb.get("last_checkpoint_time") or hb["time"]))
-        else:
+        else:  # the daemon (also when the worker had just ended)
             daemon.send_signal(signal.SIGKILL)
             daemon.wait()
             landed["daemon"] += 1
             daemon = start_daemon(schedule, dlog, "--exit-when-done")
-        log(f"kill {sum(landed.values())}: {landed}")
+        log(f"kill {sum(landed.values())} at {point} tokens: {landed}")
+    assert daemon.wait(timeout=1800) == 0, f"daemon exit {daemon.returncode}"
     soak_s = time.monotonic() - t0
 
     ref_run = root / "reference" / "runs" / "chain"

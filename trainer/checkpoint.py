@@ -20,7 +20,16 @@ import torch
 
 from runtime import faults
 from runtime.atomic import fsync_dir
-from runtime.checkpoint import META, CheckpointMeta, newest_complete, read_meta, step_dir_name, step_dirs, verify, write_manifest
+from runtime.checkpoint import (
+    META,
+    CheckpointMeta,
+    newest_complete,
+    read_meta,
+    step_dir_name,
+    step_dirs,
+    verify,
+    write_manifest,
+)
 from runtime.quarantine import quarantine as runtime_quarantine
 from trainer.errors import BadInput
 

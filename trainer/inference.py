@@ -9,6 +9,7 @@ evaluation and by the `sample`, `evaluate` and `compare --prompts` commands.
 
 from __future__ import annotations
 
+from collections import deque
 from pathlib import Path
 
 import torch
@@ -17,8 +18,8 @@ import torch.nn.functional as F
 from model.config import config_from_dict
 from model.gpt import GPT, generate
 from runtime import chat as chatfmt
-from runtime.errors import UserError
 from runtime.checkpoint import CheckpointMeta, read_meta, verify
+from runtime.errors import UserError
 from trainer import checkpoint
 from trainer.errors import BadInput
 
@@ -86,10 +87,9 @@ def completions(model: GPT, sp, prompt: str, max_tokens: int, temperature: float
 
 def complete(model: GPT, sp, prompt: str, max_tokens: int, temperature: float, top_k: int | None,
              seed: int = 0, chat: bool = False, system: str | None = None) -> str:
-    text = ""
-    for text in completions(model, sp, prompt, max_tokens, temperature, top_k, seed=seed, chat=chat, system=system):
-        pass
-    return text
+    grown = completions(model, sp, prompt, max_tokens, temperature, top_k, seed=seed, chat=chat, system=system)
+    last = deque(grown, maxlen=1)  # each yield is the whole text so far: keep the last
+    return last[0] if last else ""
 
 
 @torch.no_grad()

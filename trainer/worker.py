@@ -25,12 +25,20 @@ import torch
 from pydantic import ValidationError
 
 from runtime.atomic import atomic_write_json
-from runtime.lockfile import LockFile, Locked
+from runtime.lockfile import Locked, LockFile
 from runtime.paths import WorkPaths
 from runtime.spec import WorkerSpec, load_spec
 from runtime.validation import describe
 from runtime.workerfiles import (
-    EXIT_DONE, EXIT_ERROR, EXIT_NONFINITE, EXIT_OOM, EXIT_STOPPED, ErrorReport, Phase, Result, write_model,
+    EXIT_DONE,
+    EXIT_ERROR,
+    EXIT_NONFINITE,
+    EXIT_OOM,
+    EXIT_STOPPED,
+    ErrorReport,
+    Phase,
+    Result,
+    write_model,
 )
 from trainer import checkpoint, device, distributed, setup
 from trainer.data import Batches, evenly_spaced

@@ -12,9 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from orchestrator.chain.plan import ChainPlan
+from orchestrator.chain.state import ChainState, PartState, PartStatus, ScheduleState
 from orchestrator.part.promote import promoted_folders, seq_of
 from orchestrator.records.events import read_events
-from orchestrator.chain.state import ChainState, PartState, PartStatus, ScheduleState
 from runtime.checkpoint import read_meta
 from runtime.paths import RunPaths
 

@@ -14,12 +14,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from runtime.errors import UserError
 from runtime.atomic import read_regular_file
+from runtime.errors import UserError
 from runtime.paths import check_name
-from runtime.spec import CHAIN_WIDE_TRAIN_FIELDS, TrainConfig
+from runtime.spec import CHAIN_WIDE_TRAIN_FIELDS, EvalSettings, TrainConfig
 from runtime.validation import describe
-
 
 MAX_SCHEDULE_BYTES = 16 * 1024 * 1024
 
@@ -34,17 +33,17 @@ class GuardConfig(BaseModel):
     poll_interval_s: float = Field(2.0, gt=0)
     """How often sensors are read."""
     sensor_stale_s: float = Field(60.0, gt=0)
-    """A reading older than this counts as a failed sensor (the guard pauses)."""
+    """A sensor file not rewritten for this long counts as a failed sensor (the guard pauses)."""
     gpu_temp_pause_c: float = 83.0
     """Pause the worker at this GPU temperature."""
     gpu_temp_resume_c: float = 75.0
-    """Resume only below this (hysteresis)."""
+    """Resume only below this (hysteresis; must be below gpu_temp_pause_c)."""
     min_pause_s: float = Field(60.0, ge=0)
     """A thermal pause lasts at least this long."""
     governor: bool = False
     """Hold the GPU near gpu_temp_target_c by spacing optimizer steps instead of stopping."""
     gpu_temp_target_c: float = 80.0
-    """The governor's target temperature."""
+    """The governor's target temperature (keep it a few degrees below the pause threshold)."""
     gpu_power_limit_w: float | None = Field(None, gt=0)
     """Throttle when the GPU draws more than this."""
     pause_on_battery: bool = True
@@ -70,7 +69,8 @@ class SupervisorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     heartbeat_timeout_s: float = Field(600.0, gt=0)
-    """A worker whose heartbeat is older than this is hung: stopped and retried."""
+    """A worker whose heartbeat has not changed for this long is hung: SIGTERM, then SIGKILL after hung_grace_s,
+    then retried."""
     startup_timeout_s: float = Field(600.0, gt=0)
     """A worker that has not written its first heartbeat after this long is hung (importing
     torch and checking a large part can take minutes on a slow disk)."""
@@ -81,6 +81,7 @@ class SupervisorConfig(BaseModel):
     backoff_s: float = Field(10.0, ge=0)
     """Wait before the first retry; doubles with each further failure."""
     backoff_max_s: float = Field(600.0, ge=0)
+    """The longest wait between retries."""
     stop_grace_s: float = Field(300.0, gt=0)
     """How long a warm stop waits for the worker to checkpoint before killing it."""
     max_nonfinite: int = Field(3, ge=1)
@@ -89,23 +90,11 @@ class SupervisorConfig(BaseModel):
     """Seconds between progress lines in runtime.log."""
 
 
-class EvalConfig(BaseModel):
+class EvalConfig(EvalSettings):
     """What the worker measures when a part ends: is the chain learning, forgetting, transferring?"""
-
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     every_parts: int = Field(1, ge=0)
     """Evaluate every k-th part of the chain (0: never); the last queued part always."""
-    windows: int = Field(64, ge=1)
-    """Validation windows scored per stage (evenly spread over each stage's val split)."""
-    prompts: list[str] = []
-    """Fixed prompts completed at every evaluation, with the same seed, to read along."""
-    max_tokens: int = Field(48, ge=1)
-    """Tokens generated per prompt."""
-    temperature: float = Field(0.0, ge=0)
-    """0: greedy (the same checkpoint always says the same)."""
-    top_k: int | None = Field(50, ge=1)
-    seed: int = 0
     tensorboard: bool = False
     """Also log training and evaluation scalars to <run>/tensorboard/ (needs `tensorboard`)."""
 
@@ -114,15 +103,18 @@ class Stage(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     name: str
-    """Names the stage's parts ('<stage>/<part>') and their folders."""
+    """Unique; names the stage's parts (`<stage>/<part>`) and their folders."""
     parts: list[str] = Field(min_length=1)
-    """Token files (globs allowed, sorted naturally) or prepared directories (all their parts)."""
+    """Token files (`.bin`, globs allowed, sorted naturally: part-10 after part-9) or prepared directories (all
+    their parts, in order). A glob that also catches the directory's val split leaves it out."""
     val: str | None = None
-    """Validation split: a prepared directory or a .bin file; default: the parts' own val split."""
+    """Validation split, scored at the end of each part: a prepared directory or a `.bin` file; default (null):
+    the parts' own val split."""
     epochs: int = Field(1, ge=1)
     """Passes over each part (a small domain corpus may want several)."""
     train: TrainConfig | None = None
-    """Overrides of the top-level train settings for this stage's parts."""
+    """Overrides of the top-level `train` for this stage's parts, except the chain-wide fields (`lr_schedule`,
+    `warmup_tokens`, `decay_fraction`, `total_tokens`, `seed`)."""
 
     @field_validator("name")
     @classmethod
@@ -142,19 +134,24 @@ class Schedule(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     name: str
-    """The chain's name; the run directory defaults to runs/<name>/ beside this file."""
+    """The chain's name (letters, digits, `.`, `_`, `-`); the run directory defaults to runs/<name>/ beside this
+    file."""
     model: dict[str, Any]
     """The network: a preset ('tiny', 'mini', 'small', 'gpt2') and/or n_layer, n_head, n_embd,
     block_size, vocab_size (default: the tokenizer's, rounded up to a multiple of 64),
     dropout, bias."""
     tokenizer: str | None = None
-    """The SentencePiece model every part was made with (checked against the manifests)."""
+    """The SentencePiece model every part was made with: every manifest must name the same file hash."""
     train: TrainConfig = TrainConfig()
+    """Training settings for every part (a stage's `train` overrides them)."""
     guard: GuardConfig = GuardConfig()
+    """Hardware limits and what to do about them."""
     supervisor: SupervisorConfig = SupervisorConfig()
+    """How the daemon watches workers and retries parts."""
     eval: EvalConfig = EvalConfig()
+    """What is measured when a part ends."""
     stages: list[Stage] = Field(min_length=1)
-    """Run in order; parts within a stage run in order, each from the previous one's checkpoint."""
+    """At least one; run in order; parts within a stage run in order, each from the previous one's checkpoint."""
 
     @field_validator("name")
     @classmethod

@@ -27,7 +27,6 @@ from runtime.atomic import read_json
 from runtime.workerfiles import write_model
 
 
-
 class PartStatus(str, Enum):
     PENDING = "pending"
     RUNNING = "running"

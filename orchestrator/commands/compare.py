@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 
-from runtime.errors import UserError
 from orchestrator.records.rundir import existing, locate
 from runtime.atomic import read_jsonl
+from runtime.errors import UserError
 from runtime.paths import RunPaths
 
 

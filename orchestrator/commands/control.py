@@ -13,7 +13,7 @@ from orchestrator.daemon.requests import Command, NoDaemon, Request, apply, find
 from orchestrator.records.events import EventLog
 from orchestrator.records.rundir import existing, locate
 from runtime.errors import UserError
-from runtime.lockfile import LockFile, Locked, busy_message, holder
+from runtime.lockfile import Locked, LockFile, busy_message, holder
 from runtime.paths import RunPaths
 from runtime.workerfiles import Heartbeat, Phase, read_model
 

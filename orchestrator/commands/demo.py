@@ -17,8 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from runtime.errors import UserError
 from orchestrator.daemon.recovery import make_run_dir
+from runtime.errors import UserError
 from runtime.paths import RunPaths
 
 CORPUS = Path(__file__).resolve().parent.parent / "demo_corpus"

@@ -23,8 +23,8 @@ from runtime.spec import TrainConfig
 
 
 def _sensor_file(plan, schedule_path: Path | None) -> Path | None:
-    from orchestrator.guard.watch import sensor_file_for
     from orchestrator.chain.schedule import GuardConfig
+    from orchestrator.guard.watch import sensor_file_for
 
     guard = plan.schedule.guard if plan else GuardConfig()
     return sensor_file_for(guard, schedule_path.resolve().parent if schedule_path else Path.cwd())

@@ -20,15 +20,15 @@ from typing import Callable
 
 from orchestrator.chain import reconcile
 from orchestrator.chain.plan import resolve as resolve_chain
-from runtime.errors import UserError
+from orchestrator.chain.schedule import load as load_schedule
+from orchestrator.chain.state import ChainState, PartStatus, load, save
 from orchestrator.part import lineage
 from orchestrator.part.promote import PROMOTED_RE, promoted_folders, quarantine, set_latest
 from orchestrator.records.rundir import locate
-from orchestrator.chain.schedule import load as load_schedule
-from orchestrator.chain.state import ChainState, PartStatus, load, save
 from runtime.atomic import end_lines
 from runtime.checkpoint import verify
-from runtime.lockfile import LockFile, Locked, busy_message, holder_role
+from runtime.errors import UserError
+from runtime.lockfile import Locked, LockFile, busy_message, holder_role
 from runtime.paths import RunPaths
 
 

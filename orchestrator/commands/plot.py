@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runtime.errors import UserError
 from orchestrator.records.rundir import existing, locate
 from runtime.atomic import read_json, read_jsonl
+from runtime.errors import UserError
 from runtime.paths import RunPaths
 
 PAUSE_EVENTS = {"paused": 1, "resumed": -1, "guard-pause": 1, "guard-resume": -1,

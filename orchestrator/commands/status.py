@@ -11,9 +11,9 @@ import json
 import time
 from typing import Any
 
+from orchestrator.guard.sensors import FILE_KEYS
 from orchestrator.records import progress
 from orchestrator.records.rundir import existing, locate
-from orchestrator.guard.sensors import FILE_KEYS
 from runtime.atomic import read_json_object, tail_jsonl
 from runtime.lockfile import holder_role
 from runtime.paths import RunPaths

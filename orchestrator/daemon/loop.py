@@ -21,20 +21,20 @@ from pathlib import Path
 
 from orchestrator.chain import reconcile
 from orchestrator.chain.plan import resolve as resolve_chain
-from orchestrator.daemon import recovery, requests
-from orchestrator.records import progress
-from runtime.errors import UserError
-from orchestrator.records.events import EventLog
-from orchestrator.guard.watch import HardwareWatch, sensor_file_for
-from orchestrator.daemon.notify import Notifier
-from orchestrator.records.rundir import default_for
 from orchestrator.chain.schedule import load as load_schedule
-from orchestrator.part.runner import PartRunner
 from orchestrator.chain.state import DaemonPhase, DaemonState, PauseState, ScheduleState
 from orchestrator.chain.state import save as save_state
+from orchestrator.daemon import recovery, requests
+from orchestrator.daemon.notify import Notifier
 from orchestrator.daemon.watcher import ScheduleWatcher
+from orchestrator.guard.watch import HardwareWatch, sensor_file_for
+from orchestrator.part.runner import PartRunner
+from orchestrator.records import progress
+from orchestrator.records.events import EventLog
+from orchestrator.records.rundir import default_for
 from runtime.atomic import DISK_FULL
-from runtime.lockfile import LockFile, Locked, busy_message
+from runtime.errors import UserError
+from runtime.lockfile import Locked, LockFile, busy_message
 from runtime.paths import RunPaths
 from runtime.workerfiles import Control, write_model
 

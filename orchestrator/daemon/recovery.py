@@ -16,12 +16,12 @@ from pathlib import Path
 
 from orchestrator.chain import reconcile
 from orchestrator.chain.plan import ChainPlan
-from runtime.errors import UserError
-from orchestrator.records.events import EventLog
-from orchestrator.part.promote import quarantine, set_latest
-from orchestrator.part.runner import PartRunner
 from orchestrator.chain.state import ChainState, PartStatus, ScheduleState
 from orchestrator.chain.state import load as load_state_file
+from orchestrator.part.promote import quarantine, set_latest
+from orchestrator.part.runner import PartRunner
+from orchestrator.records.events import EventLog
+from runtime.errors import UserError
 from runtime.paths import RunPaths
 
 

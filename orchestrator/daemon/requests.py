@@ -20,10 +20,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from runtime.errors import UserError
 from orchestrator.chain.state import ChainState, PartState, PartStatus, PauseState
 from runtime.atomic import read_json
 from runtime.clock import Stamp
+from runtime.errors import UserError
 from runtime.lockfile import holder_role
 from runtime.paths import RunPaths
 from runtime.workerfiles import read_model, write_model

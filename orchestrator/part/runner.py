@@ -15,15 +15,14 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from orchestrator.part import policy
-from orchestrator.part import spec as specs
-from orchestrator.records import progress
 from orchestrator.chain.plan import ChainPlan
-from orchestrator.records.events import EventLog
-from orchestrator.part import lineage
-from orchestrator.part.promote import PromotionError, clear_scratch, promote, quarantine, unrecorded_promotions
 from orchestrator.chain.state import ChainState, PartState, PartStatus
+from orchestrator.part import lineage, policy
+from orchestrator.part import spec as specs
 from orchestrator.part.process import WorkerProcess
+from orchestrator.part.promote import PromotionError, clear_scratch, promote, quarantine, unrecorded_promotions
+from orchestrator.records import progress
+from orchestrator.records.events import EventLog
 from runtime.atomic import append_line, read_json_object
 from runtime.checkpoint import CheckpointMeta, read_meta, step_dirs
 from runtime.lockfile import holder

@@ -21,7 +21,7 @@ from orchestrator.chain.state import ChainState, PartState
 from runtime.atomic import read_json
 from runtime.checkpoint import step_dirs
 from runtime.paths import RunPaths, WorkPaths
-from runtime.spec import EvalSpec, ValSet, WorkerSpec
+from runtime.spec import EvalSettings, EvalSpec, ValSet, WorkerSpec
 from runtime.workerfiles import write_model
 
 
@@ -83,9 +83,9 @@ def evaluation(plan: ChainPlan, pp: PartPlan, state: ChainState, paths: RunPaths
         stages = [name for name, _ in plan.stage_vals()]
         upto = stages.index(pp.stage) + 2  # every stage seen so far, and the next one
         sets = [ValSet(name=name, data=ref) for name, ref in plan.stage_vals()[:upto] if ref]
-    return EvalSpec(sets=sets, windows=cfg.windows, prompts=cfg.prompts if due else [],
-                    tokenizer=plan.tokenizer_path or _tokenizer_of(pp), max_tokens=cfg.max_tokens,
-                    temperature=cfg.temperature, top_k=cfg.top_k, seed=cfg.seed, tensorboard_dir=tensorboard)
+    settings = cfg.model_dump(include=set(EvalSettings.model_fields))
+    return EvalSpec(**{**settings, "prompts": cfg.prompts if due else []}, sets=sets,
+                    tokenizer=plan.tokenizer_path or _tokenizer_of(pp), tensorboard_dir=tensorboard)
 
 
 def _tokenizer_of(pp: PartPlan) -> Path | None:

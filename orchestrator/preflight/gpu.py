@@ -80,10 +80,10 @@ def read_nvml() -> NvmlFacts:
             facts.cards.append(card)
             continue
         readings = {
-            "capability": lambda: tuple(n.nvmlDeviceGetCudaComputeCapability(h)),
-            "memory_gb": lambda: round(n.nvmlDeviceGetMemoryInfo(h).total / 2**30, 2),
-            "temp_c": lambda: float(n.nvmlDeviceGetTemperature(h, n.NVML_TEMPERATURE_GPU)),
-            "power_w": lambda: n.nvmlDeviceGetPowerUsage(h) / 1000.0,
+            "capability": lambda h=h: tuple(n.nvmlDeviceGetCudaComputeCapability(h)),
+            "memory_gb": lambda h=h: round(n.nvmlDeviceGetMemoryInfo(h).total / 2**30, 2),
+            "temp_c": lambda h=h: float(n.nvmlDeviceGetTemperature(h, n.NVML_TEMPERATURE_GPU)),
+            "power_w": lambda h=h: n.nvmlDeviceGetPowerUsage(h) / 1000.0,
         }
         for name, read in readings.items():
             try:

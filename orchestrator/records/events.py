@@ -13,7 +13,6 @@ import os
 import sys
 import time
 from logging.handlers import RotatingFileHandler
-
 from pathlib import Path
 
 from runtime.atomic import append_line, end_lines, fsync_dir, read_jsonl

@@ -25,8 +25,8 @@ from dataprep.sentences import segments
 from dataprep.tokenizer import TokenizerFacts, boundary_tables
 from dataprep.wikidump import read_dump
 from orchestrator.cli import main
-from runtime.errors import UserError
 from runtime.checkpoint import sha256_file
+from runtime.errors import UserError
 from runtime.tokens import load_manifest
 from tests.helpers import REPO, env, wait_for
 from trainer.tokenfile import check_windows, open_part

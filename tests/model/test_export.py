@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from model.config import GPTConfig
-from model.export import families, gguf, hf, spm as spm_file, tokenizer
+from model.export import families, gguf, hf, tokenizer
+from model.export import spm as spm_file
 from model.export.spm import BYTE, CONTROL, NORMAL, UNKNOWN, USER_DEFINED
 from model.gpt import GPT, generate
 from tests.helpers import REPO, cli

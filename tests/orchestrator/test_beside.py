@@ -13,7 +13,17 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import (
-    REPO, cli, env, events, make_chain, part_of, read_state, running_step, start_daemon, start_worker, wait_for,
+    REPO,
+    cli,
+    env,
+    events,
+    make_chain,
+    part_of,
+    read_state,
+    running_step,
+    start_daemon,
+    start_worker,
+    wait_for,
     write_spec,
 )
 

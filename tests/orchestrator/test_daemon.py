@@ -12,10 +12,20 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import (
-    assert_lineage, cli, events, freeze_worker, make_chain, part_of, promotions, read_state, running_step,
-    start_daemon, thaw, wait_for,
+    assert_bitwise_equal,
+    assert_lineage,
+    cli,
+    events,
+    freeze_worker,
+    make_chain,
+    part_of,
+    promotions,
+    read_state,
+    running_step,
+    start_daemon,
+    thaw,
+    wait_for,
 )
-from tests.helpers import assert_bitwise_equal
 
 pytestmark = pytest.mark.slow
 

@@ -22,9 +22,19 @@ import pytest
 
 from runtime.checkpoint import sha256_file, write_manifest
 from tests.helpers import (
-    assert_lineage,     REPO, cli, events, make_chain, part_of, promotions, read_state, running_step, start_daemon, wait_for,
+    REPO,
+    assert_bitwise_equal,
+    assert_lineage,
+    cli,
+    events,
+    make_chain,
+    part_of,
+    promotions,
+    read_state,
+    running_step,
+    start_daemon,
+    wait_for,
 )
-from tests.helpers import assert_bitwise_equal
 
 pytestmark = pytest.mark.slow
 

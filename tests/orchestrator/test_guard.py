@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.guard.policy import Guard
 from orchestrator.chain.schedule import GuardConfig
+from orchestrator.guard.policy import Guard
 from orchestrator.guard.sensors import FileSource, NvmlSource, PsutilSource, Readings, Sensors
 from tests.helpers import REPO, events, make_chain, part_of, read_state, running_step, start_daemon, wait_for
 

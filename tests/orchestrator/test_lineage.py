@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import (
-    assert_lineage, cli, events, make_chain, make_token_dir, part_of, read_state, running_step, start_daemon,
+    assert_lineage,
+    cli,
+    events,
+    make_chain,
+    make_token_dir,
+    part_of,
+    read_state,
+    running_step,
+    start_daemon,
     wait_for,
 )
 

@@ -19,10 +19,24 @@ import torch
 from runtime.atomic import read_json
 from runtime.workerfiles import EXIT_DONE, EXIT_STOPPED, ExitReport, Heartbeat, read_model
 from tests.helpers import (
-    env, events, freeze_worker, make_chain, make_instruction_dir, make_token_dir, part_of, promotions, read_state,
-    run_worker, running_step, start_daemon, thaw, wait_for, write_spec,
+    assert_bitwise_equal,
+    env,
+    events,
+    freeze_worker,
+    make_chain,
+    make_instruction_dir,
+    make_token_dir,
+    part_of,
+    promotions,
+    read_state,
+    result_checkpoint,
+    run_worker,
+    running_step,
+    start_daemon,
+    thaw,
+    wait_for,
+    write_spec,
 )
-from tests.helpers import assert_bitwise_equal, result_checkpoint
 
 TWO = {"gpus": 2, "checkpoint_interval_s": 0.25}
 

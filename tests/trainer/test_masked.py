@@ -15,13 +15,13 @@ import torch.nn.functional as F
 from model.config import GPTConfig
 from model.gpt import GPT
 from runtime.spec import DataRef, TrainConfig, WorkerSpec
+from runtime.tokens import load_manifest
 from tests.helpers import make_instruction_dir, make_token_dir
 from trainer.data import IGNORE, Batches, WindowOrder
 from trainer.device import Placement
 from trainer.errors import BadInput
 from trainer.evaluate import mean_loss
 from trainer.loop import Progress, Trainer
-from runtime.tokens import load_manifest
 from trainer.tokenfile import open_part
 
 CFG = GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32)

@@ -15,7 +15,13 @@ from runtime.atomic import atomic_write_json, read_json
 from runtime.checkpoint import step_dirs, verify
 from runtime.workerfiles import EXIT_DONE, EXIT_ERROR, EXIT_NONFINITE, EXIT_STOPPED, Heartbeat, read_model
 from tests.helpers import (
-    assert_bitwise_equal, make_instruction_dir, make_token_dir, result_checkpoint, run_worker, start_worker, wait_for,
+    assert_bitwise_equal,
+    make_instruction_dir,
+    make_token_dir,
+    result_checkpoint,
+    run_worker,
+    start_worker,
+    wait_for,
     write_spec,
 )
 
