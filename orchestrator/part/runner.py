@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Callable
@@ -364,7 +365,7 @@ class PartRunner:
         work = self.paths.work(part.id)
         if part.status == PartStatus.DONE and work.metrics.exists():
             self.paths.metrics.mkdir(exist_ok=True)
-            os.replace(work.metrics, self.paths.part_metrics(part.id))
+            shutil.move(work.metrics, self.paths.part_metrics(part.id))  # a rename, or a copy across disks
         clear_scratch(self.paths, work.root)
 
     def _log_worker_tail(self, part: PartState, lines: int = 12) -> None:
