@@ -215,6 +215,20 @@ def config_from_dict(raw: dict[str, Any], family: str | None = None) -> GPTConfi
     return GPTConfig(**{**base, **values, "family": chosen})
 
 
+def schedule_config(raw: dict[str, Any], chain_family: str | None = None) -> GPTConfig:
+    """A schedule's model section: its `family`; else the chain's (a chain keeps the family
+    it started with); else, for a new chain, DEFAULT_FAMILY, unless the section sets an
+    option only the gpt2 family has (bias): a GPT-2 schedule written before families."""
+    if "family" in raw or chain_family:
+        return config_from_dict(raw, family=chain_family)
+    try:
+        return config_from_dict(raw, family=DEFAULT_FAMILY)
+    except ConfigError:
+        if set(raw) & (set(FAMILY_FIELDS["gpt2"]) - set(COMMON_FIELDS)):
+            return config_from_dict(raw, family="gpt2")
+        raise
+
+
 def normalized(stored: dict[str, Any]) -> dict[str, Any]:
     """A stored config (meta.json, state.json, a spec) in today's form: old ones gain
     family gpt2; two configs are the same model exactly when their normalized forms are equal."""

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from model.config import ConfigError, GPTConfig, config_from_dict
-from model.gpt import GPT
+from model.build import build as build_model
 from runtime.paths import WorkPaths
 from runtime.spec import WorkerSpec
 from runtime.workerfiles import Phase
@@ -30,7 +30,7 @@ log = logging.getLogger("worker")
 @dataclass
 class Session:
     placement: Placement
-    model: GPT
+    model: torch.nn.Module
     """The network itself (saved, evaluated); the trainer may hold it compiled or wrapped in DDP."""
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
@@ -54,7 +54,7 @@ def build(spec: WorkerSpec, ranks: Ranks, work: WorkPaths, files: WorkerFiles) -
     files.beat(force=True)
 
     torch.manual_seed(derive_seed(train.seed, "init"))  # the chain's initial weights
-    model = GPT(cfg).to(placement.device)
+    model = build_model(cfg).to(placement.device)
     optimizer = optim.build(model, train, placement.device)
     scaler = torch.amp.GradScaler(placement.device.type, enabled=placement.use_scaler)
     found = resume.find(work) if ranks.main else None  # rank 0 alone may quarantine

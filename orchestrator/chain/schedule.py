@@ -140,9 +140,12 @@ class Schedule(BaseModel):
     name: str
     """The chain's name; the run directory defaults to runs/<name>/ beside this file."""
     model: dict[str, Any]
-    """The network: a preset ('tiny', 'mini', 'small', 'gpt2') and/or n_layer, n_head, n_embd,
-    block_size, vocab_size (default: the tokenizer's, rounded up to a multiple of 64),
-    dropout, bias."""
+    """The network: a family ('llama', the default for a new chain, or 'gpt2'), a preset
+    ('tiny', 'mini', 'small', 'gpt2') and/or n_layer, n_head, n_embd, block_size,
+    vocab_size (default: the tokenizer's, rounded up to a multiple of 64), dropout; the
+    llama family's n_kv_head, intermediate_size, rope_theta, norm_eps, qk_norm,
+    tie_embeddings; the gpt2 family's bias. A chain keeps its family: an existing chain
+    whose schedule names none keeps the one it started with."""
     tokenizer: str | None = None
     """The SentencePiece model every part was made with (checked against the manifests)."""
     train: TrainConfig = TrainConfig()
@@ -199,10 +202,10 @@ def load(path: Path) -> Schedule:
         schedule = Schedule.model_validate(raw)
     except ValidationError as e:
         raise ScheduleError(path, describe(e, Schedule)) from None
-    from model.config import ConfigError, config_from_dict  # torch-free; imported only when checking
+    from model.config import ConfigError, schedule_config  # torch-free; imported only when checking
 
     try:
-        config_from_dict({"vocab_size": 64, **schedule.model})  # vocab comes from the data if unset
+        schedule_config({"vocab_size": 64, **schedule.model})  # vocab comes from the data if unset
     except ConfigError as e:
         raise ScheduleError(path, [str(e)]) from None
     return schedule
@@ -210,13 +213,15 @@ def load(path: Path) -> Schedule:
 
 def json_schema() -> dict[str, Any]:
     """The schedule's JSON Schema, with the model section spelled out for editors."""
-    from model.config import FIELDS, PRESETS, GPTConfig
+    from model.config import FAMILIES, FIELDS, PRESETS, GPTConfig
 
     schema = Schedule.model_json_schema()
-    types = {"int": "integer", "float": "number", "bool": "boolean"}
+    types = {"int": "integer", "float": "number", "bool": "boolean", "str": "string"}
     props = {"preset": {"enum": list(PRESETS), "description": "Start from a preset; fields below override it."}}
     for f in GPTConfig.__dataclass_fields__.values():
-        props[f.name] = {"type": types[f.type]}
+        kind = types[f.type.split(" | ")[0]]
+        props[f.name] = {"type": [kind, "null"] if f.type.endswith("| None") else kind}
+    props["family"]["enum"] = list(FAMILIES)
     schema["properties"]["model"] = {
         "type": "object", "additionalProperties": False, "properties": props,
         "description": Schedule.model_fields["model"].description,
