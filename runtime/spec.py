@@ -32,9 +32,21 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     micro_batch: int = Field(8, ge=1)
-    """Windows per forward/backward pass. Halved by the daemon after an out-of-memory exit."""
+    """Windows per forward/backward pass, at most (fit_memory may take fewer). Halved by the
+    daemon after an out-of-memory exit."""
     grad_accum: int = Field(8, ge=1)
-    """Micro-batches per optimizer step (doubled when micro_batch is halved)."""
+    """Micro-batches per optimizer step (raised when micro_batch is lowered: micro_batch x
+    grad_accum, the windows of an optimizer step, never changes)."""
+    fit_memory: bool = True
+    """Before training, plan the micro-batch for the device's memory (trainer/memory.py): the
+    largest divisor of micro_batch x grad_accum, at most micro_batch, whose estimate fits,
+    with grad_accum raised to keep the step's windows; activation checkpointing (a third
+    more compute) only when not even one window fits without it. A part resumed from its
+    own checkpoint keeps that checkpoint's micro-batch (exact resume) unless it no longer
+    fits. false: exactly micro_batch, no checkpointing."""
+    memory_gb: float | None = Field(None, gt=0)
+    """The memory fit_memory plans for, in GiB; default: what the GPU has free (with what
+    this process holds), or the RAM available on CPU. Set it to share a card."""
     optimizer: Literal["auto", "muon", "adamw"] = "auto"
     """muon: Muon (Newton-Schulz orthogonalised Nesterov momentum, in fp32) for the weight
     matrices inside the blocks and AdamW for the embeddings, the output layer and the gains;

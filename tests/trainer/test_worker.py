@@ -97,6 +97,34 @@ def test_sigterm_checkpoints_then_exits_75_and_resume_is_exact(data, reference, 
     assert_bitwise_equal(result_checkpoint(work), reference)
 
 
+def test_memory_plan_lowers_the_micro_batch_and_a_resume_keeps_the_checkpoints(tmp_path):
+    """A budget that holds 4 windows but not 8: the worker trains 4 x grad_accum 2 (the same
+    8 windows a step). Stopped, then resumed where the budget would allow 8, it keeps the
+    checkpoint's 4 and ends bitwise equal to an uninterrupted run at 4."""
+    from trainer.memory import MARGIN, need_bytes
+
+    small = make_token_dir(tmp_path / "data", parts=1, tokens=3000)
+    fits_four = need_bytes(TINY_MODEL, 4 * 2, "fp32", False).total / MARGIN / 2**30 * 0.999
+    assert need_bytes(TINY_MODEL, 4, "fp32", False).total / MARGIN / 2**30 < fits_four
+    tight = {"micro_batch": 8, "grad_accum": 1, "memory_gb": fits_four}
+    ref = write_spec(tmp_path / "ref.json", small, "part-000", tmp_path / "ref", train=tight)
+    assert run_worker(ref, tmp_path / "ref.log") == EXIT_DONE
+    assert "memory: micro_batch 8 does not fit; micro_batch 4 x grad_accum 2" in (tmp_path / "ref.log").read_text()
+    meta = read_json(result_checkpoint(tmp_path / "ref") / "meta.json")
+    assert (meta["micro_batch"], meta["grad_accum"]) == (4, 2)
+
+    work = tmp_path / "work"
+    spec = write_spec(tmp_path / "spec.json", small, "part-000", work, train=tight)
+    log = tmp_path / "worker.log"
+    proc = start_worker(spec, log)
+    wait_for(lambda: (hb := heartbeat(work)) and hb.step >= 5, what="step 5")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == EXIT_STOPPED
+    roomy = write_spec(tmp_path / "spec.json", small, "part-000", work, train={"micro_batch": 8, "grad_accum": 1})
+    assert run_worker(roomy, log) == EXIT_DONE
+    assert_bitwise_equal(result_checkpoint(work), result_checkpoint(tmp_path / "ref"))
+
+
 def test_damaged_newest_checkpoint_is_quarantined_and_older_one_used(data, reference, tmp_path):
     work = tmp_path / "work"
     spec = write_spec(tmp_path / "spec.json", data, "part-000", work, train=FAST_CKPT)
