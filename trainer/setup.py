@@ -68,7 +68,7 @@ def build(spec: WorkerSpec, ranks: Ranks, work: WorkPaths, files: WorkerFiles) -
     files.beat(force=True)
 
     spec = fit_memory(spec, model, optimizer, placement, start.resumed_from, ranks)
-    trained = torch.compile(model) if placement.compile else model
+    trained = compiled(model) if placement.compile else model
     trained = ranks.wrap(trained, placement.device)
     order = WindowOrder(part.n_windows, spec.epochs, train.seed, spec.part_id, spec.skip_windows)
     batches = Batches(part, cfg.block_size, placement.device)
@@ -119,6 +119,15 @@ def memory_budget(train, placement: Placement) -> int:
     import psutil
 
     return psutil.virtual_memory().available
+
+
+def compiled(model: torch.nn.Module) -> torch.nn.Module:
+    """torch.compile, falling back to eager (with a logged warning) where compiling fails: a
+    C++ compiler that cannot build inductor's CPU kernels, a graph it cannot capture."""
+    import torch._dynamo
+
+    torch._dynamo.config.suppress_errors = True
+    return torch.compile(model)
 
 
 def model_config(spec: WorkerSpec) -> GPTConfig:

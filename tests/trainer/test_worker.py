@@ -125,6 +125,14 @@ def test_memory_plan_lowers_the_micro_batch_and_a_resume_keeps_the_checkpoints(t
     assert_bitwise_equal(result_checkpoint(work), result_checkpoint(tmp_path / "ref"))
 
 
+def test_compile_on_a_cpu_without_a_cpp_compiler_trains_eager_and_says_so(tmp_path):
+    small = make_token_dir(tmp_path / "data", parts=1, tokens=600)
+    spec = write_spec(tmp_path / "spec.json", small, "part-000", tmp_path / "work", train={"compile": True})
+    log = tmp_path / "worker.log"
+    assert run_worker(spec, log, extra_env={"CXX": "no-such-compiler-here"}) == EXIT_DONE, log.read_text()[-2000:]
+    assert "torch.compile on CPU needs a C++ compiler (no-such-compiler-here not found): eager" in log.read_text()
+
+
 def test_damaged_newest_checkpoint_is_quarantined_and_older_one_used(data, reference, tmp_path):
     work = tmp_path / "work"
     spec = write_spec(tmp_path / "spec.json", data, "part-000", work, train=FAST_CKPT)
