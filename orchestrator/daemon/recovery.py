@@ -45,6 +45,10 @@ def check_compatible(state: ChainState, plan: ChainPlan) -> None:
     if state.model:
         chain = normalized(state.model)
         plan.follow_chain(chain["family"])
+        if chain["family"] != plan.model["family"]:
+            raise UserError(f"{plan.path}: model.family is {plan.model['family']!r}, but this chain trains the "
+                            f"{chain['family']} family; a chain keeps one model: remove model.family (or set it "
+                            f"to {chain['family']!r}), or start a new run dir")
         if chain != plan.model:
             diff = ", ".join(f"{k} {chain.get(k)!r} -> {plan.model.get(k)!r}"
                              for k in sorted(set(chain) | set(plan.model))
