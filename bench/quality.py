@@ -140,7 +140,9 @@ def run_arm(job: dict) -> dict:
                       data=DataRef(manifest=manifest, part="part-000"), model=cfg.to_dict(), train=train,
                       chain_total_tokens=total)
     torch.manual_seed(derive_seed(train.seed, "init"))
-    model = build(cfg).to(placement.device)
+    model = build(cfg)
+    outside_hf(model, arm.get("outside_hf", {}))
+    model = model.to(placement.device)
     opt = optim.build(model, train, placement.device)
     scaler = torch.amp.GradScaler(placement.device.type, enabled=placement.use_scaler)
     seed_rngs(derive_seed(train.seed, spec.part_id))
@@ -163,6 +165,33 @@ def run_arm(job: dict) -> dict:
     return {"tokens": trainer.progress.part_tokens, "val_loss": val, "train_loss": statistics.mean(losses[-20:]),
             "tokens_per_s": trainer.progress.part_tokens / seconds, "seconds": seconds, "peak_bytes": peak,
             "family": cfg.family, "optimizer": optim.kind_of(opt), "params": cfg.n_params()}
+
+
+def outside_hf(model, options: dict) -> None:
+    """Options the Hugging Face / llama.cpp mapping rules out, measured for docs/recipe.md
+    (never offered to a schedule): {"mlp": "relu2"} (nanochat's and modded-nanogpt's
+    ReLU^2 MLP, 4x wide, two matrices), {"softcap": 15} (logits = 15 tanh(logits / 15))."""
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    if options.get("mlp") == "relu2":
+        class ReLU2(nn.Module):
+            def __init__(self, C: int):
+                super().__init__()
+                self.up_proj = nn.Linear(C, 4 * C, bias=False)
+                self.down_proj = nn.Linear(4 * C, C, bias=False)
+                for m in (self.up_proj, self.down_proj):
+                    nn.init.normal_(m.weight, std=0.02)
+
+            def forward(self, x):
+                return self.down_proj(F.relu(self.up_proj(x)).square())
+
+        for layer in model.model.layers:
+            layer.mlp = ReLU2(model.config.n_embd)
+    if options.get("softcap"):
+        cap = float(options["softcap"])
+        model.lm_head.register_forward_hook(lambda _m, _i, out: cap * torch.tanh(out / cap))
 
 
 def spawn(job: dict) -> dict:
