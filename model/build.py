@@ -17,7 +17,3 @@ def build(cfg: GPTConfig) -> nn.Module:
 
     return GPT(cfg)
 
-
-def token_embedding(model: nn.Module) -> nn.Embedding:
-    """The input embedding table, whatever the family."""
-    return model.model.embed_tokens if model.config.family == "llama" else model.wte

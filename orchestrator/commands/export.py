@@ -1,7 +1,7 @@
 """`orchestrator export --checkpoint DIR --out FOLDER`: a checkpoint's model, for use elsewhere.
 
 Writes FOLDER/model.pt (the weights: a state dict of tensors, load it with
-torch.load(..., weights_only=True) into model.gpt.GPT), FOLDER/config.json (the model's
+torch.load(..., weights_only=True) into model.build.build(config)), FOLDER/config.json (the model's
 shape and where it comes from) and FOLDER/tokenizer.model. No optimizer state: a tenth to
 a third of the checkpoint. The checkpoint is verified first; no torch needed.
 """
@@ -33,7 +33,7 @@ def cmd_export(args) -> int:
     atomic_write_json(out / "config.json", {
         "model": meta.model, "part": meta.part_id, "global_tokens": meta.global_tokens, "loss": meta.loss,
         "val_loss": meta.val_loss, "tokenizer_sha256": meta.tokenizer_sha256, "checkpoint": str(folder),
-        "load": "GPT(model.config.config_from_dict(config['model'])).load_state_dict("
+        "load": "model.build.build(model.config.config_from_dict(config['model'])).load_state_dict("
                 "torch.load('model.pt', weights_only=True))",
     })
     print(f"exported {folder.name} to {out}: model.pt ({(out / 'model.pt').stat().st_size / 2**20:.1f} MiB), "
