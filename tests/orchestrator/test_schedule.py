@@ -110,6 +110,7 @@ def test_a_model_that_does_not_match_the_run_is_refused_and_nothing_is_touched(c
     before = (run / "state.json").read_text()
     err = refused("run", "--schedule", str(chain))
     assert "the model differs from the one this chain trains (n_layer 4 -> 2)" in err
+    assert "the model differs from the one this chain trains (n_layer 4 -> 2)" in refused("validate", str(chain))
     assert (run / "state.json").read_text() == before
 
 
