@@ -31,6 +31,8 @@ one run so that a busy machine at least hits every arm alike.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import re
@@ -151,10 +153,10 @@ def run_arm(job: dict) -> dict:
                       Batches(part, cfg.block_size, placement.device), Progress())
     if placement.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(placement.device)
-    seconds, losses = 0.0, []
+    times, losses = [], []
     while trainer.progress.part_tokens < total:
         r = trainer.step(lambda: False)
-        seconds += r.seconds
+        times.append(r.seconds)
         losses.append(r.loss)
     if placement.device.type == "cuda":
         torch.cuda.synchronize()
@@ -162,8 +164,12 @@ def run_arm(job: dict) -> dict:
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # whole process: torch included
     val = score(model, manifest, placement.device)
+    # tokens/s from the median step (the first steps settle; a busy machine's spikes are
+    # ignored), measured as nanoGPT's run is below
+    step_tokens = MICRO_BATCH * train.grad_accum * cfg.block_size
     return {"tokens": trainer.progress.part_tokens, "val_loss": val, "train_loss": statistics.mean(losses[-20:]),
-            "tokens_per_s": trainer.progress.part_tokens / seconds, "seconds": seconds, "peak_bytes": peak,
+            "tokens_per_s": step_tokens / statistics.median(times[5:] or times), "seconds": sum(times),
+            "peak_bytes": peak,
             "family": cfg.family, "optimizer": optim.kind_of(opt), "params": cfg.n_params()}
 
 
@@ -246,12 +252,13 @@ def run_nanogpt(nanogpt: Path, manifest: Path, fraction: float, seed: int, threa
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         ckpt = torch.load(root / "out" / "ckpt.pt", map_location="cpu", weights_only=False)  # our own run's file
-        model = module.GPT(module.GPTConfig(**ckpt["model_args"]))
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints its parameter count
+            model = module.GPT(module.GPTConfig(**ckpt["model_args"]))
         model.load_state_dict(ckpt["model"])
         val = score(model, manifest, torch.device("cpu"))
     per_step = statistics.median(times[5:-1]) / 1000  # settled steps; the last one includes the final eval
     return {"tokens": steps * MICRO_BATCH * SHAPE["block_size"], "val_loss": val, "train_loss": float("nan"),
-            "tokens_per_s": MICRO_BATCH * SHAPE["block_size"] / per_step, "seconds": per_step * steps,
+            "tokens_per_s": MICRO_BATCH * SHAPE["block_size"] / per_step, "seconds": sum(times[:-1]) / 1000,
             "peak_bytes": float("nan"), "family": "gpt2", "optimizer": "adamw", "params": 0}
 
 
