@@ -143,7 +143,7 @@ def run_arm(job: dict) -> dict:
                       chain_total_tokens=total)
     torch.manual_seed(derive_seed(train.seed, "init"))
     model = build(cfg)
-    outside_hf(model, arm.get("outside_hf", {}))
+    variant(model, arm.get("variant", {}))
     model = model.to(placement.device)
     opt = optim.build(model, train, placement.device)
     scaler = torch.amp.GradScaler(placement.device.type, enabled=placement.use_scaler)
@@ -173,10 +173,12 @@ def run_arm(job: dict) -> dict:
             "family": cfg.family, "optimizer": optim.kind_of(opt), "params": cfg.n_params()}
 
 
-def outside_hf(model, options: dict) -> None:
-    """Options the Hugging Face / llama.cpp mapping rules out, measured for docs/recipe.md
-    (never offered to a schedule): {"mlp": "relu2"} (nanochat's and modded-nanogpt's
-    ReLU^2 MLP, 4x wide, two matrices), {"softcap": 15} (logits = 15 tanh(logits / 15))."""
+def variant(model, options: dict) -> None:
+    """Variants measured for docs/recipe.md and not offered to a schedule. Outside the
+    Hugging Face / llama.cpp mapping: {"mlp": "relu2"} (nanochat's and modded-nanogpt's
+    ReLU^2 MLP, 4x wide, two matrices), {"softcap": 15} (logits = 15 tanh(logits / 15)).
+    Inside it, an initialisation: {"zero_out": true} (the attention and MLP output
+    projections start at zero, as in modded-nanogpt and nanochat)."""
     import torch
     import torch.nn as nn
     import torch.nn.functional as F
@@ -195,6 +197,10 @@ def outside_hf(model, options: dict) -> None:
 
         for layer in model.model.layers:
             layer.mlp = ReLU2(model.config.n_embd)
+    if options.get("zero_out"):
+        for layer in model.model.layers:
+            nn.init.zeros_(layer.self_attn.o_proj.weight)
+            nn.init.zeros_(layer.mlp.down_proj.weight)
     if options.get("softcap"):
         cap = float(options["softcap"])
         model.lm_head.register_forward_hook(lambda _m, _i, out: cap * torch.tanh(out / cap))
