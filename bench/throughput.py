@@ -2,13 +2,17 @@
 
     python bench/throughput.py --preset mini --micro-batch 8 --grad-accum 4
     python bench/throughput.py --preset gpt2 --micro-batch 8 --memory-cap-gb 4   # a 4 GB card's budget
+    python bench/throughput.py --preset tiny --compile on                        # torch.compile on CPU too
 
-Prints tokens/s of (a) the Trainer exactly as the worker runs it and (b) a plain, well
-written loop (same model class, fused AdamW, autocast, one sync a step), measured in
-alternating rounds in one process so machine noise hits both; the ratio is the figure
-that matters. On CUDA it adds model FLOPs utilisation (6N + attention FLOPs a token)
-against the device's peak, and the cost of a checkpoint at the default 600 s interval.
-Run it with nothing else torch-heavy on the machine.
+Prints tokens/s of (a) the Trainer with the new default (llama family, Muon + AdamW),
+(b) the Trainer with the GPT-2 recipe (gpt2 family, AdamW) on the same shape and batch,
+and (c) a plain, well written loop over the GPT-2 recipe (same model class, fused
+AdamW, autocast, one sync a step), measured in alternating rounds in one process so
+machine noise hits all alike; the ratios are the figures that matter. It also times
+Muon's Newton-Schulz iterations inside (a): their share of the step. On CUDA it adds
+model FLOPs utilisation (6N + attention FLOPs a token) against the device's peak, and the
+cost of a checkpoint at the default 600 s interval. Run it with nothing else
+torch-heavy on the machine.
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dataprep.writer import write_part  # noqa: E402
+from model.build import build as build_model  # noqa: E402
 from model.config import config_from_dict  # noqa: E402
-from model.gpt import GPT  # noqa: E402
+from trainer import muon  # noqa: E402
 from runtime.checkpoint import CheckpointMeta  # noqa: E402
 from runtime.spec import DataRef, TrainConfig, WorkerSpec  # noqa: E402
 from runtime.tokens import (  # noqa: E402
@@ -66,11 +71,27 @@ def make_part(folder: Path, vocab: int, block: int, tokens: int):
 
 def build(args, part, cfg, train: TrainConfig, placement):
     torch.manual_seed(0)
-    raw = GPT(cfg).to(placement.device)
+    raw = build_model(cfg).to(placement.device)
     model = torch.compile(raw) if placement.compile else raw
     opt = optim.build(raw, train, placement.device)
     scaler = torch.amp.GradScaler(placement.device.type, enabled=placement.use_scaler)
     return raw, model, opt, scaler
+
+
+class NewtonSchulzClock:
+    """Wall time spent in Muon's orthogonalisation (synchronised on CUDA)."""
+
+    def __init__(self, placement):
+        self.placement, self.seconds, self.inner = placement, 0.0, muon.orthogonalize
+        muon.orthogonalize = self
+
+    def __call__(self, g, steps=muon.NS_STEPS):
+        sync(self.placement)
+        t0 = time.perf_counter()
+        out = self.inner(g, steps)
+        sync(self.placement)
+        self.seconds += time.perf_counter() - t0
+        return out
 
 
 def sync(placement) -> None:
@@ -102,7 +123,7 @@ def time_plain(model, opt, scaler, placement, part, cfg, train: TrainConfig, ste
             if placement.device.type == "cuda":
                 rows = rows.pin_memory().to(placement.device, non_blocking=True)
             with placement.autocast():
-                _, loss = model(rows[:, :-1], rows[:, 1:])
+                loss = model(rows[:, :-1], rows[:, 1:])[1]
             scaler.scale(loss / accum).backward()
         scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
@@ -132,7 +153,8 @@ def main() -> int:
     model_raw = {"preset": args.preset, "vocab_size": args.vocab_size}
     if args.block_size:
         model_raw["block_size"] = args.block_size
-    cfg = config_from_dict(model_raw)
+    new_cfg = config_from_dict(model_raw, family="llama")
+    old_cfg = config_from_dict({**model_raw, "family": "gpt2"})
     compile_flag = {"auto": "auto", "on": True, "off": False}[args.compile]
     train = TrainConfig(micro_batch=args.micro_batch, grad_accum=args.grad_accum, precision=args.precision,
                         compile=compile_flag, device=args.device, warmup_tokens=0)
@@ -141,42 +163,59 @@ def main() -> int:
     if args.memory_cap_gb and placement.device.type == "cuda":
         total = torch.cuda.get_device_properties(placement.device).total_memory
         torch.cuda.set_per_process_memory_fraction(min(args.memory_cap_gb * 2**30 / total, 1.0), placement.device)
-    print(f"model {args.preset}: {cfg.n_params() / 1e6:.1f}M parameters, block {cfg.block_size}, "
-          f"micro_batch {args.micro_batch} x grad_accum {args.grad_accum}; {placement.describe()}")
+    print(f"model {args.preset}: {new_cfg.n_params() / 1e6:.1f}M parameters (llama), {old_cfg.n_params() / 1e6:.1f}M "
+          f"(gpt2), block {new_cfg.block_size}, micro_batch {args.micro_batch} x grad_accum {args.grad_accum}; "
+          f"{placement.describe()}")
+    cfg = new_cfg
 
     with tempfile.TemporaryDirectory() as tmp:
         tokens_needed = args.micro_batch * args.grad_accum * (cfg.block_size + 1) * (args.steps + 2) * 2
         part = make_part(Path(tmp), args.vocab_size, cfg.block_size, max(tokens_needed, 100_000))
-        raw_t, model_t, opt_t, scaler_t = build(args, part, cfg, train, placement)
-        spec = WorkerSpec(part_id="bench/part-000", stage="bench", work_dir=Path(tmp) / "work",
-                          data=DataRef(manifest=part.manifest_path, part="part-000"), model=cfg.to_dict(),
-                          train=train, chain_total_tokens=10**12)
-        trainer = Trainer(spec, placement, model_t, opt_t, scaler_t,
-                          WindowOrder(part.n_windows, 1000, 0, spec.part_id), Batches(part, cfg.block_size,
-                                                                                      placement.device), Progress())
-        _, model_p, opt_p, scaler_p = build(args, part, cfg, train, placement)
+
+        def trainer_for(model_cfg):
+            raw, model, opt, scaler = build(args, part, model_cfg, train, placement)
+            spec = WorkerSpec(part_id="bench/part-000", stage="bench", work_dir=Path(tmp) / "work",
+                              data=DataRef(manifest=part.manifest_path, part="part-000"), model=model_cfg.to_dict(),
+                              train=train, chain_total_tokens=10**12)
+            return raw, opt, scaler, Trainer(spec, placement, model, opt, scaler,
+                                             WindowOrder(part.n_windows, 1000, 0, spec.part_id),
+                                             Batches(part, model_cfg.block_size, placement.device), Progress())
+
+        raw_t, opt_t, scaler_t, trainer = trainer_for(new_cfg)
+        _, _, _, old_trainer = trainer_for(old_cfg)
+        _, model_p, opt_p, scaler_p = build(args, part, old_cfg, train, placement)
 
         time_trainer(trainer, 2)  # warm-up: allocator, kernels, compilation
-        time_plain(model_p, opt_p, scaler_p, placement, part, cfg, train, 2)
-        ours, plain = [], []
+        time_trainer(old_trainer, 2)
+        time_plain(model_p, opt_p, scaler_p, placement, part, old_cfg, train, 2)
+        clock = NewtonSchulzClock(placement)
+        ours, old, plain, ns_share = [], [], [], []
         for _ in range(args.rounds):
+            clock.seconds = 0.0
+            t0 = time.perf_counter()
             ours.append(time_trainer(trainer, args.steps))
-            plain.append(time_plain(model_p, opt_p, scaler_p, placement, part, cfg, train, args.steps))
-        ours_tps, plain_tps = statistics.median(ours), statistics.median(plain)
+            ns_share.append(clock.seconds / (time.perf_counter() - t0))
+            old.append(time_trainer(old_trainer, args.steps))
+            plain.append(time_plain(model_p, opt_p, scaler_p, placement, part, old_cfg, train, args.steps))
+        ours_tps, old_tps, plain_tps = statistics.median(ours), statistics.median(old), statistics.median(plain)
 
         saves = []
-        meta = CheckpointMeta(part_id=spec.part_id, stage="bench", step=1, cursor=0, part_tokens=0,
+        meta = CheckpointMeta(part_id="bench/part-000", stage="bench", step=1, cursor=0, part_tokens=0,
                               global_tokens=0, model=cfg.to_dict(), micro_batch=1, grad_accum=1, created="")
         for i in range(2):
             t0 = time.perf_counter()
-            checkpoint.save(Path(tmp) / "ckpt", i + 1, model=raw_t, optimizer=opt_t, scaler=scaler_t, meta=meta)
+            checkpoint.save(Path(tmp) / "ckpt", i + 1, model=raw_t, optimizer=opt_t, scaler=scaler_t, meta=meta,
+                            optimizer_kind=optim.kind_of(opt_t))
             saves.append(time.perf_counter() - t0)
         save_s = min(saves)
 
-    print(f"\n{'':24}{'tokens/s':>12}")
-    print(f"{'trainer (worker loop)':24}{ours_tps:12,.0f}   rounds: {', '.join(f'{x:,.0f}' for x in ours)}")
-    print(f"{'plain loop':24}{plain_tps:12,.0f}   rounds: {', '.join(f'{x:,.0f}' for x in plain)}")
-    print(f"ratio trainer/plain: {ours_tps / plain_tps:.3f}")
+    print(f"\n{'':34}{'tokens/s':>12}")
+    print(f"{'trainer, new default (llama+muon)':34}{ours_tps:12,.0f}   rounds: {', '.join(f'{x:,.0f}' for x in ours)}")
+    print(f"{'trainer, GPT-2 recipe (gpt2+adamw)':34}{old_tps:12,.0f}   rounds: {', '.join(f'{x:,.0f}' for x in old)}")
+    print(f"{'plain loop, GPT-2 recipe':34}{plain_tps:12,.0f}   rounds: {', '.join(f'{x:,.0f}' for x in plain)}")
+    print(f"ratio new default / GPT-2 recipe (same trainer): {ours_tps / old_tps:.3f}")
+    print(f"ratio GPT-2 recipe trainer / plain loop: {old_tps / plain_tps:.3f}")
+    print(f"Muon's Newton-Schulz share of the new default's step time: {100 * statistics.median(ns_share):.1f}%")
     print(f"checkpoint save: {save_s:.2f}s -> {100 * save_s / (600 + save_s):.2f}% of wall time at a 600 s interval")
     if placement.device.type == "cuda":
         name = torch.cuda.get_device_name(placement.device)

@@ -18,7 +18,12 @@ from runtime.atomic import read_json
 SPEC_FORMAT = "orchestrator.spec/1"
 
 # Fields that shape the learning-rate curve of the whole chain; a stage may not override them.
-CHAIN_WIDE_TRAIN_FIELDS = frozenset({"lr_schedule", "warmup_tokens", "decay_fraction", "total_tokens", "seed"})
+CHAIN_WIDE_TRAIN_FIELDS = frozenset({"lr_schedule", "warmup_tokens", "warmup_fraction", "decay_fraction",
+                                     "total_tokens", "seed"})
+
+
+DEFAULT_ADAMW_LR = {"adamw": 6e-4, "muon": 1e-2}
+"""train.lr when unset, by optimizer (docs/recipe.md: how they were chosen)."""
 
 
 class TrainConfig(BaseModel):
@@ -27,24 +32,51 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     micro_batch: int = Field(8, ge=1)
-    """Windows per forward/backward pass. Halved by the daemon after an out-of-memory exit."""
+    """Windows per forward/backward pass, at most (fit_memory may take fewer). Halved by the
+    daemon after an out-of-memory exit."""
     grad_accum: int = Field(8, ge=1)
-    """Micro-batches per optimizer step (doubled when micro_batch is halved)."""
-    lr: float = Field(6e-4, gt=0)
-    """Peak learning rate."""
-    min_lr_ratio: float = Field(0.1, ge=0, le=1)
-    """The decayed learning rate is lr x min_lr_ratio."""
+    """Micro-batches per optimizer step (raised when micro_batch is lowered: micro_batch x
+    grad_accum, the windows of an optimizer step, never changes)."""
+    fit_memory: bool = True
+    """Before training, plan the micro-batch for the device's memory (trainer/memory.py): the
+    largest divisor of micro_batch x grad_accum, at most micro_batch, whose estimate fits,
+    with grad_accum raised to keep the step's windows; activation checkpointing (a third
+    more compute) only when not even one window fits without it. A part resumed from its
+    own checkpoint keeps that checkpoint's micro-batch (exact resume) unless it no longer
+    fits. false: exactly micro_batch, no checkpointing."""
+    memory_gb: float | None = Field(None, gt=0)
+    """The memory fit_memory plans for, in GiB; default: what the GPU has free (with what
+    this process holds), or the RAM available on CPU. Set it to share a card."""
+    optimizer: Literal["auto", "muon", "adamw"] = "auto"
+    """muon: Muon (Newton-Schulz orthogonalised Nesterov momentum, in fp32) for the weight
+    matrices inside the blocks and AdamW for the embeddings, the output layer and the gains;
+    adamw: AdamW for everything (the GPT-2 recipe). auto: muon for the llama family, adamw
+    for gpt2. A stage may change it; the moments of the other optimizer are then dropped."""
+    lr: float | None = Field(None, gt=0)
+    """Peak learning rate of AdamW: of every parameter with optimizer adamw, of the
+    embeddings, output layer and gains with muon. Default: 6e-4 with adamw, 1e-2 with muon
+    (the embeddings train faster beside Muon; docs/recipe.md has the measurements)."""
+    muon_lr: float = Field(0.02, gt=0)
+    """Peak learning rate of Muon's matrices (in units of the update's spectral norm)."""
+    muon_momentum: float = Field(0.95, ge=0, lt=1)
+    """Muon's Nesterov momentum."""
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    """The decayed learning rate is the peak x min_lr_ratio (wsd and cosine)."""
     lr_schedule: Literal["wsd", "cosine", "constant"] = "wsd"
     """Shape over the chain's global token count: warmup-stable-decay, cosine, or constant."""
-    warmup_tokens: int = Field(10_000_000, ge=0)
-    """Linear warmup length in tokens of the whole chain (not per part)."""
-    decay_fraction: float = Field(0.2, ge=0, le=1)
-    """wsd: the final fraction of the chain's tokens over which the rate decays."""
+    warmup_tokens: int | None = Field(None, ge=0)
+    """Linear warmup length in tokens of the whole chain (not per part). Default (null):
+    warmup_fraction of the chain's tokens, at least 10 and at most 1000 optimizer steps."""
+    warmup_fraction: float = Field(0.02, ge=0, le=0.5)
+    """With warmup_tokens unset: the warmup's share of the chain's tokens (before the step limits)."""
+    decay_fraction: float = Field(0.4, ge=0, le=1)
+    """wsd: the final fraction of the chain's tokens over which the rate decays to its floor."""
     total_tokens: int | None = Field(None, gt=0)
     """Tokens the schedule spans; default (null): every part queued when the part starts. Set it if you plan to
     queue more parts later and want the decay placed now."""
     weight_decay: float = Field(0.1, ge=0)
-    """AdamW weight decay, applied to weight matrices only."""
+    """AdamW weight decay, applied to weight matrices only (with muon: Muon's matrices, by
+    lr x weight_decay a step as in AdamW; AdamW's embeddings and gains never decay)."""
     beta1: float = Field(0.9, ge=0, lt=1)
     """AdamW's first-moment decay."""
     beta2: float = Field(0.95, ge=0, lt=1)
@@ -56,7 +88,8 @@ class TrainConfig(BaseModel):
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     """auto: bf16 on compute capability 8.0+, fp16 on 7.x, fp32 below and on CPU (docs/worker.md)."""
     compile: bool | Literal["auto"] = "auto"
-    """torch.compile: auto uses it on CUDA 7.0+ when Triton imports; true or false."""
+    """torch.compile: auto uses it on CUDA 7.0+ when Triton imports (eager on CPU); true also on CPU when a C++
+    compiler is there (else eager, and the log says so); false."""
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     """auto, cpu, cuda or cuda:N."""
     gpus: int = Field(1, ge=1)
@@ -78,6 +111,16 @@ class TrainConfig(BaseModel):
     """Write a metrics line every this many optimizer steps."""
     eval_windows: int = Field(32, ge=0)
     """Validation windows scored when a part ends (0: skip)."""
+
+    def optimizer_kind(self, family: str) -> str:
+        """'muon' or 'adamw': `optimizer` with auto resolved for the model's family."""
+        if self.optimizer != "auto":
+            return self.optimizer
+        return "muon" if family == "llama" else "adamw"
+
+    def adamw_lr(self, kind: str) -> float:
+        """AdamW's peak learning rate under optimizer `kind` (the `lr` field or its default)."""
+        return self.lr if self.lr is not None else DEFAULT_ADAMW_LR[kind]
 
     @model_validator(mode="after")
     def _gpus_fit_device(self) -> "TrainConfig":
@@ -147,7 +190,8 @@ class WorkerSpec(BaseModel):
     init_checkpoint: Path | None = None
     """The promoted checkpoint this part continues from; none for the chain's first part."""
     model: dict[str, Any]
-    """model.config.GPTConfig fields, fully resolved (no preset)."""
+    """model.config.GPTConfig fields, fully resolved (no preset); no `family` means gpt2
+    (the specs and chains of earlier releases)."""
     tokenizer_sha256: str | None = None
     """If set, every token file must have been made with this tokenizer."""
     train: TrainConfig

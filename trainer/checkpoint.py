@@ -31,6 +31,7 @@ from runtime.checkpoint import (
     write_manifest,
 )
 from runtime.quarantine import quarantine as runtime_quarantine
+from model.config import normalized
 from trainer.errors import BadInput
 
 
@@ -83,8 +84,10 @@ def rng_state() -> dict[str, Any]:
     }
 
 
-def save(root: Path, step: int, *, model: torch.nn.Module, optimizer, scaler, meta: CheckpointMeta) -> Path:
+def save(root: Path, step: int, *, model: torch.nn.Module, optimizer, scaler, meta: CheckpointMeta,
+         optimizer_kind: str = "adamw") -> Path:
     """Write step folder `root/step-XXXXXXXX` and return it; it exists only once complete.
+    `optimizer_kind` (trainer.optim.kind_of) is recorded beside the optimizer's state.
 
     The CUDA generator saved is the training device's (the model's): with several ranks,
     each on its own GPU, every rank's generator is in the same state as rank 0's."""
@@ -99,7 +102,7 @@ def save(root: Path, step: int, *, model: torch.nn.Module, optimizer, scaler, me
     try:
         files = {
             "model.pt": _write(tmp / "model.pt", model.state_dict()),
-            "optim.pt": _write(tmp / "optim.pt", {"optimizer": optimizer.state_dict(),
+            "optim.pt": _write(tmp / "optim.pt", {"optimizer": optimizer.state_dict(), "kind": optimizer_kind,
                                                   "scaler": scaler.state_dict()}),
             "rng.pt": _write(tmp / "rng.pt", rng),
         }
@@ -136,13 +139,17 @@ def _load(path: Path, device) -> Any:
 def load_weights(folder: Path, model: torch.nn.Module, device: torch.device, expected_model: dict) -> CheckpointMeta:
     """Load a checkpoint's model weights after checking it was made for this model shape."""
     meta = read_meta(folder)
-    if meta.model != expected_model:
+    made_for = normalized(meta.model)  # a checkpoint of an older release has no family: gpt2
+    if made_for["family"] != expected_model["family"]:
+        raise BadInput(f"{folder}: made for a different model (the {made_for['family']} family, the spec's is "
+                       f"{expected_model['family']}); a chain keeps one model")
+    if made_for != expected_model:
         diff = ", ".join(
-            f"{k}: checkpoint {meta.model.get(k)!r} vs spec {expected_model.get(k)!r}"
-            for k in sorted(set(meta.model) | set(expected_model))
-            if meta.model.get(k) != expected_model.get(k)
+            f"{k}: checkpoint {made_for.get(k)!r} vs spec {expected_model.get(k)!r}"
+            for k in sorted(set(made_for) | set(expected_model))
+            if made_for.get(k) != expected_model.get(k)
         )
-        raise BadInput(f"{folder}: made for a different model ({diff}); a chain keeps one model shape")
+        raise BadInput(f"{folder}: made for a different model ({diff}); a chain keeps one model")
     state = _load(folder / "model.pt", device)
     try:
         model.load_state_dict(state)
@@ -151,11 +158,19 @@ def load_weights(folder: Path, model: torch.nn.Module, device: torch.device, exp
     return meta
 
 
-def load_optimizer(folder: Path, optimizer, scaler, device: torch.device) -> None:
+def load_optimizer(folder: Path, optimizer, scaler, device: torch.device, kind: str = "adamw") -> bool:
+    """Load the optimizer's state if the checkpoint holds `kind`'s (checkpoints from before
+    Muon hold AdamW's); False, with the optimizer left fresh, if it holds another's."""
     state = _load(folder / "optim.pt", device)
-    optimizer.load_state_dict(state["optimizer"])
     if state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
+    if state.get("kind", "adamw") != kind:
+        return False
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except ValueError as e:  # another grouping of the parameters: not this model's state
+        raise BadInput(f"{folder / 'optim.pt'}: does not fit the optimizer: {e}") from None
+    return True
 
 
 def load_rng(folder: Path, meta: CheckpointMeta, device: torch.device) -> None:

@@ -1,5 +1,11 @@
 """Choose device, precision, torch.compile and CPU threads, once, and say why.
 
+torch.compile: on CUDA 7.0+ with Triton when train.compile is auto; on CPU only when it is
+true (bench/throughput.py measured too little gain there to pay the compile time of every
+part), and only with a C++ compiler, which inductor needs (without one: eager, and the log
+says so). A compilation that fails anyway falls back to eager (setup sets dynamo's
+suppress_errors).
+
 Precision by CUDA compute capability (auto):
     8.0+        bf16 autocast, TF32 matmuls
     7.x         fp16 autocast with a GradScaler
@@ -16,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import shutil
 import warnings
 from dataclasses import dataclass
 
@@ -111,8 +118,21 @@ def _cpu(cfg: TrainConfig) -> Placement:
     # exactly `threads` and nothing else torch-heavy should run beside it.
     torch.set_num_threads(threads)
     precision = "fp32" if cfg.precision == "auto" else cfg.precision
-    return Placement(torch.device("cpu"), precision, compile=cfg.compile is True, threads=threads,
-                     why="no CUDA device" if cfg.device == "auto" else "train.device is cpu")
+    why = "no CUDA device" if cfg.device == "auto" else "train.device is cpu"
+    use_compile = cfg.compile is True
+    if use_compile and cpu_compiler() is None:
+        use_compile = False
+        why += f"; train.compile is true, but torch.compile on CPU needs a C++ compiler ({_cxx()} not found): eager"
+    return Placement(torch.device("cpu"), precision, compile=use_compile, threads=threads, why=why)
+
+
+def _cxx() -> str:
+    return os.environ.get("CXX", "g++")  # what torch inductor looks for on Linux
+
+
+def cpu_compiler() -> str | None:
+    """The C++ compiler torch.compile (inductor) builds CPU kernels with, if there is one."""
+    return shutil.which(_cxx())
 
 
 def cuda_precision(requested: str, capability: tuple[int, int], name: str) -> str:

@@ -14,7 +14,6 @@ import time
 import numpy as np
 import torch
 
-from model.gpt import GPT
 from runtime.spec import EvalSpec, ValSet
 from trainer.data import Batches, evenly_spaced
 from trainer.device import Placement
@@ -22,7 +21,7 @@ from trainer.tokenfile import check_windows, open_part
 
 
 @torch.no_grad()
-def mean_loss(model: GPT, placement: Placement, batches: Batches, windows: np.ndarray, micro_batch: int) -> float:
+def mean_loss(model: torch.nn.Module, placement: Placement, batches: Batches, windows: np.ndarray, micro_batch: int) -> float:
     """Mean next-token loss over the targets of the given windows of a part: every token
     of a text part, the responses of an instruction part (so an instruction stage's
     validation loss is the response loss)."""
@@ -41,7 +40,7 @@ def mean_loss(model: GPT, placement: Placement, batches: Batches, windows: np.nd
     return total / max(count, 1)
 
 
-def score(model: GPT, placement: Placement, sets: list[ValSet], windows: int, micro_batch: int) -> dict:
+def score(model: torch.nn.Module, placement: Placement, sets: list[ValSet], windows: int, micro_batch: int) -> dict:
     """{set name: {loss, ppl, windows}} for every validation set."""
     out = {}
     for s in sets:
@@ -54,7 +53,7 @@ def score(model: GPT, placement: Placement, sets: list[ValSet], windows: int, mi
     return out
 
 
-def complete_prompts(model: GPT, spec: EvalSpec) -> list[dict]:
+def complete_prompts(model: torch.nn.Module, spec: EvalSpec) -> list[dict]:
     """The fixed prompts, completed (greedy at temperature 0)."""
     if not spec.prompts or spec.tokenizer is None:
         return []
@@ -67,7 +66,7 @@ def complete_prompts(model: GPT, spec: EvalSpec) -> list[dict]:
             for p in spec.prompts]
 
 
-def evaluate(model: GPT, placement: Placement, spec: EvalSpec, micro_batch: int) -> dict:
+def evaluate(model: torch.nn.Module, placement: Placement, spec: EvalSpec, micro_batch: int) -> dict:
     started = time.monotonic()
     result = {"sets": score(model, placement, spec.sets, spec.windows, micro_batch),
               "samples": complete_prompts(model, spec)}

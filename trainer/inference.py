@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from model.build import build
 from model.config import config_from_dict
-from model.gpt import GPT, generate
+from model.generate import generate, param_device
 from runtime import chat as chatfmt
 from runtime.checkpoint import CheckpointMeta, read_meta, verify
 from runtime.errors import UserError
@@ -24,14 +25,14 @@ from trainer import checkpoint
 from trainer.errors import BadInput
 
 
-def load_model(folder: Path, device: torch.device, *, verified: bool = False) -> tuple[GPT, CheckpointMeta]:
+def load_model(folder: Path, device: torch.device, *, verified: bool = False) -> tuple[torch.nn.Module, CheckpointMeta]:
     """The checkpoint's model in eval mode; verified against its manifest first unless the
     caller just did (`verified`: hashing a large checkpoint twice costs seconds)."""
     verdict = verify(folder, checksums=not verified)
     if not verdict.ok:
         raise UserError(f"{folder}: not a usable checkpoint: {verdict.reason}")
     meta = read_meta(folder)
-    model = GPT(config_from_dict(meta.model))
+    model = build(config_from_dict(meta.model))  # no family in meta.model: gpt2, as it was made
     try:
         model.load_state_dict(checkpoint._load(folder / "model.pt", "cpu"))
     except BadInput as e:
@@ -66,13 +67,13 @@ def stop_ids(sp, chat: bool = False) -> frozenset[int]:
     return chat_ids(sp).stops if chat else frozenset({sp.eos_id()})
 
 
-def completions(model: GPT, sp, prompt: str, max_tokens: int, temperature: float, top_k: int | None,
+def completions(model: torch.nn.Module, sp, prompt: str, max_tokens: int, temperature: float, top_k: int | None,
                 top_p: float | None = None, repetition_penalty: float = 1.0, seed: int = 0, chat: bool = False,
                 system: str | None = None):
     """Yield the text generated after `prompt` as it grows (whole-sequence decodes: byte-fallback
     pieces only form characters together); stops at a document end, or with `chat` at the end
     of the assistant's turn."""
-    device = model.wte.weight.device
+    device = param_device(model)
     idx = torch.tensor([prompt_ids(sp, prompt, chat, system)], dtype=torch.long, device=device)
     stops = stop_ids(sp, chat)
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -85,7 +86,7 @@ def completions(model: GPT, sp, prompt: str, max_tokens: int, temperature: float
         yield sp.decode(new)
 
 
-def complete(model: GPT, sp, prompt: str, max_tokens: int, temperature: float, top_k: int | None,
+def complete(model: torch.nn.Module, sp, prompt: str, max_tokens: int, temperature: float, top_k: int | None,
              seed: int = 0, chat: bool = False, system: str | None = None) -> str:
     grown = completions(model, sp, prompt, max_tokens, temperature, top_k, seed=seed, chat=chat, system=system)
     last = deque(grown, maxlen=1)  # each yield is the whole text so far: keep the last
@@ -93,13 +94,13 @@ def complete(model: GPT, sp, prompt: str, max_tokens: int, temperature: float, t
 
 
 @torch.no_grad()
-def answer_loss(model: GPT, sp, prompt: str, expected: str, chat: bool = False, system: str | None = None) -> float:
+def answer_loss(model: torch.nn.Module, sp, prompt: str, expected: str, chat: bool = False, system: str | None = None) -> float:
     """Mean loss of the expected answer's tokens, given the prompt; with `chat`, the answer
     is the assistant's turn and its end-of-turn token is scored too, as in training."""
     answer = sp.encode(expected) + ([chat_ids(sp).end_of_turn] if chat else [])
     ids = (prompt_ids(sp, prompt, chat, system) + answer)[-(model.config.block_size + 1):]
     scored = min(len(answer), len(ids) - 1)
-    x = torch.tensor([ids[:-1]], device=model.wte.weight.device)
+    x = torch.tensor([ids[:-1]], device=param_device(model))
     logits, _ = model(x)
     targets = torch.tensor(ids[1:], device=x.device)
     return F.cross_entropy(logits[0, -scored:].float(), targets[-scored:]).item()

@@ -25,6 +25,7 @@ from trainer.data import Batches, WindowOrder
 from trainer.device import Placement
 from trainer.distributed import Ranks, no_sync
 from trainer.errors import NonFiniteLoss
+from trainer import optim
 from trainer.lr import lr_multiplier
 
 
@@ -72,6 +73,10 @@ class Trainer:
         self.ranks = ranks or Ranks()
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
         self.window_tokens = batches.block_size  # predicted tokens per window
+        self.step_tokens = self.round_windows * self.train.grad_accum * self.window_tokens
+        """Tokens of a whole optimizer step (sizes the default warmup)."""
+        self.adamw_lr = self.train.adamw_lr(optim.kind_of(optimizer))
+        """The rate reported as the step's lr: AdamW's (all of it, or the embeddings' under Muon)."""
         self.uses_rng = any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
         # Simulated failures for tests (runtime.faults); None in normal use.
         self.fault_oom_above = faults.setting("OOM_ABOVE_MICRO_BATCH")
@@ -112,11 +117,11 @@ class Trainer:
         if n_micro == 0:
             return None
         tokens = n_micro * self.round_windows * self.window_tokens
-        lr = self.train.lr * self.spec.lr_scale * lr_multiplier(
-            p.global_tokens + tokens, self.spec.chain_total_tokens, self.train
-        )
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        factor = self.spec.lr_scale * lr_multiplier(p.global_tokens + tokens, self.spec.chain_total_tokens,
+                                                    self.train, self.step_tokens)
+        for group in self.optimizer.param_groups:  # each group's own peak (Muon's, AdamW's)
+            group["lr"] = group["peak_lr"] * factor
+        lr = self.adamw_lr * factor
 
         if self.fault_oom_above is not None and mb > self.fault_oom_above:
             raise torch.OutOfMemoryError(f"simulated out of memory at micro_batch {mb}")
@@ -133,7 +138,9 @@ class Trainer:
             x, y = self.batches.get(windows[first : first + mb])
             with no_sync(self.model, last=i == n_micro - 1):
                 with self.placement.autocast():
-                    _, loss = self.model(x, y)
+                    # Only the loss is kept: the logits (B, T, V) are freed before the backward
+                    # pass, a quarter of the output layer's memory (trainer.memory).
+                    loss = self.model(x, y)[1]
                 loss = loss / divisors[i]
                 self.scaler.scale(loss).backward()
             loss_sum += loss.detach()

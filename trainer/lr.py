@@ -5,6 +5,14 @@ step), a part resumed, retried or appended continues the same curve: appending p
 never restarts warmup. With warmup-stable-decay the rate stays at its peak until the
 final `decay_fraction` of the chain, so parts queued before the decay starts cost
 nothing; the total is frozen into each part's spec when the part starts.
+
+The warmup is sized from the chain and the step when train.warmup_tokens is unset:
+warmup_fraction of the chain's tokens, but at least WARMUP_MIN_STEPS optimizer steps (a
+1M-token chain still warms up over a few steps, not over nothing) and at most
+WARMUP_MAX_STEPS (a 10B-token chain does not spend 200M tokens warming up; Muon and
+AdamW with bias correction need only a few hundred steps). The tokens of a step
+(micro_batch x grad_accum x gpus x block_size) do not change within a chain: the daemon's
+out-of-memory halving keeps micro_batch x grad_accum.
 """
 
 from __future__ import annotations
@@ -13,26 +21,38 @@ import math
 
 from runtime.spec import TrainConfig
 
+WARMUP_MIN_STEPS = 10
+WARMUP_MAX_STEPS = 1000
 
-def lr_multiplier(tokens: int, total: int, cfg: TrainConfig) -> float:
+
+def warmup_tokens(cfg: TrainConfig, total: int, step_tokens: int) -> int:
+    """The warmup's length in chain tokens: train.warmup_tokens, or sized from the chain."""
+    if cfg.warmup_tokens is not None:
+        return cfg.warmup_tokens
+    wanted = cfg.warmup_fraction * total
+    return int(min(max(wanted, WARMUP_MIN_STEPS * step_tokens), WARMUP_MAX_STEPS * step_tokens))
+
+
+def lr_multiplier(tokens: int, total: int, cfg: TrainConfig, step_tokens: int) -> float:
     """Factor in [min_lr_ratio, 1] (below it only in warmup) at `tokens` trained so far.
 
     `tokens` is counted at the end of the step being taken, so the first step of the
-    chain has a non-zero rate.
+    chain has a non-zero rate. `step_tokens`: tokens in one optimizer step (sizes the
+    default warmup).
     """
-    if cfg.warmup_tokens and tokens < cfg.warmup_tokens:
-        return tokens / cfg.warmup_tokens
+    warmup = warmup_tokens(cfg, total, step_tokens)
+    if warmup and tokens < warmup:
+        return tokens / warmup
     if cfg.lr_schedule == "constant":
         return 1.0
     floor = cfg.min_lr_ratio
     if cfg.lr_schedule == "cosine":
-        span = max(total - cfg.warmup_tokens, 1)
-        progress = min(max((tokens - cfg.warmup_tokens) / span, 0.0), 1.0)
+        span = max(total - warmup, 1)
+        progress = min(max((tokens - warmup) / span, 0.0), 1.0)
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
     # wsd: flat, then linear to the floor over the last decay_fraction of the chain
-    decay_start = max(total * (1 - cfg.decay_fraction), cfg.warmup_tokens)
+    decay_start = max(total * (1 - cfg.decay_fraction), warmup)
     if tokens <= decay_start:
         return 1.0
     progress = min((tokens - decay_start) / max(total - decay_start, 1), 1.0)
     return 1.0 - (1 - floor) * progress
-

@@ -60,14 +60,16 @@ def restore(spec: WorkerSpec, resume: Path | None, model, optimizer, scaler, dev
     """Load `resume` (the part's own checkpoint, from find()), else the chain's starting
     checkpoint, else keep the fresh weights; set the generators to match."""
     model_cfg = model.config.to_dict()
+    kind = optim.kind_of(optimizer)
     if resume:
         meta = checkpoint.load_weights(resume, model, device, model_cfg)
         if meta.part_id != spec.part_id:
             raise BadInput(f"{resume}: belongs to part {meta.part_id}, not {spec.part_id}; this work dir is another "
                            "part's")
-        checkpoint.load_optimizer(resume, optimizer, scaler, device)
+        if not checkpoint.load_optimizer(resume, optimizer, scaler, device, kind):
+            raise BadInput(f"{resume}: holds another optimizer's state than {kind}, which this part started with")
         checkpoint.load_rng(resume, meta, device)
-        optim.apply_config(optimizer, spec.train)
+        optim.apply_config(optimizer, model, spec.train)
         log.info("resuming from %s: step %d, cursor %d, %d tokens", resume.name, meta.step, meta.cursor,
                  meta.part_tokens)
         return Start(Progress(meta.step, meta.cursor, meta.part_tokens, meta.global_tokens, meta.loss, meta.done),
@@ -77,8 +79,11 @@ def restore(spec: WorkerSpec, resume: Path | None, model, optimizer, scaler, dev
         if not verdict.ok:
             raise BadInput(f"{spec.init_checkpoint}: the starting checkpoint is damaged: {verdict.reason}")
         meta = checkpoint.load_weights(spec.init_checkpoint, model, device, model_cfg)
-        checkpoint.load_optimizer(spec.init_checkpoint, optimizer, scaler, device)
-        optim.apply_config(optimizer, spec.train)
+        if checkpoint.load_optimizer(spec.init_checkpoint, optimizer, scaler, device, kind):
+            optim.apply_config(optimizer, model, spec.train)
+        else:
+            log.warning("the starting checkpoint holds another optimizer's state; %s starts with fresh moments "
+                        "(train.optimizer changed)", kind)
         if meta.global_tokens != spec.token_offset:
             log.warning("starting checkpoint has %d global tokens, the spec says %d; using the spec",
                         meta.global_tokens, spec.token_offset)

@@ -20,7 +20,7 @@ from runtime.checkpoint import CheckpointMeta
 from runtime.paths import WorkPaths
 from runtime.spec import WorkerSpec
 from runtime.workerfiles import Phase
-from trainer import checkpoint
+from trainer import checkpoint, optim
 from trainer.disk import checkpoint_bytes, free_bytes
 from trainer.loop import Progress
 from trainer.metrics import Metrics
@@ -96,7 +96,8 @@ class Saver:
         with self.files.phase_while(Phase.SAVING):
             started = time.monotonic()
             path = checkpoint.save(self.work.checkpoints, p.step, model=self.model, optimizer=self.optimizer,
-                                   scaler=self.scaler, meta=self._meta(p, done, val_loss))
+                                   scaler=self.scaler, meta=self._meta(p, done, val_loss),
+                                   optimizer_kind=optim.kind_of(self.optimizer))
             checkpoint.prune(self.work.checkpoints, self.spec.train.keep_checkpoints)
             self.last_step, self.last_time, self.since = p.step, time.time(), time.monotonic()
             log.info("checkpoint %s written in %.2fs", path.name, time.monotonic() - started)

@@ -11,11 +11,12 @@ from pathlib import Path
 import torch
 
 from model.config import ConfigError, GPTConfig, config_from_dict
-from model.gpt import GPT
+from model.build import build as build_model
 from runtime.paths import WorkPaths
 from runtime.spec import WorkerSpec
 from runtime.workerfiles import Phase
-from trainer import device, optim, resume
+from runtime.checkpoint import read_meta
+from trainer import device, memory, optim, resume
 from trainer.data import Batches, WindowOrder, derive_seed
 from trainer.device import Placement
 from trainer.distributed import Ranks
@@ -29,8 +30,10 @@ log = logging.getLogger("worker")
 
 @dataclass
 class Session:
+    spec: WorkerSpec
+    """The part's spec with the micro-batch the memory plan chose (what checkpoints record)."""
     placement: Placement
-    model: GPT
+    model: torch.nn.Module
     """The network itself (saved, evaluated); the trainer may hold it compiled or wrapped in DDP."""
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
@@ -54,7 +57,7 @@ def build(spec: WorkerSpec, ranks: Ranks, work: WorkPaths, files: WorkerFiles) -
     files.beat(force=True)
 
     torch.manual_seed(derive_seed(train.seed, "init"))  # the chain's initial weights
-    model = GPT(cfg).to(placement.device)
+    model = build_model(cfg).to(placement.device)
     optimizer = optim.build(model, train, placement.device)
     scaler = torch.amp.GradScaler(placement.device.type, enabled=placement.use_scaler)
     found = resume.find(work, spec) if ranks.main else None  # rank 0 alone may quarantine
@@ -64,12 +67,67 @@ def build(spec: WorkerSpec, ranks: Ranks, work: WorkPaths, files: WorkerFiles) -
         resume.truncate_metrics(work, start.progress.step)
     files.beat(force=True)
 
-    trained = torch.compile(model) if placement.compile else model
+    spec = fit_memory(spec, model, optimizer, placement, start.resumed_from, ranks)
+    trained = compiled(model) if placement.compile else model
     trained = ranks.wrap(trained, placement.device)
     order = WindowOrder(part.n_windows, spec.epochs, train.seed, spec.part_id, spec.skip_windows)
     batches = Batches(part, cfg.block_size, placement.device)
     trainer = Trainer(spec, placement, trained, optimizer, scaler, order, batches, start.progress, ranks)
-    return Session(placement, model, optimizer, scaler, trainer, val, start.resumed_from)
+    return Session(spec, placement, model, optimizer, scaler, trainer, val, start.resumed_from)
+
+
+def fit_memory(spec: WorkerSpec, model: torch.nn.Module, optimizer, placement: Placement,
+               resumed_from: Path | None, ranks: Ranks) -> WorkerSpec:
+    """The spec with the micro-batch (and activation checkpointing) this device's memory allows.
+
+    A part resumed from its own checkpoint starts from that checkpoint's micro-batch, so
+    that it computes exactly what it did before it stopped (the effective batch is the same)."""
+    train = spec.train
+    micro, accum = train.micro_batch, train.grad_accum
+    if resumed_from is not None:
+        meta = read_meta(resumed_from)
+        if meta.micro_batch * meta.grad_accum == micro * accum and meta.micro_batch < micro:
+            micro, accum = meta.micro_batch, meta.grad_accum
+    checkpointing = False
+    if train.fit_memory:
+        on_gpu = placement.device.type == "cuda"
+        budget = memory_budget(train, placement)
+        chosen = memory.plan(model.config, budget, micro, accum, placement.precision, on_gpu,
+                             optim.kind_of(optimizer))
+        if (chosen.micro_batch, chosen.checkpointing) != (micro, False) or not chosen.fits:
+            log.warning("memory: micro_batch %d does not fit; %s", micro, chosen.describe())
+        else:
+            log.info("memory: %s", chosen.describe())
+        micro, accum, checkpointing = chosen.micro_batch, chosen.grad_accum, chosen.checkpointing
+    if ranks.on:  # every rank takes rank 0's plan (its windows must be the same)
+        product, micro = micro * accum, ranks.share(micro)
+        accum, checkpointing = product // micro, bool(ranks.share(int(checkpointing)))
+    model.checkpointing = checkpointing
+    if (micro, accum) == (train.micro_batch, train.grad_accum):
+        return spec
+    return spec.model_copy(update={"train": train.model_copy(update={"micro_batch": micro, "grad_accum": accum})})
+
+
+def memory_budget(train, placement: Placement) -> int:
+    """Bytes this process may plan for: train.memory_gb, or the device's free memory plus
+    what this process holds already (the CUDA context and the model's weights)."""
+    if train.memory_gb:
+        return int(train.memory_gb * 2**30)
+    if placement.device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(placement.device)
+        return free + torch.cuda.memory_reserved(placement.device) + memory.CUDA_CONTEXT_BYTES
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
+def compiled(model: torch.nn.Module) -> torch.nn.Module:
+    """torch.compile, falling back to eager (with a logged warning) where compiling fails: a
+    C++ compiler that cannot build inductor's CPU kernels, a graph it cannot capture."""
+    import torch._dynamo
+
+    torch._dynamo.config.suppress_errors = True
+    return torch.compile(model)
 
 
 def model_config(spec: WorkerSpec) -> GPTConfig:

@@ -79,6 +79,7 @@ class Worker:
             self.claim()
             self.files.beat(force=True)
             session = setup.build(self.spec, self.ranks, self.work, self.files)
+            self.spec = session.spec  # with the micro-batch the memory plan chose
             if self.ranks.main:
                 self.metrics.open_tensorboard(self.spec.eval.tensorboard_dir if self.spec.eval else None)
             code = Training(self, session).run()
@@ -325,8 +326,9 @@ def run(worker: Worker, spec: WorkerSpec) -> int:
         return EXIT_NONFINITE
     except Exception as e:
         if _is_oom(e):
-            log.error("out of memory at micro_batch %d: %s", spec.train.micro_batch, str(e).splitlines()[0])
-            worker.report(ErrorReport(kind="oom", message=str(e).splitlines()[0], micro_batch=spec.train.micro_batch))
+            micro = worker.spec.train.micro_batch  # the one it ran with (the memory plan's)
+            log.error("out of memory at micro_batch %d: %s", micro, str(e).splitlines()[0])
+            worker.report(ErrorReport(kind="oom", message=str(e).splitlines()[0], micro_batch=micro))
             return EXIT_OOM
         log.error("worker failed:\n%s", traceback.format_exc())
         worker.report(ErrorReport(kind="error", message=f"{type(e).__name__}: {e}"))

@@ -55,9 +55,11 @@ class ChainPlan:
     path: Path
     parts: list[PartPlan]
     model: dict
-    """Resolved model.config.GPTConfig fields."""
+    """Resolved model.config.GPTConfig fields (for a new chain; follow_chain() adopts an existing chain's family)."""
     tokenizer_sha256: str | None
     tokenizer_path: Path | None = None
+    vocab_size: int = 0
+    """The tokenizer's vocabulary, from the manifests (0: no manifest read)."""
     _index: dict[str, PartPlan] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -86,6 +88,17 @@ class ChainPlan:
                 used.update(range(train.gpus))  # rank r trains on cuda:r
         return sorted(used)
 
+    def follow_chain(self, family: str) -> None:
+        """A schedule that names no family keeps the one its chain started with: resolve the
+        model again in that family (ScheduleError if the section does not fit it)."""
+        if "family" in self.schedule.model or self.model.get("family") == family:
+            return
+        errors: list[str] = []
+        model = resolve_model(self.schedule, self.vocab_size, [], errors, family)
+        if errors:
+            raise ScheduleError(self.path, [f"{e} (this chain trains the {family} family)" for e in errors])
+        self.model = model
+
     def lr_total_tokens(self) -> int:
         return self.schedule.train.total_tokens or max(self.planned_tokens(), 1)
 
@@ -95,7 +108,7 @@ class ChainPlan:
         m = self.model
         n = config_from_dict(m).n_params()
         count = f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"
-        return (f"{count} parameters ({m['n_layer']} layers, {m['n_head']} heads, "
+        return (f"{m['family']} family, {count} parameters ({m['n_layer']} layers, {m['n_head']} heads, "
                 f"{m['n_embd']} wide, context {m['block_size']}, vocabulary {m['vocab_size']})")
 
 
@@ -215,27 +228,9 @@ class _Resolver:
                                    "prepare every part with one tokenizer")
         return want, tpath
 
-    def model(self) -> dict:
-        from model.config import ConfigError, config_from_dict, padded_vocab  # torch-free
+    def vocab(self) -> int:
+        return max((m.tokenizer.vocab_size for m in self.manifests.values()), default=0)
 
-        raw = dict(self.schedule.model)
-        vocab = max((m.tokenizer.vocab_size for m in self.manifests.values()), default=0)
-        if "vocab_size" not in raw:
-            raw["vocab_size"] = padded_vocab(vocab or 64)
-        try:
-            cfg = config_from_dict(raw)
-        except ConfigError as e:
-            self.errors.append(str(e))
-            return {}
-        if vocab > cfg.vocab_size:
-            self.errors.append(f"model.vocab_size: {cfg.vocab_size} is smaller than the tokenizer's "
-                               f"vocabulary ({vocab}); leave it unset to take the tokenizer's")
-        for mpath, m in self.manifests.items():
-            if m.block_size < cfg.block_size or (m.instruction and m.block_size != cfg.block_size):
-                what = " as instruction data (its windows and loss mask fit one block size)" if m.instruction else ""
-                self.errors.append(f"model.block_size: {cfg.block_size}, but {mpath} was prepared{what} for "
-                                   f"{m.block_size}; prepare again with --block-size {cfg.block_size}")
-        return cfg.to_dict()
 
     def instruction_data(self) -> None:
         """An instruction manifest's masks are on disk with one byte per token, and its chat
@@ -262,6 +257,31 @@ class _Resolver:
                                        f"{info.file}); prepare the directory again")
 
 
+def resolve_model(schedule: Schedule, vocab: int, manifests: list[tuple[Path, TokenManifest]], errors: list[str],
+                  chain_family: str | None = None) -> dict:
+    """The schedule's model section resolved (model.config.schedule_config picks the family);
+    problems are appended to `errors`."""
+    from model.config import ConfigError, padded_vocab, schedule_config  # torch-free
+
+    raw = dict(schedule.model)
+    if "vocab_size" not in raw:
+        raw["vocab_size"] = padded_vocab(vocab or 64)
+    try:
+        cfg = schedule_config(raw, chain_family)
+    except ConfigError as e:
+        errors.append(str(e))
+        return {}
+    if vocab > cfg.vocab_size:
+        errors.append(f"model.vocab_size: {cfg.vocab_size} is smaller than the tokenizer's "
+                      f"vocabulary ({vocab}); leave it unset to take the tokenizer's")
+    for mpath, m in manifests:
+        if m.block_size < cfg.block_size or (m.instruction and m.block_size != cfg.block_size):
+            what = " as instruction data (its windows and loss mask fit one block size)" if m.instruction else ""
+            errors.append(f"model.block_size: {cfg.block_size}, but {mpath} was prepared{what} for "
+                          f"{m.block_size}; prepare again with --block-size {cfg.block_size}")
+    return cfg.to_dict()
+
+
 def resolve(schedule: Schedule, path: Path) -> ChainPlan:
     """Expand every stage into parts and check them against each other; ScheduleError lists all problems."""
     r = _Resolver(schedule, path)
@@ -275,8 +295,8 @@ def resolve(schedule: Schedule, path: Path) -> ChainPlan:
                             "unique within a stage")
         seen[p.id] = p
     sha, tpath = r.tokenizer()
-    model = r.model()
+    model = resolve_model(schedule, r.vocab(), list(r.manifests.items()), r.errors)
     r.instruction_data()
     if r.errors:
         raise ScheduleError(path, r.errors)
-    return ChainPlan(schedule, path.resolve(), parts, model, sha, tpath)
+    return ChainPlan(schedule, path.resolve(), parts, model, sha, tpath, vocab_size=r.vocab())

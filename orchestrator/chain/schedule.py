@@ -113,8 +113,9 @@ class Stage(BaseModel):
     epochs: int = Field(1, ge=1)
     """Passes over each part (a small domain corpus may want several)."""
     train: TrainConfig | None = None
-    """Overrides of the top-level `train` for this stage's parts, except the chain-wide fields (`lr_schedule`,
-    `warmup_tokens`, `decay_fraction`, `total_tokens`, `seed`)."""
+    """Overrides of the top-level `train` for this stage's parts, except the chain-wide fields that shape the
+    learning-rate curve (`lr_schedule`, `warmup_tokens`, `warmup_fraction`, `decay_fraction`, `total_tokens`,
+    `seed`)."""
 
     @field_validator("name")
     @classmethod
@@ -137,9 +138,12 @@ class Schedule(BaseModel):
     """The chain's name (letters, digits, `.`, `_`, `-`); the run directory defaults to runs/<name>/ beside this
     file."""
     model: dict[str, Any]
-    """The network: a preset ('tiny', 'mini', 'small', 'gpt2') and/or n_layer, n_head, n_embd,
-    block_size, vocab_size (default: the tokenizer's, rounded up to a multiple of 64),
-    dropout, bias."""
+    """The network: a family ('llama', the default for a new chain, or 'gpt2'), a preset
+    ('tiny', 'mini', 'small', 'gpt2') and/or n_layer, n_head, n_embd, block_size,
+    vocab_size (default: the tokenizer's, rounded up to a multiple of 64), dropout; the
+    llama family's n_kv_head, intermediate_size, rope_theta, norm_eps, qk_norm,
+    tie_embeddings; the gpt2 family's bias. A chain keeps its family: an existing chain
+    whose schedule names none keeps the one it started with."""
     tokenizer: str | None = None
     """The SentencePiece model every part was made with: every manifest must name the same file hash."""
     train: TrainConfig = TrainConfig()
@@ -209,10 +213,10 @@ def load(path: Path) -> Schedule:
         raise ScheduleError(path, describe(e, Schedule)) from None
     except RecursionError:
         raise ScheduleError(path, ["nested too deeply to be a schedule"]) from None
-    from model.config import ConfigError, config_from_dict  # torch-free; imported only when checking
+    from model.config import ConfigError, schedule_config  # torch-free; imported only when checking
 
     try:
-        config_from_dict({"vocab_size": 64, **schedule.model})  # vocab comes from the data if unset
+        schedule_config({"vocab_size": 64, **schedule.model})  # vocab comes from the data if unset
     except ConfigError as e:
         raise ScheduleError(path, [str(e)]) from None
     return schedule
@@ -220,13 +224,15 @@ def load(path: Path) -> Schedule:
 
 def json_schema() -> dict[str, Any]:
     """The schedule's JSON Schema, with the model section spelled out for editors."""
-    from model.config import FIELDS, PRESETS, GPTConfig
+    from model.config import FAMILIES, FIELDS, PRESETS, GPTConfig
 
     schema = Schedule.model_json_schema()
-    types = {"int": "integer", "float": "number", "bool": "boolean"}
+    types = {"int": "integer", "float": "number", "bool": "boolean", "str": "string"}
     props = {"preset": {"enum": list(PRESETS), "description": "Start from a preset; fields below override it."}}
     for f in GPTConfig.__dataclass_fields__.values():
-        props[f.name] = {"type": types[f.type]}
+        kind = types[f.type.split(" | ")[0]]
+        props[f.name] = {"type": [kind, "null"] if f.type.endswith("| None") else kind}
+    props["family"]["enum"] = list(FAMILIES)
     schema["properties"]["model"] = {
         "type": "object", "additionalProperties": False, "properties": props,
         "description": Schedule.model_fields["model"].description,

@@ -25,17 +25,20 @@ CORPUS = Path(__file__).resolve().parent.parent / "demo_corpus"
 WIKI = CORPUS / "enwiki-excerpt-pages-articles.xml.bz2"
 DOMAIN = CORPUS / "en-jargon-file-excerpt.txt.gz"
 
+# The recipe is the default one (no family, optimizer or learning rate named: the llama
+# family, Muon + AdamW, warmup and decay sized from the chain); only the batch is chosen,
+# small, so that a few hundred thousand tokens are enough optimizer steps.
 SCHEDULE = {
     "name": "demo",
     "model": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 128},
     "tokenizer": "tokenizer/demo.model",
-    "train": {"micro_batch": 16, "grad_accum": 1, "lr": 2e-3, "warmup_tokens": 20000, "decay_fraction": 0.3,
-              "checkpoint_interval_s": 30, "heartbeat_interval_s": 1, "eval_windows": 16},
+    "train": {"micro_batch": 16, "grad_accum": 1, "checkpoint_interval_s": 30, "heartbeat_interval_s": 1,
+              "eval_windows": 16},
     "supervisor": {"progress_log_s": 10},
     "eval": {"every_parts": 1, "windows": 32, "prompts": ["The hacker", "In computing, a"], "max_tokens": 24},
     "stages": [
         {"name": "wikipedia", "parts": ["data/wiki"]},
-        {"name": "jargon", "parts": ["data/jargon"], "train": {"lr": 1e-3}},
+        {"name": "jargon", "parts": ["data/jargon"]},
     ],
 }
 

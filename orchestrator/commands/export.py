@@ -5,7 +5,7 @@ model where people run models.
           standard architecture, model.safetensors, generation_config.json, tokenizer.json
           and friends (model.export)
     gguf  one .gguf file for llama.cpp, Ollama and LM Studio, and an Ollama Modelfile
-    pt    this project's own files: model.pt (a state dict of tensors for model.gpt.GPT,
+    pt    this project's own files: model.pt (a state dict of tensors for model.build.build(config),
           torch.load(..., weights_only=True)), config.json, tokenizer.model
 
 Every format writes README.md naming the checkpoint (part, tokens, validation losses).
@@ -117,7 +117,7 @@ def _write_pt(stage: Path, folder: Path, meta: CheckpointMeta, tokenizer: Path |
     atomic_write_json(stage / "config.json", {
         "model": meta.model, "part": meta.part_id, "global_tokens": meta.global_tokens, "loss": meta.loss,
         "val_loss": meta.val_loss, "tokenizer_sha256": meta.tokenizer_sha256, "checkpoint": str(folder),
-        "load": "GPT(model.config.config_from_dict(config['model'])).load_state_dict("
+        "load": "model.build.build(model.config.config_from_dict(config['model'])).load_state_dict("
                 "torch.load('model.pt', weights_only=True))",
     })
     from model.config import config_from_dict  # torch-free, as is the card

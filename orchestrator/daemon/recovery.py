@@ -75,13 +75,25 @@ def _check_renames(paths: RunPaths) -> None:
 
 
 def check_compatible(state: ChainState, plan: ChainPlan) -> None:
-    """A chain keeps one model shape and one tokenizer; UserError otherwise."""
-    if state.model and state.model != plan.model:
-        diff = ", ".join(f"{k} {state.model.get(k)!r} -> {plan.model.get(k)!r}"
-                         for k in sorted(set(state.model) | set(plan.model))
-                         if state.model.get(k) != plan.model.get(k))
-        raise UserError(f"{plan.path}: the model differs from the one this chain trains ({diff}); a chain "
-                        "keeps one model shape: restore the model section, or start a new run dir")
+    """A chain keeps one model (family and shape) and one tokenizer; UserError otherwise.
+
+    The chain's model may have been recorded by an older release (no family: gpt2), and a
+    schedule that names no family keeps the chain's (plan.follow_chain)."""
+    from model.config import normalized  # torch-free
+
+    if state.model:
+        chain = normalized(state.model)
+        plan.follow_chain(chain["family"])
+        if chain["family"] != plan.model["family"]:
+            raise UserError(f"{plan.path}: model.family is {plan.model['family']!r}, but this chain trains the "
+                            f"{chain['family']} family; a chain keeps one model: remove model.family (or set it "
+                            f"to {chain['family']!r}), or start a new run dir")
+        if chain != plan.model:
+            diff = ", ".join(f"{k} {chain.get(k)!r} -> {plan.model.get(k)!r}"
+                             for k in sorted(set(chain) | set(plan.model))
+                             if chain.get(k) != plan.model.get(k))
+            raise UserError(f"{plan.path}: the model differs from the one this chain trains ({diff}); a chain "
+                            "keeps one model: restore the model section, or start a new run dir")
     if state.tokenizer_sha256 and plan.tokenizer_sha256 and state.tokenizer_sha256 != plan.tokenizer_sha256:
         raise UserError(f"{plan.path}: the parts use a different tokenizer than the chain trained with; "
                         "a chain keeps one tokenizer")

@@ -281,9 +281,13 @@ class PartRunner:
             return
         spec = read_model(work.spec, WorkerSpec)
         train = spec.train if spec else self.plan.get(part.id).train
+        micro, accum = train.micro_batch, train.grad_accum
+        if error is not None and error.micro_batch and error.micro_batch < micro:
+            # The worker's memory plan ran a smaller micro-batch than the spec's: halve that one.
+            micro, accum = error.micro_batch, micro * accum // error.micro_batch
         progressed = self.newest_step(part.id) > self.launch_step
-        d = policy.decide(rc, result is not None, error, hung, progressed, part, train.micro_batch,
-                          train.grad_accum, self.plan.schedule.supervisor)
+        d = policy.decide(rc, result is not None, error, hung, progressed, part, micro, accum,
+                          self.plan.schedule.supervisor)
         if d.action == "promote" and not self.result_fits(part, result):
             self.set_aside_scratch(part, spec)
             part.status = PartStatus.PENDING

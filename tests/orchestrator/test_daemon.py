@@ -10,6 +10,7 @@ import socket
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.helpers import (
     assert_bitwise_equal,
@@ -67,6 +68,30 @@ def test_chain_of_two_stages_completes(reference):
     assert status["parts"][0]["checkpoint"] == "checkpoints/0001-wiki-part-000"
     assert status["daemon"]["state"] == "stopped" and status["current"] is None
     assert (reference.stat().st_mode & 0o777) == 0o700
+    # A new chain whose schedule names no family trains the default recipe: llama, Muon + AdamW.
+    assert state["model"]["family"] == "llama"
+    final = reference / "checkpoints" / "0006-domain-part-002"
+    assert json.loads((final / "meta.json").read_text())["model"]["family"] == "llama"
+    assert torch.load(final / "optim.pt", weights_only=True)["kind"] == "muon"
+
+
+def test_a_chain_of_the_previous_release_keeps_its_gpt2_model_and_adamw(tmp_path):
+    """state.json written before families existed: its model has no family. The same
+    schedule (no family named) is not refused, and the chain goes on in the gpt2 family."""
+    schedule = make_chain(tmp_path, parts=1, tokens=800)
+    run = tmp_path / "runs" / "chain"
+    run.mkdir(parents=True)
+    old = {"vocab_size": 64, "block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 32, "dropout": 0.0, "bias": False}
+    (run / "state.json").write_text(json.dumps({"name": "chain", "model": old, "schedule": {"path": str(schedule)}}))
+    proc = start_daemon(schedule, tmp_path / "daemon.log", "--exit-when-done")
+    assert proc.wait(timeout=300) == 0, (tmp_path / "daemon.log").read_text()[-3000:]
+    state = read_state(run)
+    assert [p["status"] for p in state["parts"]] == ["done", "done"] and state["model"] == old
+    for part in state["parts"]:
+        folder = run / part["checkpoint"]
+        assert json.loads((folder / "meta.json").read_text())["model"] == {**old, "family": "gpt2"}
+        assert torch.load(folder / "optim.pt", weights_only=True)["kind"] == "adamw"
+    assert "gpt2 family" in (run / "runtime.log").read_text()
 
 
 def test_workers_and_daemon_killed_repeatedly_end_bitwise_equal(reference, tmp_path):

@@ -119,11 +119,11 @@ def test_export_writes_a_loadable_model(chain, tmp_path):
     checkpoint = chain / read_state(chain)["latest_checkpoint"]
     out = cli("export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "export"), "--format", "pt")
     assert out.returncode == 0, out.stderr
+    from model.build import build
     from model.config import config_from_dict
-    from model.gpt import GPT
 
     config = json.loads((tmp_path / "export" / "config.json").read_text())
-    model = GPT(config_from_dict(config["model"]))
+    model = build(config_from_dict(config["model"]))
     model.load_state_dict(torch.load(tmp_path / "export" / "model.pt", weights_only=True))
     assert (tmp_path / "export" / "tokenizer.model").stat().st_size > 0
     assert config["part"] == "jargon/part-001"

@@ -23,7 +23,8 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     manifest = root / "data" / "manifest.json"
     sha = json.loads(manifest.read_text())["tokenizer"]["sha256"]
     spec = write_spec(root / "spec.json", manifest, "part-000", root / "work", tokenizer_sha256=sha,
-                      model={"vocab_size": 640, "block_size": 32, "n_layer": 2, "n_head": 2, "n_embd": 64},
+                      model={"family": "llama", "vocab_size": 640, "block_size": 32, "n_layer": 2, "n_head": 2,
+                             "n_embd": 64},
                       train={"micro_batch": 16, "grad_accum": 1, "eval_windows": 0})
     assert run_worker(spec, root / "worker.log") == 0, (root / "worker.log").read_text()[-2000:]
     return root / "work" / json.loads((root / "work" / "result.json").read_text())["checkpoint"], tok

@@ -127,7 +127,31 @@ def test_a_model_that_does_not_match_the_run_is_refused_and_nothing_is_touched(c
     before = (run / "state.json").read_text()
     err = refused("run", "--schedule", str(chain))
     assert "the model differs from the one this chain trains (n_layer 4 -> 2)" in err
+    assert "the model differs from the one this chain trains (n_layer 4 -> 2)" in refused("validate", str(chain))
     assert (run / "state.json").read_text() == before
+
+
+def test_no_family_named_means_llama_for_a_new_chain_and_the_chains_own_for_an_old_one(chain):
+    from orchestrator.chain.plan import resolve
+    from orchestrator.chain.schedule import load
+    from orchestrator.chain.state import ChainState, ScheduleState
+    from orchestrator.daemon.recovery import check_compatible
+    from runtime.errors import UserError
+
+    plan = resolve(load(chain), chain)
+    assert plan.model["family"] == "llama"
+    old = {"vocab_size": 64, "block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 32, "dropout": 0.0, "bias": False}
+    state = ChainState(name="chain", model=old, schedule=ScheduleState(path=str(chain)))
+    check_compatible(state, plan)  # the previous release's chain: not "model differs"
+    assert plan.model == {**old, "family": "gpt2"}
+    named = resolve(load(edit(chain, lambda r: r["model"].update(family="llama"))), chain)
+    with pytest.raises(UserError, match="model.family is 'llama', but this chain trains the gpt2 family"):
+        check_compatible(state, named)
+    qk = resolve(load(edit(chain, lambda r: r["model"].update(qk_norm=True))), chain)
+    with pytest.raises(UserError, match=r"model\.qk_norm: an option of the llama family.*this chain trains the gpt2"):
+        check_compatible(state, qk)
+    # A GPT-2 schedule of the previous release that sets bias is gpt2 for a new chain too.
+    assert resolve(load(edit(chain, lambda r: r["model"].update(bias=True))), chain).model["family"] == "gpt2"
 
 
 def test_schema_is_json_schema_with_descriptions():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,7 @@ from model.config import GPTConfig
 from model.gpt import GPT
 from runtime.spec import TrainConfig
 from trainer.data import WindowOrder
-from trainer.lr import lr_multiplier
+from trainer.lr import lr_multiplier, warmup_tokens
 from trainer.optim import param_groups
 
 SMALL = GPTConfig(vocab_size=96, block_size=24, n_layer=2, n_head=2, n_embd=32)
@@ -28,17 +30,36 @@ def test_weight_decay_only_on_matrices():
 
 def test_lr_curve_spans_the_chain():
     cfg = TrainConfig(warmup_tokens=1000, decay_fraction=0.2, min_lr_ratio=0.1)
-    total = 10_000
-    assert lr_multiplier(500, total, cfg) == pytest.approx(0.5)
-    assert lr_multiplier(1000, total, cfg) == 1.0
-    assert lr_multiplier(8000, total, cfg) == 1.0  # stable until the last 20%
-    assert lr_multiplier(9000, total, cfg) == pytest.approx(0.55)
-    assert lr_multiplier(10_000, total, cfg) == pytest.approx(0.1)
-    assert lr_multiplier(20_000, total, cfg) == pytest.approx(0.1)
+    total, step = 10_000, 100
+    assert lr_multiplier(500, total, cfg, step) == pytest.approx(0.5)
+    assert lr_multiplier(1000, total, cfg, step) == 1.0
+    assert lr_multiplier(8000, total, cfg, step) == 1.0  # stable until the last 20%
+    assert lr_multiplier(9000, total, cfg, step) == pytest.approx(0.55)
+    assert lr_multiplier(10_000, total, cfg, step) == pytest.approx(0.1)
+    assert lr_multiplier(20_000, total, cfg, step) == pytest.approx(0.1)
     # Appending parts (a larger total) leaves everything before the old decay unchanged.
-    assert all(lr_multiplier(t, total, cfg) == lr_multiplier(t, 2 * total, cfg) for t in range(0, 8001, 100))
+    assert all(lr_multiplier(t, total, cfg, step) == lr_multiplier(t, 2 * total, cfg, step)
+               for t in range(0, 8001, 100))
     cos = TrainConfig(warmup_tokens=0, lr_schedule="cosine", min_lr_ratio=0.0)
-    assert lr_multiplier(5000, total, cos) == pytest.approx(0.5)
+    assert lr_multiplier(5000, total, cos, step) == pytest.approx(0.5)
+
+
+def test_default_warmup_is_sized_from_the_chain_and_the_step():
+    cfg = TrainConfig()  # warmup_tokens unset: warmup_fraction of the chain, 10 to 1000 steps
+    step = 8 * 8 * 256
+    assert warmup_tokens(cfg, 1_000_000, 1024) == 20_000  # 2% of a 1M-token chain
+    assert warmup_tokens(cfg, 100_000, 1024) == 10 * 1024  # but never under 10 steps
+    assert warmup_tokens(cfg, 10_000_000_000, step) == 1000 * step  # nor over 1000 steps
+    assert lr_multiplier(10_000, 1_000_000, cfg, 1024) == pytest.approx(0.5)
+    assert lr_multiplier(600_000, 1_000_000, cfg, 1024) == 1.0  # leaves warmup: a 1M chain trains at its peak
+    assert TrainConfig(warmup_tokens=5).warmup_tokens == 5 and warmup_tokens(TrainConfig(warmup_tokens=5), 10**9, 1) == 5
+
+
+def test_optimizer_and_learning_rates_follow_the_family():
+    assert TrainConfig().optimizer_kind("llama") == "muon" and TrainConfig().optimizer_kind("gpt2") == "adamw"
+    assert TrainConfig(optimizer="muon").optimizer_kind("gpt2") == "muon"
+    assert TrainConfig().adamw_lr("adamw") == 6e-4 and TrainConfig().adamw_lr("muon") == 1e-2
+    assert TrainConfig(lr=3e-3).adamw_lr("muon") == 3e-3
 
 
 def test_window_order_is_a_deterministic_permutation_per_epoch():
@@ -101,3 +122,81 @@ def test_precision_follows_the_compute_capability():
     assert cuda_precision("fp16", (6, 1), "GTX 1050") == "fp16"  # on request, for memory
     with pytest.raises(BadInput, match="bf16 is only emulated on GTX 1050"):
         cuda_precision("bf16", (6, 1), "GTX 1050")
+
+
+def test_muon_groups_orthogonalized_updates_and_state_that_survives_a_round_trip():
+    from model.build import build
+    from model.config import config_from_dict
+    from trainer import optim
+    from trainer.muon import MuonAdamW, orthogonalize
+
+    g = torch.randn(3, 48, 16)
+    s = torch.linalg.svdvals(orthogonalize(g))
+    assert s.min() > 0.5 and s.max() < 1.3  # the quintic's band around 1 (not exactly 1: by design)
+
+    cfg = config_from_dict({"family": "llama", "vocab_size": 64, "block_size": 8, "n_layer": 2, "n_head": 2,
+                            "n_embd": 32, "tie_embeddings": False})
+    torch.manual_seed(0)
+    model = build(cfg)
+    train = TrainConfig(lr=1e-2, muon_lr=0.02)
+    opt = optim.build(model, train, torch.device("cpu"))
+    assert isinstance(opt, MuonAdamW)
+    names = {id(p): n for n, p in model.named_parameters()}
+    roles = {g["role"]: {names[id(p)] for p in g["params"]} for g in opt.param_groups}
+    assert all(n.endswith("_proj.weight") for n in roles["matrices"]) and len(roles["matrices"]) == 2 * 7
+    assert roles["embeddings"] == {"model.embed_tokens.weight"}
+    assert "lm_head.weight" in roles["output and gains"] and "model.norm.weight" in roles["output and gains"]
+    assert [g["peak_lr"] for g in opt.param_groups] == [0.02, 1e-2, 1e-2]
+
+    def one_step(o):
+        x = torch.randint(0, 64, (2, 8))
+        model(x, x)[1].backward()
+        o.step()
+        o.zero_grad(set_to_none=True)
+
+    torch.manual_seed(1)
+    one_step(opt)
+    state = copy.deepcopy(opt.state_dict())  # state_dict() holds the live tensors
+    assert {"momentum_buffer"} <= set().union(*(s.keys() for s in state["state"].values()))
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(2)
+    one_step(opt)
+    after = {k: v.clone() for k, v in model.state_dict().items()}
+    # Back to the saved point, through a new optimizer loaded from the state dict: the same step.
+    model.load_state_dict(weights)
+    again = optim.build(model, train, torch.device("cpu"))
+    again.load_state_dict(state)
+    optim.apply_config(again, model, train)
+    torch.manual_seed(2)
+    one_step(again)
+    assert all(torch.equal(after[k], v) for k, v in model.state_dict().items())
+
+
+def test_the_loop_scales_each_groups_own_peak_rate(tmp_path):
+    from pathlib import Path
+
+    from model.build import build
+    from model.config import config_from_dict
+    from runtime.spec import DataRef, WorkerSpec
+    from tests.helpers import make_token_dir
+    from trainer import optim
+    from trainer.data import Batches
+    from trainer.device import Placement
+    from trainer.loop import Progress, Trainer
+    from trainer.tokenfile import open_part
+
+    manifest = make_token_dir(tmp_path, parts=1, tokens=4000, val_tokens=0)
+    part = open_part(manifest, "part-000")
+    cfg = config_from_dict({"family": "llama", "vocab_size": 64, "block_size": 16, "n_layer": 1, "n_head": 2,
+                            "n_embd": 32})
+    train = TrainConfig(micro_batch=4, grad_accum=1, warmup_tokens=640, lr=1e-2, muon_lr=0.04)
+    spec = WorkerSpec(part_id="s/p", stage="s", work_dir=Path(tmp_path), data=DataRef(manifest=manifest, part="part-000"),
+                      model=cfg.to_dict(), train=train, chain_total_tokens=100_000, lr_scale=0.5)
+    model = build(cfg)
+    opt = optim.build(model, train, torch.device("cpu"))
+    trainer = Trainer(spec, Placement(torch.device("cpu"), "fp32", False, None, "test"), model, opt,
+                      torch.amp.GradScaler("cpu", enabled=False), WindowOrder(part.n_windows, 1, 0, "s/p"),
+                      Batches(part, 16, torch.device("cpu")), Progress())
+    r = trainer.step(lambda: False)  # 64 tokens of a 640-token warmup, halved by lr_scale
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.04 * 0.05, 1e-2 * 0.05, 1e-2 * 0.05])
+    assert r.lr == pytest.approx(1e-2 * 0.05)

@@ -12,9 +12,11 @@ import pytest
 import torch
 
 from runtime.atomic import atomic_write_json, read_json
-from runtime.checkpoint import step_dirs, verify
+from runtime.checkpoint import sha256_file, step_dirs, verify, write_manifest
 from runtime.workerfiles import EXIT_DONE, EXIT_ERROR, EXIT_NONFINITE, EXIT_STOPPED, Heartbeat, read_model
 from tests.helpers import (
+    TINY_GPT2,
+    TINY_MODEL,
     assert_bitwise_equal,
     make_instruction_dir,
     make_token_dir,
@@ -127,6 +129,42 @@ def test_sigterm_checkpoints_then_exits_75_and_resume_is_exact(data, reference, 
     assert_bitwise_equal(result_checkpoint(work), reference)
 
 
+def test_memory_plan_lowers_the_micro_batch_and_a_resume_keeps_the_checkpoints(tmp_path):
+    """A budget that holds 4 windows but not 8: the worker trains 4 x grad_accum 2 (the same
+    8 windows a step). Stopped, then resumed where the budget would allow 8, it keeps the
+    checkpoint's 4 and ends bitwise equal to an uninterrupted run at 4."""
+    from trainer.memory import MARGIN, need_bytes
+
+    small = make_token_dir(tmp_path / "data", parts=1, tokens=3000)
+    fits_four = need_bytes(TINY_MODEL, 4 * 2, "fp32", False).total / MARGIN / 2**30 * 0.999
+    assert need_bytes(TINY_MODEL, 4, "fp32", False).total / MARGIN / 2**30 < fits_four
+    tight = {"micro_batch": 8, "grad_accum": 1, "memory_gb": fits_four}
+    ref = write_spec(tmp_path / "ref.json", small, "part-000", tmp_path / "ref", train=tight)
+    assert run_worker(ref, tmp_path / "ref.log") == EXIT_DONE
+    assert "memory: micro_batch 8 does not fit; micro_batch 4 x grad_accum 2" in (tmp_path / "ref.log").read_text()
+    meta = read_json(result_checkpoint(tmp_path / "ref") / "meta.json")
+    assert (meta["micro_batch"], meta["grad_accum"]) == (4, 2)
+
+    work = tmp_path / "work"
+    spec = write_spec(tmp_path / "spec.json", small, "part-000", work, train=tight)
+    log = tmp_path / "worker.log"
+    proc = start_worker(spec, log)
+    wait_for(lambda: (hb := heartbeat(work)) and hb.step >= 5, what="step 5")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == EXIT_STOPPED
+    roomy = write_spec(tmp_path / "spec.json", small, "part-000", work, train={"micro_batch": 8, "grad_accum": 1})
+    assert run_worker(roomy, log) == EXIT_DONE
+    assert_bitwise_equal(result_checkpoint(work), result_checkpoint(tmp_path / "ref"))
+
+
+def test_compile_on_a_cpu_without_a_cpp_compiler_trains_eager_and_says_so(tmp_path):
+    small = make_token_dir(tmp_path / "data", parts=1, tokens=600)
+    spec = write_spec(tmp_path / "spec.json", small, "part-000", tmp_path / "work", train={"compile": True})
+    log = tmp_path / "worker.log"
+    assert run_worker(spec, log, extra_env={"CXX": "no-such-compiler-here"}) == EXIT_DONE, log.read_text()[-2000:]
+    assert "torch.compile on CPU needs a C++ compiler (no-such-compiler-here not found): eager" in log.read_text()
+
+
 def test_damaged_newest_checkpoint_is_quarantined_and_older_one_used(data, reference, tmp_path):
     work = tmp_path / "work"
     spec = write_spec(tmp_path / "spec.json", data, "part-000", work, train=FAST_CKPT)
@@ -174,9 +212,52 @@ def test_continues_from_a_starting_checkpoint(data, reference, tmp_path):
     assert run_worker(spec, tmp_path / "worker.log") == EXIT_DONE
     result = read_json(work / "result.json")
     assert result["global_tokens"] == offset + result["part_tokens"]
-    steps_before = torch.load(reference / "optim.pt", weights_only=True)["optimizer"]["state"][0]["step"]
-    steps_after = torch.load(result_checkpoint(work) / "optim.pt", weights_only=True)["optimizer"]["state"][0]["step"]
-    assert steps_after == steps_before + result["step"]  # optimizer state carried over
+    assert adamw_steps(reference) + result["step"] == adamw_steps(result_checkpoint(work))  # optimizer state carried
+
+
+def adamw_steps(folder: Path) -> int:
+    """The step count of AdamW's moments in a checkpoint (under Muon: the embeddings')."""
+    state = torch.load(folder / "optim.pt", weights_only=True)["optimizer"]["state"]
+    return int(next(s["step"] for s in state.values() if "step" in s))
+
+
+def make_old(folder: Path) -> None:
+    """Turn a gpt2-family checkpoint into one the previous release wrote: no family in its
+    meta.model, no optimizer kind, param groups without peak_lr and role; new checksums."""
+    meta = read_json(folder / "meta.json")
+    del meta["model"]["family"]
+    (folder / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    optim = torch.load(folder / "optim.pt", weights_only=True)
+    del optim["kind"]
+    for group in optim["optimizer"]["param_groups"]:
+        del group["peak_lr"], group["role"]
+    torch.save(optim, folder / "optim.pt")
+    files = {name: (sha256_file(folder / name), (folder / name).stat().st_size)
+             for name in ("model.pt", "optim.pt", "rng.pt", "meta.json")}
+    write_manifest(folder, meta["step"], files)
+
+
+def test_a_checkpoint_of_the_previous_release_continues_in_the_gpt2_family_with_its_adamw_state(tmp_path):
+    small = make_token_dir(tmp_path / "data", parts=2, tokens=1200)
+    first = write_spec(tmp_path / "a.json", small, "part-000", tmp_path / "a", model=dict(TINY_GPT2))
+    assert run_worker(first, tmp_path / "a.log") == EXIT_DONE, (tmp_path / "a.log").read_text()[-2000:]
+    old = result_checkpoint(tmp_path / "a")
+    make_old(old)
+    assert verify(old).ok and "family" not in read_json(old / "meta.json")["model"]
+    offset = read_json(old / "meta.json")["global_tokens"]
+    spec = write_spec(tmp_path / "b.json", small, "part-001", tmp_path / "b", model=dict(TINY_GPT2),
+                      init_checkpoint=str(old), token_offset=offset)
+    log = tmp_path / "b.log"
+    assert run_worker(spec, log) == EXIT_DONE, log.read_text()[-2000:]
+    assert "another optimizer" not in log.read_text()
+    new = result_checkpoint(tmp_path / "b")
+    assert adamw_steps(old) + read_json(tmp_path / "b" / "result.json")["step"] == adamw_steps(new)
+    assert read_json(new / "meta.json")["model"]["family"] == "gpt2"
+    # The same old checkpoint is no start for the llama family.
+    spec = write_spec(tmp_path / "c.json", small, "part-001", tmp_path / "c", model=dict(TINY_MODEL),
+                      init_checkpoint=str(old), token_offset=offset)
+    rc, out = _bad_run(tmp_path, spec)
+    assert rc == EXIT_ERROR and "made for a different model (the gpt2 family, the spec's is llama)" in out
 
 
 def test_nonfinite_loss_exits_91_naming_the_window(data, tmp_path):
@@ -227,7 +308,7 @@ def test_tokenizer_mismatch_and_unknown_spec_key(data, tmp_path):
 def test_checkpoint_of_another_model_shape_is_refused(data, reference, tmp_path):
     work = tmp_path / "work"
     spec = write_spec(tmp_path / "spec.json", data, "part-001", work, init_checkpoint=str(reference),
-                      model={"vocab_size": 64, "block_size": 16, "n_layer": 3, "n_head": 2, "n_embd": 32})
+                      model={**TINY_MODEL, "n_layer": 3})
     before = sorted(p.name for p in reference.iterdir())
     rc, out = _bad_run(tmp_path, spec)
     assert rc == EXIT_ERROR
