@@ -32,7 +32,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from dataprep.writer import write_part  # noqa: E402
 from model.build import build as build_model  # noqa: E402
 from model.config import config_from_dict  # noqa: E402
-from trainer import muon  # noqa: E402
 from runtime.checkpoint import CheckpointMeta  # noqa: E402
 from runtime.spec import DataRef, TrainConfig, WorkerSpec  # noqa: E402
 from runtime.tokens import (  # noqa: E402
@@ -40,7 +39,12 @@ from runtime.tokens import (  # noqa: E402
     TokenManifest,
     write_manifest,  # noqa: E402
 )
-from trainer import checkpoint, device, optim  # noqa: E402
+from trainer import (  # noqa: E402
+    checkpoint,
+    device,
+    muon,  # noqa: E402
+    optim,
+)
 from trainer.data import Batches, WindowOrder  # noqa: E402
 from trainer.loop import Progress, Trainer  # noqa: E402
 from trainer.tokenfile import open_part  # noqa: E402

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from model.config import normalized
 from runtime import faults
 from runtime.atomic import fsync_dir
 from runtime.checkpoint import (
@@ -31,7 +32,6 @@ from runtime.checkpoint import (
     write_manifest,
 )
 from runtime.quarantine import quarantine as runtime_quarantine
-from model.config import normalized
 from trainer.errors import BadInput
 
 

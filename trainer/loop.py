@@ -21,11 +21,11 @@ import torch
 
 from runtime import faults
 from runtime.spec import WorkerSpec
+from trainer import optim
 from trainer.data import Batches, WindowOrder
 from trainer.device import Placement
 from trainer.distributed import Ranks, no_sync
 from trainer.errors import NonFiniteLoss
-from trainer import optim
 from trainer.lr import lr_multiplier
 
 

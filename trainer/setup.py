@@ -10,12 +10,12 @@ from pathlib import Path
 
 import torch
 
-from model.config import ConfigError, GPTConfig, config_from_dict
 from model.build import build as build_model
+from model.config import ConfigError, GPTConfig, config_from_dict
+from runtime.checkpoint import read_meta
 from runtime.paths import WorkPaths
 from runtime.spec import WorkerSpec
 from runtime.workerfiles import Phase
-from runtime.checkpoint import read_meta
 from trainer import device, memory, optim, resume
 from trainer.data import Batches, WindowOrder, derive_seed
 from trainer.device import Placement
