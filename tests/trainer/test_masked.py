@@ -71,6 +71,8 @@ def _trainer(manifest: Path, micro_batch: int, grad_accum: int, model: GPT) -> T
                       data=DataRef(manifest=manifest, part="part-000"), model=CFG.to_dict(), train=train,
                       chain_total_tokens=10_000)
     sgd = torch.optim.SGD(model.parameters(), lr=1.0)  # the update is the gradient itself
+    for group in sgd.param_groups:
+        group["peak_lr"] = 1.0  # what the loop scales by the schedule (trainer.optim's groups carry it)
     return Trainer(spec, CPU, model, sgd, torch.amp.GradScaler("cpu", enabled=False),
                    WindowOrder(part.n_windows, 1, 0, "s/p"), Batches(part, 16, CPU.device), Progress())
 
