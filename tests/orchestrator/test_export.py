@@ -34,6 +34,52 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     return root / "work" / json.loads((root / "work" / "result.json").read_text())["checkpoint"], tok
 
 
+@pytest.fixture(scope="module")
+def trained_llama(trained, tmp_path_factory) -> Path:
+    """The same data, the default family of new chains (Llama/Qwen3-shaped, with QK-norm): a
+    checkpoint a real worker trained, as the daemon would have it train."""
+    root = tmp_path_factory.mktemp("export-llama")
+    manifest = trained[0].parents[2] / "data" / "manifest.json"
+    sha = json.loads(manifest.read_text())["tokenizer"]["sha256"]
+    spec = write_spec(root / "spec.json", manifest, "part-000", root / "work", tokenizer_sha256=sha,
+                      model={"family": "llama", "vocab_size": 1024, "block_size": 64, "n_layer": 2, "n_head": 2,
+                             "n_embd": 64},
+                      train={"micro_batch": 16, "grad_accum": 1, "eval_windows": 4})
+    assert run_worker(spec, root / "worker.log") == 0, (root / "worker.log").read_text()[-2000:]
+    return root / "work" / json.loads((root / "work" / "result.json").read_text())["checkpoint"]
+
+
+def test_the_llama_family_runs_in_transformers_as_hf_and_as_gguf(trained, trained_llama, tmp_path):
+    transformers = pytest.importorskip("transformers")
+
+    _, tok = trained
+    model, meta = ours(trained_llama)
+    out = cli("export", "--checkpoint", str(trained_llama), "--tokenizer", str(tok), "--out", str(tmp_path / "hf"))
+    assert out.returncode == 0, out.stderr
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["architectures"][0] in ("LlamaForCausalLM", "Qwen3ForCausalLM")
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    ids = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")(TEXT, return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert (theirs(ids).logits - model(ids)[0]).abs().max().item() < 1e-4
+        greedy = theirs.generate(ids, max_new_tokens=32, do_sample=False, repetition_penalty=1.0)[0, ids.shape[1]:]
+    from model.generate import generate
+
+    with torch.no_grad():
+        mine = torch.cat(list(generate(model, ids, 32, temperature=0)), dim=1)[0]
+    assert greedy.tolist() == mine[: len(greedy)].tolist()
+
+    out = cli("export", "--checkpoint", str(trained_llama), "--tokenizer", str(tok), "--out", str(tmp_path / "g"),
+              "--format", "gguf", "--name", "tr-llama")
+    assert out.returncode == 0, out.stderr
+    gguf = next((tmp_path / "g").glob("*.gguf"))
+    back = transformers.AutoModelForCausalLM.from_pretrained(
+        tmp_path / "g", gguf_file=gguf.name, config=transformers.AutoConfig.from_pretrained(tmp_path / "hf")).eval()
+    with torch.no_grad():
+        assert (back(ids).logits - model(ids)[0]).abs().max().item() < 1e-3
+    assert meta.part_id in (tmp_path / "g" / "README.md").read_text()
+
+
 def ours(checkpoint: Path):
     from trainer.inference import load_model
 
