@@ -182,3 +182,32 @@ def test_a_users_mistake_gets_one_paragraph_and_exit_1(trained, tmp_path):
         assert message in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
         assert out.stderr.startswith("error: ") and out.stderr.count("\n") == 1, out.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lone", "lone2", "other.model", "taken"]  # nothing left
+
+
+@pytest.mark.llama_cpp
+def test_llama_cpp_runs_the_exported_llama_checkpoint(trained, trained_llama, tmp_path):
+    """Where llama-cpp-python is installed (docs/evaluation.md): the trained llama-family
+    checkpoint's GGUF gives our logits and our greedy continuation in llama.cpp."""
+    import numpy as np
+
+    from tests.model.test_export import llama_cpp_logits, llama_cpp_model
+
+    _, tok = trained
+    out = cli("export", "--checkpoint", str(trained_llama), "--tokenizer", str(tok), "--out", str(tmp_path / "g"),
+              "--format", "gguf", "--dtype", "f32")
+    assert out.returncode == 0, out.stderr
+    llm = llama_cpp_model(next((tmp_path / "g").glob("*.gguf")))
+    model, _ = ours(trained_llama)
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(tok))
+    ids = [sp.eos_id(), *sp.encode(TEXT)]
+    with torch.no_grad():
+        mine = model(torch.tensor([ids]))[0][0].numpy()
+    assert np.abs(llama_cpp_logits(llm, ids) - mine).max() < 1e-2
+    greedy = [t for _, t in zip(range(32), llm.generate(ids, temp=0.0, repeat_penalty=1.0))]
+    from model.generate import generate
+
+    with torch.no_grad():
+        expected = torch.cat(list(generate(model, torch.tensor([ids]), 32, temperature=0)), dim=1)[0].tolist()
+    assert greedy == expected
