@@ -140,3 +140,18 @@ def prompt_ids(messages: list[tuple[str, str]], encode, ids: ChatIds) -> list[in
 def as_messages(system: str | None, prompt: str) -> list[tuple[str, str]]:
     """A one-turn prompt (with an optional system text) as messages."""
     return ([("system", system)] if system else []) + [("user", prompt)]
+
+
+# The same format as a Jinja chat template, for exports (Hugging Face's tokenizer_config.json,
+# GGUF's tokenizer.chat_template): apply_chat_template(..., add_generation_prompt=True) gives
+# prompt_ids()'s ids, with the markers as special tokens and each content encoded alone.
+JINJA_TEMPLATE = (
+    "{{ eos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}<|system|>{{ message['content'] }}"
+    "{% elif message['role'] == 'user' %}<|user|>{{ message['content'] }}"
+    "{% elif message['role'] == 'assistant' %}<|assistant|>{{ message['content'] }}{{ eos_token }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)

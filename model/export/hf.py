@@ -54,8 +54,13 @@ def write(folder: Path, *, hf_config: dict[str, Any], tensors: dict[str, torch.T
     written = ["config.json", "model.safetensors", "generation_config.json"]
     if spm is not None:
         max_length = hf_config.get("n_positions") or hf_config.get("max_position_embeddings")
-        _json(folder / "tokenizer.json", hf_tokenizer.tokenizer_json(spm), indent=None)  # merges: one line, not four each
-        _json(folder / "tokenizer_config.json", hf_tokenizer.tokenizer_config(spm, max_length, chat_template))
-        _json(folder / "special_tokens_map.json", hf_tokenizer.special_tokens(spm))
-        written += ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
+        written += write_tokenizer(folder, spm, max_length, chat_template)
     return written
+
+
+def write_tokenizer(folder: Path, spm: SpmModel, max_length: int, chat_template: str | None = None) -> list[str]:
+    """The tokenizer files AutoTokenizer loads with no custom code; their names."""
+    _json(folder / "tokenizer.json", hf_tokenizer.tokenizer_json(spm), indent=None)  # merges: one line, not four each
+    _json(folder / "tokenizer_config.json", hf_tokenizer.tokenizer_config(spm, max_length, chat_template))
+    _json(folder / "special_tokens_map.json", hf_tokenizer.special_tokens(spm))
+    return ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]

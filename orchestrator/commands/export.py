@@ -21,9 +21,11 @@ import shutil
 from pathlib import Path
 
 from orchestrator.records.rundir import find_tokenizer
-from runtime.atomic import atomic_write_json, fsync_dir, read_jsonl, temp_path_for
+from runtime.atomic import atomic_write_json, fsync_dir, read_json_object, read_jsonl, temp_path_for
+from runtime.chat import JINJA_TEMPLATE
 from runtime.checkpoint import CheckpointMeta, read_meta, verify
 from runtime.errors import UserError
+from runtime.tokens import manifest_for
 
 DEFAULT_DTYPE = {"hf": "f32", "gguf": "f16", "pt": "f32"}
 FORMAT_DTYPES = {"hf": ("f32", "f16", "bf16"), "gguf": ("f32", "f16", "bf16", "q8_0"), "pt": ("f32",)}
@@ -152,9 +154,27 @@ def _write_converted(stage: Path, fmt: str, dtype: str, name: str, folder: Path,
     try:
         return write_export(stage, fmt=fmt, state=model.state_dict(), model_cfg=meta.model, spm=spm, dtype=dtype,
                             sampling=SAMPLING, name=name, source=source,
-                            n_params=sum(p.numel() for p in model.parameters()))
+                            n_params=sum(p.numel() for p in model.parameters()),
+                            chat_template=JINJA_TEMPLATE if spm is not None and chat_trained(folder, meta) else None)
     except ExportError as e:
         raise UserError(f"{folder}: {e}") from None
+
+
+def chat_trained(folder: Path, meta: CheckpointMeta) -> bool:
+    """Has the model behind this checkpoint trained on instruction data (a stage prepared
+    from prompt/response JSONL)? Then its export carries the chat template. Read from the
+    run the checkpoint is in: the manifests of its own part and of every part done before it."""
+    for run in (folder.parent.parent, folder.parents[4] if len(folder.parents) > 4 else None):
+        state = read_json_object(run / "state.json") if run else None
+        if not state:
+            continue
+        parts = state.get("parts", [])
+        seq = next((p.get("seq") for p in parts if p.get("checkpoint") == f"checkpoints/{folder.name}"), None)
+        trained = [p for p in parts if p.get("id") == meta.part_id or (
+            p.get("status") == "done" and p.get("seq") is not None and (seq is None or p["seq"] <= seq))]
+        return any((read_json_object(manifest_for(Path(p["file"]))) or {}).get("chat") for p in trained
+                   if isinstance(p.get("file"), str))
+    return False
 
 
 def _evals(folder: Path) -> dict[str, float]:

@@ -211,3 +211,44 @@ def test_llama_cpp_runs_the_exported_llama_checkpoint(trained, trained_llama, tm
     with torch.no_grad():
         expected = torch.cat(list(generate(model, torch.tensor([ids]), 32, temperature=0)), dim=1)[0].tolist()
     assert greedy == expected
+
+
+def test_a_chain_with_an_instruction_stage_exports_its_chat_template(trained, tmp_path):
+    """The HF tokenizer's apply_chat_template gives exactly the ids our chat format gives
+    (runtime.chat), and the template is written only for a model that trained on chat data."""
+    transformers = pytest.importorskip("transformers")
+    import sentencepiece as spm
+
+    from orchestrator.commands.export import chat_trained
+    from runtime import chat
+    from runtime.checkpoint import read_meta
+
+    checkpoint, tok = trained
+    assert not chat_trained(checkpoint, read_meta(checkpoint))  # trained on plain text: no template
+    from model.export import spm as spm_file
+    from model.export.hf import write_tokenizer
+
+    folder = tmp_path / "tok"
+    folder.mkdir()
+    write_tokenizer(folder, spm_file.read(tok), 64, chat_template=chat.JINJA_TEMPLATE)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(folder)
+    sp = spm.SentencePieceProcessor(model_file=str(tok))
+    conversation = [("system", "Kısa cevap ver."), ("user", "Vergi nedir?"), ("assistant", "Devletin aldığı pay."),
+                    ("user", "Kâr payı 1923'te %10 mu idi?")]
+    ours_ids = chat.prompt_ids(conversation, sp.encode, chat.chat_ids(sp))
+    theirs = hf_tok.apply_chat_template([{"role": r, "content": c} for r, c in conversation],
+                                        add_generation_prompt=True, tokenize=True)
+    theirs = theirs["input_ids"] if isinstance(theirs, dict) or hasattr(theirs, "keys") else theirs
+    assert list(theirs) == ours_ids
+
+    from tests.helpers import make_instruction_dir  # a run whose later part trained on chat data
+
+    run = tmp_path / "run"
+    chat_manifest = make_instruction_dir(tmp_path / "qa", parts=1)
+    (run / "checkpoints" / "0002-qa-part-000").mkdir(parents=True)
+    (run / "state.json").write_text(json.dumps({"parts": [
+        {"id": "wiki/part-000", "status": "done", "seq": 1, "file": str(checkpoint), "checkpoint": "checkpoints/0001"},
+        {"id": "qa/part-000", "status": "done", "seq": 2, "file": str(chat_manifest.parent / "part-000.bin"),
+         "checkpoint": "checkpoints/0002-qa-part-000"}]}))
+    meta = read_meta(checkpoint).model_copy(update={"part_id": "qa/part-000"})
+    assert chat_trained(run / "checkpoints" / "0002-qa-part-000", meta)
