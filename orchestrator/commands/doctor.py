@@ -108,15 +108,15 @@ def _memory_checks(plan, probe, used: set[int]) -> list[Check]:
             precision = (probe.precisions or {}).get(str(index), "fp32")
             if precision.startswith("error"):
                 precision = "fp32"
-            checks.append(chain.memory_check(plan.model, widest.micro_batch, widest.grad_accum, precision,
-                                             int(card.memory_gb * 2**30), f"GPU {index}", on_gpu=True))
+            checks.append(chain.memory_check(plan.model, widest, precision, int(card.memory_gb * 2**30),
+                                             f"GPU {index}", on_gpu=True))
     else:
         import psutil
 
         vm = psutil.virtual_memory()
         precision = (probe.placement or {}).get("precision", "fp32")
-        checks.append(chain.memory_check(plan.model, widest.micro_batch, widest.grad_accum, precision, vm.total,
-                                         "this machine's RAM", on_gpu=False, available_bytes=vm.available))
+        checks.append(chain.memory_check(plan.model, widest, precision, vm.total, "this machine's RAM", on_gpu=False,
+                                         available_bytes=vm.available))
     m = probe.measurement
     if m is not None and (measured := chain.measured_memory_check(m)):
         checks.append(measured)

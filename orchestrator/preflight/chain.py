@@ -4,12 +4,12 @@ and how long will the chain take at the speed measured here?"""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from orchestrator.preflight.memory import MemoryNeed, need_bytes
 from orchestrator.preflight.report import Check, ok, problem, warning
 from orchestrator.records import progress
 from runtime.errors import UserError
+from runtime.spec import TrainConfig
 
 GB = 2**30
 
@@ -29,39 +29,43 @@ def schedule_check(path: Path):
               f"{plan.planned_tokens():,} tokens planned, model {plan.model_summary()}"), plan
 
 
-def memory_check(model: dict, micro_batch: int, grad_accum: int, precision: str, capacity_bytes: int, where: str,
-                 on_gpu: bool, available_bytes: int | None = None,
-                 need: Callable[[dict, int, str, bool], MemoryNeed] = need_bytes) -> Check:
-    """The estimated need at the planned micro-batch against the device's memory (`where`
-    names it). The daemon halves micro_batch after an out-of-memory exit, so a batch that
-    does not fit costs failed starts; a model that does not fit at micro_batch 1 stops the chain."""
+def memory_check(model: dict, train: TrainConfig, precision: str, capacity_bytes: int, where: str, on_gpu: bool,
+                 available_bytes: int | None = None) -> Check:
+    """The memory planner's verdict (trainer.memory, the same one the worker runs) for the
+    schedule's model on the device (`where` names it). With train.fit_memory (the default)
+    the worker itself takes the micro-batch that fits, keeping the step's windows, and
+    activation checkpointing if even one window does not fit without; the check says what it
+    will take. Without fit_memory, the daemon halves micro_batch after each out-of-memory exit."""
+    from model.config import config_from_dict  # torch-free
+    from trainer.memory import need_bytes, plan  # torch-free estimates, the worker's own
+
     def gb(n: int) -> str:
         return f"{n / GB:.2f} GB"
 
-    first = need(model, micro_batch, precision, on_gpu)
-    parts = (f"weights, gradients and AdamW state {gb(first.states)}, activations {gb(first.activations)}"
-             + (f", CUDA context {gb(first.overhead)}" if first.overhead else ""))
-    head = (f"{precision}, micro_batch {micro_batch}: about {gb(first.total)} ({parts}); {where} has "
-            f"{gb(capacity_bytes)}")
-    if first.total <= capacity_bytes:
-        if available_bytes is not None and first.total > available_bytes:
-            return warning("memory", f"{head}; only {gb(available_bytes)} is free now",
-                           "close what uses the memory, or lower train.micro_batch")
-        return ok("memory", head + " (an estimate from the model's shape)")
-    mb = micro_batch
-    while mb > 1 and need(model, mb, precision, on_gpu).total > capacity_bytes:
-        mb //= 2
-    fitting = need(model, mb, precision, on_gpu)
-    if fitting.total > capacity_bytes:
+    budget = int(train.memory_gb * GB) if train.memory_gb else capacity_bytes
+    kind = train.optimizer_kind(config_from_dict(model).family)
+    p = plan(model, budget, train.micro_batch, train.grad_accum, precision, on_gpu, kind)
+    parts = (f"weights, gradients and {kind} state {gb(p.need.states)}, activations {gb(p.need.activations)}"
+             + (f", CUDA context {gb(p.need.overhead)}" if p.need.overhead else ""))
+    head = f"{precision}, {p.describe()} ({parts}); {where} has {gb(capacity_bytes)}"
+    if not p.fits:
         hint = "train.precision fp16 halves the activations; " if precision == "fp32" and on_gpu else ""
-        return problem("memory", f"{head}: it does not fit even at micro_batch 1 ({gb(fitting.total)}); the "
+        return problem("memory", f"{head}: it does not fit even at micro_batch 1 with activation checkpointing; the "
                        "worker would run out of memory at every start",
                        f"{hint}a smaller model (fewer layers, narrower, a shorter context or a smaller vocabulary), "
                        "or a card with more memory")
-    accum = grad_accum * (micro_batch // mb)
-    return warning("memory", f"{head}: does not fit; micro_batch {mb} would ({gb(fitting.total)}). The daemon "
-                   "halves micro_batch after each out-of-memory exit until it fits, a failed start each time",
-                   f"set train.micro_batch {mb} and train.grad_accum {accum} (the same tokens per optimizer step)")
+    if not train.fit_memory:
+        asked = need_bytes(model, train.micro_batch, precision, on_gpu, kind)
+        if asked.total > budget * 0.9:
+            return warning("memory", f"{precision}, micro_batch {train.micro_batch} needs ~{gb(asked.total)}; {where} "
+                           f"has {gb(capacity_bytes)}: the daemon halves micro_batch after each out-of-memory exit, "
+                           "a failed start each time",
+                           f"set train.micro_batch {p.micro_batch} and train.grad_accum {p.grad_accum} (the same "
+                           "windows per step), or leave train.fit_memory on")
+    if available_bytes is not None and p.need.total > available_bytes:
+        return warning("memory", f"{head}; only {gb(available_bytes)} is free now",
+                       "close what uses the memory, or set train.memory_gb to what the chain may use")
+    return ok("memory", head + " (the worker's own estimate from the model's shape)")
 
 
 def measured_memory_check(m: dict[str, Any]) -> Check | None:

@@ -14,7 +14,6 @@ import pytest
 from orchestrator.commands import doctor
 from orchestrator.commands.demo import SCHEDULE as DEMO_SCHEDULE
 from orchestrator.preflight import chain, gpu, host
-from orchestrator.preflight.memory import need_bytes
 from orchestrator.preflight.probe import ProbeResult
 from orchestrator.preflight.report import exit_code
 from runtime import gpuarch
@@ -23,6 +22,7 @@ from runtime.paths import WorkPaths
 from runtime.spec import TrainConfig
 from runtime.workerfiles import EXIT_ERROR
 from tests.helpers import REPO, env, make_chain, make_token_dir, run_worker, write_spec
+from trainer.memory import need_bytes, plan
 
 # What PyTorch's CUDA 12.8+ wheels carry (no Maxwell, no Pascal) and what its CUDA 12.6 ones do.
 CU128_ARCHES = ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120", "compute_120"]
@@ -183,23 +183,31 @@ def test_a_schedule_too_large_for_a_2_gb_card():
     gpt2 = {"vocab_size": 50304, "block_size": 1024, "n_layer": 12, "n_head": 12, "n_embd": 768,
             "dropout": 0.0, "bias": False}
     two_gb = 2 * 2**30
-    row = chain.memory_check(gpt2, micro_batch=8, grad_accum=8, precision="fp32", capacity_bytes=two_gb,
-                             where="GPU 0", on_gpu=True)
-    assert row.status == "problem" and "micro_batch 1" in row.detail
+    row = chain.memory_check(gpt2, TrainConfig(micro_batch=8, grad_accum=8), "fp32", two_gb, "GPU 0", on_gpu=True)
+    assert row.status == "problem" and "micro_batch 1 with activation checkpointing" in row.detail
     assert "fp16" in row.fix  # Pascal trains in fp32 unless asked
-    one = need_bytes(gpt2, 1, "fp32", True)
-    assert one.states == 16 * 124_373_760 and one.total > two_gb  # 16 bytes a parameter, then the activations
+    one = need_bytes(gpt2, 1, "fp32", True, "adamw", checkpointing=True)
+    assert one.states == 16 * 124_373_760 and one.total > two_gb  # 16 bytes a parameter, then the rest
+    four_gb = chain.memory_check(gpt2, TrainConfig(micro_batch=8, grad_accum=8), "fp32", 4 * 2**30, "GPU 0",
+                                 on_gpu=True)
+    assert four_gb.status == "ok"  # the gpt2 size trains in 4 GB: the worker plans the micro-batch
 
 
-def test_a_micro_batch_too_large_for_the_card_gets_the_one_that_fits():
+def test_the_worker_plans_a_micro_batch_that_fits_or_doctor_says_which():
     mini = {"vocab_size": 16384, "block_size": 256, "n_layer": 6, "n_head": 6, "n_embd": 384, "dropout": 0.0,
             "bias": False}
     two_gb = 2 * 2**30
-    assert chain.memory_check(mini, 8, 8, "fp32", two_gb, "GPU 0", on_gpu=True).status == "ok"
-    row = chain.memory_check(mini, 64, 1, "fp32", two_gb, "GPU 0", on_gpu=True)
-    assert row.status == "warning"
-    fits = next(mb for mb in (32, 16, 8, 4, 2, 1) if need_bytes(mini, mb, "fp32", True).total <= two_gb)
-    assert f"train.micro_batch {fits} and train.grad_accum {64 // fits}" in row.fix
+    assert chain.memory_check(mini, TrainConfig(micro_batch=8, grad_accum=8), "fp32", two_gb, "GPU 0",
+                              on_gpu=True).status == "ok"
+    planned = chain.memory_check(mini, TrainConfig(micro_batch=64, grad_accum=1), "fp32", two_gb, "GPU 0",
+                                 on_gpu=True)
+    expected = plan(mini, two_gb, 64, 1, "fp32", True, "adamw")
+    assert planned.status == "ok" and f"micro_batch {expected.micro_batch} x grad_accum" in planned.detail
+    assert expected.micro_batch < 64
+    fixed = chain.memory_check(mini, TrainConfig(micro_batch=64, grad_accum=1, fit_memory=False), "fp32", two_gb,
+                               "GPU 0", on_gpu=True)
+    assert fixed.status == "warning"
+    assert f"train.micro_batch {expected.micro_batch} and train.grad_accum {expected.grad_accum}" in fixed.fix
 
 
 def test_filesystems():
