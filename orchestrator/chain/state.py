@@ -210,8 +210,9 @@ class ChainState(BaseModel):
         """A part, or a release by its job id (`release:<name>`)."""
         return self.part(jid) or self.release(jid)
 
-    def running(self) -> PartState | None:
-        return next((p for p in self.parts if p.status == PartStatus.RUNNING), None)
+    def running(self) -> PartState | ReleaseState | None:
+        """The part or release whose worker runs (one at a time)."""
+        return next((p for p in [*self.parts, *self.releases] if p.status == PartStatus.RUNNING), None)
 
     def next_pending(self) -> PartState | None:
         return next((p for p in self.parts if p.status == PartStatus.PENDING), None)

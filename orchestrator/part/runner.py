@@ -484,6 +484,7 @@ class PartRunner:
         record = {"time": round(time.time(), 3), "part": part.id,
                   "checkpoint": f"{'releases' if release else 'checkpoints'}/{folder.name}",
                   "global_tokens": meta.global_tokens, "source": "release" if release else "chain",
+                  **({"branch": part.branch, "branch_tokens": part.branch_tokens} if release else {}),
                   **evaluation, "samples": samples}
         append_line(self.paths.evals, json.dumps(record, ensure_ascii=False), fault="evals")
         part.eval = _losses(sets)
