@@ -138,9 +138,16 @@ def test_a_release_survives_sigkills_of_its_worker_and_of_the_daemon_exactly(wit
     daemon.send_signal(signal.SIGKILL)  # its worker notices, checkpoints and exits
     daemon.wait(timeout=30)
 
+    # ... and the next daemon dies right after renaming the release into releases/: the one
+    # after it records the promotion from the folder
+    fired = tmp_path / "fired"
+    crash = {"ORCHESTRATOR_FAULT": "release.after-rename", "ORCHESTRATOR_FAULT_ONCE": str(fired)}
+    assert start_daemon(schedule, log, "--exit-when-done", extra_env=crash).wait(timeout=600) == -signal.SIGKILL
+    assert fired.exists() and (run / "releases" / NAME).is_dir() and release()["status"] != "done"
     assert start_daemon(schedule, log, "--exit-when-done").wait(timeout=600) == 0, log.read_text()[-3000:]
     rel = release()
     assert rel["status"] == "done" and rel["attempts"] >= 3, rel
+    assert "promotion-completed" in [e["event"] for e in events(run) if e.get("part") == f"release:{NAME}"]
     assert_bitwise_equal(run / "releases" / NAME, with_releases / "releases" / NAME)
     assert meta(run / "releases" / NAME)["global_tokens"] == meta(with_releases / "releases" / NAME)["global_tokens"]
     assert "worker-failed" in [e["event"] for e in events(run) if e.get("part") == f"release:{NAME}"]
