@@ -32,6 +32,10 @@ def _handler(parser: argparse.ArgumentParser, target: str) -> None:
     parser.set_defaults(handler=target)
 
 
+CHECKPOINT_HELP = ("a checkpoint folder (checkpoints/NNNN-...), or release:NAME for a cooled release of the run "
+                   "(release:latest: the newest)")
+
+
 def _run_dir_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-dir", type=Path, help="the run directory (default: runs/<schedule name>/ beside "
                    "the schedule; found automatically with one schedule in the current directory)")
@@ -129,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     _handler(p, "orchestrator.commands.fsck:cmd_fsck")
 
     p = sub.add_parser("sample", help="generate text from a checkpoint, streamed")
-    p.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint folder (checkpoints/NNNN-...)")
+    p.add_argument("--checkpoint", type=Path, required=True, help=CHECKPOINT_HELP)
+    _run_dir_arg(p)
     p.add_argument("--prompt", default="", help="the text to continue (with --chat: the user's message)")
     p.add_argument("--chat", action="store_true",
                    help="format the prompt as a user turn, the way instruction data is trained, and print the "
@@ -149,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="validation loss of a checkpoint on every stage (and --val sets)")
     _run_dir_arg(p)
-    p.add_argument("--checkpoint", type=Path, help="default: the newest promoted checkpoint")
+    p.add_argument("--checkpoint", type=Path, help=CHECKPOINT_HELP + "; default: the newest promoted checkpoint")
     p.add_argument("--val", type=Path, action="append", help="another validation split: a prepared dir or .bin")
     p.add_argument("--windows", type=number("--windows", low=1), default=64, help="windows scored per set (default 64)")
     p.add_argument("--prompt", action="append", help="a prompt to complete (repeatable)")
@@ -163,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     _run_dir_arg(p)
     p.add_argument("--json", action="store_true")
     p.add_argument("--prompts", type=Path, help="a JSONL file of {\"prompt\", \"expected\"?} to score across checkpoints")
-    p.add_argument("--checkpoint", type=Path, action="append", help="with --prompts: these (default: all promoted)")
+    p.add_argument("--checkpoint", type=Path, action="append",
+                   help="with --prompts: these (" + CHECKPOINT_HELP + "; default: all promoted and releases)")
     p.add_argument("--max-tokens", type=number("--max-tokens", low=1), default=32,
                    help="with --prompts: tokens generated per prompt")
     p.add_argument("--chat", action="store_true",
@@ -185,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
         "tokenizer files). --format gguf: one .gguf file for llama.cpp, Ollama and LM Studio, plus an Ollama "
         "Modelfile. --format pt: this project's own model.pt, config.json and tokenizer.model. Every format "
         "writes README.md naming the checkpoint it came from. See docs/evaluation.md.")
-    p.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint folder (checkpoints/NNNN-...)")
+    p.add_argument("--checkpoint", type=Path, required=True, help=CHECKPOINT_HELP)
+    _run_dir_arg(p)
     p.add_argument("--out", type=Path, required=True, help="a new (or empty) folder")
     # checked by the command, so a wrong value gets the paragraph and exit 1 of any user mistake
     p.add_argument("--format", default="hf", metavar="{hf,gguf,pt}", help="default: hf")

@@ -10,6 +10,7 @@
       work/<stage>/<part>/ a running part's scratch (see WorkPaths)
       checkpoints/        promoted checkpoints, one folder per finished part
       checkpoints/LATEST  names the newest promoted folder
+      releases/           cooled release checkpoints, one folder per release (never in the chain)
       metrics/            each finished part's metrics.jsonl, kept after scratch is deleted
       evals.jsonl         an evaluation a line: validation loss per stage, prompt samples
       hardware.jsonl      sensor readings every 30 s, for plots
@@ -33,6 +34,20 @@ def check_name(name: str, what: str) -> str:
             "digits, '.', '_' and '-' (at most 100 characters)"
         )
     return name
+
+
+RELEASE_PREFIX = "release:"
+RELEASE_WORK = ".releases"
+"""work/.releases/<name>/: a release's scratch; no stage can be named so (a leading dot)."""
+
+
+def release_id(name: str) -> str:
+    """A release's job id: what its worker spec, checkpoints and events call it."""
+    return RELEASE_PREFIX + name
+
+
+def is_release(pid: str) -> bool:
+    return pid.startswith(RELEASE_PREFIX)
 
 
 def part_id(stage: str, part: str) -> str:
@@ -87,6 +102,10 @@ class RunPaths:
         return self.checkpoints / "LATEST"
 
     @property
+    def releases(self) -> Path:
+        return self.root / "releases"
+
+    @property
     def metrics(self) -> Path:
         return self.root / "metrics"
 
@@ -103,6 +122,9 @@ class RunPaths:
         return self.root / "quarantine"
 
     def work(self, pid: str) -> "WorkPaths":
+        """A part's scratch, or a release's (pid `release:<name>`)."""
+        if is_release(pid):
+            return WorkPaths(self.work_root / RELEASE_WORK / pid.removeprefix(RELEASE_PREFIX))
         stage, part = split_part_id(pid)
         return WorkPaths(self.work_root / stage / part)
 
@@ -111,6 +133,8 @@ class RunPaths:
         return f"{seq:04d}-{stage}-{part}"
 
     def part_metrics(self, pid: str) -> Path:
+        if is_release(pid):  # a folder of its own: the chain's curves are metrics/*.jsonl
+            return self.metrics / "releases" / f"{pid.removeprefix(RELEASE_PREFIX)}.jsonl"
         stage, part = split_part_id(pid)
         return self.metrics / f"{stage}--{part}.jsonl"
 

@@ -175,6 +175,17 @@ class EvalSpec(EvalSettings):
     tensorboard_dir: Path | None = None
 
 
+class ReleaseDecay(BaseModel):
+    """A release's cool-down: the worker trains `windows` windows of its data (passes over
+    it as needed) while the learning rate falls linearly from the chain's at token_offset
+    to the peak x train.min_lr_ratio (docs/operations.md, "Releases")."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    windows: int = Field(ge=1)
+    """Windows trained (whole optimizer steps of them); the decay spans their tokens."""
+
+
 class WorkerSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
@@ -209,6 +220,8 @@ class WorkerSpec(BaseModel):
     """The guard's sensor file; its disk_free_gb, when present, overrides the real free space."""
     eval: EvalSpec | None = None
     """Evaluate when the part ends (None: only its own stage's val split, train.eval_windows)."""
+    release: ReleaseDecay | None = None
+    """Set for a release's cool-down from init_checkpoint instead of a part of the chain."""
 
     def resolve_paths(self, base: Path) -> "WorkerSpec":
         """Make relative paths relative to the spec file's folder (hand-written specs)."""

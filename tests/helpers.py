@@ -260,6 +260,14 @@ def assert_lineage(run: Path) -> None:
                 assert meta["start"] == before_name, f"{p['id']} started from {meta['start']}, not {before_name}"
         before_name = Path(p["checkpoint"]).name if p["checkpoint"] else None
         before_tokens += p["tokens"]
+    # A release branches from a promoted checkpoint and stays off the chain (its own folder).
+    for r in state.get("releases", []):
+        folder = run / r["checkpoint"] if r["checkpoint"] else None
+        if r["status"] == "done" and folder is not None and (folder / "meta.json").is_file():
+            meta = json.loads((folder / "meta.json").read_text())
+            assert folder.parent.name == "releases" and meta["part_id"] == f"release:{r['name']}"
+            assert meta["start"] == Path(r["branch"]).name and meta["part_tokens"] == r["tokens"]
+            assert meta["global_tokens"] - meta["part_tokens"] == r["branch_tokens"], f"{r['name']}: not at its branch"
 
 
 # -- holding processes still ----------------------------------------------------------------------

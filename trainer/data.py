@@ -2,7 +2,8 @@
 
 A part with W windows trained for E epochs is a sequence of W*E positions. Position p
 is window perm_e[p mod W] of epoch e = p div W, where perm_e is a permutation drawn from
-(seed, part id, e). So the whole data position is one integer, the cursor: the number
+(seed, part id, e); a release's cool-down takes the first `limit` positions. So the
+whole data position is one integer, the cursor: the number
 of positions consumed. Positions inside `skip` ranges (windows that gave a non-finite
 loss) are stepped over.
 """
@@ -24,9 +25,10 @@ def derive_seed(*parts: object) -> int:
 
 
 class WindowOrder:
-    def __init__(self, n_windows: int, epochs: int, seed: int, part_id: str, skip: list[tuple[int, int]] = ()):
+    def __init__(self, n_windows: int, epochs: int, seed: int, part_id: str, skip: list[tuple[int, int]] = (),
+                 limit: int | None = None):
         self.n_windows = n_windows
-        self.total = n_windows * epochs
+        self.total = n_windows * epochs if limit is None else min(n_windows * epochs, limit)
         self.seed = seed
         self.part_id = part_id
         self.skip = sorted((int(a), int(b)) for a, b in skip)

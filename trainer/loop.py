@@ -26,7 +26,7 @@ from trainer.data import Batches, WindowOrder
 from trainer.device import Placement
 from trainer.distributed import Ranks, no_sync
 from trainer.errors import NonFiniteLoss
-from trainer.lr import lr_multiplier
+from trainer.lr import curve
 
 
 @dataclass
@@ -75,6 +75,8 @@ class Trainer:
         self.window_tokens = batches.block_size  # predicted tokens per window
         self.step_tokens = self.round_windows * self.train.grad_accum * self.window_tokens
         """Tokens of a whole optimizer step (sizes the default warmup)."""
+        self.lr_at = curve(spec, self.step_tokens)
+        """The rate's factor at a chain token count: the chain's curve, or a release's cool-down."""
         self.adamw_lr = self.train.adamw_lr(optim.kind_of(optimizer))
         """The rate reported as the step's lr: AdamW's (all of it, or the embeddings' under Muon)."""
         self.uses_rng = any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
@@ -117,8 +119,7 @@ class Trainer:
         if n_micro == 0:
             return None
         tokens = n_micro * self.round_windows * self.window_tokens
-        factor = self.spec.lr_scale * lr_multiplier(p.global_tokens + tokens, self.spec.chain_total_tokens,
-                                                    self.train, self.step_tokens)
+        factor = self.spec.lr_scale * self.lr_at(p.global_tokens + tokens)
         for group in self.optimizer.param_groups:  # each group's own peak (Muon's, AdamW's)
             group["lr"] = group["peak_lr"] * factor
         lr = self.adamw_lr * factor

@@ -18,8 +18,9 @@ out-of-memory halving keeps micro_batch x grad_accum.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
-from runtime.spec import TrainConfig
+from runtime.spec import TrainConfig, WorkerSpec
 
 WARMUP_MIN_STEPS = 10
 WARMUP_MAX_STEPS = 1000
@@ -56,3 +57,23 @@ def lr_multiplier(tokens: int, total: int, cfg: TrainConfig, step_tokens: int) -
         return 1.0
     progress = min((tokens - decay_start) / max(total - decay_start, 1), 1.0)
     return 1.0 - (1 - floor) * progress
+
+
+def curve(spec: WorkerSpec, step_tokens: int) -> Callable[[int], float]:
+    """The factor at a chain token count (counted at the end of the step): the chain's
+    curve for a part; for a release, a straight line from the chain's factor at the branch
+    point (token_offset) down to min_lr_ratio, reached at the last of its decay tokens."""
+    def chain(tokens: int) -> float:
+        return lr_multiplier(tokens, spec.chain_total_tokens, spec.train, step_tokens)
+
+    if spec.release is None:
+        return chain
+    start = chain(spec.token_offset)
+    floor = min(spec.train.min_lr_ratio, start)
+    length = spec.release.windows * spec.model["block_size"]  # the tokens the worker trains
+
+    def cooling(tokens: int) -> float:
+        progress = min(max(tokens - spec.token_offset, 0) / max(length, 1), 1.0)
+        return start + (floor - start) * progress
+
+    return cooling

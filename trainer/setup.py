@@ -70,7 +70,8 @@ def build(spec: WorkerSpec, ranks: Ranks, work: WorkPaths, files: WorkerFiles) -
     spec = fit_memory(spec, model, optimizer, placement, start.resumed_from, ranks)
     trained = compiled(model) if placement.compile else model
     trained = ranks.wrap(trained, placement.device)
-    order = WindowOrder(part.n_windows, spec.epochs, train.seed, spec.part_id, spec.skip_windows)
+    order = WindowOrder(part.n_windows, spec.epochs, train.seed, spec.part_id, spec.skip_windows,
+                        limit=spec.release.windows if spec.release else None)
     batches = Batches(part, cfg.block_size, placement.device)
     trainer = Trainer(spec, placement, trained, optimizer, scaler, order, batches, start.progress, ranks)
     return Session(spec, placement, model, optimizer, scaler, trainer, val, start.resumed_from)

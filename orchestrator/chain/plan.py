@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from orchestrator.chain.schedule import Schedule, ScheduleError
+from orchestrator.chain.schedule import ReleaseConfig, Schedule, ScheduleError
 from runtime.checkpoint import sha256_file
 from runtime.paths import NAME_RE, part_id
 from runtime.spec import DataRef, TrainConfig
@@ -40,6 +40,8 @@ class PartPlan:
     epochs: int
     train: TrainConfig
     val: DataRef | None
+    release: ReleaseConfig = field(default_factory=ReleaseConfig)
+    """The stage's release settings (the top-level ones with the stage's overrides)."""
 
     @property
     def data(self) -> DataRef:
@@ -132,6 +134,7 @@ class _Resolver:
     def stage_parts(self, i: int) -> list[PartPlan]:
         stage = self.schedule.stages[i]
         train = self.schedule.stage_train(stage)
+        release = self.schedule.stage_release(stage)
         found: list[tuple[Path, str, str, int, str]] = []  # manifest, part name, file, windows, sha
         for j, entry in enumerate(stage.parts):
             where = f"stages[{i}].parts[{j}]"
@@ -174,7 +177,7 @@ class _Resolver:
                 continue
             folder = folder_of.setdefault(mpath, mpath.parent)
             parts.append(PartPlan(part_id(stage.name, name), stage.name, name, mpath, folder / fname,
-                                  sha, windows, stage.epochs, train, val))
+                                  sha, windows, stage.epochs, train, val, release))
         return parts
 
     def stage_val(self, i: int, manifests: set[Path]) -> DataRef | None:

@@ -23,11 +23,11 @@ END = "<!-- end of generated table -->"
 
 
 def sections() -> dict[str, type[BaseModel]]:
-    from orchestrator.chain.schedule import EvalConfig, GuardConfig, Schedule, Stage, SupervisorConfig
+    from orchestrator.chain.schedule import EvalConfig, GuardConfig, ReleaseConfig, Schedule, Stage, SupervisorConfig
     from runtime.spec import TrainConfig
 
     return {"Schedule": Schedule, "Stage": Stage, "TrainConfig": TrainConfig, "GuardConfig": GuardConfig,
-            "SupervisorConfig": SupervisorConfig, "EvalConfig": EvalConfig}
+            "SupervisorConfig": SupervisorConfig, "EvalConfig": EvalConfig, "ReleaseConfig": ReleaseConfig}
 
 
 def _default(field) -> str:

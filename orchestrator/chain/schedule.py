@@ -99,6 +99,22 @@ class EvalConfig(EvalSettings):
     """Also log training and evaluation scalars to <run>/tensorboard/ (needs `tensorboard`)."""
 
 
+class ReleaseConfig(BaseModel):
+    """Cooled release checkpoints: a branch from the chain's promoted checkpoint that decays
+    the learning rate to its floor on the stage's data, evaluated and kept in releases/,
+    while the chain itself goes on at its own rate (docs/operations.md, "Releases")."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    every_parts: int = Field(0, ge=0)
+    """Make a release after every k-th part of the chain (its position in the chain, as
+    eval.every_parts counts); 0: never."""
+    decay_fraction: float = Field(0.1, gt=0, le=1)
+    """The cool-down's length as a fraction of the chain's tokens at the branch point, in
+    whole optimizer steps (at least one). The learning rate falls linearly from where the
+    chain is to the peak x train.min_lr_ratio over it."""
+
+
 class Stage(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
@@ -116,6 +132,10 @@ class Stage(BaseModel):
     """Overrides of the top-level `train` for this stage's parts, except the chain-wide fields that shape the
     learning-rate curve (`lr_schedule`, `warmup_tokens`, `warmup_fraction`, `decay_fraction`, `total_tokens`,
     `seed`)."""
+
+    release: ReleaseConfig | None = None
+    """Overrides of the top-level `release` for this stage's parts (e.g. `{"every_parts": 0}`
+    makes none in this stage); fields not given keep the top-level values."""
 
     @field_validator("name")
     @classmethod
@@ -154,6 +174,8 @@ class Schedule(BaseModel):
     """How the daemon watches workers and retries parts."""
     eval: EvalConfig = EvalConfig()
     """What is measured when a part ends."""
+    release: ReleaseConfig = ReleaseConfig()
+    """Cooled release checkpoints every k parts (off unless every_parts is set)."""
     stages: list[Stage] = Field(min_length=1)
     """At least one; run in order; parts within a stage run in order, each from the previous one's checkpoint."""
 
@@ -177,6 +199,12 @@ class Schedule(BaseModel):
             return self.train
         overrides = stage.train.model_dump(include=stage.train.model_fields_set)
         return TrainConfig.model_validate({**self.train.model_dump(), **overrides})
+
+    def stage_release(self, stage: Stage) -> ReleaseConfig:
+        """The top-level release settings with the stage's overrides laid over them."""
+        if stage.release is None:
+            return self.release
+        return self.release.model_copy(update=stage.release.model_dump(include=stage.release.model_fields_set))
 
 
 class ScheduleError(UserError):

@@ -24,6 +24,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from runtime.atomic import read_json
+from runtime.paths import release_id
 from runtime.workerfiles import write_model
 
 
@@ -101,6 +102,54 @@ class PartState(BaseModel):
     overrides: Overrides = Overrides()
 
 
+class ReleaseState(BaseModel):
+    """A cooled release: a branch from a part's promoted checkpoint that decays the learning
+    rate and ends in releases/<name>/. It runs like a part (one worker, retried, paused,
+    stopped) but never changes the chain: a failed release is given up, the chain goes on.
+
+        pending --launch--> running --exit 0, verified, promoted--> done
+           ^                  |  \\--crash / hang / OOM / non-finite--> pending (after backoff)
+           +---- retry <------+----too many failures, or its branch is gone--> failed
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    """The branch checkpoint's folder name; the release is releases/<name>/."""
+    part: str
+    """The part whose promoted checkpoint it branches from."""
+    stage: str
+    branch: str
+    """That checkpoint, relative to the run dir (checkpoints/NNNN-stage-part)."""
+    branch_tokens: int
+    """The chain's tokens at the branch point."""
+    decay_tokens: int
+    """Tokens of the cool-down (release.decay_fraction of branch_tokens, whole steps)."""
+    status: PartStatus = PartStatus.PENDING
+    attempts: int = 0
+    failures: int = 0
+    nonfinite: int = 0
+    tokens: int = 0
+    """Tokens the cool-down trained (once done)."""
+    loss: float | None = None
+    val_loss: float | None = None
+    checkpoint: str | None = None
+    """releases/<name>, once promoted."""
+    eval: dict[str, float] | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    train_seconds: float = 0.0
+    paused_seconds: float = 0.0
+    error: str | None = None
+    retry_at: float | None = None
+    worker_pid: int | None = None
+    overrides: Overrides = Overrides()
+
+    @property
+    def id(self) -> str:
+        """Its job id (`release:<name>`): names its worker, scratch and events."""
+        return release_id(self.name)
+
+
 class DaemonState(BaseModel):
     model_config = ConfigDict(extra="forbid")
     pid: int | None = None
@@ -135,6 +184,8 @@ class ChainState(BaseModel):
     daemon: DaemonState = DaemonState()
     schedule: ScheduleState
     parts: list[PartState] = []
+    releases: list[ReleaseState] = []
+    """Cooled releases, in the order they were queued; never part of the chain's lineage."""
     global_tokens: int = 0
     """Tokens trained by every done part together."""
     next_seq: int = 1
@@ -152,8 +203,16 @@ class ChainState(BaseModel):
     def part(self, pid: str) -> PartState | None:
         return next((p for p in self.parts if p.id == pid), None)
 
-    def running(self) -> PartState | None:
-        return next((p for p in self.parts if p.status == PartStatus.RUNNING), None)
+    def release(self, name: str) -> ReleaseState | None:
+        return next((r for r in self.releases if r.name == name or r.id == name), None)
+
+    def job(self, jid: str) -> PartState | ReleaseState | None:
+        """A part, or a release by its job id (`release:<name>`)."""
+        return self.part(jid) or self.release(jid)
+
+    def running(self) -> PartState | ReleaseState | None:
+        """The part or release whose worker runs (one at a time)."""
+        return next((p for p in [*self.parts, *self.releases] if p.status == PartStatus.RUNNING), None)
 
     def next_pending(self) -> PartState | None:
         return next((p for p in self.parts if p.status == PartStatus.PENDING), None)

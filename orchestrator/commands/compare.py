@@ -1,7 +1,8 @@
 """`orchestrator compare`: which checkpoint is best, on which validation set.
 
 The table comes from evals.jsonl (no torch, instant): a row per evaluated checkpoint (its
-latest evaluation), a column per validation set, the lowest loss of each column marked.
+latest evaluation; cooled releases as `release:NAME`, beside the chain's checkpoint they
+branched from), a column per validation set, the lowest loss of each column marked.
 With --prompts FILE.jsonl it scores a batch of prompts (with optional expected answers)
 across checkpoints instead (trainer/batch.py).
 """
@@ -22,7 +23,9 @@ def table(paths: RunPaths) -> dict:
     for record in read_jsonl(paths.evals):
         if record.get("sets") and record.get("checkpoint"):
             latest[record["checkpoint"]] = record  # a later evaluation of a checkpoint replaces the earlier
-    rows = sorted(latest.values(), key=lambda r: (r.get("global_tokens", 0), r["checkpoint"]))
+    # A release sits right after the checkpoint it branched from (the same chain tokens, cooled).
+    rows = sorted(latest.values(), key=lambda r: (r.get("branch_tokens", r.get("global_tokens", 0)),
+                                                  "branch_tokens" in r, r["checkpoint"]))
     sets: list[str] = []
     for r in rows:
         sets += [name for name in r["sets"] if name not in sets]
@@ -32,6 +35,7 @@ def table(paths: RunPaths) -> dict:
         best[name] = min(scored)[1]
     return {"sets": sets, "best": best, "rows": [
         {"checkpoint": r["checkpoint"], "part": r.get("part"), "global_tokens": r.get("global_tokens"),
+         "release": r["checkpoint"].startswith("releases/"),
          "losses": {name: r["sets"][name]["loss"] for name in r["sets"]}} for r in rows]}
 
 
@@ -64,6 +68,7 @@ def cmd_compare(args) -> int:
             loss = row["losses"].get(name)
             mark = "*" if result["best"][name] == row["checkpoint"] else " "
             cells.append("-" if loss is None else f"{loss:.4f}{mark}")
-        t.add_row(row["checkpoint"].rsplit("/", 1)[-1], f"{row['global_tokens'] or 0:,}", *cells)
+        name = row["checkpoint"].rsplit("/", 1)[-1]
+        t.add_row(f"release:{name}" if row["release"] else name, f"{row['global_tokens'] or 0:,}", *cells)
     Console().print(t)
     return 0

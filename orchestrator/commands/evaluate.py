@@ -10,7 +10,7 @@ from pathlib import Path
 from orchestrator.chain.plan import resolve as resolve_chain
 from orchestrator.chain.schedule import load as load_schedule
 from orchestrator.chain.state import load as load_state
-from orchestrator.records.rundir import find_tokenizer, locate
+from orchestrator.records.rundir import checkpoint_folder, find_tokenizer, locate
 from runtime.atomic import append_line
 from runtime.errors import UserError
 from runtime.spec import DataRef, EvalSpec, TrainConfig, ValSet
@@ -57,7 +57,7 @@ def cmd_evaluate(args) -> int:
     from trainer.inference import load_model
 
     paths = locate(args.run_dir, args.schedule)
-    folder = args.checkpoint
+    folder = checkpoint_folder(args.checkpoint, args.run_dir, args.schedule) if args.checkpoint else None
     if folder is None:
         if not paths.latest.exists():
             raise UserError(f"{paths.root}: nothing promoted yet; name a checkpoint with --checkpoint DIR")
@@ -78,8 +78,9 @@ def cmd_evaluate(args) -> int:
         result = evaluate(model, placement, spec, micro_batch=TrainConfig().micro_batch)
     except BadInput as e:
         raise UserError(str(e)) from None
-    in_run = folder.parent == paths.checkpoints.resolve()
-    name = f"checkpoints/{folder.name}" if in_run else str(folder)  # as the chain's own records name it
+    kept = {paths.checkpoints.resolve(): "checkpoints", paths.releases.resolve(): "releases"}
+    in_run = folder.parent in kept
+    name = f"{kept[folder.parent]}/{folder.name}" if in_run else str(folder)  # as the chain's own records name it
     record = {"time": round(time.time(), 3), "part": meta.part_id, "checkpoint": name,
               "global_tokens": meta.global_tokens, "source": "evaluate", **result}
     if args.json:

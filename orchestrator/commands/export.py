@@ -20,7 +20,7 @@ import os
 import shutil
 from pathlib import Path
 
-from orchestrator.records.rundir import find_tokenizer
+from orchestrator.records.rundir import checkpoint_folder, find_tokenizer
 from runtime.atomic import atomic_write_json, fsync_dir, read_json_object, read_jsonl, temp_path_for
 from runtime.chat import JINJA_TEMPLATE
 from runtime.checkpoint import CheckpointMeta, read_meta, verify
@@ -32,7 +32,7 @@ FORMAT_DTYPES = {"hf": ("f32", "f16", "bf16"), "gguf": ("f32", "f16", "bf16", "q
 
 
 def cmd_export(args) -> int:
-    folder = args.checkpoint.resolve()
+    folder = checkpoint_folder(args.checkpoint, args.run_dir, args.schedule).resolve()
     if args.format not in FORMAT_DTYPES:
         raise UserError(f"--format {args.format}: unknown format; choose hf (a transformers folder), gguf "
                         "(one file for llama.cpp, Ollama, LM Studio) or pt (this project's model.pt)")

@@ -1,13 +1,13 @@
 """`orchestrator fsck [--repair]`: check a run directory, and repair what can be repaired.
 
-Checks: state.json parses; every promoted checkpoint verifies (sha256 of each file
-against its manifest); checkpoints/LATEST names the chain's newest promoted checkpoint;
+Checks: state.json parses; every promoted checkpoint and every release (releases/)
+verifies (sha256 of each file against its manifest); checkpoints/LATEST names the chain's newest promoted checkpoint;
 state and checkpoints agree; no scratch is left for parts that are not running or
 queued; no temporary files of interrupted writes; events.jsonl does not end in a torn line.
 Exit 0 when clean, 1 when problems were found (each listed with the folder and file it
 concerns). --repair moves damaged files to quarantine/ (never deletes them), rebuilds an
 unreadable state from the checkpoints and events, queues again a part whose newest
-checkpoint is damaged, rewrites the pointer, and removes temporary files (never committed,
+checkpoint is damaged (and a release whose folder is: it is made again), rewrites the pointer, and removes temporary files (never committed,
 never data). It needs the daemon to be stopped.
 """
 
@@ -23,13 +23,14 @@ from orchestrator.chain.plan import resolve as resolve_chain
 from orchestrator.chain.schedule import load as load_schedule
 from orchestrator.chain.state import ChainState, PartStatus, load, save
 from orchestrator.part import lineage
+from orchestrator.part import release as releases
 from orchestrator.part.promote import PROMOTED_RE, promoted_folders, quarantine, set_latest
 from orchestrator.records.rundir import locate
 from runtime.atomic import end_lines
 from runtime.checkpoint import verify
 from runtime.errors import UserError
 from runtime.lockfile import Locked, LockFile, busy_message, holder_role
-from runtime.paths import RunPaths
+from runtime.paths import RELEASE_WORK, RunPaths, release_id
 
 
 @dataclass
@@ -84,6 +85,7 @@ class Check:
             moved = quarantine(self.paths, self.paths.state, "unreadable state.json (fsck)")
             note = f"moved state.json to {self.rel(moved)}; " + note
         self.state = reconcile.rebuild(self.paths, plan)
+        releases.rebuild(self.paths, self.state)
         save(self.paths.state, self.state)
         return note
 
@@ -93,6 +95,12 @@ class Check:
             if not verdict.ok:
                 where = f"checkpoints/{folder.name}/{verdict.bad_file or ''}".rstrip("/")
                 self.problems.append(Problem(where, verdict.reason, lambda f=folder, r=verdict.reason: self.drop(f, r)))
+        for folder in releases.folders(self.paths):
+            verdict = verify(folder)
+            if not verdict.ok:
+                where = f"releases/{folder.name}/{verdict.bad_file or ''}".rstrip("/")
+                self.problems.append(Problem(where, verdict.reason,
+                                             lambda f=folder, r=verdict.reason: self.drop_release(f, r)))
         for entry in self.paths.checkpoints.iterdir() if self.paths.checkpoints.is_dir() else ():
             if entry.name != "LATEST" and not PROMOTED_RE.match(entry.name):
                 self.problems.append(Problem(self.rel(entry), "not a promoted checkpoint (left by an interrupted "
@@ -147,6 +155,17 @@ class Check:
             save(self.paths.state, self.state)
         return f"moved {folder.name} to {self.rel(moved)} (later parts do not need it)"
 
+    def drop_release(self, folder: Path, reason: str) -> str:
+        """A damaged release: set aside; its record goes back to pending, so the daemon makes it again."""
+        moved = quarantine(self.paths, folder, f"damaged release (fsck): {reason}")
+        rel = self.state.release(folder.name) if self.state else None
+        if rel is not None:
+            rel.status, rel.checkpoint, rel.eval, rel.failures = PartStatus.PENDING, None, None, 0
+            rel.error = f"made again: its folder was damaged ({reason})"
+            save(self.paths.state, self.state)
+        again = "; it is made again when the daemon runs" if rel is not None else ""
+        return f"moved releases/{folder.name} to {self.rel(moved)}{again}"
+
     def check_pointer(self) -> None:
         want = Path(self.state.latest_checkpoint).name if self.state.latest_checkpoint else None
         have = self.paths.latest.read_text().strip() if self.paths.latest.exists() else None
@@ -160,10 +179,12 @@ class Check:
             self.problems.append(Problem("checkpoints/LATEST", f"names {have!r}, the chain's newest is {want!r}", fix))
 
     def check_scratch(self) -> None:
-        active = {p.id for p in self.state.parts if p.status in (PartStatus.PENDING, PartStatus.RUNNING, PartStatus.FAILED)}
+        live = (PartStatus.PENDING, PartStatus.RUNNING, PartStatus.FAILED)
+        active = {p.id for p in [*self.state.parts, *self.state.releases] if p.status in live}
         for stage in self.paths.work_root.iterdir() if self.paths.work_root.is_dir() else ():
             for part in stage.iterdir() if stage.is_dir() else ():
-                if f"{stage.name}/{part.name}" not in active:
+                jid = release_id(part.name) if stage.name == RELEASE_WORK else f"{stage.name}/{part.name}"
+                if jid not in active:
                     self.problems.append(Problem(self.rel(part), "scratch of a part that is done, skipped or not "
                                                  "in the chain", lambda d=part: self.set_aside(d)))
 
@@ -219,7 +240,8 @@ def _refuse_live_workers(paths: RunPaths) -> None:
     for lock in sorted(paths.work_root.glob("*/*/worker.lock")):
         pid, _role = holder_role(lock)
         if pid is not None:
-            part = f"{lock.parent.parent.name}/{lock.parent.name}"
+            part = release_id(lock.parent.name) if lock.parent.parent.name == RELEASE_WORK else \
+                f"{lock.parent.parent.name}/{lock.parent.name}"
             raise UserError(f"a worker (pid {pid}) is still training {part} in {lock.parent}; it stops by itself once "
                             "it notices its daemon is gone: wait for it to exit (or kill it), then repair")
 

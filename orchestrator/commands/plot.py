@@ -26,7 +26,8 @@ PAUSE_EVENTS = {"paused": 1, "resumed": -1, "guard-pause": 1, "guard-resume": -1
 def training_metrics(paths: RunPaths) -> list[dict]:
     """Every logged optimizer step of the chain, finished parts and the running one, in token order."""
     lines = [m for f in sorted(paths.metrics.glob("*.jsonl")) for m in read_jsonl(f)]
-    lines += [m for f in sorted(paths.work_root.glob("*/*/metrics.jsonl")) for m in read_jsonl(f)]
+    lines += [m for f in sorted(paths.work_root.glob("*/*/metrics.jsonl")) for m in read_jsonl(f)
+              if not f.parent.parent.name.startswith(".")]  # a release's cool-down is not the chain
     return sorted(lines, key=lambda m: m.get("global_tokens", 0))
 
 

@@ -20,7 +20,8 @@ import json
 from pathlib import Path
 
 from orchestrator.part.promote import promoted_folders
-from orchestrator.records.rundir import find_tokenizer
+from orchestrator.part.release import folders as release_folders
+from orchestrator.records.rundir import checkpoint_folder, find_tokenizer
 from runtime.errors import UserError
 from runtime.paths import RunPaths
 
@@ -57,7 +58,8 @@ def cmd_batch(args, paths: RunPaths) -> int:
 
     from trainer.inference import answer_loss, complete, load_model
 
-    folders = [f.resolve() for f in args.checkpoint] if args.checkpoint else promoted_folders(paths)
+    folders = [checkpoint_folder(f, args.run_dir, args.schedule).resolve() for f in args.checkpoint] \
+        if args.checkpoint else promoted_folders(paths) + release_folders(paths)
     if not folders:
         raise UserError(f"{paths.root}: no promoted checkpoints to compare")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -78,7 +80,8 @@ def cmd_batch(args, paths: RunPaths) -> int:
                 entry["match"] = text.strip().startswith(item["expected"].strip())
             answers.append(entry)
         scored = [a for a in answers if "expected_loss" in a]
-        results.append({"checkpoint": folder.name, "part": meta.part_id, "answers": answers,
+        name = f"release:{folder.name}" if folder.parent == paths.releases.resolve() else folder.name
+        results.append({"checkpoint": name, "part": meta.part_id, "answers": answers,
                         "mean_expected_loss": round(sum(a["expected_loss"] for a in scored) / len(scored), 5)
                         if scored else None, "matches": sum(a.get("match", False) for a in answers)})
     if args.json:

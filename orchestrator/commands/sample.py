@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import sys
 
-from orchestrator.records.rundir import find_tokenizer
+from orchestrator.records.rundir import checkpoint_folder, find_tokenizer
 from runtime.errors import UserError
 
 
 def cmd_sample(args) -> int:
     if args.system is not None and not args.chat:
         raise UserError("--system is the system text of a chat prompt: add --chat")
+    args.checkpoint = checkpoint_folder(args.checkpoint, args.run_dir, args.schedule)
     import sentencepiece as spm
 
     from trainer.inference import completions, load_model, torch_device  # torch: only here

@@ -39,7 +39,8 @@ def gather(paths: RunPaths) -> dict[str, Any]:
     pid, role = holder_role(paths.lock)
     if role not in (None, "daemon"):
         pid = None  # fsck or an offline skip holds the run, not a daemon
-    running = next((p for p in parts if p["status"] == "running"), None)
+    releases = state.get("releases", [])  # absent in the state of an older release: none
+    running = next((p for p in [*parts, *releases] if p["status"] == "running"), None)
     hb = read_json_object(paths.work(running["id"]).heartbeat) if running else None
     if hb and running.get("worker_pid") and running["worker_pid"] not in (hb.get("pid"), hb.get("launcher_pid")):
         hb = None  # an earlier attempt's heartbeat
@@ -50,12 +51,16 @@ def gather(paths: RunPaths) -> dict[str, Any]:
     left = progress.remaining_tokens(((p["status"], p.get("planned_tokens", 0)) for p in parts),
                                      hb.get("part_tokens"), hb.get("part_tokens_total"))
     current = None
-    if running:
+    if running and "name" in running:  # a release: its id is release:<name>
+        running = {**running, "id": f"release:{running['name']}"}
+        stage, part = running["stage"], running["name"]
+    elif running:
         stage, part = running["id"].split("/", 1)
         part_left = max(hb["part_tokens_total"] - hb["part_tokens"], 0) if hb.get("part_tokens_total") else None
         ckpt_time = hb.get("last_checkpoint_time")
         current = {
             "stage": stage, "part": part, "id": running["id"], "attempt": running.get("attempts"),
+            "release": "name" in running,
             "phase": hb.get("phase", "starting"), "paused_reason": hb.get("paused_reason"),
             "step": hb.get("step", 0), "steps_total": hb.get("steps_total"),
             "tokens": hb.get("part_tokens", 0), "tokens_total": hb.get("part_tokens_total"),
@@ -89,6 +94,12 @@ def gather(paths: RunPaths) -> dict[str, Any]:
             {k: p.get(k) for k in ("id", "stage", "status", "attempts", "tokens", "planned_tokens", "loss",
                                    "val_loss", "checkpoint", "error", "retry_at")}
             for p in parts
+        ],
+        "releases": [
+            {"id": f"release:{r['name']}", **{k: r.get(k) for k in (
+                "name", "part", "stage", "status", "attempts", "branch", "branch_tokens", "decay_tokens", "tokens",
+                "loss", "val_loss", "eval", "checkpoint", "error", "retry_at")}}
+            for r in releases
         ],
         "hardware": hardware(paths),
         "events": tail_jsonl(paths.events, 8),
@@ -176,11 +187,17 @@ def render(info: dict, show_all: bool = False):
                       progress.tokens(row["tokens"] or row["planned_tokens"]), progress.loss(row["loss"]),
                       progress.loss(row["val_loss"]), note)
     parts.append(table)
+    if info.get("releases"):
+        parts.append(_releases_table(info["releases"]))
     if info["hardware"]:
         parts.append(_hardware_line(info["hardware"]))
     if not info["schedule"]["valid"]:
         parts.append(Panel(info["schedule"]["error"] or "", title="schedule edit refused", border_style="red"))
     failed = [p for p in info["parts"] if p["status"] == "failed"]
+    for r in info.get("releases", []):
+        if r["status"] == "failed":  # never stops the chain; said here so it is not missed
+            parts.append(Text(f"{r['id']} was given up: {r['error']} (the chain went on; "
+                              f"`orchestrator retry {r['id']}` tries again)", style="yellow"))
     for p in failed:
         parts.append(Panel(p["error"] or "", title=f"{p['id']} failed (`orchestrator retry {p['id']}`)",
                            border_style="red"))
@@ -197,6 +214,25 @@ def render(info: dict, show_all: bool = False):
                        Text(str(e.get("message", "")).splitlines()[0][:100]))
         parts.append(Panel(ev, title="recent events", border_style="dim"))
     return Group(*parts)
+
+
+def _releases_table(releases: list[dict]):
+    """Cooled releases: where each branched, how long it cooled, its validation losses."""
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title="releases (cooled branches; `sample`/`export --checkpoint release:NAME`)", show_edge=False,
+                  header_style="bold", title_justify="left")
+    for col, justify in (("release", "left"), ("status", "left"), ("branch at", "right"), ("cooled", "right"),
+                         ("val loss", "right"), ("", "left")):
+        table.add_column(col, justify=justify, no_wrap=col != "")
+    for r in releases:
+        losses = ", ".join(f"{n} {v:.3f}" for n, v in (r["eval"] or {}).items())
+        note = losses if r["status"] == "done" else (r["error"] or "")[:80]
+        table.add_row(r["name"], Text(r["status"], style=STATUS_STYLE.get(r["status"], "")),
+                      progress.tokens(r["branch_tokens"]), progress.tokens(r["tokens"] or r["decay_tokens"]),
+                      progress.loss(r["val_loss"]), note)
+    return table
 
 
 def _hardware_line(hw: dict):

@@ -22,7 +22,7 @@ from pathlib import Path
 from orchestrator.chain import reconcile
 from orchestrator.chain.plan import resolve as resolve_chain
 from orchestrator.chain.schedule import load as load_schedule
-from orchestrator.chain.state import DaemonPhase, DaemonState, PauseState, ScheduleState
+from orchestrator.chain.state import DaemonPhase, DaemonState, PartStatus, PauseState, ScheduleState
 from orchestrator.chain.state import save as save_state
 from orchestrator.daemon import recovery, requests
 from orchestrator.daemon.notify import Notifier
@@ -388,8 +388,14 @@ class Daemon:
             return
         if self.paused():
             return
+        release = self.next_release()
+        if release is not None:  # before the next part: it branches from the checkpoint just promoted
+            self.runner.launch_release(release, self.control, self.hardware.sensor_file)
+            return
         part = self.state.next_pending()
         if part is None:
+            if self.releases_waiting():
+                return  # a release in its backoff: the chain is done once it is
             if not self.announced_done:
                 self.announced_done = True
                 then = "exiting" if self.exit_when_done else "waiting for more parts to be queued"
@@ -406,6 +412,15 @@ class Daemon:
             self.events.emit("chain-failed", f"the chain stopped: {self.state.blocked}", level=logging.ERROR)
             self.exit_code = 1
 
+    def next_release(self):
+        """A queued release whose backoff (after a failure) is over; a release waiting out its
+        backoff lets the chain's parts go on meanwhile."""
+        return next((r for r in self.state.releases
+                     if r.status == PartStatus.PENDING and self.runner.backoff_left(r) == 0), None)
+
+    def releases_waiting(self):
+        return next((r for r in self.state.releases if r.status == PartStatus.PENDING), None)
+
     # -- publishing ---------------------------------------------------------------------------------
 
     def phase(self) -> tuple[DaemonPhase, str | None]:
@@ -419,10 +434,10 @@ class Daemon:
             return DaemonPhase.PAUSED, self.paused()
         if self.runner.worker:
             return DaemonPhase.RUNNING, self.runner.worker.part_id
-        part = self.state.next_pending()
+        part = self.state.next_pending() or self.releases_waiting()
         if part is None:
             return DaemonPhase.IDLE, "every part is done"
-        if self.runner.backoff_left(part) > 0:
+        if self.runner.backoff_left(part) > 0 and not self.next_release():
             return DaemonPhase.WAITING, f"retrying {part.id} at {progress.clock(part.retry_at)}"
         return DaemonPhase.RUNNING, None
 

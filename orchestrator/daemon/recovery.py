@@ -18,6 +18,7 @@ from orchestrator.chain import reconcile
 from orchestrator.chain.plan import ChainPlan
 from orchestrator.chain.state import ChainState, PartStatus, ScheduleState
 from orchestrator.chain.state import load as load_state_file
+from orchestrator.part import release as releases
 from orchestrator.part.promote import quarantine, set_latest
 from orchestrator.part.runner import PartRunner
 from orchestrator.records.events import EventLog
@@ -105,11 +106,11 @@ def load_state(paths: RunPaths, plan: ChainPlan, events: EventLog, schedule_sha:
             state = load_state_file(paths.state)
         except ValueError as e:
             moved = quarantine(paths, paths.state, f"unreadable state.json: {e}")
-            state = reconcile.rebuild(paths, plan)
+            state = rebuilt(paths, plan)
             events.emit("state-rebuilt", f"state.json was unreadable (moved to {moved}); rebuilt it from the "
                         "promoted checkpoints and events", level=logging.WARNING)
     elif any(paths.checkpoints.glob("[0-9]*-*")):
-        state = reconcile.rebuild(paths, plan)
+        state = rebuilt(paths, plan)
         events.emit("state-rebuilt", "state.json was missing; rebuilt it from the promoted checkpoints and "
                     "events", level=logging.WARNING)
     else:
@@ -118,6 +119,13 @@ def load_state(paths: RunPaths, plan: ChainPlan, events: EventLog, schedule_sha:
     for note in reconcile.merge(state, plan):
         events.emit("schedule-change", note, level=logging.WARNING)
     state.schedule = ScheduleState(path=str(plan.path), sha256=schedule_sha, valid=True, loaded_at=time.time())
+    return state
+
+
+def rebuilt(paths: RunPaths, plan: ChainPlan) -> ChainState:
+    """state.json made again from the promoted checkpoints, the events, and the releases."""
+    state = reconcile.rebuild(paths, plan)
+    releases.rebuild(paths, state)
     return state
 
 
@@ -139,6 +147,15 @@ def recover(runner: PartRunner) -> None:
             continue
         if part.status == PartStatus.RUNNING and not runner.adopt(part):
             part.status, part.worker_pid = PartStatus.PENDING, None
+    for rel in state.releases:
+        if rel.status == PartStatus.DONE:
+            if paths.work(rel.id).root.exists():
+                runner.finish_scratch(rel)
+            continue
+        if runner.finish_release_promoted(rel):  # in releases/, but state.json was not saved in time
+            continue
+        if rel.status == PartStatus.RUNNING and (runner.worker is not None or not runner.adopt(rel)):
+            rel.status, rel.worker_pid = PartStatus.PENDING, None
     if state.latest_checkpoint:
         name = Path(state.latest_checkpoint).name
         if not paths.latest.exists() or paths.latest.read_text().strip() != name:

@@ -20,12 +20,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from orchestrator.chain.state import ChainState, PartState, PartStatus, PauseState
+from orchestrator.chain.state import ChainState, PartState, PartStatus, PauseState, ReleaseState
 from runtime.atomic import read_json
 from runtime.clock import Stamp
 from runtime.errors import UserError
 from runtime.lockfile import holder_role
-from runtime.paths import RunPaths
+from runtime.paths import RunPaths, is_release
 from runtime.workerfiles import read_model, write_model
 
 Command = Literal["pause", "resume", "stop", "skip", "retry"]
@@ -139,12 +139,18 @@ def answer(paths: RunPaths, path: Path, req_id: str, ok: bool, message: str) -> 
 # -- what a command means for the chain's state ---------------------------------------------
 
 
-def find_part(state: ChainState, name: str | None) -> PartState:
+def find_part(state: ChainState, name: str | None) -> PartState | ReleaseState:
+    """A part (STAGE/PART, or PART when unique) or a release (release:NAME)."""
     if not name:
-        raise UserError("name a part: STAGE/PART, or PART when unique")
+        raise UserError("name a part: STAGE/PART, or PART when unique (or a release: release:NAME)")
     exact = state.part(name)
     if exact:
         return exact
+    if is_release(name):
+        release = state.release(name)
+        if release is None:
+            raise UserError(f"no release {name!r}; `orchestrator status` lists them")
+        return release
     matches = [p for p in state.parts if p.id.split("/", 1)[1] == name]
     if len(matches) == 1:
         return matches[0]
@@ -173,6 +179,8 @@ def apply(state: ChainState, req: Request) -> str:
             return f"{part.id} was already skipped"
         part.status = PartStatus.SKIPPED
         part.retry_at = None
+        if isinstance(part, ReleaseState):
+            return f"skipped {part.id}; the chain goes on without it"
         return f"skipped {part.id}; the next part starts from the newest promoted checkpoint"
     if req.command == "retry":
         part = find_part(state, req.part)

@@ -1,8 +1,10 @@
-"""Running one part at a time: launch its worker, watch it, settle the part when it ends.
+"""Running one job at a time: launch its worker, watch it, settle the job when it ends.
 
-The daemon decides *when* (not paused, not stopping, the next pending part); this module
-does the rest: writes the spec, starts or adopts the worker, watches its heartbeat,
-applies the retry policy to how it ended, and promotes a finished part's checkpoint.
+A job is a part of the chain, or a release (a cool-down branched from a promoted part,
+orchestrator.part.release). The daemon decides *when* (not paused, not stopping, the next
+pending release or part); this module does the rest: writes the spec, starts or adopts
+the worker, watches its heartbeat, applies the retry policy to how it ended, and promotes
+a finished job's checkpoint (a part's into checkpoints/, a release's into releases/).
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from pathlib import Path
 from typing import Callable
 
 from orchestrator.chain.plan import ChainPlan
-from orchestrator.chain.state import ChainState, PartState, PartStatus
+from orchestrator.chain.state import ChainState, PartState, PartStatus, ReleaseState
 from orchestrator.part import lineage, policy
+from orchestrator.part import release as releases
 from orchestrator.part import spec as specs
 from orchestrator.part.process import WorkerProcess
 from orchestrator.part.promote import PromotionError, clear_scratch, promote, quarantine, unrecorded_promotions
@@ -100,20 +103,119 @@ class PartRunner:
         spec = specs.write(self.plan, self.plan.get(part.id), part, self.state, self.paths, sensor_file)
         self.state.model = self.state.model or spec.model
         self.state.tokenizer_sha256 = self.state.tokenizer_sha256 or spec.tokenizer_sha256
+        self.start_worker(part, spec, control, "part-started")
+
+    def start_worker(self, job: PartState | ReleaseState, spec: WorkerSpec, control: Control, event: str) -> None:
+        """Launch the worker of a part or a release whose spec is written."""
+        work = self.paths.work(job.id)
         for stale in (work.error, work.heartbeat, work.exit):
             stale.unlink(missing_ok=True)
         write_model(work.control, control, fault="control")
-        self.launch_step = self.newest_step(part.id)
-        self.worker = WorkerProcess.launch(part.id, work.spec, work.log, spec.train.gpus)
-        part.status, part.worker_pid = PartStatus.RUNNING, self.worker.pid
-        part.attempts += 1
-        part.started_at = part.started_at or time.time()
-        part.retry_at = None
-        self.retry_deadlines.pop(part.id, None)
+        self.launch_step = self.newest_step(job.id)
+        self.worker = WorkerProcess.launch(job.id, work.spec, work.log, spec.train.gpus)
+        job.status, job.worker_pid = PartStatus.RUNNING, self.worker.pid
+        job.attempts += 1
+        job.started_at = job.started_at or time.time()
+        job.retry_at = None
+        self.retry_deadlines.pop(job.id, None)
         self.save()
         resume = f", resuming at step {self.launch_step}" if self.launch_step >= 0 else ""
-        self.events.emit("part-started", f"started {part.id} (attempt {part.attempts}{resume})", part=part.id,
-                         attempt=part.attempts, pid=self.worker.pid)
+        self.events.emit(event, f"started {job.id} (attempt {job.attempts}{resume})", part=job.id,
+                         attempt=job.attempts, pid=self.worker.pid)
+
+    # -- releases ------------------------------------------------------------------------------
+
+    def launch_release(self, rel: ReleaseState, control: Control, sensor_file: Path | None) -> None:
+        """Start (or adopt, or promote the finished) worker of a release; a release that cannot
+        be made is given up, and the chain goes on."""
+        work = self.paths.work(rel.id)
+        if self.finish_release_promoted(rel):
+            return
+        work.root.mkdir(parents=True, exist_ok=True)
+        if self.adopt(rel):
+            return
+        if read_model(work.result, Result):  # finished while no daemon watched: promote it
+            self.launch_step = self.newest_step(rel.id)
+            self.conclude(rel, 0, stopping=False)
+            return
+        try:
+            if specs.frozen(work, rel.id) is None:
+                releases.check_branch(self.paths, rel, self.verified, on_progress=self.keepalive)
+            spec = releases.write_spec(self.plan, rel, self.state, self.paths, sensor_file)
+        except releases.ReleaseError as e:
+            self.give_up(rel, str(e))
+            return
+        self.start_worker(rel, spec, control, "release-started")
+
+    def finish_release_promoted(self, rel: ReleaseState) -> bool:
+        """A release whose folder is in releases/ but not recorded (a daemon killed in between)."""
+        folder = self.paths.releases / rel.name
+        if rel.status == PartStatus.DONE or not folder.is_dir():
+            return False
+        self.record_release(rel, folder, read_meta(folder), read_model(self.paths.work(rel.id).result, Result))
+        self.events.emit("promotion-completed", f"finished the interrupted promotion of {rel.id}", part=rel.id)
+        return True
+
+    def give_up(self, rel: ReleaseState, why: str) -> None:
+        rel.status, rel.error, rel.retry_at, rel.worker_pid = PartStatus.FAILED, why, None, None
+        self.retry_deadlines.pop(rel.id, None)
+        self.save()
+        self.events.emit("release-failed", f"{rel.id} is given up: {why}; the chain goes on without it "
+                         f"(`orchestrator retry {rel.id}` tries again)", level=logging.WARNING, part=rel.id)
+
+    def conclude_release(self, rel: ReleaseState, rc: int | None, stopping: bool) -> None:
+        """A release's worker has ended: promote it, retry it, or give it up (never the chain's business)."""
+        work = self.paths.work(rel.id)
+        result = read_model(work.result, Result)
+        error = read_model(work.error, ErrorReport)
+        rel.worker_pid = None
+        hung, self.hung = self.hung, False
+        self.report_quarantine(rel.id)
+        if rel.status == PartStatus.SKIPPED:
+            if result is None:
+                self.finish_scratch(rel)
+                self.save()
+                return
+            self.events.info(f"{rel.id} had finished before it was skipped; promoting it")
+        if stopping and result is None:
+            rel.status = PartStatus.PENDING
+            self.save()
+            self.events.info(f"the worker of {rel.id} stopped ({policy.describe_exit(rc)})")
+            return
+        d = self.decision(rel, rc, result, error, hung)
+        if d.action == "promote":
+            try:
+                folder, meta = releases.promote(self.paths, rel, work.root / result.checkpoint,
+                                                on_progress=self.keepalive)
+                self.record_release(rel, folder, meta, result)
+                return
+            except PromotionError as e:
+                work.result.unlink(missing_ok=True)
+                d = self.decision(rel, None, None, ErrorReport(kind="error", message=str(e)), progressed=False)
+                d.event = "promotion-refused"
+        if d.action == "fail":
+            self._log_worker_tail(rel)
+            self.give_up(rel, d.reason)
+            return
+        self.settle_failure(rel, d, rc)
+
+    def record_release(self, rel: ReleaseState, folder: Path, meta: CheckpointMeta, result: Result | None) -> None:
+        self.record_eval(rel, folder, meta)
+        rel.status = PartStatus.DONE
+        rel.tokens, rel.loss, rel.val_loss = meta.part_tokens, meta.loss, meta.val_loss
+        rel.checkpoint = f"releases/{folder.name}"
+        rel.finished_at = time.time()
+        rel.error = rel.retry_at = rel.worker_pid = None
+        if result:
+            rel.train_seconds += result.train_seconds
+            rel.paused_seconds += result.paused_seconds
+        self.save()
+        self.finish_scratch(rel)
+        losses = ", ".join(f"{n} {v:.4f}" for n, v in (rel.eval or {}).items()) or \
+            f"val_loss {progress.loss(rel.val_loss)}"
+        self.events.emit("release-done", f"{rel.id} done: cooled over {progress.tokens(rel.tokens)} tokens from "
+                         f"{rel.branch} ({progress.tokens(rel.branch_tokens)}); {losses}; promoted to "
+                         f"{rel.checkpoint}", part=rel.id, checkpoint=rel.checkpoint, tokens=rel.tokens)
 
     def secure_start(self, part: PartState) -> bool:
         """May the part start now? Its own scratch must continue the chain as it stands (else
@@ -185,7 +287,7 @@ class PartRunner:
         hb = read_model(self.paths.work(self.worker.part_id).heartbeat, Heartbeat)
         return hb if hb and self.worker.pid in (hb.pid, hb.launcher_pid) else None
 
-    def watch(self, control: Control) -> tuple[PartState, int | None] | None:
+    def watch(self, control: Control) -> tuple[PartState | ReleaseState, int | None] | None:
         """None while the worker runs (hangs handled, progress logged); (part, exit code) once it ended."""
         w = self.worker
         exited, rc = w.poll()
@@ -194,7 +296,7 @@ class PartRunner:
             if w.launcher or rc is None:  # torchrun's code is 1 for any failure; an adopted one has none
                 reported = read_model(self.paths.work(w.part_id).exit, ExitReport)
                 rc = reported.code if reported else rc
-            return self.state.part(w.part_id), rc
+            return self.state.job(w.part_id), rc
         if w.enforce_deadline():
             self.events.emit("worker-killed", f"the worker of {w.part_id} did not stop in time ({w.stop_reason}); "
                              "killed it", level=logging.WARNING)
@@ -259,8 +361,11 @@ class PartRunner:
 
     # -- settling ---------------------------------------------------------------------------
 
-    def conclude(self, part: PartState, rc: int | None, stopping: bool) -> None:
+    def conclude(self, part: PartState | ReleaseState, rc: int | None, stopping: bool) -> None:
         """A worker has ended: decide, from its exit and its files, what happens to the part."""
+        if isinstance(part, ReleaseState):
+            self.conclude_release(part, rc, stopping)
+            return
         work = self.paths.work(part.id)
         result = read_model(work.result, Result)
         error = read_model(work.error, ErrorReport)
@@ -280,14 +385,7 @@ class PartRunner:
             self.events.info(f"the worker of {part.id} stopped ({policy.describe_exit(rc)})")
             return
         spec = read_model(work.spec, WorkerSpec)
-        train = spec.train if spec else self.plan.get(part.id).train
-        micro, accum = train.micro_batch, train.grad_accum
-        if error is not None and error.micro_batch and error.micro_batch < micro:
-            # The worker's memory plan ran a smaller micro-batch than the spec's: halve that one.
-            micro, accum = error.micro_batch, micro * accum // error.micro_batch
-        progressed = self.newest_step(part.id) > self.launch_step
-        d = policy.decide(rc, result is not None, error, hung, progressed, part, micro, accum,
-                          self.plan.schedule.supervisor)
+        d = self.decision(part, rc, result, error, hung)
         if d.action == "promote" and not self.result_fits(part, result):
             self.set_aside_scratch(part, spec)
             part.status = PartStatus.PENDING
@@ -303,25 +401,43 @@ class PartRunner:
                 # The final checkpoint is bad: withdraw the result that named it, so the worker
                 # runs again and resumes from an earlier checkpoint; count it like any failure.
                 work.result.unlink(missing_ok=True)
-                d = policy.decide(None, False, ErrorReport(kind="error", message=str(e)), False, False, part,
-                                  train.micro_batch, train.grad_accum, self.plan.schedule.supervisor)
+                d = self.decision(part, None, None, ErrorReport(kind="error", message=str(e)), progressed=False)
                 d.event = "promotion-refused"
         if part.status == PartStatus.SKIPPED:  # its result could not be promoted: it stays skipped
             self.finish_scratch(part)
             self.save()
             return
+        self.settle_failure(part, d, rc)
+
+    def decision(self, job: PartState | ReleaseState, rc: int | None, result: Result | None,
+                 error: ErrorReport | None, hung: bool = False, progressed: bool | None = None) -> policy.Decision:
+        """The retry policy's verdict on how a job's worker ended."""
+        spec = read_model(self.paths.work(job.id).spec, WorkerSpec)
+        pp = self.plan.get(job.part if isinstance(job, ReleaseState) else job.id)
+        train = spec.train if spec else (pp.train if pp else self.plan.schedule.train)
+        micro, accum = train.micro_batch, train.grad_accum
+        if error is not None and error.micro_batch and error.micro_batch < micro:
+            # The worker's memory plan ran a smaller micro-batch than the spec's: halve that one.
+            micro, accum = error.micro_batch, micro * accum // error.micro_batch
+        if progressed is None:
+            progressed = self.newest_step(job.id) > self.launch_step
+        return policy.decide(rc, result is not None, error, hung, progressed, job, micro, accum,
+                             self.plan.schedule.supervisor)
+
+    def settle_failure(self, job: PartState | ReleaseState, d: policy.Decision, rc: int | None) -> None:
+        """Record a worker that ended without a promotion: relaunch, retry after a backoff, or fail."""
         if d.event != "worker-stopped":
-            self._log_worker_tail(part)
-            part.error = d.reason
-        part.status = PartStatus.FAILED if d.action == "fail" else PartStatus.PENDING
-        part.failures = d.failures if d.failures is not None else part.failures
-        part.nonfinite = d.nonfinite if d.nonfinite is not None else part.nonfinite
-        part.overrides = d.overrides or part.overrides
-        part.retry_at = time.time() + d.backoff_s if d.action == "retry" else None  # for display and restarts
-        self.retry_deadlines[part.id] = time.monotonic() + d.backoff_s if d.action == "retry" else None
+            self._log_worker_tail(job)
+            job.error = d.reason
+        job.status = PartStatus.FAILED if d.action == "fail" else PartStatus.PENDING
+        job.failures = d.failures if d.failures is not None else job.failures
+        job.nonfinite = d.nonfinite if d.nonfinite is not None else job.nonfinite
+        job.overrides = d.overrides or job.overrides
+        job.retry_at = time.time() + d.backoff_s if d.action == "retry" else None  # for display and restarts
+        self.retry_deadlines[job.id] = time.monotonic() + d.backoff_s if d.action == "retry" else None
         self.save()
         level = logging.INFO if d.event == "worker-stopped" else logging.WARNING
-        self.events.emit(d.event, f"{part.id}: {d.reason}", level=level, part=part.id, exit=rc)
+        self.events.emit(d.event, f"{job.id}: {d.reason}", level=level, part=job.id, exit=rc)
 
     def record_done(self, part: PartState, folder: Path, meta: CheckpointMeta, result: Result | None) -> None:
         """The part's checkpoint is promoted: record it (and its evaluation), then clear its scratch."""
@@ -338,13 +454,20 @@ class PartRunner:
         self.state.global_tokens = meta.global_tokens
         self.state.next_seq = max(self.state.next_seq, part.seq + 1)
         self.state.latest_checkpoint = part.checkpoint
+        rel = releases.due(self.plan.get(part.id), self.state, part, folder, meta.global_tokens,
+                           meta.model["block_size"])
+        if rel:  # recorded with the part: a crash cannot lose it
+            self.state.releases.append(rel)
         self.save()
         self.finish_scratch(part)
         self.events.emit("part-done", f"{part.id} done: {progress.tokens(part.tokens)} tokens, loss "
                          f"{progress.loss(part.loss)}, val_loss {progress.loss(part.val_loss)}; promoted to "
                          f"{part.checkpoint}", part=part.id, checkpoint=part.checkpoint, tokens=part.tokens)
+        if rel:
+            self.events.emit("release-queued", f"{rel.id} queued: a cool-down of {progress.tokens(rel.decay_tokens)} "
+                             f"tokens from {rel.branch}", part=rel.id)
 
-    def record_eval(self, part: PartState, folder: Path, meta: CheckpointMeta) -> None:
+    def record_eval(self, part: PartState | ReleaseState, folder: Path, meta: CheckpointMeta) -> None:
         """The worker's evaluation (eval.json) into evals.jsonl and the part's record. Written
         before state.json: a crash in between repeats a line rather than losing it. A
         malformed file is reported and left out: it never stops the promotion."""
@@ -357,18 +480,23 @@ class PartRunner:
             return
         samples = [s for s in samples if isinstance(s, dict) and isinstance(s.get("prompt"), str)
                    and isinstance(s.get("text"), str)]
-        record = {"time": round(time.time(), 3), "part": part.id, "checkpoint": f"checkpoints/{folder.name}",
-                  "global_tokens": meta.global_tokens, "source": "chain", **evaluation, "samples": samples}
+        release = isinstance(part, ReleaseState)
+        record = {"time": round(time.time(), 3), "part": part.id,
+                  "checkpoint": f"{'releases' if release else 'checkpoints'}/{folder.name}",
+                  "global_tokens": meta.global_tokens, "source": "release" if release else "chain",
+                  **({"branch": part.branch, "branch_tokens": part.branch_tokens} if release else {}),
+                  **evaluation, "samples": samples}
         append_line(self.paths.evals, json.dumps(record, ensure_ascii=False), fault="evals")
         part.eval = _losses(sets)
         shown = "; ".join(f"{s['prompt']!r} -> {s['text'][:60]!r}" for s in samples)
         self.events.info(f"evaluation of {part.id}: " + ", ".join(f"{n} {v:.4f}" for n, v in part.eval.items())
                          + (f"; {shown}" if shown else ""))
 
-    def finish_scratch(self, part: PartState) -> None:
+    def finish_scratch(self, part: PartState | ReleaseState) -> None:
         work = self.paths.work(part.id)
         if part.status == PartStatus.DONE and work.metrics.exists():
             self.paths.metrics.mkdir(exist_ok=True)
+            self.paths.part_metrics(part.id).parent.mkdir(exist_ok=True)
             shutil.move(work.metrics, self.paths.part_metrics(part.id))  # a rename, or a copy across disks
         clear_scratch(self.paths, work.root)
 

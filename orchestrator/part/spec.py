@@ -37,25 +37,44 @@ def frozen(work: WorkPaths, part_id: str) -> WorkerSpec | None:
 
 
 def fresh(plan: ChainPlan, pp: PartPlan, state: ChainState, paths: RunPaths) -> WorkerSpec:
+    start = paths.root / state.latest_checkpoint if state.latest_checkpoint else None
+    return build(plan, pp, paths, pp.id, start, state.global_tokens, state.model or plan.model)
+
+
+def build(plan: ChainPlan, pp: PartPlan, paths: RunPaths, job_id: str, start: Path | None, offset: int,
+          model: dict) -> WorkerSpec:
+    """A spec that trains on part `pp`'s data from `start` (a promoted checkpoint) at the chain's
+    `offset` tokens: the part itself (job_id == pp.id), or a release branching after it."""
     train = pp.train
     if train.cpu_threads is None and train.device in ("auto", "cpu"):
         # Fixed in the spec so that every attempt of the part computes identically; several
         # processes (train.gpus on a machine without CUDA) divide the cores between them.
         train = train.model_copy(update={"cpu_threads": max(1, len(os.sched_getaffinity(0)) // train.gpus)})
     return WorkerSpec(
-        part_id=pp.id, stage=pp.stage, work_dir=paths.work(pp.id).root, data=pp.data, val=pp.val,
-        epochs=pp.epochs,
-        init_checkpoint=paths.root / state.latest_checkpoint if state.latest_checkpoint else None,
-        model=state.model or plan.model, tokenizer_sha256=plan.tokenizer_sha256, train=train,
-        token_offset=state.global_tokens, chain_total_tokens=plan.lr_total_tokens(),
+        part_id=job_id, stage=pp.stage, work_dir=paths.work(job_id).root, **data_section(pp),
+        init_checkpoint=start, model=model, tokenizer_sha256=plan.tokenizer_sha256, train=train,
+        token_offset=offset, chain_total_tokens=plan.lr_total_tokens(),
     )
+
+
+def data_section(pp: PartPlan) -> dict:
+    """What a part trains on: its data, its stage's val split, its passes (a release of the
+    part's stage takes the same, and sets its own passes and length)."""
+    return {"data": pp.data, "val": pp.val, "epochs": pp.epochs}
 
 
 def write(plan: ChainPlan, pp: PartPlan, part: PartState, state: ChainState, paths: RunPaths,
           sensor_file: Path | None) -> WorkerSpec:
     work = paths.work(pp.id)
     spec = frozen(work, pp.id) or fresh(plan, pp, state, paths)
-    o = part.overrides
+    return finish(spec, part, plan, paths, sensor_file, evaluation(plan, pp, state, paths))
+
+
+def finish(spec: WorkerSpec, job, plan: ChainPlan, paths: RunPaths, sensor_file: Path | None,
+           evaluation: EvalSpec | None) -> WorkerSpec:
+    """The daemon's own overrides after failures, and the current operational settings,
+    laid over a (frozen or fresh) spec; written into the job's work dir."""
+    o = job.overrides
     train = spec.train.model_copy(update={
         "micro_batch": o.micro_batch or spec.train.micro_batch,
         "grad_accum": o.grad_accum or spec.train.grad_accum,
@@ -63,19 +82,26 @@ def write(plan: ChainPlan, pp: PartPlan, part: PartState, state: ChainState, pat
     # Guard and evaluation settings are operational, not part of the training math: always current.
     spec = spec.model_copy(update={"train": train, "lr_scale": o.lr_scale, "skip_windows": list(o.skip_windows),
                                    "disk_margin_gb": plan.schedule.guard.disk_margin_gb, "sensor_file": sensor_file,
-                                   "eval": evaluation(plan, pp, state, paths)})
-    write_model(work.spec, spec, fault="spec")
+                                   "eval": evaluation})
+    write_model(paths.work(spec.part_id).spec, spec, fault="spec")
     return spec
 
 
-def evaluation(plan: ChainPlan, pp: PartPlan, state: ChainState, paths: RunPaths) -> EvalSpec | None:
-    """What the worker evaluates when this part ends: every k-th part of the chain and the last
-    one queued, on the validation split of every stage seen so far and of the next stage."""
-    cfg = plan.schedule.eval
-    tensorboard = paths.root / "tensorboard" if cfg.tensorboard else None
+def position(state: ChainState, pid: str) -> int:
+    """The part's place in the chain, from 1 (what eval.every_parts and release.every_parts count)."""
     ids = [p.id for p in state.parts]
-    position = ids.index(pp.id) + 1 if pp.id in ids else len(ids)
-    due = cfg.every_parts > 0 and (position % cfg.every_parts == 0 or position == len(ids))
+    return ids.index(pid) + 1 if pid in ids else len(ids)
+
+
+def evaluation(plan: ChainPlan, pp: PartPlan, state: ChainState, paths: RunPaths,
+               release: bool = False) -> EvalSpec | None:
+    """What the worker evaluates when this part ends: every k-th part of the chain and the last
+    one queued, on the validation split of every stage seen so far and of the next stage. A
+    release is always evaluated so, and never logs to the chain's tensorboard."""
+    cfg = plan.schedule.eval
+    tensorboard = paths.root / "tensorboard" if cfg.tensorboard and not release else None
+    at = position(state, pp.id)
+    due = release or (cfg.every_parts > 0 and (at % cfg.every_parts == 0 or at == len(state.parts)))
     if not due and tensorboard is None:
         return None
     sets = []

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from runtime.errors import UserError
-from runtime.paths import RunPaths
+from runtime.paths import RELEASE_PREFIX, RunPaths
 
 
 def default_for(schedule: Path, name: str) -> Path:
@@ -88,3 +88,27 @@ def find_tokenizer(checkpoint: Path, sha256: str | None, given: Path | None) -> 
             raise UserError(f"{path}: not the tokenizer {checkpoint} was trained with (sha256 differs)")
         return path
     raise UserError(f"cannot find the tokenizer of {checkpoint}; pass --tokenizer FILE.model")
+
+
+def checkpoint_folder(value: Path, run_dir: Path | None, schedule: Path | None) -> Path:
+    """What a --checkpoint names: a checkpoint folder as given, or `release:NAME` (a cooled
+    release of the run: releases/NAME/), `release:latest` the newest one made."""
+    text = str(value)
+    if not text.startswith(RELEASE_PREFIX):
+        return value
+    name = text.removeprefix(RELEASE_PREFIX)
+    paths = locate(run_dir, schedule)
+    if name == "latest":
+        try:
+            done = [r for r in json.loads(paths.state.read_text()).get("releases", []) if r.get("status") == "done"]
+        except (OSError, ValueError, AttributeError):
+            done = []
+        if not done:
+            raise UserError(f"{paths.root}: no release made yet (schedule `release.every_parts`)")
+        name = max(done, key=lambda r: (r.get("branch_tokens", 0), r.get("finished_at") or 0))["name"]
+    folder = paths.releases / name
+    if not folder.is_dir():
+        made = sorted(p.name for p in paths.releases.iterdir()) if paths.releases.is_dir() else []
+        raise UserError(f"{folder}: no such release" + (f"; the run has {', '.join(made)}" if made else
+                                                          "; the run has none yet"))
+    return folder

@@ -70,6 +70,27 @@ def test_model_errors_name_the_field(chain):
     assert "model.block_size: 64, but" in err and "prepare again with --block-size 64" in err
 
 
+def test_release_settings_name_the_field_and_a_stage_overrides_the_chains(chain):
+    def change(raw):
+        raw["release"] = {"every_parts": -1, "decay_fraction": 0, "every": 2}
+        raw["stages"][1]["release"] = {"decay_fraction": 1.5}
+    err = refused("validate", str(edit(chain, change)))
+    assert "release.every_parts: Input should be greater than or equal to 0" in err
+    assert "release.decay_fraction: Input should be greater than 0" in err
+    assert "release.every: unknown field" in err
+    assert "stages[1].release.decay_fraction: Input should be less than or equal to 1" in err
+
+    from orchestrator.chain.plan import resolve
+    from orchestrator.chain.schedule import load
+
+    def stage_off(raw):
+        raw["release"] = {"every_parts": 2, "decay_fraction": 0.2}
+        raw["stages"][1]["release"] = {"every_parts": 0}
+    plan = resolve(load(edit(chain, stage_off)), chain)
+    assert [(p.stage, p.release.every_parts, p.release.decay_fraction) for p in plan.parts] == \
+           [("wiki", 2, 0.2), ("wiki", 2, 0.2), ("domain", 0, 0.2), ("domain", 0, 0.2)]
+
+
 def test_missing_parts_duplicates_and_empty_stages(chain):
     err = refused("validate", str(edit(chain, lambda raw: raw["stages"][0].update(parts=["data/nope/*.bin"]))))
     assert "stages[0].parts[0]: 'data/nope/*.bin' matches no file (paths are relative to" in err
