@@ -62,6 +62,7 @@ def setting(name: str) -> int | None:
                              daemon's watchdog must be fed meanwhile)
     SENSOR_READ_HANG_S=N     every sensor read hangs N seconds (a hung mount)
     NO_INOTIFY=1             the schedule watcher cannot start (no inotify)
+    FAULT_RETRY_S=N          the daemon retries after an I/O fault every N s (not 30)
 
     (ORCHESTRATOR_FAULT_GPU_FACTS=JSON, fabricated torch and GPU facts, is read by
     runtime.gpuarch.fabricated_facts, not here: it is JSON, not a number.)

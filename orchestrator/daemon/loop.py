@@ -32,6 +32,7 @@ from orchestrator.part.runner import PartRunner
 from orchestrator.records import progress
 from orchestrator.records.events import EventLog
 from orchestrator.records.rundir import default_for
+from runtime import faults
 from runtime.atomic import DISK_FULL
 from runtime.errors import UserError
 from runtime.lockfile import Locked, LockFile, busy_message
@@ -75,6 +76,7 @@ class Daemon:
         self.pause_kind: tuple[str, ...] = ()  # the guard's last kind of pause
         self.paused_since: float | None = None  # monotonic, while the daemon's phase is paused
         self.fault: str | None = None  # an unexpected I/O error: the chain pauses until a retry succeeds
+        self.fault_key: tuple | None = None  # (errno, folder): the same fault is reported once
         self.fault_retry_at = 0.0
 
     # -- life cycle ----------------------------------------------------------------------
@@ -148,7 +150,11 @@ class Daemon:
         try:
             if self.write_error:
                 self.save()  # retry: the disk may have space again
-            if self.fault and time.monotonic() >= self.fault_retry_at:
+            if self.fault:
+                if time.monotonic() < self.fault_retry_at:
+                    self.handle_signals()  # a stop still works; the rest waits for the retry
+                    self.notifier.watchdog()
+                    return
                 self.retry_after_fault()
             self.handle_signals()
             self.handle_requests()
@@ -169,14 +175,18 @@ class Daemon:
         chain and say which, retrying every FAULT_RETRY_S, instead of exiting into a restart
         loop. The retry first settles what was half done, as a restart would."""
         where = f"{e.filename}: " if e.filename else ""
+        retry_s = faults.setting("FAULT_RETRY_S") or FAULT_RETRY_S
         message = f"{where}{e.strerror or e}; fix it (permissions? a failing disk?); the daemon retries every " \
-                  f"{FAULT_RETRY_S:.0f}s"
-        if message != self.fault:
+                  f"{retry_s:.0f}s"
+        # Keyed by folder, not file: a write names a fresh temporary file every time.
+        key = (e.errno, os.path.dirname(os.fspath(e.filename)) if e.filename else None)
+        if key != self.fault_key:
             self.events.emit("daemon-fault", message, level=logging.ERROR)
-        self.fault = message
-        self.fault_retry_at = time.monotonic() + FAULT_RETRY_S
+        self.fault, self.fault_key = message, key
+        self.fault_retry_at = time.monotonic() + retry_s
 
     def retry_after_fault(self) -> None:
+        self.events.info(f"retrying after the fault: {self.fault}")
         self.fault = None
         recovery.recover(self.runner)  # a part left running without its worker goes back to pending
 

@@ -34,7 +34,9 @@ def test_a_stepped_wall_clock_neither_stops_the_guard_and_checkpoints_nor_hangs_
                           train={"checkpoint_interval_s": 0.3},
                           supervisor={"heartbeat_timeout_s": 60, "startup_timeout_s": 120})
     raw = json.loads(schedule.read_text())
-    raw["guard"] = {"sensor_file": str(sensor), "poll_interval_s": 0.2, "min_pause_s": 0}
+    # The file is written only when the test changes the temperature: never stale, however
+    # slowly the machine trains (the staleness check has tests of its own).
+    raw["guard"] = {"sensor_file": str(sensor), "poll_interval_s": 0.2, "min_pause_s": 0, "sensor_stale_s": 1e6}
     schedule.write_text(json.dumps(raw))
     clock = tmp_path / "clock"
     worker_clock = tmp_path / "clock.worker"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import cli, events, make_chain, part_of, read_state, start_daemon
+from tests.helpers import cli, events, make_chain, part_of, read_state, running_step, start_daemon, wait_for
 
 ONE_STAGE = [{"name": "wiki", "parts": ["data/wiki"]}]
 
@@ -116,3 +116,22 @@ def test_events_jsonl_is_rotated_and_still_read_whole(tmp_path):
     assert all(p.stat().st_size < 2300 for p in tmp_path.glob("events.jsonl*"))
     kept = read_events(paths)
     assert [e["message"] for e in kept] == [f"event {n}" for n in range(200 - len(kept), 200)]  # in order
+
+
+def test_an_unexpected_write_error_pauses_the_daemon_once_then_it_retries_and_goes_on(tmp_path):
+    """state.json cannot be replaced (a folder now stands in its place: EISDIR, neither a
+    full disk nor a crash): the daemon reports the fault once, not at every tick, retries
+    at its interval, and goes on once the obstacle is gone."""
+    schedule = make_chain(tmp_path, parts=1, tokens=20000, stages=ONE_STAGE)
+    run, log, pid = tmp_path / "runs" / "chain", tmp_path / "daemon.log", "wiki/part-000"
+    daemon = start_daemon(schedule, log, "--exit-when-done", extra_env={"ORCHESTRATOR_FAULT_FAULT_RETRY_S": "1"})
+    wait_for(lambda: running_step(run, pid) >= 3, timeout=120, what="training")
+    (run / "state.json").unlink()
+    (run / "state.json").mkdir()
+    wait_for(lambda: log.read_text().count("retrying after the fault") >= 3, timeout=120, what="three retries")
+    faults = [e for e in events(run) if e["event"] == "daemon-fault"]
+    assert len(faults) == 1 and "state.json" in faults[0]["message"], faults
+    assert log.read_text().count("ERROR") == 1, log.read_text()[-3000:]
+    (run / "state.json").rmdir()
+    assert daemon.wait(timeout=300) == 0, log.read_text()[-3000:]
+    assert part_of(read_state(run), pid)["status"] == "done"
