@@ -107,7 +107,9 @@ def save(root: Path, step: int, *, model: torch.nn.Module, optimizer, scaler, me
             "rng.pt": _write(tmp / "rng.pt", rng),
         }
         faults.point("checkpoint.files-written")
-        files[META] = _write(tmp / META, (meta.model_dump_json(indent=2) + "\n").encode())
+        # Fields a release without replay does not know are left out when unused.
+        sidecar = meta.model_dump_json(indent=2, exclude={"sources"} if meta.sources is None else None)
+        files[META] = _write(tmp / META, (sidecar + "\n").encode())
         write_manifest(tmp, step, files)
         fsync_dir(tmp)
     except BaseException:

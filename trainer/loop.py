@@ -22,11 +22,12 @@ import torch
 from runtime import faults
 from runtime.spec import WorkerSpec
 from trainer import optim
-from trainer.data import Batches, WindowOrder
+from trainer.data import Batches, Order
 from trainer.device import Placement
 from trainer.distributed import Ranks, no_sync
 from trainer.errors import NonFiniteLoss
-from trainer.lr import lr_multiplier
+from trainer.lr import lr_multiplier, stage_multiplier
+from trainer.mixture import MixedBatches
 
 
 @dataclass
@@ -56,8 +57,8 @@ class Trainer:
         model: torch.nn.Module,
         optimizer: torch.optim.Optimizer,
         scaler: torch.amp.GradScaler,
-        order: WindowOrder,
-        batches: Batches,
+        order: Order,
+        batches: Batches | MixedBatches,
         progress: Progress,
         ranks: Ranks | None = None,
     ):
@@ -117,8 +118,9 @@ class Trainer:
         if n_micro == 0:
             return None
         tokens = n_micro * self.round_windows * self.window_tokens
-        factor = self.spec.lr_scale * lr_multiplier(p.global_tokens + tokens, self.spec.chain_total_tokens,
-                                                    self.train, self.step_tokens)
+        at = p.global_tokens + tokens
+        factor = (self.spec.lr_scale * lr_multiplier(at, self.spec.chain_total_tokens, self.train, self.step_tokens)
+                  * stage_multiplier(at, self.spec.stage_lr, self.train.min_lr_ratio))
         for group in self.optimizer.param_groups:  # each group's own peak (Muon's, AdamW's)
             group["lr"] = group["peak_lr"] * factor
         lr = self.adamw_lr * factor
