@@ -23,11 +23,11 @@ END = "<!-- end of generated table -->"
 
 
 def sections() -> dict[str, type[BaseModel]]:
-    from orchestrator.chain.schedule import EvalConfig, GuardConfig, Schedule, Stage, SupervisorConfig
+    from orchestrator.chain.schedule import EvalConfig, GuardConfig, Replay, Schedule, Stage, SupervisorConfig
     from runtime.spec import TrainConfig
 
-    return {"Schedule": Schedule, "Stage": Stage, "TrainConfig": TrainConfig, "GuardConfig": GuardConfig,
-            "SupervisorConfig": SupervisorConfig, "EvalConfig": EvalConfig}
+    return {"Schedule": Schedule, "Stage": Stage, "Replay": Replay, "TrainConfig": TrainConfig,
+            "GuardConfig": GuardConfig, "SupervisorConfig": SupervisorConfig, "EvalConfig": EvalConfig}
 
 
 def _default(field) -> str:
