@@ -117,3 +117,21 @@ def _tokenizer_of(pp: PartPlan) -> Path | None:
 
     recorded = load_manifest(pp.manifest).tokenizer.file
     return Path(recorded) if recorded and Path(recorded).is_file() else None
+
+
+def kept_transitions(old: ChainPlan, new: ChainPlan, state: ChainState, paths: RunPaths) -> list[str]:
+    """On a schedule reload: the parts under way whose stage's replay, ramp or learning-rate
+    shape the edit changed, and which keep what they started with (their spec is frozen)."""
+    notes = []
+    for part in state.parts:
+        a, b = old.get(part.id), new.get(part.id)
+        if a is None or b is None or _transition(a) == _transition(b):
+            continue
+        if part.status in (PartStatus.RUNNING, PartStatus.PENDING) and frozen(paths.work(part.id), part.id):
+            notes.append(f"{part.id} keeps the replay, ramp and learning-rate shape it started with; the edit "
+                         "applies from the next part")
+    return notes
+
+
+def _transition(pp: PartPlan) -> tuple:
+    return pp.mixture, pp.lr_rewarm_tokens, pp.lr_decay_fraction

@@ -46,6 +46,8 @@ def test_a_chain_with_replay_runs_and_a_weight_edit_applies_from_the_next_part(t
     tmp.write_text(json.dumps(raw))
     os.replace(tmp, schedule)
     wait_for(lambda: sum(e["event"] == "schedule-reloaded" for e in events(run)) > reloads, what="the edit loaded")
+    reloaded = [e for e in events(run) if e["event"] == "schedule-reloaded"][-1]
+    assert f"{first} keeps the replay, ramp and learning-rate shape it started with" in json.dumps(reloaded)
     for pid in worker:  # the part is retried: from its frozen spec, so with the weight it started with
         os.kill(pid, signal.SIGKILL)
     assert daemon.wait(timeout=600) == 0, log.read_text()[-3000:]
