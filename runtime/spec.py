@@ -163,6 +163,12 @@ class Mixture(BaseModel):
     stage_tokens: int = Field(0, ge=0)
     """Tokens the stage had trained before this part (where the part is on the ramp)."""
 
+    def summary(self) -> dict[str, Any]:
+        """What decides the part's slots, for its checkpoints (CheckpointMeta.mixture): the
+        weights by source, the ramp and the stage's position on it (no paths: a run dir may move)."""
+        return {"weights": {s.name: s.weight for s in self.sources}, "ramp_tokens": self.ramp_tokens,
+                "ramp_from": self.ramp_from, "stage_tokens": self.stage_tokens}
+
     @model_validator(mode="after")
     def _consistent(self) -> "Mixture":
         names = [s.name for s in self.sources]

@@ -108,7 +108,8 @@ def save(root: Path, step: int, *, model: torch.nn.Module, optimizer, scaler, me
         }
         faults.point("checkpoint.files-written")
         # Fields a release without replay does not know are left out when unused.
-        sidecar = meta.model_dump_json(indent=2, exclude={"sources"} if meta.sources is None else None)
+        unused = {name for name in ("sources", "mixture") if getattr(meta, name) is None}
+        sidecar = meta.model_dump_json(indent=2, exclude=unused or None)
         files[META] = _write(tmp / META, (sidecar + "\n").encode())
         write_manifest(tmp, step, files)
         fsync_dir(tmp)

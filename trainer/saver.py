@@ -111,7 +111,8 @@ class Saver:
         spec = self.spec
         return CheckpointMeta(
             part_id=spec.part_id, stage=spec.stage, step=p.step, cursor=p.cursor,
-            sources=self.sources(p.cursor) if self.sources else None, part_tokens=p.part_tokens,
+            sources=self.sources(p.cursor) if self.sources else None,
+            mixture=spec.mixture.summary() if spec.mixture else None, part_tokens=p.part_tokens,
             global_tokens=p.global_tokens, done=done, model=self.model.config.to_dict(),
             start=spec.init_checkpoint.name if spec.init_checkpoint else None, start_tokens=spec.token_offset,
             tokenizer_sha256=spec.tokenizer_sha256, micro_batch=spec.train.micro_batch,

@@ -104,14 +104,18 @@ def mixed_data(spec: WorkerSpec, part: TokenPart, cfg: GPTConfig,
 
 
 def check_positions(order: MixedOrder, start: resume.Start) -> None:
-    """A resumed checkpoint's recorded source positions are the ones this spec gives at its cursor."""
+    """A resumed checkpoint was made with this mixture, and its recorded source positions are
+    the ones this spec gives at its cursor (a checkpoint without them predates replay)."""
     if start.resumed_from is None:
         return
-    recorded = read_meta(start.resumed_from).sources
+    meta = read_meta(start.resumed_from)
     expected = order.positions(start.progress.cursor)
-    if recorded is not None and recorded != expected:
-        raise BadInput(f"{start.resumed_from}: made with another replay mixture (positions {recorded}, this spec "
-                       f"gives {expected} at cursor {start.progress.cursor}); the part's spec was changed")
+    if meta.mixture is not None and meta.mixture != order.mixture.summary():
+        raise BadInput(f"{start.resumed_from}: made with another replay mixture ({meta.mixture}; this spec has "
+                       f"{order.mixture.summary()}); the part's spec was changed after it started")
+    if meta.sources is not None and meta.sources != expected:
+        raise BadInput(f"{start.resumed_from}: made with another replay mixture (positions {meta.sources}, this "
+                       f"spec gives {expected} at cursor {start.progress.cursor}); the part's spec was changed")
 
 
 def fit_memory(spec: WorkerSpec, model: torch.nn.Module, optimizer, placement: Placement,

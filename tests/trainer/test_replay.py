@@ -167,6 +167,8 @@ def test_sigkill_mid_part_with_replay_resumes_bitwise_exact(tmp_path):
     reference = result_checkpoint(tmp_path / "ref")
     meta = json.loads((reference / "meta.json").read_text())
     sources = meta["sources"]
+    assert meta["mixture"] == {"weights": {"wiki": 0.2, "qa": 0.1}, "ramp_tokens": 3000, "ramp_from": "wiki",
+                               "stage_tokens": 1000}
     # every own window but those of a last, partial micro-batch round (as without replay); both sources replayed
     assert 499 - 4 < sources["stage"] <= 499 and sources["wiki"] > sources["qa"] > 0
     assert meta["part_tokens"] == (meta["cursor"] // 8) * 8 * 16  # whole micro-batch rounds of the mixed slots
