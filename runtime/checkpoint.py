@@ -79,6 +79,12 @@ class CheckpointMeta(BaseModel):
     """Optimizer steps completed in this part."""
     cursor: int
     """Windows consumed in this part's deterministic order (the data position)."""
+    sources: dict[str, int] | None = None
+    """A part with replay (runtime.spec.Mixture): windows taken from each source up to the
+    cursor, the part's own by its stage's name (None, and absent from the file: no replay)."""
+    mixture: dict[str, Any] | None = None
+    """A part with replay: the mixture it trains (runtime.spec.Mixture.summary); a resume
+    with another is refused (None, and absent from the file: no replay)."""
     part_tokens: int
     """Tokens trained in this part so far (windows x block_size)."""
     global_tokens: int

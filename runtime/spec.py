@@ -139,6 +139,62 @@ class DataRef(BaseModel):
     """The part's name in the manifest ('part-003', 'val')."""
 
 
+class ReplaySource(BaseModel):
+    """Windows drawn from other parts and mixed into a part's own (docs/data.md, "Replay")."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    name: str
+    """The stage the windows come from, or `replay[j]` for a stage's j-th replay of listed parts."""
+    weight: float = Field(ge=0, lt=1)
+    """The share of the part's windows drawn from here (0: only the ramp's fill)."""
+    parts: list[DataRef] = Field(min_length=1)
+    """Every part of the source; a replayed window is drawn uniformly from all their windows."""
+
+
+class Mixture(BaseModel):
+    """What a part trains besides its own windows, frozen into its spec when it starts."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    sources: list[ReplaySource] = []
+    ramp_tokens: int = Field(0, ge=0)
+    """The part's own share rises linearly from 0 over its stage's first ramp_tokens tokens (0: no ramp)."""
+    ramp_from: str | None = None
+    """The source (by name) that fills what the ramp leaves: the previous stage."""
+    stage_tokens: int = Field(0, ge=0)
+    """Tokens the stage had trained before this part (where the part is on the ramp)."""
+
+    def summary(self) -> dict[str, Any]:
+        """What decides the part's slots, for its checkpoints (CheckpointMeta.mixture): the
+        weights by source, the ramp and the stage's position on it (no paths: a run dir may move)."""
+        return {"weights": {s.name: s.weight for s in self.sources}, "ramp_tokens": self.ramp_tokens,
+                "ramp_from": self.ramp_from, "stage_tokens": self.stage_tokens}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Mixture":
+        names = [s.name for s in self.sources]
+        if len(set(names)) != len(names):
+            raise ValueError(f"mixture: a source is named twice ({names})")
+        if sum(s.weight for s in self.sources) >= 1:
+            raise ValueError("mixture: the sources' weights leave the part's own windows no share")
+        if self.ramp_tokens and self.ramp_from not in names:
+            raise ValueError(f"mixture: ramp_from {self.ramp_from!r} names none of the sources {names}")
+        return self
+
+
+class StageLR(BaseModel):
+    """A stage's own learning-rate shape, multiplying the chain's curve (trainer.lr.stage_multiplier)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    start_tokens: int = Field(ge=0)
+    """The chain's tokens when the stage began."""
+    end_tokens: int = Field(ge=0)
+    """The chain's tokens when the stage is planned to end (frozen when the part starts, like the chain's total)."""
+    rewarm_tokens: int = Field(0, ge=0)
+    """Warm up again, linearly from 0, over the stage's first rewarm_tokens tokens (0: no re-warm)."""
+    decay_fraction: float = Field(0.0, ge=0, le=1)
+    """Decay linearly to the floor (train.min_lr_ratio) over the final fraction of the stage (0: none)."""
+
+
 class ValSet(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
@@ -222,6 +278,10 @@ class WorkerSpec(BaseModel):
     """Evaluate when the part ends (None: only its own stage's val split, train.eval_windows)."""
     release: ReleaseDecay | None = None
     """Set for a release's cool-down from init_checkpoint instead of a part of the chain."""
+    mixture: Mixture | None = None
+    """Replayed windows and the stage's ramp (None: the part's own windows only, as before replay existed)."""
+    stage_lr: StageLR | None = None
+    """The stage's re-warm and re-decay of the learning rate (None: the chain's curve alone)."""
 
     def resolve_paths(self, base: Path) -> "WorkerSpec":
         """Make relative paths relative to the spec file's folder (hand-written specs)."""
@@ -233,6 +293,10 @@ class WorkerSpec(BaseModel):
         update["data"] = self.data.model_copy(update={"manifest": fix(self.data.manifest)})
         if self.val:
             update["val"] = self.val.model_copy(update={"manifest": fix(self.val.manifest)})
+        if self.mixture:
+            sources = [s.model_copy(update={"parts": [d.model_copy(update={"manifest": fix(d.manifest)})
+                                                      for d in s.parts]}) for s in self.mixture.sources]
+            update["mixture"] = self.mixture.model_copy(update={"sources": sources})
         return self.model_copy(update=update)
 
 

@@ -11,10 +11,11 @@ In the order a part flows through them:
     distributed  several ranks under torchrun (DDP); rank 0 does the file work
     tokenfile    token parts on disk (numpy memmap), checked against their manifest
     data         the deterministic window order and batches drawn from it
+    mixture      a part's own windows mixed with replayed ones (replay, the stage's ramp)
     resume       the part's own checkpoint, the chain's, or fresh weights
     loop         Trainer: one optimizer step over micro-batches (no files, no signals)
     optim        AdamW and its parameter groups
-    lr           the learning-rate curve over the chain's tokens
+    lr           the learning-rate curve over the chain's tokens, and a stage's re-warm/re-decay
     metrics      throughput, metrics.jsonl, TensorBoard
     saver        periodic and final checkpoints: disk space, retries, metadata, pruning
     checkpoint   checkpoint folders written and read (tensors only, never pickled objects)

@@ -107,7 +107,10 @@ def save(root: Path, step: int, *, model: torch.nn.Module, optimizer, scaler, me
             "rng.pt": _write(tmp / "rng.pt", rng),
         }
         faults.point("checkpoint.files-written")
-        files[META] = _write(tmp / META, (meta.model_dump_json(indent=2) + "\n").encode())
+        # Fields a release without replay does not know are left out when unused.
+        unused = {name for name in ("sources", "mixture") if getattr(meta, name) is None}
+        sidecar = meta.model_dump_json(indent=2, exclude=unused or None)
+        files[META] = _write(tmp / META, (sidecar + "\n").encode())
         write_manifest(tmp, step, files)
         fsync_dir(tmp)
     except BaseException:

@@ -24,7 +24,43 @@ def derive_seed(*parts: object) -> int:
     return int.from_bytes(digest[:8], "little")
 
 
-class WindowOrder:
+class Order:
+    """Positions 0 .. total-1 of a part, some of them skipped (`skip` ranges [a, b), windows
+    that gave a non-finite loss); `at` says what each position trains."""
+
+    total: int
+    skip: list[tuple[int, int]]
+
+    def at(self, positions: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def usable(self) -> int:
+        """Positions that will be trained: all but the skipped ones."""
+        skipped = sum(max(0, min(b, self.total) - max(a, 0)) for a, b in self.skip)
+        return self.total - skipped
+
+    def covers(self, start: int, end: int, position: int) -> bool:
+        """Is `position` trained between cursors start and end (not inside a skipped range)?"""
+        return start <= position < end and not any(a <= position < b for a, b in self.skip)
+
+    def take(self, cursor: int, count: int) -> tuple[np.ndarray, int]:
+        """What the next `count` positions from `cursor` train (stepping over skips), and the new cursor.
+
+        Returns fewer than `count` only at the end of the sequence.
+        """
+        positions = []
+        p = cursor
+        while len(positions) < count and p < self.total:
+            hit = next(((a, b) for a, b in self.skip if a <= p < b), None)
+            if hit:
+                p = hit[1]
+                continue
+            positions.append(p)
+            p += 1
+        return self.at(np.array(positions, dtype=np.int64)), p
+
+
+class WindowOrder(Order):
     def __init__(self, n_windows: int, epochs: int, seed: int, part_id: str, skip: list[tuple[int, int]] = (),
                  limit: int | None = None):
         self.n_windows = n_windows
@@ -40,31 +76,10 @@ class WindowOrder:
             self._perms = {epoch: rng.permutation(self.n_windows)}  # keep one epoch in memory
         return self._perms[epoch]
 
-    def usable(self) -> int:
-        """Positions that will be trained: all but the skipped ones."""
-        skipped = sum(max(0, min(b, self.total) - max(a, 0)) for a, b in self.skip)
-        return self.total - skipped
-
-    def covers(self, start: int, end: int, position: int) -> bool:
-        """Is `position` trained between cursors start and end (not inside a skipped range)?"""
-        return start <= position < end and not any(a <= position < b for a, b in self.skip)
-
-    def take(self, cursor: int, count: int) -> tuple[np.ndarray, int]:
-        """The next `count` window indices from `cursor` (stepping over skips) and the new cursor.
-
-        Returns fewer than `count` only at the end of the sequence.
-        """
-        positions = []
-        p = cursor
-        while len(positions) < count and p < self.total:
-            hit = next(((a, b) for a, b in self.skip if a <= p < b), None)
-            if hit:
-                p = hit[1]
-                continue
-            positions.append(p)
-            p += 1
-        windows = np.array([self._perm(q // self.n_windows)[q % self.n_windows] for q in positions], dtype=np.int64)
-        return windows, p
+    def at(self, positions: np.ndarray) -> np.ndarray:
+        """positions (B,) -> window indices (B,) int64."""
+        return np.array([self._perm(int(q) // self.n_windows)[int(q) % self.n_windows] for q in positions],
+                        dtype=np.int64)
 
 
 IGNORE = -100
@@ -94,22 +109,30 @@ class Batches:
         """windows (B,) -> x, y each (B, block_size) int64; y is x shifted by one token."""
         positions = self._positions(windows)
         tokens = self.part.tokens[positions].astype(np.int64)
-        if self.masked:
-            x = torch.from_numpy(np.ascontiguousarray(tokens[:, :-1]))
-            y = torch.from_numpy(np.where(self.part.mask[positions[:, 1:]] != 0, tokens[:, 1:], IGNORE))
-            if self.device.type == "cuda":
-                x, y = (t.pin_memory().to(self.device, non_blocking=True) for t in (x, y))
-            return x, y
-        rows = torch.from_numpy(tokens)
-        if self.device.type == "cuda":
-            rows = rows.pin_memory().to(self.device, non_blocking=True)
-        return rows[:, :-1], rows[:, 1:]
+        counted = self.part.mask[positions[:, 1:]] != 0 if self.masked else None
+        return to_device(tokens, counted, self.device)
 
     def targets(self, windows: np.ndarray) -> int:
         """The loss targets in these windows: block_size each, or those the mask counts."""
         if not self.masked:
             return len(windows) * self.block_size
         return int(np.count_nonzero(self.part.mask[self._positions(windows)[:, 1:]]))
+
+
+def to_device(tokens: np.ndarray, counted: np.ndarray | None,
+              device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Windows of tokens (B, block_size + 1) -> x, y (B, block_size); the targets that
+    `counted` (B, block_size) leaves out are IGNORE (None: every target counts)."""
+    if counted is not None:
+        x = torch.from_numpy(np.ascontiguousarray(tokens[:, :-1]))
+        y = torch.from_numpy(np.where(counted, tokens[:, 1:], IGNORE))
+        if device.type == "cuda":
+            x, y = (t.pin_memory().to(device, non_blocking=True) for t in (x, y))
+        return x, y
+    rows = torch.from_numpy(tokens)
+    if device.type == "cuda":
+        rows = rows.pin_memory().to(device, non_blocking=True)
+    return rows[:, :-1], rows[:, 1:]
 
 
 def evenly_spaced(n_windows: int, count: int) -> np.ndarray:

@@ -22,11 +22,12 @@ import torch
 from runtime import faults
 from runtime.spec import WorkerSpec
 from trainer import optim
-from trainer.data import Batches, WindowOrder
+from trainer.data import Batches, Order
 from trainer.device import Placement
 from trainer.distributed import Ranks, no_sync
 from trainer.errors import NonFiniteLoss
 from trainer.lr import curve
+from trainer.mixture import MixedBatches
 
 
 @dataclass
@@ -56,8 +57,8 @@ class Trainer:
         model: torch.nn.Module,
         optimizer: torch.optim.Optimizer,
         scaler: torch.amp.GradScaler,
-        order: WindowOrder,
-        batches: Batches,
+        order: Order,
+        batches: Batches | MixedBatches,
         progress: Progress,
         ranks: Ranks | None = None,
     ):

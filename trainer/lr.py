@@ -6,6 +6,10 @@ never restarts warmup. With warmup-stable-decay the rate stays at its peak until
 final `decay_fraction` of the chain, so parts queued before the decay starts cost
 nothing; the total is frozen into each part's spec when the part starts.
 
+A stage may shape its own stretch of the curve (runtime.spec.StageLR: a re-warm at its
+start, a re-decay over its end); that factor multiplies the chain's and is a function of
+the same counter and of the part's frozen spec, so it resumes exactly too.
+
 The warmup is sized from the chain and the step when train.warmup_tokens is unset:
 warmup_fraction of the chain's tokens, but at least WARMUP_MIN_STEPS optimizer steps (a
 1M-token chain still warms up over a few steps, not over nothing) and at most
@@ -20,7 +24,7 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-from runtime.spec import TrainConfig, WorkerSpec
+from runtime.spec import StageLR, TrainConfig, WorkerSpec
 
 WARMUP_MIN_STEPS = 10
 WARMUP_MAX_STEPS = 1000
@@ -64,7 +68,8 @@ def curve(spec: WorkerSpec, step_tokens: int) -> Callable[[int], float]:
     curve for a part; for a release, a straight line from the chain's factor at the branch
     point (token_offset) down to min_lr_ratio, reached at the last of its decay tokens."""
     def chain(tokens: int) -> float:
-        return lr_multiplier(tokens, spec.chain_total_tokens, spec.train, step_tokens)
+        return (lr_multiplier(tokens, spec.chain_total_tokens, spec.train, step_tokens)
+                * stage_multiplier(tokens, spec.stage_lr, spec.train.min_lr_ratio))
 
     if spec.release is None:
         return chain
@@ -77,3 +82,20 @@ def curve(spec: WorkerSpec, step_tokens: int) -> Callable[[int], float]:
         return start + (floor - start) * progress
 
     return cooling
+def stage_multiplier(tokens: int, stage: StageLR | None, floor: float) -> float:
+    """The stage's factor in [0, 1] at `tokens` (the chain's counter, as for lr_multiplier):
+    a linear re-warm over the stage's first rewarm_tokens, times a linear decay to `floor`
+    over its final decay_fraction (of its planned tokens)."""
+    if stage is None:
+        return 1.0
+    factor = 1.0
+    since = tokens - stage.start_tokens
+    if stage.rewarm_tokens and since < stage.rewarm_tokens:
+        factor = max(since, 0) / stage.rewarm_tokens
+    if stage.decay_fraction:
+        span = max(stage.end_tokens - stage.start_tokens, 1)
+        decay_start = stage.end_tokens - stage.decay_fraction * span
+        if tokens > decay_start:
+            progress = min((tokens - decay_start) / max(stage.end_tokens - decay_start, 1), 1.0)
+            factor *= 1.0 - (1 - floor) * progress
+    return factor

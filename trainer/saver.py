@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -36,7 +37,7 @@ DISK_POLL_S = 0.2
 class Saver:
     def __init__(self, spec: WorkerSpec, work: WorkPaths, files: WorkerFiles, metrics: Metrics, stop: StopRequest,
                  model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                 resumed_at: int | None):
+                 resumed_at: int | None, sources: Callable[[int], dict[str, int]] | None = None):
         self.spec = spec
         self.work = work
         self.files = files
@@ -45,6 +46,8 @@ class Saver:
         self.model = model
         self.optimizer = optimizer
         self.scaler = scaler
+        self.sources = sources
+        """A mixed part's source positions at a cursor (trainer.mixture.MixedOrder.positions)."""
         self.last_step = resumed_at
         """Step of the newest checkpoint this part has (None: none yet)."""
         self.last_time: float | None = time.time() if resumed_at is not None else None
@@ -107,7 +110,9 @@ class Saver:
         rng = checkpoint.rng_state()
         spec = self.spec
         return CheckpointMeta(
-            part_id=spec.part_id, stage=spec.stage, step=p.step, cursor=p.cursor, part_tokens=p.part_tokens,
+            part_id=spec.part_id, stage=spec.stage, step=p.step, cursor=p.cursor,
+            sources=self.sources(p.cursor) if self.sources else None,
+            mixture=spec.mixture.summary() if spec.mixture else None, part_tokens=p.part_tokens,
             global_tokens=p.global_tokens, done=done, model=self.model.config.to_dict(),
             start=spec.init_checkpoint.name if spec.init_checkpoint else None, start_tokens=spec.token_offset,
             tokenizer_sha256=spec.tokenizer_sha256, micro_batch=spec.train.micro_batch,

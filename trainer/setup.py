@@ -22,6 +22,7 @@ from trainer.device import Placement
 from trainer.distributed import Ranks
 from trainer.errors import BadInput
 from trainer.loop import Trainer
+from trainer.mixture import MixedBatches, MixedOrder, Pool
 from trainer.protocol import WorkerFiles
 from trainer.tokenfile import TokenPart, check_windows, open_part
 
@@ -70,11 +71,52 @@ def build(spec: WorkerSpec, ranks: Ranks, work: WorkPaths, files: WorkerFiles) -
     spec = fit_memory(spec, model, optimizer, placement, start.resumed_from, ranks)
     trained = compiled(model) if placement.compile else model
     trained = ranks.wrap(trained, placement.device)
-    order = WindowOrder(part.n_windows, spec.epochs, train.seed, spec.part_id, spec.skip_windows,
-                        limit=spec.release.windows if spec.release else None)
-    batches = Batches(part, cfg.block_size, placement.device)
+    if spec.mixture:
+        order, batches = mixed_data(spec, part, cfg, placement.device)
+        check_positions(order, start)
+    else:  # exactly the order of a part before replay existed
+        order = WindowOrder(part.n_windows, spec.epochs, train.seed, spec.part_id, spec.skip_windows,
+                            limit=spec.release.windows if spec.release else None)
+        batches = Batches(part, cfg.block_size, placement.device)
     trainer = Trainer(spec, placement, trained, optimizer, scaler, order, batches, start.progress, ranks)
     return Session(spec, placement, model, optimizer, scaler, trainer, val, start.resumed_from)
+
+
+def mixed_data(spec: WorkerSpec, part: TokenPart, cfg: GPTConfig,
+               device_: torch.device) -> tuple[MixedOrder, MixedBatches]:
+    """The part's own windows and its replay sources, checked against the part's tokenizer."""
+    pools = [Pool([part])]
+    for source in spec.mixture.sources:
+        parts = [open_checked(spec, d.manifest, d.part, cfg) for d in source.parts]
+        for other in parts:
+            if other.manifest.tokenizer.sha256 != part.manifest.tokenizer.sha256:
+                raise BadInput(f"{other.manifest_path}: replay source {source.name!r} was made with another "
+                               f"tokenizer than {part.manifest_path}; replayed windows must use the part's "
+                               "vocabulary: prepare it again with the part's tokenizer")
+        pools.append(Pool(parts))
+    own = WindowOrder(part.n_windows, spec.epochs, spec.train.seed, spec.part_id)
+    order = MixedOrder(own, spec.stage, spec.mixture, [p.n_windows for p in pools], cfg.block_size,
+                       spec.skip_windows)
+    counts = order.positions(order.total)
+    log.info("replay: %d windows, %s%s", order.total, ", ".join(f"{n} {c}" for n, c in counts.items()),
+             f"; ramp from {spec.mixture.ramp_from} over {spec.mixture.ramp_tokens} stage tokens, "
+             f"{spec.mixture.stage_tokens} done" if spec.mixture.ramp_tokens else "")
+    return order, MixedBatches(pools, cfg.block_size, device_)
+
+
+def check_positions(order: MixedOrder, start: resume.Start) -> None:
+    """A resumed checkpoint was made with this mixture, and its recorded source positions are
+    the ones this spec gives at its cursor (a checkpoint without them predates replay)."""
+    if start.resumed_from is None:
+        return
+    meta = read_meta(start.resumed_from)
+    expected = order.positions(start.progress.cursor)
+    if meta.mixture is not None and meta.mixture != order.mixture.summary():
+        raise BadInput(f"{start.resumed_from}: made with another replay mixture ({meta.mixture}; this spec has "
+                       f"{order.mixture.summary()}); the part's spec was changed after it started")
+    if meta.sources is not None and meta.sources != expected:
+        raise BadInput(f"{start.resumed_from}: made with another replay mixture (positions {meta.sources}, this "
+                       f"spec gives {expected} at cursor {start.progress.cursor}); the part's spec was changed")
 
 
 def fit_memory(spec: WorkerSpec, model: torch.nn.Module, optimizer, placement: Placement,

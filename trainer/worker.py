@@ -47,6 +47,7 @@ from trainer.errors import BadInput, NonFiniteLoss
 from trainer.evaluate import evaluate, mean_loss
 from trainer.loop import StepResult
 from trainer.metrics import Metrics
+from trainer.mixture import MixedOrder
 from trainer.protocol import WorkerFiles
 from trainer.saver import Saver
 from trainer.setup import Session
@@ -125,7 +126,8 @@ class Training:
         self.trainer = session.trainer
         self.saver = Saver(self.spec, self.work, self.files, self.metrics, self.stop, session.model,
                            session.optimizer, session.scaler,
-                           resumed_at=self.trainer.progress.step if session.resumed_from else None)
+                           resumed_at=self.trainer.progress.step if session.resumed_from else None,
+                           sources=order.positions if isinstance(order := self.trainer.order, MixedOrder) else None)
         self.checkpoints_done = 0
         """control.checkpoint requests honoured."""
         self.files.progress = self.heartbeat_fields

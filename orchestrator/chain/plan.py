@@ -10,6 +10,7 @@ directory that lost its .mask files would otherwise look fine until the part sta
 from __future__ import annotations
 
 import glob
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from pathlib import Path
 from orchestrator.chain.schedule import ReleaseConfig, Schedule, ScheduleError
 from runtime.checkpoint import sha256_file
 from runtime.paths import NAME_RE, part_id
-from runtime.spec import DataRef, TrainConfig
+from runtime.spec import DataRef, Mixture, ReplaySource, TrainConfig
 from runtime.tokens import MANIFEST_NAME, MASK_DTYPE_BYTES, ManifestError, TokenManifest, load_manifest, manifest_for
 
 
@@ -42,13 +43,36 @@ class PartPlan:
     val: DataRef | None
     release: ReleaseConfig = field(default_factory=ReleaseConfig)
     """The stage's release settings (the top-level ones with the stage's overrides)."""
+    mixture: Mixture | None = None
+    """The stage's replay and ramp (its stage_tokens is set when the part starts)."""
+    windows_before: int = 0
+    """The stage's own windows (x epochs) in the parts before this one: where it is on the ramp."""
+    lr_rewarm_tokens: int | None = None
+    lr_decay_fraction: float | None = None
 
     @property
     def data(self) -> DataRef:
         return DataRef(manifest=self.manifest, part=self.name)
 
     def planned_tokens(self, block_size: int) -> int:
-        return self.windows * self.epochs * block_size
+        own = self.windows * self.epochs * block_size
+        if self.mixture is None:
+            return own
+        before = self.windows_before * block_size
+        return round(mixed_tokens(self.mixture, before + own) - mixed_tokens(self.mixture, before))
+
+
+def mixed_tokens(mixture: Mixture, own: float) -> float:
+    """The stage's tokens, replay included, expected by the time it has trained `own` of its
+    own tokens: own / share past the ramp; during it the own share rises linearly (from 0 at
+    the stage's start to `share` at ramp_tokens), so own = share x t^2 / (2 x ramp_tokens)."""
+    share = 1.0 - sum(s.weight for s in mixture.sources)
+    ramp = mixture.ramp_tokens
+    if not ramp:
+        return own / share
+    if own <= share * ramp / 2:
+        return math.sqrt(2 * ramp * own / share)
+    return own / share + ramp / 2
 
 
 @dataclass
@@ -121,6 +145,8 @@ class _Resolver:
         self.base = path.parent.resolve()
         self.errors: list[str] = []
         self.manifests: dict[Path, TokenManifest] = {}
+        self.stage_found: dict[str, list[tuple[Path, str, str, int, str]]] = {}
+        """Each stage's parts as expand() found them (replay of a stage draws from them)."""
 
     def manifest(self, mpath: Path, where: str) -> TokenManifest | None:
         if mpath not in self.manifests:
@@ -131,22 +157,21 @@ class _Resolver:
                 return None
         return self.manifests[mpath]
 
-    def stage_parts(self, i: int) -> list[PartPlan]:
-        stage = self.schedule.stages[i]
-        train = self.schedule.stage_train(stage)
-        release = self.schedule.stage_release(stage)
-        found: list[tuple[Path, str, str, int, str]] = []  # manifest, part name, file, windows, sha
-        for j, entry in enumerate(stage.parts):
-            where = f"stages[{i}].parts[{j}]"
+    def expand(self, entries: list[str], where: str) -> list[tuple[Path, str, str, int, str]]:
+        """Parts named by a list of files, globs and prepared directories: (manifest, part name,
+        file, windows, sha256) each, in order; problems go to self.errors under `where`."""
+        found: list[tuple[Path, str, str, int, str]] = []
+        for j, entry in enumerate(entries):
+            here = f"{where}[{j}]"
             target = self.base / entry
             if target.is_dir():
-                m = self.manifest(target / MANIFEST_NAME, where)
+                m = self.manifest(target / MANIFEST_NAME, here)
                 if m:
                     found += [(target / MANIFEST_NAME, p.name, p.file, p.windows, p.sha256) for p in m.parts]
                 continue
             matches = sorted(glob.glob(str(target)), key=natural_key)
             if not matches:
-                self.errors.append(f"{where}: {entry!r} matches no file (paths are relative to {self.base})")
+                self.errors.append(f"{here}: {entry!r} matches no file (paths are relative to {self.base})")
             # A glob may match 100,000 files: one manifest and one lookup table per folder,
             # and plain strings until a part is kept.
             folders: dict[str, tuple[Path, TokenManifest | None, dict]] = {}
@@ -154,7 +179,7 @@ class _Resolver:
                 folder, name = os.path.split(f)
                 if folder not in folders:
                     mpath = manifest_for(Path(f))
-                    m = self.manifest(mpath, where)
+                    m = self.manifest(mpath, here)
                     folders[folder] = (mpath, m, {p.file: p for p in m.parts} if m else {})
                 mpath, m, by_file = folders[folder]
                 if m is None:
@@ -163,22 +188,87 @@ class _Resolver:
                     continue  # a glob like data/*.bin also catches the val split; it is never trained
                 info = by_file.get(name)
                 if info is None:
-                    self.errors.append(f"{where}: {f} is not listed in {mpath}")
+                    self.errors.append(f"{here}: {f} is not listed in {mpath}")
                     continue
                 found.append((mpath, info.name, info.file, info.windows, info.sha256))
+        return found
+
+    def stage_parts(self, i: int) -> list[PartPlan]:
+        stage = self.schedule.stages[i]
+        train = self.schedule.stage_train(stage)
+        release = self.schedule.stage_release(stage)
+        found = self.expand(stage.parts, f"stages[{i}].parts")
         if not found and not any(e.startswith(f"stages[{i}]") for e in self.errors):
             self.errors.append(f"stages[{i}]: stage {stage.name!r} has no parts")
+        self.stage_found[stage.name] = found
         val = self.stage_val(i, {mpath for mpath, *_ in found})
+        mixture = self.mixture(i, found)
         parts = []
         folder_of: dict[Path, Path] = {}
+        windows_before = 0
         for mpath, name, fname, windows, sha in found:
             if not NAME_RE.match(name):
                 self.errors.append(f"stages[{i}]: part name {name!r} (from {mpath}) is not a safe folder name")
                 continue
             folder = folder_of.setdefault(mpath, mpath.parent)
             parts.append(PartPlan(part_id(stage.name, name), stage.name, name, mpath, folder / fname,
-                                  sha, windows, stage.epochs, train, val, release))
+                                  sha, windows, stage.epochs, train, val, release, mixture, windows_before,
+                                  stage.lr_rewarm_tokens, stage.lr_decay_fraction))
+            windows_before += windows * stage.epochs
         return parts
+
+    def mixture(self, i: int, found: list[tuple]) -> Mixture | None:
+        """Stage i's replay sources and ramp (docs/data.md, "Replay"), checked: earlier stages
+        only, the stage's tokenizer."""
+        stage = self.schedule.stages[i]
+        if not stage.replay and not stage.ramp_tokens:
+            return None
+        names = [s.name for s in self.schedule.stages]
+        sources: list[ReplaySource] = []
+        for j, r in enumerate(stage.replay):
+            where = f"stages[{i}].replay[{j}]"
+            if r.stage is not None:
+                if r.stage not in names[:i]:
+                    why = "it comes after it" if r.stage in names else "no stage has that name"
+                    self.errors.append(f"{where}.stage: {r.stage!r} is not a stage before {stage.name!r} ({why}); "
+                                       "replay draws from an earlier stage's parts")
+                    continue
+                refs, name = self.stage_found.get(r.stage, []), r.stage
+            else:
+                refs, name = self.expand(r.parts, f"{where}.parts"), f"replay[{j}]"
+            if refs and self.same_tokenizer(where, refs, found):
+                sources.append(ReplaySource(name=name, weight=r.weight, parts=self.refs(refs)))
+        ramp_from = None
+        if stage.ramp_tokens:
+            if i == 0:
+                self.errors.append("stages[0].ramp_tokens: the first stage has no stage before it to ramp from")
+                return None
+            ramp_from = names[i - 1]
+            if ramp_from not in [s.name for s in sources]:
+                if not self.stage_found.get(ramp_from):
+                    return None  # that stage's own error says why
+                sources.append(ReplaySource(name=ramp_from, weight=0.0, parts=self.refs(self.stage_found[ramp_from])))
+        return Mixture(sources=sources, ramp_tokens=stage.ramp_tokens or 0, ramp_from=ramp_from)
+
+    @staticmethod
+    def refs(found: list[tuple]) -> list[DataRef]:
+        return [DataRef(manifest=mpath, part=name) for mpath, name, *_ in found]
+
+    def same_tokenizer(self, where: str, refs: list[tuple], found: list[tuple]) -> bool:
+        """Replayed windows are ids of the stage's own vocabulary."""
+        if not found:
+            return True
+        own_path = found[0][0]
+        own = self.manifests[own_path].tokenizer
+        for mpath in dict.fromkeys(m for m, *_ in refs):
+            other = self.manifests[mpath].tokenizer
+            if (other.sha256, other.vocab_size) != (own.sha256, own.vocab_size):
+                self.errors.append(f"{where}: {mpath} was made with another tokenizer (sha256 {other.sha256[:12]}..., "
+                                   f"vocabulary {other.vocab_size}) than the stage's parts ({own_path}: "
+                                   f"{own.sha256[:12]}..., {own.vocab_size}); replayed windows must use the stage's "
+                                   "vocabulary: prepare them with the same tokenizer")
+                return False
+        return True
 
     def stage_val(self, i: int, manifests: set[Path]) -> DataRef | None:
         stage = self.schedule.stages[i]

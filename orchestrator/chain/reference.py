@@ -23,11 +23,20 @@ END = "<!-- end of generated table -->"
 
 
 def sections() -> dict[str, type[BaseModel]]:
-    from orchestrator.chain.schedule import EvalConfig, GuardConfig, ReleaseConfig, Schedule, Stage, SupervisorConfig
+    from orchestrator.chain.schedule import (
+        EvalConfig,
+        GuardConfig,
+        ReleaseConfig,
+        Replay,
+        Schedule,
+        Stage,
+        SupervisorConfig,
+    )
     from runtime.spec import TrainConfig
 
-    return {"Schedule": Schedule, "Stage": Stage, "TrainConfig": TrainConfig, "GuardConfig": GuardConfig,
-            "SupervisorConfig": SupervisorConfig, "EvalConfig": EvalConfig, "ReleaseConfig": ReleaseConfig}
+    return {"Schedule": Schedule, "Stage": Stage, "Replay": Replay, "TrainConfig": TrainConfig,
+            "GuardConfig": GuardConfig, "SupervisorConfig": SupervisorConfig, "EvalConfig": EvalConfig,
+            "ReleaseConfig": ReleaseConfig}
 
 
 def _default(field) -> str:

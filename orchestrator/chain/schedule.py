@@ -113,6 +113,24 @@ class ReleaseConfig(BaseModel):
     """The cool-down's length as a fraction of the chain's tokens at the branch point, in
     whole optimizer steps (at least one). The learning rate falls linearly from where the
     chain is to the peak x train.min_lr_ratio over it."""
+class Replay(BaseModel):
+    """One source of replayed windows in a stage (docs/data.md, "Replay")."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    stage: str | None = None
+    """An earlier stage whose parts (all of them) are replayed."""
+    parts: list[str] | None = Field(None, min_length=1)
+    """Or token files / prepared directories, as in a stage's `parts` (made with the stage's tokenizer)."""
+    weight: float = Field(gt=0, lt=1)
+    """The share of every part's windows drawn from this source (0.1: one window in ten, at random)."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "Replay":
+        if (self.stage is None) == (self.parts is None):
+            raise ValueError("a replay source names either `stage` (an earlier stage) or `parts`, not "
+                             f"{'both' if self.stage is not None else 'neither'}")
+        return self
 
 
 class Stage(BaseModel):
@@ -132,6 +150,19 @@ class Stage(BaseModel):
     """Overrides of the top-level `train` for this stage's parts, except the chain-wide fields that shape the
     learning-rate curve (`lr_schedule`, `warmup_tokens`, `warmup_fraction`, `decay_fraction`, `total_tokens`,
     `seed`)."""
+    replay: list[Replay] = []
+    """Windows of earlier data mixed into each of the stage's parts, e.g. `[{"stage": "wiki", "weight": 0.1}]`;
+    the weights add up to less than 1 and the rest is the part's own. Frozen into a part's spec when it starts: an
+    edit applies from the next part."""
+    ramp_tokens: int | None = Field(None, ge=1)
+    """Instead of an abrupt switch: the stage's own share rises linearly from 0 to its full share over the stage's
+    first ramp_tokens tokens, the previous stage's parts filling the rest."""
+    lr_rewarm_tokens: int | None = Field(None, ge=1)
+    """Warm the learning rate up again, linearly from 0, over the stage's first lr_rewarm_tokens tokens (a factor
+    on the chain's curve)."""
+    lr_decay_fraction: float | None = Field(None, gt=0, le=1)
+    """Decay the learning rate linearly to train.min_lr_ratio over this final fraction of the stage's planned
+    tokens (a factor on the chain's curve)."""
 
     release: ReleaseConfig | None = None
     """Overrides of the top-level `release` for this stage's parts (e.g. `{"every_parts": 0}`
@@ -141,6 +172,18 @@ class Stage(BaseModel):
     @classmethod
     def _name(cls, v: str) -> str:
         return check_name(v, "stage name")
+
+    @model_validator(mode="after")
+    def _replay_weights(self) -> "Stage":
+        total = sum(r.weight for r in self.replay)
+        if total >= 1:
+            raise ValueError(f"replay: the weights add up to {total:g}; they must leave the stage's own parts a "
+                             "share (a sum below 1)")
+        named = [r.stage for r in self.replay if r.stage is not None]
+        twice = sorted({n for n in named if named.count(n) > 1})
+        if twice:
+            raise ValueError(f"replay: stage {twice[0]!r} is listed twice; give it one weight")
+        return self
 
     @model_validator(mode="after")
     def _no_chain_wide_overrides(self) -> "Stage":

@@ -28,6 +28,7 @@ from orchestrator.daemon import recovery, requests
 from orchestrator.daemon.notify import Notifier
 from orchestrator.daemon.watcher import ScheduleWatcher
 from orchestrator.guard.watch import HardwareWatch, sensor_file_for
+from orchestrator.part import spec as specs
 from orchestrator.part.runner import PartRunner
 from orchestrator.records import progress
 from orchestrator.records.events import EventLog
@@ -311,11 +312,12 @@ class Daemon:
                              f"{e}", level=logging.WARNING)
             return f"refused: {e}"
         guard_changed = plan.schedule.guard != self.plan.schedule.guard or plan.gpus() != self.plan.gpus()
+        kept = specs.kept_transitions(self.plan, plan, self.state, self.paths)
         self.plan = self.runner.plan = plan
         if guard_changed:
             self.hardware.reconfigure(plan.schedule.guard, sensor_file_for(plan.schedule.guard, self.schedule_path.parent),
                                       plan.gpus(), self.events)
-        notes = reconcile.merge(self.state, plan)
+        notes = reconcile.merge(self.state, plan) + kept
         self.state.schedule = ScheduleState(path=str(self.schedule_path), sha256=sha, valid=True,
                                             loaded_at=time.time())
         self.save()

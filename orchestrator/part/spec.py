@@ -6,7 +6,9 @@ part computes exactly what an uninterrupted one would. Before that nothing of th
 kept, and the spec is made afresh from the current state (so a starting checkpoint that
 was found damaged and trained again is the one used). Only the daemon's own overrides
 after failures (micro-batch after OOM, skipped windows and LR scale after non-finite
-losses) change a frozen spec.
+losses) change a frozen spec. So a stage's replay weights, ramp and learning-rate shape,
+placed into the spec from where the stage stands when the part starts, are those of the
+schedule when the part started, however the schedule is edited meanwhile.
 """
 
 from __future__ import annotations
@@ -17,11 +19,11 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from orchestrator.chain.plan import ChainPlan, PartPlan
-from orchestrator.chain.state import ChainState, PartState
+from orchestrator.chain.state import ChainState, PartState, PartStatus
 from runtime.atomic import read_json
 from runtime.checkpoint import step_dirs
 from runtime.paths import RunPaths, WorkPaths
-from runtime.spec import EvalSettings, EvalSpec, ValSet, WorkerSpec
+from runtime.spec import EvalSettings, EvalSpec, StageLR, ValSet, WorkerSpec
 from runtime.workerfiles import write_model
 
 
@@ -38,11 +40,12 @@ def frozen(work: WorkPaths, part_id: str) -> WorkerSpec | None:
 
 def fresh(plan: ChainPlan, pp: PartPlan, state: ChainState, paths: RunPaths) -> WorkerSpec:
     start = paths.root / state.latest_checkpoint if state.latest_checkpoint else None
-    return build(plan, pp, paths, pp.id, start, state.global_tokens, state.model or plan.model)
+    return build(plan, pp, paths, pp.id, start, state.global_tokens, state.model or plan.model,
+                 stage_position(plan, pp, state))
 
 
 def build(plan: ChainPlan, pp: PartPlan, paths: RunPaths, job_id: str, start: Path | None, offset: int,
-          model: dict) -> WorkerSpec:
+          model: dict, position: dict | None = None) -> WorkerSpec:
     """A spec that trains on part `pp`'s data from `start` (a promoted checkpoint) at the chain's
     `offset` tokens: the part itself (job_id == pp.id), or a release branching after it."""
     train = pp.train
@@ -53,8 +56,28 @@ def build(plan: ChainPlan, pp: PartPlan, paths: RunPaths, job_id: str, start: Pa
     return WorkerSpec(
         part_id=job_id, stage=pp.stage, work_dir=paths.work(job_id).root, **data_section(pp),
         init_checkpoint=start, model=model, tokenizer_sha256=plan.tokenizer_sha256, train=train,
-        token_offset=offset, chain_total_tokens=plan.lr_total_tokens(),
+        token_offset=offset, chain_total_tokens=plan.lr_total_tokens(), **(position or {}),
     )
+
+
+def stage_position(plan: ChainPlan, pp: PartPlan, state: ChainState) -> dict:
+    """The part's mixture and stage learning-rate shape, placed where its stage stands now:
+    the stage's tokens so far (its done parts') and its planned end (those plus the planned
+    tokens of its parts still to run, this one included)."""
+    if pp.mixture is None and not (pp.lr_rewarm_tokens or pp.lr_decay_fraction):
+        return {}
+    mine = [p for p in state.parts if p.stage == pp.stage]
+    done = sum(p.tokens for p in mine if p.status == PartStatus.DONE)
+    left = sum(p.planned_tokens for p in mine if p.status in (PartStatus.PENDING, PartStatus.RUNNING) and p.id != pp.id)
+    out: dict = {}
+    if pp.mixture is not None:
+        out["mixture"] = pp.mixture.model_copy(update={"stage_tokens": done})
+    if pp.lr_rewarm_tokens or pp.lr_decay_fraction:
+        start = state.global_tokens - done
+        end = state.global_tokens + left + pp.planned_tokens(plan.model["block_size"])
+        out["stage_lr"] = StageLR(start_tokens=start, end_tokens=end, rewarm_tokens=pp.lr_rewarm_tokens or 0,
+                                  decay_fraction=pp.lr_decay_fraction or 0.0)
+    return out
 
 
 def data_section(pp: PartPlan) -> dict:
@@ -120,3 +143,21 @@ def _tokenizer_of(pp: PartPlan) -> Path | None:
 
     recorded = load_manifest(pp.manifest).tokenizer.file
     return Path(recorded) if recorded and Path(recorded).is_file() else None
+
+
+def kept_transitions(old: ChainPlan, new: ChainPlan, state: ChainState, paths: RunPaths) -> list[str]:
+    """On a schedule reload: the parts under way whose stage's replay, ramp or learning-rate
+    shape the edit changed, and which keep what they started with (their spec is frozen)."""
+    notes = []
+    for part in state.parts:
+        a, b = old.get(part.id), new.get(part.id)
+        if a is None or b is None or _transition(a) == _transition(b):
+            continue
+        if part.status in (PartStatus.RUNNING, PartStatus.PENDING) and frozen(paths.work(part.id), part.id):
+            notes.append(f"{part.id} keeps the replay, ramp and learning-rate shape it started with; the edit "
+                         "applies from the next part")
+    return notes
+
+
+def _transition(pp: PartPlan) -> tuple:
+    return pp.mixture, pp.lr_rewarm_tokens, pp.lr_decay_fraction

@@ -129,6 +129,41 @@ def test_an_instruction_stage_validates_and_its_masks_are_checked(chain):
     assert "prepared as instruction data" in err and "for 32" in err  # larger windows than the model's: refused
 
 
+def test_bad_replay_fields_are_refused_naming_the_field(chain):
+    """A stage's replay and ramp: every mistake one line naming its JSON path, exit 1."""
+    other = make_token_dir(chain.parent / "data" / "other", parts=1, tokens=800)
+    raw = json.loads(other.read_text())
+    raw["tokenizer"]["sha256"] = "1" * 64
+    other.write_text(json.dumps(raw))
+
+    def shapes(raw):  # caught by the schedule's models
+        raw["stages"][0]["replay"] = [{"stage": "domain", "parts": ["data/wiki"], "weight": 0.1}]
+        raw["stages"][1]["replay"] = [{"stage": "wiki", "weight": 1.5}, {"parts": ["data/wiki"], "wieght": 0.1}]
+        raw["stages"].append({"name": "third", "parts": ["data/domain"], "replay": [
+            {"stage": "wiki", "weight": 0.6}, {"stage": "domain", "weight": 0.5}]})
+        raw["stages"].append({"name": "fourth", "parts": ["data/domain"], "ramp_tokens": 0})
+    err = refused("validate", str(edit(chain, shapes)))
+    assert "stages[0].replay[0]: a replay source names either `stage` (an earlier stage) or `parts`, not both" in err
+    assert "stages[1].replay[0].weight: Input should be less than 1" in err
+    assert "stages[1].replay[1].wieght: unknown field (did you mean 'weight'?)" in err
+    assert "stages[2]: replay: the weights add up to 1.1; they must leave the stage's own parts a share" in err
+    assert "stages[3].ramp_tokens: Input should be greater than or equal to 1" in err
+
+    def sources(raw):  # caught when the plan is resolved
+        raw["stages"][0].update(ramp_tokens=1000, replay=[{"stage": "domain", "weight": 0.1}])
+        raw["stages"][1]["replay"] = [{"stage": "wkii", "weight": 0.1}, {"parts": ["data/other"], "weight": 0.1}]
+    err = refused("validate", str(edit(chain, sources)))
+    assert "stages[0].replay[0].stage: 'domain' is not a stage before 'wiki' (it comes after it)" in err
+    assert "stages[0].ramp_tokens: the first stage has no stage before it to ramp from" in err
+    assert "stages[1].replay[0].stage: 'wkii' is not a stage before 'domain' (no stage has that name)" in err
+    assert f"stages[1].replay[1]: {other} was made with another tokenizer" in err
+    assert "replayed windows must use the stage's vocabulary" in err
+
+    good = cli("validate", str(edit(chain, lambda raw: raw["stages"][1].update(
+        replay=[{"stage": "wiki", "weight": 0.2}], ramp_tokens=500, lr_rewarm_tokens=100, lr_decay_fraction=0.5))))
+    assert good.returncode == 0, good.stderr
+
+
 def test_missing_schedule_and_unwritable_run_dir(chain, tmp_path):
     err = refused("run", "--schedule", str(tmp_path / "nope.json"))
     assert f"{tmp_path / 'nope.json'}: no such schedule file" in err

@@ -1,0 +1,69 @@
+"""Replay in a real chain: a domain stage that replays the Wikipedia stage, run by the daemon
+with real workers; a weight edit applies from the next part, never to a started one."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from runtime.atomic import read_jsonl
+from runtime.workerfiles import Heartbeat, read_model
+from tests.helpers import events, freeze_worker, make_chain, part_of, read_state, start_daemon, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def replayed_share(run: Path, pid: str) -> float:
+    """The share of replayed windows in the part's promoted checkpoint."""
+    meta = json.loads((run / part_of(read_state(run), pid)["checkpoint"] / "meta.json").read_text())
+    sources = meta["sources"]
+    return sources["wiki"] / sum(sources.values())
+
+
+def test_a_chain_with_replay_runs_and_a_weight_edit_applies_from_the_next_part(tmp_path):
+    stages = [{"name": "wiki", "parts": ["data/wiki/part-000.bin"]},
+              {"name": "domain", "parts": ["data/domain"], "replay": [{"stage": "wiki", "weight": 0.2}],
+               "lr_rewarm_tokens": 512}]
+    schedule = make_chain(tmp_path, parts=2, tokens=5000, train={"checkpoint_interval_s": 0.3}, stages=stages)
+    run, log = tmp_path / "runs" / "chain", tmp_path / "daemon.log"
+    daemon = start_daemon(schedule, log, "--exit-when-done")
+    first = "domain/part-000"
+
+    def checkpointed() -> bool:
+        hb = read_model(run / "work" / first / "heartbeat.json", Heartbeat)
+        return bool(part_of(read_state(run), first).get("status") == "running" and hb and hb.last_checkpoint_step)
+
+    wait_for(checkpointed, timeout=300, what=f"{first} running with a checkpoint")
+    worker = freeze_worker(run, first)  # held, so that the edit lands while the part is under way
+    reloads = sum(e["event"] == "schedule-reloaded" for e in events(run))
+    raw = json.loads(schedule.read_text())
+    raw["stages"][1]["replay"][0]["weight"] = 0.5
+    tmp = schedule.with_name(".schedule.json.swp")
+    tmp.write_text(json.dumps(raw))
+    os.replace(tmp, schedule)
+    wait_for(lambda: sum(e["event"] == "schedule-reloaded" for e in events(run)) > reloads, what="the edit loaded")
+    reloaded = [e for e in events(run) if e["event"] == "schedule-reloaded"][-1]
+    assert f"{first} keeps the replay, ramp and learning-rate shape it started with" in json.dumps(reloaded)
+    for pid in worker:  # the part is retried: from its frozen spec, so with the weight it started with
+        os.kill(pid, signal.SIGKILL)
+    assert daemon.wait(timeout=600) == 0, log.read_text()[-3000:]
+
+    state = read_state(run)
+    assert [p["status"] for p in state["parts"]] == ["done"] * 3
+    assert part_of(state, first)["attempts"] == 2
+    wiki_meta = json.loads((run / part_of(state, "wiki/part-000")["checkpoint"] / "meta.json").read_text())
+    assert not {"sources", "mixture"} & set(wiki_meta)  # without replay: the sidecar a release before replay reads
+    assert 0.15 < replayed_share(run, first) < 0.25  # the weight it started with
+    assert 0.45 < replayed_share(run, "domain/part-001") < 0.55  # the edit, from the next part
+    # a mixed part trains more tokens than its own windows: the plan expected that
+    for pid in ("domain/part-000", "domain/part-001"):
+        part = part_of(state, pid)
+        assert abs(part["tokens"] - part["planned_tokens"]) < 0.1 * part["planned_tokens"], part
+    assert part_of(state, "domain/part-001")["tokens"] > 1.5 * part_of(state, "wiki/part-000")["tokens"]
+    # the stage re-warms: its first step's rate is a quarter of the one four steps on (512 tokens = 4 steps)
+    lrs = [m["lr"] for m in read_jsonl(run / "metrics" / "domain--part-000.jsonl")]
+    assert lrs[0] == pytest.approx(lrs[3] / 4, rel=0.05)
