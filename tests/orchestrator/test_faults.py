@@ -189,6 +189,7 @@ def test_a_disk_filled_to_the_last_byte_is_survived(reference, tmp_path):
     mnt.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], capture_output=True).returncode:
         pytest.skip("cannot mount a tmpfs here (needs root)")
+    daemon = None
     try:
         schedule = make_chain(tmp_path, **CHAIN)
         raw = json.loads(schedule.read_text())
@@ -198,11 +199,10 @@ def test_a_disk_filled_to_the_last_byte_is_survived(reference, tmp_path):
         daemon = start_daemon(schedule, log, "--exit-when-done", "--run-dir", str(run))
         wait_for(lambda: running_step(run, "wiki/part-000") >= 10, timeout=120, what="training")
         filler = mnt / "filler"
-        with open(filler, "wb") as f:  # every last byte
+        with open(filler, "wb", buffering=0) as f:  # every last byte; unbuffered: nothing left to flush at close
             try:
                 while True:
                     f.write(b"\0" * 65536)
-                    f.flush()
             except OSError:
                 pass
         # Nothing can be written on the disk now; the daemon says so on stderr (outside it).
@@ -216,6 +216,9 @@ def test_a_disk_filled_to_the_last_byte_is_survived(reference, tmp_path):
         assert "disk-writable" in [e["event"] for e in events(run)]
         assert_same_chain(run, reference)
     finally:
+        if daemon is not None and daemon.poll() is None:  # never leave a daemon behind on a lazily unmounted disk
+            daemon.kill()
+            daemon.wait()
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
