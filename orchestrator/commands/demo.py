@@ -2,9 +2,11 @@
 
 It does what a user does, with the real commands: trains a tokenizer on the shipped
 corpus (an excerpt of a real English Wikipedia dump and of the Jargon File), prepares a
-Wikipedia-style stage and a domain stage of three parts each, writes a schedule, runs
-the daemon until the chain is done while showing its status, then prints the final table
-and a sample from the last checkpoint. Everything lands in the run directory
+Wikipedia-style stage and a domain stage of three parts each and a short instruction stage
+(question-answer pairs about the Jargon File, with a fifth of its windows replayed from the
+domain stage), writes a schedule, runs the daemon until the chain is done while showing its
+status, then prints the final table, a sample from the last checkpoint and its answer to a
+question in the chat format. Everything lands in the run directory
 (default runs/demo): inputs/ holds the tokenizer, the prepared data and the schedule.
 Running it again continues an interrupted demo, or shows the finished one.
 """
@@ -24,6 +26,7 @@ from runtime.paths import RunPaths
 CORPUS = Path(__file__).resolve().parent.parent / "demo_corpus"
 WIKI = CORPUS / "enwiki-excerpt-pages-articles.xml.bz2"
 DOMAIN = CORPUS / "en-jargon-file-excerpt.txt.gz"
+QA = CORPUS / "jargon-qa.jsonl"
 
 # The recipe is the default one (no family, optimizer or learning rate named: the llama
 # family, Muon + AdamW, warmup and decay sized from the chain); only the batch is chosen,
@@ -39,6 +42,7 @@ SCHEDULE = {
     "stages": [
         {"name": "wikipedia", "parts": ["data/wiki"]},
         {"name": "jargon", "parts": ["data/jargon"]},
+        {"name": "jargon-qa", "parts": ["data/qa"], "replay": [{"stage": "jargon", "weight": 0.2}]},
     ],
 }
 
@@ -70,6 +74,10 @@ def _prepare(inputs: Path, console) -> Path:
                         str(inputs / "data" / "jargon"), "--parts", "3", "--block-size", "128", "--overlap", "32",
                         "--val-fraction", "0.05", "-q"),
           inputs / "data" / "jargon" / "manifest.json")
+    _step(console, "3b. the instruction stage: question-answer pairs, the loss on the answers only",
+          _orchestrator("prepare", "-i", str(QA), "--tokenizer", str(tokenizer), "--out", str(inputs / "data" / "qa"),
+                        "--parts", "1", "--block-size", "128", "--val-fraction", "0.1", "-q"),
+          inputs / "data" / "qa" / "manifest.json")
     schedule = inputs / "schedule.json"
     if not schedule.exists():
         schedule.write_text(json.dumps(SCHEDULE, indent=2) + "\n")
@@ -107,7 +115,7 @@ def cmd_demo(args) -> int:
     inputs = paths.root / "inputs"
     make_run_dir(paths)  # before inputs/: a daemon accepts the folder as its run directory
     inputs.mkdir(parents=True, exist_ok=True)
-    console.rule("orchestrator demo: a tiny GPT, two stages of three parts, on this machine's CPU")
+    console.rule("orchestrator demo: a tiny GPT, a chain of three stages, on this machine's CPU")
     started = time.monotonic()
     schedule = _prepare(inputs, console)
     rc = _run_daemon(schedule, paths, console)
@@ -123,6 +131,10 @@ def cmd_demo(args) -> int:
     console.print(f"\n[bold]6. a sample from {latest.name}[/bold] (temperature 0.8)")
     subprocess.run(_orchestrator("sample", "--checkpoint", str(latest), "--prompt", "The hacker", "--max-tokens",
                                  "60", "--device", "cpu"))
+    question = 'What does "automagically" mean in hacker jargon?'
+    console.print("\n[bold]7. its answer in the chat format[/bold] (sample --chat, greedy)")
+    subprocess.run(_orchestrator("sample", "--checkpoint", str(latest), "--chat", "--prompt", question,
+                                 "--max-tokens", "40", "--temperature", "0", "--device", "cpu"))
     console.print(f"\ndone in {time.monotonic() - started:.0f}s. Look around:\n"
                   f"  orchestrator status --run-dir {paths.root}\n"
                   f"  orchestrator logs --run-dir {paths.root}\n"

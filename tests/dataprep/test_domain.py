@@ -23,7 +23,7 @@ from trainer.errors import BadInput
 from trainer.tokenfile import check_windows, open_part
 
 DATA = REPO / "tests" / "data"
-QA = DATA / "jargon-qa.jsonl"  # derived from the Jargon File by bench/jargon_qa.py, see LICENSES.md
+QA = REPO / "orchestrator" / "demo_corpus" / "jargon-qa.jsonl"  # derived by bench/jargon_qa.py, see its LICENSES.md
 JARGON = REPO / "orchestrator" / "demo_corpus" / "en-jargon-file-excerpt.txt.gz"
 BLOCK = 256
 

@@ -59,7 +59,7 @@ def chat_trained(trained, tmp_path_factory) -> tuple[Path, Path]:
     one short answer: what it says after a chat prompt, and where it stops, are then known."""
     _, tok = trained
     root = tmp_path_factory.mktemp("chat")
-    lines = (REPO / "tests" / "data" / "jargon-qa.jsonl").read_text().splitlines()
+    lines = (REPO / "orchestrator" / "demo_corpus" / "jargon-qa.jsonl").read_text().splitlines()
     questions = [json.loads(line)["prompt"] for line in lines]
     source = root / "qa.jsonl"
     rows = [{"prompt": q, "response": ANSWER, **({"system": "Brief."} if i % 3 == 0 else {})}
