@@ -67,22 +67,51 @@ def prepare_all(work: Path, jargon: Path, vocab: int) -> dict[str, Path]:
     tok = work / "tok.model"
     orchestrator("tokenizer", "train", "-i", jargon, "--vocab-size", vocab, "--out", tok, "-q")
     out = {}
-    for name, source, extra in (("text", jargon, ["--val-fraction", "0.05"]),
-                                ("masked", qa, ["--val-fraction", "0.1"]),
-                                ("unmasked", qa, ["--val-fraction", "0.1", "--loss-on", "all"])):
+    for name, source, extra in (
+        ("text", jargon, ["--val-fraction", "0.05"]),
+        ("masked", qa, ["--val-fraction", "0.1"]),
+        ("unmasked", qa, ["--val-fraction", "0.1", "--loss-on", "all"]),
+    ):
         out[name] = work / name
-        orchestrator("prepare", "-i", source, "--tokenizer", tok, "--out", out[name], "--parts", 1, "--block-size",
-                     BLOCK, "-q", *extra)
+        orchestrator(
+            "prepare",
+            "-i",
+            source,
+            "--tokenizer",
+            tok,
+            "--out",
+            out[name],
+            "--parts",
+            1,
+            "--block-size",
+            BLOCK,
+            "-q",
+            *extra,
+        )
     return {k: v / "manifest.json" for k, v in out.items()}
 
 
 def trainer_for(manifest: Path, model: GPT, opt, train: TrainConfig, seed: int, stage: str) -> Trainer:
     part = open_part(manifest, "part-000")
-    spec = WorkerSpec(part_id=f"{stage}/part-000", stage=stage, work_dir=manifest.parent,
-                      data=DataRef(manifest=manifest, part="part-000"), model=model.config.to_dict(), train=train,
-                      chain_total_tokens=10**12)
-    return Trainer(spec, CPU, model, opt, torch.amp.GradScaler("cpu", enabled=False),
-                   WindowOrder(part.n_windows, 1000, seed, spec.part_id), Batches(part, BLOCK, CPU.device), Progress())
+    spec = WorkerSpec(
+        part_id=f"{stage}/part-000",
+        stage=stage,
+        work_dir=manifest.parent,
+        data=DataRef(manifest=manifest, part="part-000"),
+        model=model.config.to_dict(),
+        train=train,
+        chain_total_tokens=10**12,
+    )
+    return Trainer(
+        spec,
+        CPU,
+        model,
+        opt,
+        torch.amp.GradScaler("cpu", enabled=False),
+        WindowOrder(part.n_windows, 1000, seed, spec.part_id),
+        Batches(part, BLOCK, CPU.device),
+        Progress(),
+    )
 
 
 def val_loss(model: GPT, manifest: Path, windows: int = 256) -> float:
@@ -92,8 +121,9 @@ def val_loss(model: GPT, manifest: Path, windows: int = 256) -> float:
 
 def run_seed(seed: int, data: dict[str, Path], vocab: int, args) -> dict:
     torch.manual_seed(seed)
-    cfg = config_from_dict({"vocab_size": padded_vocab(vocab), "block_size": BLOCK, "n_layer": 4, "n_head": 4,
-                            "n_embd": 128})
+    cfg = config_from_dict(
+        {"vocab_size": padded_vocab(vocab), "block_size": BLOCK, "n_layer": 4, "n_head": 4, "n_embd": 128}
+    )
     model = GPT(cfg)
     pre = TrainConfig(micro_batch=16, grad_accum=1, lr=2e-3, lr_schedule="constant", warmup_tokens=0, seed=seed)
     opt = optim.build(model, pre, CPU.device)
@@ -101,8 +131,11 @@ def run_seed(seed: int, data: dict[str, Path], vocab: int, args) -> dict:
     for _ in range(args.pretrain_steps):
         t.step(lambda: False)
     base_state, base_opt = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
-    result = {"seed": seed, "pretrained": {"response": val_loss(model, data["masked"]),
-                                           "text": val_loss(model, data["text"])}, "curves": {}}
+    result = {
+        "seed": seed,
+        "pretrained": {"response": val_loss(model, data["masked"]), "text": val_loss(model, data["text"])},
+        "curves": {},
+    }
     inst = TrainConfig(micro_batch=16, grad_accum=1, lr=1e-3, lr_schedule="constant", warmup_tokens=0, seed=seed)
     for variant in ("masked", "unmasked"):
         model.load_state_dict(base_state)
@@ -115,8 +148,11 @@ def run_seed(seed: int, data: dict[str, Path], vocab: int, args) -> dict:
             if step % args.eval_every == 0 or step == args.steps:
                 curve.append((step, val_loss(model, data["masked"])))
         result["curves"][variant] = curve
-        result[variant] = {"response": curve[-1][1], "text": val_loss(model, data["text"]),
-                           "best_response": min(loss for _, loss in curve)}
+        result[variant] = {
+            "response": curve[-1][1],
+            "text": val_loss(model, data["text"]),
+            "best_response": min(loss for _, loss in curve),
+        }
     return result
 
 
@@ -145,18 +181,26 @@ def main() -> int:
         for seed in range(args.seeds):
             results.append(run_seed(seed, data, args.vocab_size, args))
             print(f"seed {seed} done after {time.monotonic() - started:.0f} s", flush=True)
-    print(f"\nresponse loss on held-out Q&A (and text val loss), after {args.pretrain_steps} text steps and "
-          f"{args.steps} instruction steps; {time.monotonic() - started:.0f} s")
-    print(f"{'seed':>4} {'pretrained':>11} {'masked':>8} {'unmasked':>9} {'ratio':>6}   {'best m/u':>13}   "
-          f"{'text: pre / masked / unmasked':>30}")
+    print(
+        f"\nresponse loss on held-out Q&A (and text val loss), after {args.pretrain_steps} text steps and "
+        f"{args.steps} instruction steps; {time.monotonic() - started:.0f} s"
+    )
+    print(
+        f"{'seed':>4} {'pretrained':>11} {'masked':>8} {'unmasked':>9} {'ratio':>6}   {'best m/u':>13}   "
+        f"{'text: pre / masked / unmasked':>30}"
+    )
     for r in results:
         m, u = r["masked"], r["unmasked"]
-        print(f"{r['seed']:>4} {r['pretrained']['response']:>11.4f} {m['response']:>8.4f} {u['response']:>9.4f} "
-              f"{m['response'] / u['response']:>6.3f}   {m['best_response']:.4f}/{u['best_response']:.4f}   "
-              f"{r['pretrained']['text']:.4f} / {m['text']:.4f} / {u['text']:.4f}")
+        print(
+            f"{r['seed']:>4} {r['pretrained']['response']:>11.4f} {m['response']:>8.4f} {u['response']:>9.4f} "
+            f"{m['response'] / u['response']:>6.3f}   {m['best_response']:.4f}/{u['best_response']:.4f}   "
+            f"{r['pretrained']['text']:.4f} / {m['text']:.4f} / {u['text']:.4f}"
+        )
     mean = {v: statistics.mean(r[v]["response"] for r in results) for v in ("masked", "unmasked")}
-    print(f"mean      masked {mean['masked']:.4f}  unmasked {mean['unmasked']:.4f}  "
-          f"ratio {mean['masked'] / mean['unmasked']:.3f}  difference {mean['masked'] - mean['unmasked']:+.4f}")
+    print(
+        f"mean      masked {mean['masked']:.4f}  unmasked {mean['unmasked']:.4f}  "
+        f"ratio {mean['masked'] / mean['unmasked']:.3f}  difference {mean['masked'] - mean['unmasked']:+.4f}"
+    )
     print("curves (step: masked / unmasked response loss, seed 0):")
     c = results[0]["curves"]
     print("  " + "  ".join(f"{s}: {a:.3f}/{b:.3f}" for (s, a), (_, b) in zip(c["masked"], c["unmasked"])))

@@ -46,7 +46,7 @@ def build_larger(sample: Path, copies: int, out: Path) -> int:
     document is an exact duplicate (which prepare would drop). Returns its XML size."""
     xml = bz2.decompress(sample.read_bytes()).decode("utf-8")
     head_end = xml.index("</siteinfo>") + len("</siteinfo>\n")
-    body = xml[head_end: xml.rindex("</mediawiki>")]
+    body = xml[head_end : xml.rindex("</mediawiki>")]
     size = 0
     with bz2.open(out, "wt", encoding="utf-8", compresslevel=9) as f:
         f.write(xml[:head_end])
@@ -83,8 +83,25 @@ def run_measured(argv: list[str]) -> tuple[float, int, float]:
 
 
 def prepare_once(dump: Path, tokenizer: Path, out: Path, workers: int | None) -> tuple[float, int, float]:
-    argv = [sys.executable, "-m", "orchestrator", "prepare", "--input", str(dump), "--tokenizer", str(tokenizer),
-            "--out", str(out), "--part-tokens", "2000000", "--block-size", "512", "--val-fraction", "0.05", "--quiet"]
+    argv = [
+        sys.executable,
+        "-m",
+        "orchestrator",
+        "prepare",
+        "--input",
+        str(dump),
+        "--tokenizer",
+        str(tokenizer),
+        "--out",
+        str(out),
+        "--part-tokens",
+        "2000000",
+        "--block-size",
+        "512",
+        "--val-fraction",
+        "0.05",
+        "--quiet",
+    ]
     if workers is not None:
         argv += ["--workers", str(workers)]
     return run_measured(argv)
@@ -118,27 +135,49 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-prepare-") as tmp:
         tmp = Path(tmp)
         tokenizer = tmp / "tok.model"
-        seconds, _, _ = run_measured([sys.executable, "-m", "orchestrator", "tokenizer", "train", "--input", str(SAMPLE),
-                                   "--vocab-size", str(args.vocab_size), "--out", str(tokenizer), "--quiet"])
+        seconds, _, _ = run_measured(
+            [
+                sys.executable,
+                "-m",
+                "orchestrator",
+                "tokenizer",
+                "train",
+                "--input",
+                str(SAMPLE),
+                "--vocab-size",
+                str(args.vocab_size),
+                "--out",
+                str(tokenizer),
+                "--quiet",
+            ]
+        )
         print(f"tokenizer: {args.vocab_size} pieces trained on the sample in {seconds:.1f} s")
         larger = tmp / f"enwiki-x{args.copies}-pages-articles.xml.bz2"
         larger_xml = build_larger(SAMPLE, args.copies, larger)
         sample_xml = len(bz2.decompress(SAMPLE.read_bytes()))
 
         print(f"cores: {psutil.cpu_count()}, load average before: {psutil.getloadavg()[0]:.2f}")
-        print(f"{'input':<30}{'XML MB':>8}{'bz2 MB':>8}{'seconds':>9}{'XML MB/s':>10}{'bz2 MB/s':>10}"
-              f"{'CPU s':>8}{'XML MB/CPU-s':>14}{'peak RSS MB':>13}")
-        for name, dump, xml_bytes in (("shared enwiki sample", SAMPLE, sample_xml),
-                                      (f"sample x{args.copies} (retitled)", larger, larger_xml)):
+        print(
+            f"{'input':<30}{'XML MB':>8}{'bz2 MB':>8}{'seconds':>9}{'XML MB/s':>10}{'bz2 MB/s':>10}"
+            f"{'CPU s':>8}{'XML MB/CPU-s':>14}{'peak RSS MB':>13}"
+        )
+        for name, dump, xml_bytes in (
+            ("shared enwiki sample", SAMPLE, sample_xml),
+            (f"sample x{args.copies} (retitled)", larger, larger_xml),
+        ):
             seconds, peak, cpu = prepare_once(dump, tokenizer, tmp / f"out-{dump.stem}", args.workers)
             bz = dump.stat().st_size
-            print(f"{name:<30}{xml_bytes / 1e6:>8.1f}{bz / 1e6:>8.2f}{seconds:>9.2f}{xml_bytes / 1e6 / seconds:>10.2f}"
-                  f"{bz / 1e6 / seconds:>10.2f}{cpu:>8.1f}{xml_bytes / 1e6 / cpu:>14.2f}{peak / 2**20:>13.0f}")
+            print(
+                f"{name:<30}{xml_bytes / 1e6:>8.1f}{bz / 1e6:>8.2f}{seconds:>9.2f}{xml_bytes / 1e6 / seconds:>10.2f}"
+                f"{bz / 1e6 / seconds:>10.2f}{cpu:>8.1f}{xml_bytes / 1e6 / cpu:>14.2f}{peak / 2**20:>13.0f}"
+            )
 
         ours, raw, mb = tokenization_ratio(SAMPLE, tokenizer)
-        print(f"tokenization of the sample's {mb:.1f} MB of cleaned text, one process, best of 3: ours "
-              f"{ours:.2f} s ({mb / ours:.2f} MB/s), SentencePiece alone {raw:.2f} s ({mb / raw:.2f} MB/s): "
-              f"ratio {ours / raw:.2f}x")
+        print(
+            f"tokenization of the sample's {mb:.1f} MB of cleaned text, one process, best of 3: ours "
+            f"{ours:.2f} s ({mb / ours:.2f} MB/s), SentencePiece alone {raw:.2f} s ({mb / raw:.2f} MB/s): "
+            f"ratio {ours / raw:.2f}x"
+        )
         print(f"load average after: {psutil.getloadavg()[0]:.2f}")
 
 

@@ -50,9 +50,29 @@ def read_lines(path: Path) -> list[str]:
 
 def export(checkpoint: Path, tokenizer: Path, out: Path, fmt: str, dtype: str) -> tuple[Path, float]:
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "orchestrator", "export", "--checkpoint", str(checkpoint),
-                           "--tokenizer", str(tokenizer), "--out", str(out), "--format", fmt, "--dtype", dtype,
-                           "--name", "bench"], capture_output=True, text=True, cwd=REPO)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator",
+            "export",
+            "--checkpoint",
+            str(checkpoint),
+            "--tokenizer",
+            str(tokenizer),
+            "--out",
+            str(out),
+            "--format",
+            fmt,
+            "--dtype",
+            dtype,
+            "--name",
+            "bench",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     if done.returncode:
         sys.exit(f"export {fmt} {dtype} failed: {done.stderr}")
     return out, time.monotonic() - started
@@ -83,8 +103,10 @@ def main() -> None:
         import llama_cpp
     except ImportError:
         llama_cpp = None
-    print(f"load average {os.getloadavg()[0]:.2f}; transformers {transformers.__version__}; "
-          f"llama-cpp-python {getattr(llama_cpp, '__version__', 'not installed')}")
+    print(
+        f"load average {os.getloadavg()[0]:.2f}; transformers {transformers.__version__}; "
+        f"llama-cpp-python {getattr(llama_cpp, '__version__', 'not installed')}"
+    )
 
     model, meta = load_model(args.checkpoint, torch.device("cpu"))
     block = model.config.block_size
@@ -93,12 +115,14 @@ def main() -> None:
     texts = lines + EXTRA
     stream = [i for line in lines for i in (sp.eos_id(), *sp.encode(line))]
     step = max(1, (len(stream) - block) // args.windows)
-    windows = [stream[k * step:k * step + block] for k in range(args.windows)]
-    prompts = [[sp.eos_id(), *sp.encode(line)[:8]] for line in lines[:args.prompts]]
+    windows = [stream[k * step : k * step + block] for k in range(args.windows)]
+    prompts = [[sp.eos_id(), *sp.encode(line)[:8]] for line in lines[: args.prompts]]
     with torch.no_grad():
         ours = [model(torch.tensor([w]))[0][0].numpy() for w in windows]
-    greedy = [torch.cat(list(generate(model, torch.tensor([p]), args.tokens, temperature=0.0)), 1)[0].tolist()
-              for p in prompts]
+    greedy = [
+        torch.cat(list(generate(model, torch.tensor([p]), args.tokens, temperature=0.0)), 1)[0].tolist()
+        for p in prompts
+    ]
 
     tmp = Path(tempfile.mkdtemp(prefix="export-bench-"))
     folders = {("hf", "f32"): None, ("gguf", "f32"): None, ("gguf", "f16"): None, ("gguf", "q8_0"): None}
@@ -111,8 +135,10 @@ def main() -> None:
     tok = transformers.AutoTokenizer.from_pretrained(hf_dir)
     same_ids = sum(tok(t, add_special_tokens=False).input_ids == sp.encode(t) for t in texts)
     same_text = sum(tok.decode(sp.encode(t)) == t for t in texts)
-    report = (f"\ntokenizer on {len(texts)} texts ({sum(len(sp.encode(t)) for t in texts):,} tokens): "
-              f"transformers ids identical {same_ids}/{len(texts)}, decodes back {same_text}/{len(texts)}")
+    report = (
+        f"\ntokenizer on {len(texts)} texts ({sum(len(sp.encode(t)) for t in texts):,} tokens): "
+        f"transformers ids identical {same_ids}/{len(texts)}, decodes back {same_text}/{len(texts)}"
+    )
     rows = []
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir).eval()
     rows.append(("transformers, HF folder f32", hf_model))
@@ -120,39 +146,68 @@ def main() -> None:
     for dtype in ("f32", "f16", "q8_0"):
         folder = folders[("gguf", dtype)]
         gguf_file = next(folder.glob("*.gguf"))
-        rows.append((f"transformers, GGUF {dtype}", transformers.AutoModelForCausalLM.from_pretrained(
-            folder, gguf_file=gguf_file.name, config=config).eval()))
+        rows.append(
+            (
+                f"transformers, GGUF {dtype}",
+                transformers.AutoModelForCausalLM.from_pretrained(
+                    folder, gguf_file=gguf_file.name, config=config
+                ).eval(),
+            )
+        )
     if llama_cpp is not None:
-        llm = llama_cpp.Llama(model_path=str(next(folders[("gguf", "f32")].glob("*.gguf"))), n_ctx=block,
-                              logits_all=True, n_threads=1, verbose=False)
+        llm = llama_cpp.Llama(
+            model_path=str(next(folders[("gguf", "f32")].glob("*.gguf"))),
+            n_ctx=block,
+            logits_all=True,
+            n_threads=1,
+            verbose=False,
+        )
         same = sum(llm.tokenize(t.encode(), add_bos=False, special=False) == sp.encode(t) for t in texts if t)
         same_text = sum(llm.detokenize(sp.encode(t)).decode("utf-8", "replace") == t for t in texts if t)
         report += f"; llama.cpp ids identical {same}/{len(texts)}, decodes back {same_text}/{len(texts)}"
         for dtype in ("f32", "f16", "q8_0"):
-            rows.append((f"llama.cpp, GGUF {dtype}", llama_cpp.Llama(
-                model_path=str(next(folders[("gguf", dtype)].glob("*.gguf"))), n_ctx=block, logits_all=True,
-                n_threads=1, verbose=False)))
+            rows.append(
+                (
+                    f"llama.cpp, GGUF {dtype}",
+                    llama_cpp.Llama(
+                        model_path=str(next(folders[("gguf", dtype)].glob("*.gguf"))),
+                        n_ctx=block,
+                        logits_all=True,
+                        n_threads=1,
+                        verbose=False,
+                    ),
+                )
+            )
     print(report)
 
-    print(f"\n{'runtime':30} {'max |logit diff|':>17} {'greedy identical':>17}   ({len(windows)} windows of "
-          f"{block} tokens; {len(prompts)} prompts x {args.tokens} tokens)")
+    print(
+        f"\n{'runtime':30} {'max |logit diff|':>17} {'greedy identical':>17}   ({len(windows)} windows of "
+        f"{block} tokens; {len(prompts)} prompts x {args.tokens} tokens)"
+    )
     for name, runner in rows:
         if isinstance(runner, transformers.PreTrainedModel):
             with torch.no_grad():
-                diff = max(float((runner(torch.tensor([w])).logits[0].numpy() - o).__abs__().max())
-                           for w, o in zip(windows, ours))
+                diff = max(
+                    float((runner(torch.tensor([w])).logits[0].numpy() - o).__abs__().max())
+                    for w, o in zip(windows, ours)
+                )
                 same = 0
                 for p, mine in zip(prompts, greedy):
-                    out = runner.generate(torch.tensor([p]), max_new_tokens=args.tokens, do_sample=False,
-                                          repetition_penalty=1.0, attention_mask=torch.ones(1, len(p), dtype=torch.long))
-                    theirs = out[0, len(p):].tolist()
-                    same += theirs == (mine[:mine.index(sp.eos_id()) + 1] if sp.eos_id() in mine else mine)
+                    out = runner.generate(
+                        torch.tensor([p]),
+                        max_new_tokens=args.tokens,
+                        do_sample=False,
+                        repetition_penalty=1.0,
+                        attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                    )
+                    theirs = out[0, len(p) :].tolist()
+                    same += theirs == (mine[: mine.index(sp.eos_id()) + 1] if sp.eos_id() in mine else mine)
         else:
             diff = 0.0
             for w, o in zip(windows, ours):
                 runner.reset()
                 runner.eval(w)
-                diff = max(diff, float(np.abs(np.array(runner.scores[:len(w)]) - o).max()))
+                diff = max(diff, float(np.abs(np.array(runner.scores[: len(w)]) - o).max()))
             same = 0
             for p, mine in zip(prompts, greedy):
                 runner.reset()
@@ -163,8 +218,10 @@ def main() -> None:
                     runner.eval([theirs[-1]])
                 same += theirs == mine
         print(f"{name:30} {diff:17.2e} {same:>10}/{len(prompts)}")
-    print(f"\ncheckpoint {meta.part_id}, {meta.global_tokens:,} tokens, validation loss {meta.val_loss}; "
-          f"exports in {tmp}; load average {os.getloadavg()[0]:.2f}")
+    print(
+        f"\ncheckpoint {meta.part_id}, {meta.global_tokens:,} tokens, validation loss {meta.val_loss}; "
+        f"exports in {tmp}; load average {os.getloadavg()[0]:.2f}"
+    )
 
 
 if __name__ == "__main__":

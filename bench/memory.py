@@ -28,10 +28,16 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 CASES = [  # (name, model section, micro_batch)
-    ("llama tiny 4x128 ctx128 v8k", {"family": "llama", "n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 128,
-                                      "vocab_size": 8000}, 8),
-    ("gpt2 tiny 4x128 ctx128 v8k", {"family": "gpt2", "n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 128,
-                                     "vocab_size": 8000}, 8),
+    (
+        "llama tiny 4x128 ctx128 v8k",
+        {"family": "llama", "n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 128, "vocab_size": 8000},
+        8,
+    ),
+    (
+        "gpt2 tiny 4x128 ctx128 v8k",
+        {"family": "gpt2", "n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 128, "vocab_size": 8000},
+        8,
+    ),
     ("llama mini v16k", {"family": "llama", "preset": "mini", "vocab_size": 16000}, 4),
     ("gpt2 mini v16k", {"family": "gpt2", "preset": "mini", "vocab_size": 16000}, 4),
     ("llama small v16k", {"family": "llama", "preset": "small", "vocab_size": 16000}, 2),
@@ -87,9 +93,16 @@ def measure(job: dict) -> dict:
             total = torch.cuda.get_device_properties(dev).total_memory
             torch.cuda.set_per_process_memory_fraction(min(job["cap_gb"] * 2**30 / total, 1.0), dev)
     else:  # a first tiny run loads every library and kernel the real one will use: not counted
-        tiny = config_from_dict({**cfg.to_dict(), "n_layer": 1, "n_embd": 2 * cfg.n_head, "block_size": 16,
-                                 "vocab_size": 64, **({"intermediate_size": None, "n_kv_head": None}
-                                                      if cfg.family == "llama" else {})})
+        tiny = config_from_dict(
+            {
+                **cfg.to_dict(),
+                "n_layer": 1,
+                "n_embd": 2 * cfg.n_head,
+                "block_size": 16,
+                "vocab_size": 64,
+                **({"intermediate_size": None, "n_kv_head": None} if cfg.family == "llama" else {}),
+            }
+        )
         train_steps(tiny, 1, job["checkpointing"], dev, steps=2)
         gc.collect()
     base = rss()
@@ -126,19 +139,32 @@ def main() -> int:
             print(f"{name}: plan for {args.cap_gb} GB: {p.describe()}")
             runs = [(p.micro_batch, p.checkpointing)]
         for micro, ckpt in runs:
-            job = {"model": cfg.to_dict(), "micro_batch": micro, "checkpointing": ckpt, "device": args.device,
-                   "threads": args.threads, "cap_gb": args.cap_gb}
-            out = subprocess.run([sys.executable, __file__, "--measure", json.dumps(job)], capture_output=True,
-                                 text=True, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": str(args.threads),
-                                                           "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)})
+            job = {
+                "model": cfg.to_dict(),
+                "micro_batch": micro,
+                "checkpointing": ckpt,
+                "device": args.device,
+                "threads": args.threads,
+                "cap_gb": args.cap_gb,
+            }
+            out = subprocess.run(
+                [sys.executable, __file__, "--measure", json.dumps(job)],
+                capture_output=True,
+                text=True,
+                cwd=REPO,
+                env={**os.environ, "OMP_NUM_THREADS": str(args.threads), "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)},
+            )
             if out.returncode:
                 print(f"{name:30} {micro:3} {str(ckpt):>5} failed: {out.stderr.strip().splitlines()[-1][:120]}")
                 continue
             measured = json.loads(out.stdout.strip().splitlines()[-1])["peak"]
             need = need_bytes(cfg, micro, "fp32", on_gpu, checkpointing=ckpt)
             estimate = need.total - (CUDA_CONTEXT_BYTES if on_gpu else 0)  # the allocator does not see the context
-            print(f"{name:30} {micro:3} {str(ckpt):>5} {estimate / 2**20:12.0f} {measured / 2**20:12.0f} "
-                  f"{estimate / measured:6.2f}", flush=True)
+            print(
+                f"{name:30} {micro:3} {str(ckpt):>5} {estimate / 2**20:12.0f} {measured / 2**20:12.0f} "
+                f"{estimate / measured:6.2f}",
+                flush=True,
+            )
     return 0
 
 

@@ -53,14 +53,22 @@ MICRO_BATCH = 8
 EVAL_BATCH = 16
 
 ARMS: dict[str, dict] = {
-    "gpt2-recipe": {"model": {"family": "gpt2"},
-                    "train": {"optimizer": "adamw", "lr": 6e-4, "lr_schedule": "cosine", "min_lr_ratio": 0.1,
-                              "warmup_fraction": 0.02}},
+    "gpt2-recipe": {
+        "model": {"family": "gpt2"},
+        "train": {
+            "optimizer": "adamw",
+            "lr": 6e-4,
+            "lr_schedule": "cosine",
+            "min_lr_ratio": 0.1,
+            "warmup_fraction": 0.02,
+        },
+    },
     "new-default": {"model": {}, "train": {}},
 }
 
 
 # -- data --------------------------------------------------------------------------------------
+
 
 def prepare(corpus: str, data_dir: Path, work: Path) -> Path:
     """Tokenizer and prepared tokens of one corpus (made once, then reused); returns the manifest."""
@@ -73,10 +81,26 @@ def prepare(corpus: str, data_dir: Path, work: Path) -> Path:
         sys.exit(f"{source}: not found; --data names the folder with {', '.join(CORPORA.values())}")
     tok = out / "tok8k.model"
     orch = [sys.executable, "-m", "orchestrator"]
-    for cmd in (orch + ["tokenizer", "train", "--input", str(source), "--vocab-size", str(VOCAB), "--out", str(tok),
-                        "-q"],
-                orch + ["prepare", "--input", str(source), "--tokenizer", str(tok), "--out", str(out / "data"),
-                        "--parts", "1", "--block-size", str(SHAPE["block_size"]), "--val-fraction", "0.1", "-q"]):
+    for cmd in (
+        orch + ["tokenizer", "train", "--input", str(source), "--vocab-size", str(VOCAB), "--out", str(tok), "-q"],
+        orch
+        + [
+            "prepare",
+            "--input",
+            str(source),
+            "--tokenizer",
+            str(tok),
+            "--out",
+            str(out / "data"),
+            "--parts",
+            "1",
+            "--block-size",
+            str(SHAPE["block_size"]),
+            "--val-fraction",
+            "0.1",
+            "-q",
+        ],
+    ):
         subprocess.run(cmd, check=True, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
     return manifest
 
@@ -115,6 +139,7 @@ def score(model, manifest: Path, device) -> float:
 
 # -- one arm, in its own process -----------------------------------------------------------------
 
+
 def run_arm(job: dict) -> dict:
     import torch
 
@@ -132,15 +157,29 @@ def run_arm(job: dict) -> dict:
     manifest = Path(job["manifest"])
     arm = job["arm"]
     cfg = config_from_dict({**SHAPE, "vocab_size": VOCAB, **arm.get("model", {})}, family=DEFAULT_FAMILY)
-    train = TrainConfig(**{"micro_batch": MICRO_BATCH, "grad_accum": 1, "seed": job["seed"],
-                           "cpu_threads": job["threads"], "device": job["device"], **arm.get("train", {})})
+    train = TrainConfig(
+        **{
+            "micro_batch": MICRO_BATCH,
+            "grad_accum": 1,
+            "seed": job["seed"],
+            "cpu_threads": job["threads"],
+            "device": job["device"],
+            **arm.get("train", {}),
+        }
+    )
     placement = devices.choose(train)
     part = open_part(manifest, "part-000")
     windows = int(job["fraction"] * part.n_windows) // MICRO_BATCH * MICRO_BATCH
     total = windows * cfg.block_size
-    spec = WorkerSpec(part_id="quality/part-000", stage="quality", work_dir=Path(tempfile.gettempdir()),
-                      data=DataRef(manifest=manifest, part="part-000"), model=cfg.to_dict(), train=train,
-                      chain_total_tokens=total)
+    spec = WorkerSpec(
+        part_id="quality/part-000",
+        stage="quality",
+        work_dir=Path(tempfile.gettempdir()),
+        data=DataRef(manifest=manifest, part="part-000"),
+        model=cfg.to_dict(),
+        train=train,
+        chain_total_tokens=total,
+    )
     torch.manual_seed(derive_seed(train.seed, "init"))
     model = build(cfg)
     variant(model, arm.get("variant", {}))
@@ -149,8 +188,16 @@ def run_arm(job: dict) -> dict:
     scaler = torch.amp.GradScaler(placement.device.type, enabled=placement.use_scaler)
     seed_rngs(derive_seed(train.seed, spec.part_id))
     trained = torch.compile(model) if placement.compile else model
-    trainer = Trainer(spec, placement, trained, opt, scaler, WindowOrder(part.n_windows, 1, train.seed, spec.part_id),
-                      Batches(part, cfg.block_size, placement.device), Progress())
+    trainer = Trainer(
+        spec,
+        placement,
+        trained,
+        opt,
+        scaler,
+        WindowOrder(part.n_windows, 1, train.seed, spec.part_id),
+        Batches(part, cfg.block_size, placement.device),
+        Progress(),
+    )
     if placement.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(placement.device)
     times, losses = [], []
@@ -167,10 +214,17 @@ def run_arm(job: dict) -> dict:
     # tokens/s from the median step (the first steps settle; a busy machine's spikes are
     # ignored), measured as nanoGPT's run is below
     step_tokens = MICRO_BATCH * train.grad_accum * cfg.block_size
-    return {"tokens": trainer.progress.part_tokens, "val_loss": val, "train_loss": statistics.mean(losses[-20:]),
-            "tokens_per_s": step_tokens / statistics.median(times[5:] or times), "seconds": sum(times),
-            "peak_bytes": peak,
-            "family": cfg.family, "optimizer": optim.kind_of(opt), "params": cfg.n_params()}
+    return {
+        "tokens": trainer.progress.part_tokens,
+        "val_loss": val,
+        "train_loss": statistics.mean(losses[-20:]),
+        "tokens_per_s": step_tokens / statistics.median(times[5:] or times),
+        "seconds": sum(times),
+        "peak_bytes": peak,
+        "family": cfg.family,
+        "optimizer": optim.kind_of(opt),
+        "params": cfg.n_params(),
+    }
 
 
 def variant(model, options: dict) -> None:
@@ -184,6 +238,7 @@ def variant(model, options: dict) -> None:
     import torch.nn.functional as F
 
     if options.get("mlp") == "relu2":
+
         class ReLU2(nn.Module):
             def __init__(self, C: int):
                 super().__init__()
@@ -208,14 +263,16 @@ def variant(model, options: dict) -> None:
 
 def spawn(job: dict) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(job["threads"])}
-    out = subprocess.run([sys.executable, __file__, "--run-arm", json.dumps(job)], capture_output=True, text=True,
-                         cwd=REPO, env=env)
+    out = subprocess.run(
+        [sys.executable, __file__, "--run-arm", json.dumps(job)], capture_output=True, text=True, cwd=REPO, env=env
+    )
     if out.returncode:
         sys.exit(f"arm {job['name']} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 # -- nanoGPT's train.py ------------------------------------------------------------------------
+
 
 def run_nanogpt(nanogpt: Path, manifest: Path, fraction: float, seed: int, threads: int, arm: dict) -> dict:
     """nanoGPT's train.py on our tokens with the gpt2-recipe settings; its checkpoint scored like ours."""
@@ -240,13 +297,32 @@ def run_nanogpt(nanogpt: Path, manifest: Path, fraction: float, seed: int, threa
         with open(data / "meta.pkl", "wb") as f:
             pickle.dump({"vocab_size": VOCAB}, f)
         (root / "configurator.py").symlink_to(nanogpt / "configurator.py")  # train.py execs it from the cwd
-        args = {"dataset": "quality", "out_dir": str(root / "out"), "device": "cpu", "dtype": "float32",
-                "compile": False, "batch_size": MICRO_BATCH, "gradient_accumulation_steps": 1,
-                "block_size": SHAPE["block_size"], "n_layer": SHAPE["n_layer"], "n_head": SHAPE["n_head"],
-                "n_embd": SHAPE["n_embd"], "dropout": 0.0, "bias": False, "learning_rate": t["lr"],
-                "min_lr": t["lr"] * t["min_lr_ratio"], "max_iters": steps, "lr_decay_iters": steps,
-                "warmup_iters": max(round(t["warmup_fraction"] * steps), 10), "eval_interval": steps,
-                "eval_iters": 1, "log_interval": 1, "weight_decay": 0.1, "beta1": 0.9, "beta2": 0.95}
+        args = {
+            "dataset": "quality",
+            "out_dir": str(root / "out"),
+            "device": "cpu",
+            "dtype": "float32",
+            "compile": False,
+            "batch_size": MICRO_BATCH,
+            "gradient_accumulation_steps": 1,
+            "block_size": SHAPE["block_size"],
+            "n_layer": SHAPE["n_layer"],
+            "n_head": SHAPE["n_head"],
+            "n_embd": SHAPE["n_embd"],
+            "dropout": 0.0,
+            "bias": False,
+            "learning_rate": t["lr"],
+            "min_lr": t["lr"] * t["min_lr_ratio"],
+            "max_iters": steps,
+            "lr_decay_iters": steps,
+            "warmup_iters": max(round(t["warmup_fraction"] * steps), 10),
+            "eval_interval": steps,
+            "eval_iters": 1,
+            "log_interval": 1,
+            "weight_decay": 0.1,
+            "beta1": 0.9,
+            "beta2": 0.95,
+        }
         cmd = [sys.executable, str(nanogpt / "train.py")] + [f"--{k}={v}" for k, v in args.items()]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         # nanoGPT seeds torch with 1337 itself; `seed` only names the row
@@ -263,24 +339,42 @@ def run_nanogpt(nanogpt: Path, manifest: Path, fraction: float, seed: int, threa
         model.load_state_dict(ckpt["model"])
         val = score(model, manifest, torch.device("cpu"))
     per_step = statistics.median(times[5:-1]) / 1000  # settled steps; the last one includes the final eval
-    return {"tokens": steps * MICRO_BATCH * SHAPE["block_size"], "val_loss": val, "train_loss": float("nan"),
-            "tokens_per_s": MICRO_BATCH * SHAPE["block_size"] / per_step, "seconds": sum(times[:-1]) / 1000,
-            "peak_bytes": float("nan"), "family": "gpt2", "optimizer": "adamw", "params": 0}
+    return {
+        "tokens": steps * MICRO_BATCH * SHAPE["block_size"],
+        "val_loss": val,
+        "train_loss": float("nan"),
+        "tokens_per_s": MICRO_BATCH * SHAPE["block_size"] / per_step,
+        "seconds": sum(times[:-1]) / 1000,
+        "peak_bytes": float("nan"),
+        "family": "gpt2",
+        "optimizer": "adamw",
+        "params": 0,
+    }
 
 
 # -- the comparison ---------------------------------------------------------------------------
 
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data", help="folder of the corpora")
-    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "orchestrator-quality",
-                    help="prepared tokens are kept here between runs")
+    ap.add_argument(
+        "--work",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "orchestrator-quality",
+        help="prepared tokens are kept here between runs",
+    )
     ap.add_argument("--corpora", default="tr,en")
     ap.add_argument("--seeds", default="1,2")
     ap.add_argument("--fractions", default="1.0,0.6", help="fractions of one epoch to train each arm for")
     ap.add_argument("--arms", default=",".join(ARMS), help="arms to run (names of ARMS or of --arm)")
-    ap.add_argument("--arm", action="append", default=[], metavar="NAME=JSON",
-                    help='an extra arm, e.g. \'muon-lr-0.04={"train": {"muon_lr": 0.04}}\'')
+    ap.add_argument(
+        "--arm",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help='an extra arm, e.g. \'muon-lr-0.04={"train": {"muon_lr": 0.04}}\'',
+    )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--nanogpt", type=Path, help="a checkout of karpathy/nanoGPT: also run its train.py")
@@ -303,25 +397,40 @@ def main() -> int:
         corpora, seeds, fractions = corpora[:1], seeds[:1], [0.3, 0.18]
     base = max(fractions)
     rows = []
-    header = f"{'corpus':6} {'arm':22} {'x tokens':>8} {'tokens':>9} {'seed':>4} {'val loss':>9} {'tokens/s':>9} " \
-             f"{'peak MB':>8}"
+    header = (
+        f"{'corpus':6} {'arm':22} {'x tokens':>8} {'tokens':>9} {'seed':>4} {'val loss':>9} {'tokens/s':>9} "
+        f"{'peak MB':>8}"
+    )
     print(header)
     for corpus in corpora:
         manifest = prepare(corpus, args.data, args.work)
         for name in dict.fromkeys(chosen):
             for fraction in fractions:
                 for seed in seeds:
-                    job = {"name": name, "arm": arms[name], "manifest": str(manifest), "fraction": fraction,
-                           "seed": seed, "threads": args.threads, "device": args.device}
+                    job = {
+                        "name": name,
+                        "arm": arms[name],
+                        "manifest": str(manifest),
+                        "fraction": fraction,
+                        "seed": seed,
+                        "threads": args.threads,
+                        "device": args.device,
+                    }
                     r = spawn(job)
                     rows.append({"corpus": corpus, "arm": name, "x": fraction / base, "seed": seed, **r})
-                    print(f"{corpus:6} {name:22} {fraction / base:8.2f} {r['tokens']:9,} {seed:4} "
-                          f"{r['val_loss']:9.4f} {r['tokens_per_s']:9,.0f} {r['peak_bytes'] / 2**20:8.0f}", flush=True)
+                    print(
+                        f"{corpus:6} {name:22} {fraction / base:8.2f} {r['tokens']:9,} {seed:4} "
+                        f"{r['val_loss']:9.4f} {r['tokens_per_s']:9,.0f} {r['peak_bytes'] / 2**20:8.0f}",
+                        flush=True,
+                    )
         if args.nanogpt:
             r = run_nanogpt(args.nanogpt.resolve(), manifest, base, seeds[0], args.threads, ARMS["gpt2-recipe"])
             rows.append({"corpus": corpus, "arm": "nanoGPT train.py", "x": 1.0, "seed": 1337, **r})
-            print(f"{corpus:6} {'nanoGPT train.py':22} {1.0:8.2f} {r['tokens']:9,} {'1337':>4} {r['val_loss']:9.4f} "
-                  f"{r['tokens_per_s']:9,.0f} {'-':>8}", flush=True)
+            print(
+                f"{corpus:6} {'nanoGPT train.py':22} {1.0:8.2f} {r['tokens']:9,} {'1337':>4} {r['val_loss']:9.4f} "
+                f"{r['tokens_per_s']:9,.0f} {'-':>8}",
+                flush=True,
+            )
     summarize(rows, base)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
@@ -330,6 +439,7 @@ def main() -> int:
 
 def summarize(rows: list[dict], base: float) -> None:
     """Per corpus: mean over seeds of each arm and fraction; the goal; the speed ratios."""
+
     def mean(corpus, arm, x, key):
         vals = [r[key] for r in rows if r["corpus"] == corpus and r["arm"] == arm and abs(r["x"] - x) < 1e-9]
         return statistics.mean(vals) if vals else None
@@ -341,12 +451,16 @@ def summarize(rows: list[dict], base: float) -> None:
             for x in sorted({r["x"] for r in rows if r["corpus"] == corpus and r["arm"] == arm}, reverse=True):
                 v = mean(corpus, arm, x, "val_loss")
                 delta = f"{v - old:+.4f} vs gpt2-recipe 1.0x" if old is not None else ""
-                print(f"  {corpus:4} {arm:22} {x:5.2f}x  val {v:.4f}  {mean(corpus, arm, x, 'tokens_per_s'):8,.0f} "
-                      f"tokens/s  {delta}")
+                print(
+                    f"  {corpus:4} {arm:22} {x:5.2f}x  val {v:.4f}  {mean(corpus, arm, x, 'tokens_per_s'):8,.0f} "
+                    f"tokens/s  {delta}"
+                )
         new06 = mean(corpus, "new-default", 0.6, "val_loss")
         if old is not None and new06 is not None:
             verdict = "MET" if new06 <= old else "NOT MET"
-            print(f"  {corpus}: goal (new default at 0.6x <= GPT-2 recipe at 1.0x): {new06:.4f} vs {old:.4f}: {verdict}")
+            print(
+                f"  {corpus}: goal (new default at 0.6x <= GPT-2 recipe at 1.0x): {new06:.4f} vs {old:.4f}: {verdict}"
+            )
         nano = mean(corpus, "nanoGPT train.py", 1.0, "tokens_per_s")
         if nano:
             for arm in ("gpt2-recipe", "new-default"):

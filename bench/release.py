@@ -51,18 +51,42 @@ def prepare(corpus: str, data_dir: Path, work: Path, part_tokens: int) -> Path:
     if not source.exists():
         sys.exit(f"{source}: not found; --data names the folder with {', '.join(CORPORA.values())}")
     out.mkdir(parents=True, exist_ok=True)
-    orchestrator("tokenizer", "train", "--input", str(source), "--vocab-size", str(VOCAB), "--out", "tok.model", "-q",
-                 cwd=out)
-    orchestrator("prepare", "--input", str(source), "--tokenizer", "tok.model", "--out", "data", "--part-tokens",
-                 str(part_tokens), "--block-size", str(SHAPE["block_size"]), "--val-fraction", "0.05", "-q", cwd=out)
+    orchestrator(
+        "tokenizer", "train", "--input", str(source), "--vocab-size", str(VOCAB), "--out", "tok.model", "-q", cwd=out
+    )
+    orchestrator(
+        "prepare",
+        "--input",
+        str(source),
+        "--tokenizer",
+        "tok.model",
+        "--out",
+        "data",
+        "--part-tokens",
+        str(part_tokens),
+        "--block-size",
+        str(SHAPE["block_size"]),
+        "--val-fraction",
+        "0.05",
+        "-q",
+        cwd=out,
+    )
     return out
 
 
 def run_chain(data: Path, run: Path, threads: int, total_tokens: int) -> float:
     schedule = {
-        "name": "release-bench", "model": MODEL, "tokenizer": str(data / "tok.model"),
-        "train": {"micro_batch": 8, "grad_accum": 1, "cpu_threads": threads, "device": "cpu",
-                  "total_tokens": total_tokens, "eval_windows": 8},
+        "name": "release-bench",
+        "model": MODEL,
+        "tokenizer": str(data / "tok.model"),
+        "train": {
+            "micro_batch": 8,
+            "grad_accum": 1,
+            "cpu_threads": threads,
+            "device": "cpu",
+            "total_tokens": total_tokens,
+            "eval_windows": 8,
+        },
         "eval": {"every_parts": 0},  # scored below, on every val target
         "release": RELEASE,
         "stages": [{"name": "text", "parts": [str(data / "data" / f"part-{i:03d}.bin") for i in range(PARTS)]}],
@@ -78,8 +102,12 @@ def run_chain(data: Path, run: Path, threads: int, total_tokens: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data", help="folder of the corpora")
-    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "orchestrator-release",
-                    help="prepared corpora and the run (the corpus is prepared once)")
+    ap.add_argument(
+        "--work",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "orchestrator-release",
+        help="prepared corpora and the run (the corpus is prepared once)",
+    )
     ap.add_argument("--corpus", choices=sorted(CORPORA), default="tr")
     ap.add_argument("--part-tokens", type=int, default=40_000)
     ap.add_argument("--threads", type=int, default=1)
@@ -104,10 +132,14 @@ def main(argv: list[str] | None = None) -> int:
     parts = [p for p in state["parts"] if p["status"] == "done"]
     chain = {p["checkpoint"]: val(run / "run" / p["checkpoint"]) for p in parts}
     order = [p["checkpoint"] for p in parts]
-    print(f"corpus {args.corpus}: {PARTS} parts of ~{args.part_tokens:,} tokens, model {MODEL}, release {RELEASE}; "
-          f"the chain and its releases took {seconds:.0f}s on {args.threads} thread(s)")
-    print(f"{'release':24} {'branch tokens':>13} {'un-cooled':>10} {'cooled':>8} {'gain':>7} "
-          f"{'cool-down tokens':>17} {'next chain ckpt':>24}")
+    print(
+        f"corpus {args.corpus}: {PARTS} parts of ~{args.part_tokens:,} tokens, model {MODEL}, release {RELEASE}; "
+        f"the chain and its releases took {seconds:.0f}s on {args.threads} thread(s)"
+    )
+    print(
+        f"{'release':24} {'branch tokens':>13} {'un-cooled':>10} {'cooled':>8} {'gain':>7} "
+        f"{'cool-down tokens':>17} {'next chain ckpt':>24}"
+    )
     for rel in state["releases"]:
         if rel["status"] != "done":
             print(f"{rel['name']:24} {rel['status']}: {rel.get('error')}")
@@ -119,8 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         if i + 1 < len(order):
             loss, at = chain[order[i + 1]]
             after = f"{loss:.4f} at {at:,}"
-        print(f"{rel['name']:24} {tokens:>13,} {base:>10.4f} {cooled:>8.4f} {base - cooled:>+7.4f} "
-              f"{rel['tokens']:>8,} (+{rel['tokens'] / tokens:.0%}) {after:>24}")
+        print(
+            f"{rel['name']:24} {tokens:>13,} {base:>10.4f} {cooled:>8.4f} {base - cooled:>+7.4f} "
+            f"{rel['tokens']:>8,} (+{rel['tokens'] / tokens:.0%}) {after:>24}"
+        )
     print(f"(val loss: mean over every target of the val split; run dir {run / 'run'})")
     return 0
 

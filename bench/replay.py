@@ -58,14 +58,29 @@ CPU = Placement(torch.device("cpu"), "fp32", compile=False, threads=1, why="benc
 def prepare(data: Path, work: Path, vocab: int) -> dict[str, Path]:
     tok = work / "tok.model"
     if not tok.exists():
-        orchestrator("tokenizer", "train", "-i", data / WIKI, "-i", data / DOMAIN, "--vocab-size", vocab, "--out",
-                     tok, "-q")
+        orchestrator(
+            "tokenizer", "train", "-i", data / WIKI, "-i", data / DOMAIN, "--vocab-size", vocab, "--out", tok, "-q"
+        )
     out = {}
     for name, source in (("wiki", WIKI), ("domain", DOMAIN)):
         out[name] = work / name / "manifest.json"
         if not out[name].exists():
-            orchestrator("prepare", "-i", data / source, "--tokenizer", tok, "--out", work / name, "--parts", 1,
-                         "--block-size", BLOCK, "--val-fraction", "0.05", "-q")
+            orchestrator(
+                "prepare",
+                "-i",
+                data / source,
+                "--tokenizer",
+                tok,
+                "--out",
+                work / name,
+                "--parts",
+                1,
+                "--block-size",
+                BLOCK,
+                "--val-fraction",
+                "0.05",
+                "-q",
+            )
     return out
 
 
@@ -75,16 +90,31 @@ def val_loss(model, manifest: Path, windows: int = 256) -> float:
 
 
 def train_config(seed: int, lr_scale: float = 1.0) -> TrainConfig:
-    return TrainConfig(micro_batch=MICRO_BATCH, grad_accum=1, lr_schedule="constant", warmup_tokens=0, seed=seed,
-                       lr=1e-2 * lr_scale, muon_lr=0.02 * lr_scale)
+    return TrainConfig(
+        micro_batch=MICRO_BATCH,
+        grad_accum=1,
+        lr_schedule="constant",
+        warmup_tokens=0,
+        seed=seed,
+        lr=1e-2 * lr_scale,
+        muon_lr=0.02 * lr_scale,
+    )
 
 
-def trainer(model, opt, train: TrainConfig, manifest: Path, stage: str, steps: int,
-            mixture: Mixture | None = None) -> Trainer:
+def trainer(
+    model, opt, train: TrainConfig, manifest: Path, stage: str, steps: int, mixture: Mixture | None = None
+) -> Trainer:
     part = open_part(manifest, "part-000")
-    spec = WorkerSpec(part_id=f"{stage}/part-000", stage=stage, work_dir=manifest.parent,
-                      data=DataRef(manifest=manifest, part="part-000"), model=model.config.to_dict(), train=train,
-                      chain_total_tokens=10**12, mixture=mixture)
+    spec = WorkerSpec(
+        part_id=f"{stage}/part-000",
+        stage=stage,
+        work_dir=manifest.parent,
+        data=DataRef(manifest=manifest, part="part-000"),
+        model=model.config.to_dict(),
+        train=train,
+        chain_total_tokens=10**12,
+        mixture=mixture,
+    )
     epochs = steps * MICRO_BATCH // part.n_windows + 1  # never runs out of its own windows
     order = WindowOrder(part.n_windows, epochs, train.seed, spec.part_id)
     batches = Batches(part, BLOCK, CPU.device)
@@ -99,7 +129,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=DATA, help=f"the folder with {WIKI} and {DOMAIN}")
     ap.add_argument("--vocab-size", type=int, default=2000)
-    ap.add_argument("--stage1-steps", type=int, default=300, help=f"steps on Wikipedia ({MICRO_BATCH} x {BLOCK} tokens)")
+    ap.add_argument(
+        "--stage1-steps", type=int, default=300, help=f"steps on Wikipedia ({MICRO_BATCH} x {BLOCK} tokens)"
+    )
     ap.add_argument("--stage2-steps", type=int, default=200, help="steps on the domain, per arm")
     ap.add_argument("--ramp", action="store_true", help="also an arm with a ramp instead of replay")
     ap.add_argument("--seed", type=int, default=0)
@@ -116,8 +148,16 @@ def main() -> int:
             print(f"{name:7} {part.info.tokens:,} tokens, {part.n_windows:,} windows; val {val.info.tokens:,} tokens")
 
         torch.manual_seed(args.seed)
-        cfg = config_from_dict({"family": "llama", "vocab_size": padded_vocab(args.vocab_size), "block_size": BLOCK,
-                                "n_layer": 4, "n_head": 4, "n_embd": 128})
+        cfg = config_from_dict(
+            {
+                "family": "llama",
+                "vocab_size": padded_vocab(args.vocab_size),
+                "block_size": BLOCK,
+                "n_layer": 4,
+                "n_head": 4,
+                "n_embd": 128,
+            }
+        )
         model = build_model(cfg)
         train = train_config(args.seed)
         opt = optim.build(model, train, CPU.device)
@@ -134,8 +174,9 @@ def main() -> int:
             arms[f"{w:.0%}"] = Mixture(sources=[ReplaySource(name="wiki", weight=w, parts=wiki)])
         if args.ramp:
             half = args.stage2_steps * MICRO_BATCH * BLOCK // 2
-            arms["ramp"] = Mixture(sources=[ReplaySource(name="wiki", weight=0.0, parts=wiki)], ramp_tokens=half,
-                                   ramp_from="wiki")
+            arms["ramp"] = Mixture(
+                sources=[ReplaySource(name="wiki", weight=0.0, parts=wiki)], ramp_tokens=half, ramp_from="wiki"
+            )
         rows = []
         for name, mixture in arms.items():
             model.load_state_dict(base_model)
@@ -151,9 +192,11 @@ def main() -> int:
             rows.append((name, replayed, val_loss(model, data["wiki"]), val_loss(model, data["domain"])))
             print(f"arm {name} done after {time.monotonic() - started:.0f} s", flush=True)
 
-    print(f"\nvalidation loss after stage 1 ({args.stage1_steps} steps on Wikipedia) and after stage 2 "
-          f"({args.stage2_steps} steps on the Jargon File, {MICRO_BATCH} x {BLOCK} tokens a step); "
-          f"{time.monotonic() - started:.0f} s")
+    print(
+        f"\nvalidation loss after stage 1 ({args.stage1_steps} steps on Wikipedia) and after stage 2 "
+        f"({args.stage2_steps} steps on the Jargon File, {MICRO_BATCH} x {BLOCK} tokens a step); "
+        f"{time.monotonic() - started:.0f} s"
+    )
     print(f"{'arm':>8} {'replayed':>9} {'wiki val':>9} {'vs 0%':>7} {'domain val':>11} {'vs 0%':>7}")
     print(f"{'stage 1':>8} {'':>9} {after1['wiki']:>9.4f} {'':>7} {after1['domain']:>11.4f}")
     base = rows[0]

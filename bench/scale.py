@@ -62,33 +62,61 @@ def token_dir(folder: Path, parts: int) -> Path:
         (folder / f"{name}.idx").write_bytes(index)
         infos.append(first.model_copy(update={"name": name, "file": f"{name}.bin", "index": f"{name}.idx"}))
     val = write_part(folder, "val", tokens, starts, 1, "uint16")
-    return write_token_manifest(folder, TokenManifest(
-        dtype="uint16", block_size=BLOCK, tokenizer=TokenizerInfo(sha256="0" * 64, vocab_size=64, eos_id=0),
-        parts=infos, val=val))
+    return write_token_manifest(
+        folder,
+        TokenManifest(
+            dtype="uint16",
+            block_size=BLOCK,
+            tokenizer=TokenizerInfo(sha256="0" * 64, vocab_size=64, eos_id=0),
+            parts=infos,
+            val=val,
+        ),
+    )
 
 
 def fabricate_run(root: Path, parts: int, done: int, events: int) -> tuple[Path, RunPaths]:
     manifest = token_dir(root / "data" / "wiki", parts)
     schedule = root / "schedule.json"
-    schedule.write_text(json.dumps({"name": "big", "model": MODEL, "stages": [{"name": "wiki", "parts": ["data/wiki"]}]}))
+    schedule.write_text(
+        json.dumps({"name": "big", "model": MODEL, "stages": [{"name": "wiki", "parts": ["data/wiki"]}]})
+    )
     paths = RunPaths(root / "runs" / "big")
     paths.make()
     infos = json.loads(manifest.read_text())["parts"]
     windows = infos[0]["windows"]
-    state = ChainState(name="big", model={**MODEL, "vocab_size": 64, "dropout": 0.0, "bias": False},
-                       schedule=ScheduleState(path=str(schedule)), tokenizer_sha256="0" * 64,
-                       user_pause=PauseState(reason="bench: nothing trains", since=time.time()))
+    state = ChainState(
+        name="big",
+        model={**MODEL, "vocab_size": 64, "dropout": 0.0, "bias": False},
+        schedule=ScheduleState(path=str(schedule)),
+        tokenizer_sha256="0" * 64,
+        user_pause=PauseState(reason="bench: nothing trains", since=time.time()),
+    )
     tokens = windows * BLOCK
     for i in range(parts):
         pid = f"wiki/part-{i:06d}"
-        part = PartState(id=pid, stage="wiki", file=str(manifest.parent / infos[i]["file"]), sha256=infos[i]["sha256"],
-                         planned_tokens=tokens)
+        part = PartState(
+            id=pid,
+            stage="wiki",
+            file=str(manifest.parent / infos[i]["file"]),
+            sha256=infos[i]["sha256"],
+            planned_tokens=tokens,
+        )
         if i < done:
             folder = paths.checkpoints / paths.promoted_name(i + 1, pid)
             folder.mkdir()
-            meta = CheckpointMeta(part_id=pid, stage="wiki", step=1, cursor=windows, part_tokens=tokens,
-                                  global_tokens=tokens * (i + 1), done=True, model=state.model, micro_batch=1,
-                                  grad_accum=1, created="2026-01-01T00:00:00Z")
+            meta = CheckpointMeta(
+                part_id=pid,
+                stage="wiki",
+                step=1,
+                cursor=windows,
+                part_tokens=tokens,
+                global_tokens=tokens * (i + 1),
+                done=True,
+                model=state.model,
+                micro_batch=1,
+                grad_accum=1,
+                created="2026-01-01T00:00:00Z",
+            )
             (folder / META).write_text(meta.model_dump_json())
             write_manifest(folder, 1, {META: (sha256_file(folder / META), (folder / META).stat().st_size)})
             part.status, part.tokens, part.seq = PartStatus.DONE, tokens, i + 1
@@ -99,8 +127,17 @@ def fabricate_run(root: Path, parts: int, done: int, events: int) -> tuple[Path,
     (paths.checkpoints / "LATEST").write_text(Path(state.latest_checkpoint).name + "\n")
     with open(paths.events, "w") as f:
         for n in range(events):
-            f.write(json.dumps({"time": 1.0, "event": "part-started", "part": f"wiki/part-{n % parts:06d}",
-                                "message": "fabricated"}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "time": 1.0,
+                        "event": "part-started",
+                        "part": f"wiki/part-{n % parts:06d}",
+                        "message": "fabricated",
+                    }
+                )
+                + "\n"
+            )
     return schedule, paths
 
 
@@ -110,14 +147,22 @@ def time_ready(schedule: Path, paths: RunPaths) -> float:
         sock.bind(str(sock_path))
         sock.settimeout(300)
         started = time.perf_counter()
-        daemon = subprocess.Popen([sys.executable, "-m", "orchestrator", "run", "--schedule", str(schedule),
-                                   "--run-dir", str(paths.root)], env={**env(), "NOTIFY_SOCKET": str(sock_path)},
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator", "run", "--schedule", str(schedule), "--run-dir", str(paths.root)],
+            env={**env(), "NOTIFY_SOCKET": str(sock_path)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         while "READY=1" not in sock.recv(65536).decode().split("\n"):
             pass
         ready = time.perf_counter() - started
-    subprocess.run([sys.executable, "-m", "orchestrator", "stop", "--run-dir", str(paths.root)], env=env(),
-                   capture_output=True, check=True)
+    subprocess.run(
+        [sys.executable, "-m", "orchestrator", "stop", "--run-dir", str(paths.root)],
+        env=env(),
+        capture_output=True,
+        check=True,
+    )
     daemon.wait(timeout=120)
     return ready
 
@@ -145,20 +190,27 @@ def main() -> None:
         root = args.keep or Path(tmp)
         t0 = time.perf_counter()
         schedule, paths = fabricate_run(root / "chain", args.parts, args.done, args.events)
-        print(f"fabricated {args.parts} parts ({args.done} done, {args.events} events) in "
-              f"{time.perf_counter() - t0:.1f}s")
+        print(
+            f"fabricated {args.parts} parts ({args.done} done, {args.events} events) in {time.perf_counter() - t0:.1f}s"
+        )
         print(f"daemon READY        {time_ready(schedule, paths):6.2f} s   (goal < 5 s)")
-        print(f"status --json       {time_command('status', '--json', '--run-dir', str(paths.root)):6.2f} s   "
-              "(goal < 0.3 s; best of 5, the whole command)")
+        print(
+            f"status --json       {time_command('status', '--json', '--run-dir', str(paths.root)):6.2f} s   "
+            "(goal < 0.3 s; best of 5, the whole command)"
+        )
         t0 = time.perf_counter()
         big = root / "glob"
         token_dir(big / "data" / "big", args.glob_parts)
         glob_schedule = big / "schedule.json"
-        glob_schedule.write_text(json.dumps({"name": "glob", "model": MODEL,
-                                             "stages": [{"name": "big", "parts": ["data/big/part-*.bin"]}]}))
+        glob_schedule.write_text(
+            json.dumps({"name": "glob", "model": MODEL, "stages": [{"name": "big", "parts": ["data/big/part-*.bin"]}]})
+        )
         print(f"(made {args.glob_parts} part files in {time.perf_counter() - t0:.1f}s)")
-        print(f"glob {args.glob_parts // 1000}k validate   {time_command('validate', str(glob_schedule), repeat=1):6.2f} s"
-              "   (goal: seconds)")
+        print(
+            f"glob {args.glob_parts // 1000}k validate   "
+            f"{time_command('validate', str(glob_schedule), repeat=1):6.2f} s"
+            "   (goal: seconds)"
+        )
 
 
 if __name__ == "__main__":

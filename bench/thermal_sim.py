@@ -101,8 +101,10 @@ def main() -> int:
     base = GuardConfig(sensor_stale_s=3600)
     total = args.hours * 3600
     best = best_duty(base.gpu_temp_pause_c, args.ambient) * total
-    print(f"GTX 1050 model: {T_FULL_LOAD:g} °C at full load in a {args.ambient:g} °C room, tau {TAU:g}s; "
-          f"limit {base.gpu_temp_pause_c:g} °C; best allowed duty {best / total:.1%}")
+    print(
+        f"GTX 1050 model: {T_FULL_LOAD:g} °C at full load in a {args.ambient:g} °C room, tau {TAU:g}s; "
+        f"limit {base.gpu_temp_pause_c:g} °C; best allowed duty {best / total:.1%}"
+    )
     print(f"{'policy':34}{'work (h)':>9}{'of best':>9}{'above limit':>13}{'max °C':>8}{'pauses':>8}")
     for label, policy, cfg in (
         ("(a) no guard", "none", base),
@@ -110,8 +112,10 @@ def main() -> int:
         (f"(c) governor, target {base.gpu_temp_target_c:g} °C", "guard", base.model_copy(update={"governor": True})),
     ):
         o = simulate(policy, args.hours, args.ambient, cfg)
-        print(f"{label:34}{o.work_s / 3600:9.2f}{o.work_s / best:9.1%}{o.above_s / 60:10.1f} min"
-              f"{o.max_temp:8.1f}{o.pauses:8d}")
+        print(
+            f"{label:34}{o.work_s / 3600:9.2f}{o.work_s / best:9.1%}{o.above_s / 60:10.1f} min"
+            f"{o.max_temp:8.1f}{o.pauses:8d}"
+        )
     return 0
 
 

@@ -51,10 +51,14 @@ from trainer.tokenfile import open_part  # noqa: E402
 
 # Dense peak TFLOP/s at the precision the trainer picks on that card (datasheets).
 PEAK_TFLOPS = {
-    "GTX 1050 Ti": 2.14, "GTX 1050": 1.86,  # fp32 (Pascal: no fast fp16/bf16 path)
-    "V100": 125.0, "T4": 65.0,  # fp16 tensor cores
-    "RTX 3090": 71.0, "A100": 312.0,  # bf16, fp32 accumulate
-    "H100": 989.0, "H200": 989.0,  # bf16 dense, SXM
+    "GTX 1050 Ti": 2.14,
+    "GTX 1050": 1.86,  # fp32 (Pascal: no fast fp16/bf16 path)
+    "V100": 125.0,
+    "T4": 65.0,  # fp16 tensor cores
+    "RTX 3090": 71.0,
+    "A100": 312.0,  # bf16, fp32 accumulate
+    "H100": 989.0,
+    "H200": 989.0,  # bf16 dense, SXM
 }
 
 
@@ -65,11 +69,14 @@ def peak_for(name: str) -> float | None:
 def make_part(folder: Path, vocab: int, block: int, tokens: int):
     rng = np.random.default_rng(0)
     starts = np.arange(0, tokens - block, block, dtype=np.uint64)
-    info = write_part(folder, "part-000", rng.integers(0, vocab, tokens), starts, 1,
-                      "uint16" if vocab < 65536 else "uint32")
+    info = write_part(
+        folder, "part-000", rng.integers(0, vocab, tokens), starts, 1, "uint16" if vocab < 65536 else "uint32"
+    )
     tok = TokenizerInfo(sha256="0" * 64, vocab_size=vocab, eos_id=0)
-    manifest = write_manifest(folder, TokenManifest(dtype="uint16" if vocab < 65536 else "uint32",
-                                                    block_size=block, tokenizer=tok, parts=[info]))
+    manifest = write_manifest(
+        folder,
+        TokenManifest(dtype="uint16" if vocab < 65536 else "uint32", block_size=block, tokenizer=tok, parts=[info]),
+    )
     return open_part(manifest, "part-000")
 
 
@@ -160,16 +167,24 @@ def main() -> int:
     new_cfg = config_from_dict(model_raw, family="llama")
     old_cfg = config_from_dict({**model_raw, "family": "gpt2"})
     compile_flag = {"auto": "auto", "on": True, "off": False}[args.compile]
-    train = TrainConfig(micro_batch=args.micro_batch, grad_accum=args.grad_accum, precision=args.precision,
-                        compile=compile_flag, device=args.device, warmup_tokens=0)
+    train = TrainConfig(
+        micro_batch=args.micro_batch,
+        grad_accum=args.grad_accum,
+        precision=args.precision,
+        compile=compile_flag,
+        device=args.device,
+        warmup_tokens=0,
+    )
     device.set_interop_threads()
     placement = device.choose(train)
     if args.memory_cap_gb and placement.device.type == "cuda":
         total = torch.cuda.get_device_properties(placement.device).total_memory
         torch.cuda.set_per_process_memory_fraction(min(args.memory_cap_gb * 2**30 / total, 1.0), placement.device)
-    print(f"model {args.preset}: {new_cfg.n_params() / 1e6:.1f}M parameters (llama), {old_cfg.n_params() / 1e6:.1f}M "
-          f"(gpt2), block {new_cfg.block_size}, micro_batch {args.micro_batch} x grad_accum {args.grad_accum}; "
-          f"{placement.describe()}")
+    print(
+        f"model {args.preset}: {new_cfg.n_params() / 1e6:.1f}M parameters (llama), {old_cfg.n_params() / 1e6:.1f}M "
+        f"(gpt2), block {new_cfg.block_size}, micro_batch {args.micro_batch} x grad_accum {args.grad_accum}; "
+        f"{placement.describe()}"
+    )
     cfg = new_cfg
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -178,12 +193,30 @@ def main() -> int:
 
         def trainer_for(model_cfg):
             raw, model, opt, scaler = build(args, part, model_cfg, train, placement)
-            spec = WorkerSpec(part_id="bench/part-000", stage="bench", work_dir=Path(tmp) / "work",
-                              data=DataRef(manifest=part.manifest_path, part="part-000"), model=model_cfg.to_dict(),
-                              train=train, chain_total_tokens=10**12)
-            return raw, opt, scaler, Trainer(spec, placement, model, opt, scaler,
-                                             WindowOrder(part.n_windows, 1000, 0, spec.part_id),
-                                             Batches(part, model_cfg.block_size, placement.device), Progress())
+            spec = WorkerSpec(
+                part_id="bench/part-000",
+                stage="bench",
+                work_dir=Path(tmp) / "work",
+                data=DataRef(manifest=part.manifest_path, part="part-000"),
+                model=model_cfg.to_dict(),
+                train=train,
+                chain_total_tokens=10**12,
+            )
+            return (
+                raw,
+                opt,
+                scaler,
+                Trainer(
+                    spec,
+                    placement,
+                    model,
+                    opt,
+                    scaler,
+                    WindowOrder(part.n_windows, 1000, 0, spec.part_id),
+                    Batches(part, model_cfg.block_size, placement.device),
+                    Progress(),
+                ),
+            )
 
         raw_t, opt_t, scaler_t, trainer = trainer_for(new_cfg)
         _, _, _, old_trainer = trainer_for(old_cfg)
@@ -204,12 +237,29 @@ def main() -> int:
         ours_tps, old_tps, plain_tps = statistics.median(ours), statistics.median(old), statistics.median(plain)
 
         saves = []
-        meta = CheckpointMeta(part_id="bench/part-000", stage="bench", step=1, cursor=0, part_tokens=0,
-                              global_tokens=0, model=cfg.to_dict(), micro_batch=1, grad_accum=1, created="")
+        meta = CheckpointMeta(
+            part_id="bench/part-000",
+            stage="bench",
+            step=1,
+            cursor=0,
+            part_tokens=0,
+            global_tokens=0,
+            model=cfg.to_dict(),
+            micro_batch=1,
+            grad_accum=1,
+            created="",
+        )
         for i in range(2):
             t0 = time.perf_counter()
-            checkpoint.save(Path(tmp) / "ckpt", i + 1, model=raw_t, optimizer=opt_t, scaler=scaler_t, meta=meta,
-                            optimizer_kind=optim.kind_of(opt_t))
+            checkpoint.save(
+                Path(tmp) / "ckpt",
+                i + 1,
+                model=raw_t,
+                optimizer=opt_t,
+                scaler=scaler_t,
+                meta=meta,
+                optimizer_kind=optim.kind_of(opt_t),
+            )
             saves.append(time.perf_counter() - t0)
         save_s = min(saves)
 
@@ -226,8 +276,10 @@ def main() -> int:
         peak = peak_for(name)
         achieved = cfg.flops_per_token() * ours_tps / 1e12
         mfu = f"{100 * achieved / peak:.1f}% of {peak} TFLOP/s" if peak else "no peak known for this device"
-        print(f"{name}: {achieved:.1f} TFLOP/s achieved, MFU {mfu}; peak memory "
-              f"{torch.cuda.max_memory_allocated(placement.device) / 2**30:.2f} GiB")
+        print(
+            f"{name}: {achieved:.1f} TFLOP/s achieved, MFU {mfu}; peak memory "
+            f"{torch.cuda.max_memory_allocated(placement.device) / 2**30:.2f} GiB"
+        )
     return 0
 
 

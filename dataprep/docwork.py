@@ -173,10 +173,15 @@ def encode_examples(docs: list[RawDoc]) -> EncodedChunk:
         keys.append(cleaning.split_key(None, text))
     n = len(lengths)
     return EncodedChunk(
-        tokens=np.asarray(tokens, dtype=np.uint32), doc_tokens=np.asarray(lengths, dtype=np.int64),
-        seg_starts=np.zeros(n, dtype=np.int64), doc_segs=np.ones(n, dtype=np.int64),
-        digests=np.asarray(digests, dtype=np.uint64), split_keys=np.asarray(keys, dtype=np.float64),
-        problems=problems, mask=np.asarray(mask, dtype=np.uint8))
+        tokens=np.asarray(tokens, dtype=np.uint32),
+        doc_tokens=np.asarray(lengths, dtype=np.int64),
+        seg_starts=np.zeros(n, dtype=np.int64),
+        doc_segs=np.ones(n, dtype=np.int64),
+        digests=np.asarray(digests, dtype=np.uint64),
+        split_keys=np.asarray(keys, dtype=np.float64),
+        problems=problems,
+        mask=np.asarray(mask, dtype=np.uint8),
+    )
 
 
 def encode_documents(sp, texts: list[str], eos: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

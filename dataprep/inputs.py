@@ -52,8 +52,9 @@ def expand_inputs(paths: list[Path], fmt: str = "auto") -> list[InputSpec]:
             size = path.stat().st_size
             if size == 0:
                 raise UserError(f"{path}: the input file is empty")
-            specs.append(InputSpec(path, fmt if fmt != "auto" else detect_format(path), size,
-                                   path.relative_to(root).as_posix()))
+            specs.append(
+                InputSpec(path, fmt if fmt != "auto" else detect_format(path), size, path.relative_to(root).as_posix())
+            )
     return specs
 
 

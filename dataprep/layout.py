@@ -58,8 +58,14 @@ WordStarts = Callable[[int, int], np.ndarray]
 """word_starts(low, high): ascending positions p, low < p <= high, where a word begins."""
 
 
-def window_starts(n_tokens: int, block_size: int, overlap: int, sent_starts: np.ndarray,
-                  doc_starts: np.ndarray, word_starts: WordStarts) -> tuple[np.ndarray, WindowStats]:
+def window_starts(
+    n_tokens: int,
+    block_size: int,
+    overlap: int,
+    sent_starts: np.ndarray,
+    doc_starts: np.ndarray,
+    word_starts: WordStarts,
+) -> tuple[np.ndarray, WindowStats]:
     """Window starts for one part of n_tokens tokens; positions are relative to the part,
     position 0 is a sentence or document start."""
     stats = WindowStats()
@@ -105,8 +111,8 @@ def word_start_finder(tokens: np.ndarray, starts_word: np.ndarray, breaks_after:
     visible space, or right after a newline, eos or chat marker."""
 
     def word_starts(low: int, high: int) -> np.ndarray:
-        here = np.asarray(tokens[low + 1: high + 1], dtype=np.int64)
-        before = np.asarray(tokens[low: high], dtype=np.int64)
+        here = np.asarray(tokens[low + 1 : high + 1], dtype=np.int64)
+        before = np.asarray(tokens[low:high], dtype=np.int64)
         hits = starts_word[here] | breaks_after[before]
         return np.flatnonzero(hits) + (low + 1)
 
@@ -120,8 +126,7 @@ def parts_for(total_tokens: int, parts: int | None, part_tokens: int | None) -> 
     return max(1, math.ceil(total_tokens / part_tokens))
 
 
-def part_cuts(total: int, n_parts: int, doc_starts: np.ndarray, sent_starts: np.ndarray,
-              tolerance: int) -> list[int]:
+def part_cuts(total: int, n_parts: int, doc_starts: np.ndarray, sent_starts: np.ndarray, tolerance: int) -> list[int]:
     """[0, c1, ..., total]: cut positions, each a document start within `tolerance` of
     its even share when there is one, else the nearest sentence start."""
     cuts = [0]

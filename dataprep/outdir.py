@@ -52,7 +52,8 @@ class OutputDir:
                 raise UserError(
                     f"{self.path}: already holds a different preparation ({len(manifest.parts)} parts, block size "
                     f"{manifest.block_size}, made from {shown}); choose another --out, or delete the directory "
-                    "to prepare it again")
+                    "to prepare it again"
+                )
             shutil.rmtree(self.staging, ignore_errors=True)
             return "done"
         if self.staging.is_dir():
@@ -61,8 +62,10 @@ class OutputDir:
                 return "resume"
             self._forget_unfinished()
         elif self.path.exists() and any(self.path.iterdir()):
-            raise UserError(f"{self.path}: exists, is not empty and is not a preparation (no {MANIFEST_NAME}); "
-                            "choose a new or empty --out directory")
+            raise UserError(
+                f"{self.path}: exists, is not empty and is not a preparation (no {MANIFEST_NAME}); "
+                "choose a new or empty --out directory"
+            )
         self._created = not self.path.exists()
         self.staging.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.staging / "plan.json", {"fingerprint": self.fingerprint})
@@ -106,8 +109,9 @@ class OutputDir:
                     staged.replace(final)
                     faults.point("prepare.publishing")
                 elif not final.exists():
-                    raise UserError(f"{self.staging}: the staged file {name} is missing; delete {self.path} and "
-                                    "run prepare again")
+                    raise UserError(
+                        f"{self.staging}: the staged file {name} is missing; delete {self.path} and run prepare again"
+                    )
         fsync_dir(self.path)
         path = write_manifest(self.path, manifest)
         shutil.rmtree(self.staging, ignore_errors=True)

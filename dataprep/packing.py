@@ -45,8 +45,9 @@ class PackStats:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
-def plan_windows(lengths: np.ndarray, masks: np.ndarray, ex_starts: np.ndarray, block_size: int,
-                 context: int) -> np.ndarray:
+def plan_windows(
+    lengths: np.ndarray, masks: np.ndarray, ex_starts: np.ndarray, block_size: int, context: int
+) -> np.ndarray:
     """The windows of a stream of examples, in order, as rows (a, b, s, lo): a packed window
     holds examples a..b-1 (s = PACK); a sliding window covers positions s..s+block_size of
     example a's sequence (its leading eos at position 0), counting targets after lo."""
@@ -57,7 +58,7 @@ def plan_windows(lengths: np.ndarray, masks: np.ndarray, ex_starts: np.ndarray, 
             if open_a is not None:
                 rows.append((open_a, i, PACK, 0))
                 open_a = None
-            m = np.asarray(masks[ex_starts[i]: ex_starts[i] + n])
+            m = np.asarray(masks[ex_starts[i] : ex_starts[i] + n])
             rows.extend((i, i + 1, s, lo) for s, lo in _slides(m, block_size, context))
             continue
         if open_a is not None and used + n <= block_size + 1:
@@ -88,9 +89,18 @@ def _slides(mask: np.ndarray, block_size: int, context: int) -> list[tuple[int, 
         done = start + block_size
 
 
-def materialise(plan: np.ndarray, tokens: np.ndarray, masks: np.ndarray, ex_starts: np.ndarray,
-                lengths: np.ndarray, block_size: int, eos: int, pad: int, dtype: np.dtype,
-                all_targets: bool = False) -> tuple[np.ndarray, np.ndarray, PackStats]:
+def materialise(
+    plan: np.ndarray,
+    tokens: np.ndarray,
+    masks: np.ndarray,
+    ex_starts: np.ndarray,
+    lengths: np.ndarray,
+    block_size: int,
+    eos: int,
+    pad: int,
+    dtype: np.dtype,
+    all_targets: bool = False,
+) -> tuple[np.ndarray, np.ndarray, PackStats]:
     """The windows of `plan` laid end to end: tokens and the loss mask (uint8), and their
     counts. `all_targets` counts every example token (prepare --loss-on all), not only
     the responses; padding and each window's first token never count."""
@@ -103,16 +113,16 @@ def materialise(plan: np.ndarray, tokens: np.ndarray, masks: np.ndarray, ex_star
         if s == PACK:
             x, y = int(ex_starts[a]), int(ex_starts[b - 1] + lengths[b - 1])
             n = y - x
-            out[w, 1: 1 + n] = tokens[x:y]
-            out_mask[w, 1: 1 + n] = 1 if all_targets else masks[x:y]
+            out[w, 1 : 1 + n] = tokens[x:y]
+            out_mask[w, 1 : 1 + n] = 1 if all_targets else masks[x:y]
             stats.examples += b - a
             stats.pad_tokens += width - 1 - n
             continue
         x, n = int(ex_starts[a]), int(lengths[a])
-        seq = np.concatenate(([eos], np.asarray(tokens[x: x + n])))
-        seq_mask = np.concatenate(([0], np.ones(n, np.uint8) if all_targets else np.asarray(masks[x: x + n])))
-        out[w] = seq[s: s + width]
-        window_mask = seq_mask[s: s + width].copy()
+        seq = np.concatenate(([eos], np.asarray(tokens[x : x + n])))
+        seq_mask = np.concatenate(([0], np.ones(n, np.uint8) if all_targets else np.asarray(masks[x : x + n])))
+        out[w] = seq[s : s + width]
+        window_mask = seq_mask[s : s + width].copy()
         window_mask[: max(lo - s + 1, 1)] = 0  # counted by an earlier window, or the window's first token
         out_mask[w] = window_mask
         stats.slide_windows += 1

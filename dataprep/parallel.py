@@ -33,8 +33,9 @@ def default_workers() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
-def chunked(docs: Iterable[tuple[RawDoc, int]], chars: int = CHUNK_CHARS,
-            max_docs: int = CHUNK_DOCS) -> Iterator[tuple[list[RawDoc], int]]:
+def chunked(
+    docs: Iterable[tuple[RawDoc, int]], chars: int = CHUNK_CHARS, max_docs: int = CHUNK_DOCS
+) -> Iterator[tuple[list[RawDoc], int]]:
     """Batches of documents of about `chars` characters, with the input offset reached."""
     batch: list[RawDoc] = []
     size = 0
@@ -55,15 +56,18 @@ def _start_worker(initializer: Callable, initargs: tuple) -> None:
     prepare killed by SIGKILL or the OOM killer would leave idle workers behind forever."""
     parent = multiprocessing.parent_process()
     if parent is not None:
+
         def watch() -> None:
             multiprocessing.connection.wait([parent.sentinel])
             os._exit(1)
+
         threading.Thread(target=watch, daemon=True, name="parent-watch").start()
     initializer(*initargs)
 
 
-def ordered_map(func: Callable[[T], R], items: Iterable[tuple[T, int]], workers: int,
-                initializer: Callable, initargs: tuple) -> Iterator[tuple[R, int]]:
+def ordered_map(
+    func: Callable[[T], R], items: Iterable[tuple[T, int]], workers: int, initializer: Callable, initargs: tuple
+) -> Iterator[tuple[R, int]]:
     """(func(item), tag) for each (item, tag), in order. workers=0 runs in this process
     (for debugging); otherwise in `workers` spawned processes, 2 chunks each in flight."""
     if workers <= 0:
@@ -73,8 +77,12 @@ def ordered_map(func: Callable[[T], R], items: Iterable[tuple[T, int]], workers:
         return
     # spawn, not fork: the parent may run threads (progress display), and forking a
     # threaded process can deadlock; spawned workers import only what they need.
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_start_worker, initargs=(initializer, initargs))
+    pool = ProcessPoolExecutor(
+        workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_start_worker,
+        initargs=(initializer, initargs),
+    )
     pending: deque = deque()
     try:
         for item, tag in items:
@@ -86,7 +94,9 @@ def ordered_map(func: Callable[[T], R], items: Iterable[tuple[T, int]], workers:
             future, done_tag = pending.popleft()
             yield future.result(), done_tag
     except BrokenProcessPool:
-        raise UserError("a worker process died unexpectedly (killed for lack of memory?); run again, with "
-                        "fewer --workers if it happens again") from None
+        raise UserError(
+            "a worker process died unexpectedly (killed for lack of memory?); run again, with "
+            "fewer --workers if it happens again"
+        ) from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

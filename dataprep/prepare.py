@@ -57,9 +57,16 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     facts = describe(args.tokenizer)
     dtype = facts.dtype(args.dtype)
     arguments = {
-        "inputs": [str(s.path) for s in specs], "tokenizer": str(args.tokenizer), "block_size": args.block_size,
-        "parts": args.parts, "part_tokens": args.part_tokens, "val_fraction": args.val_fraction,
-        "overlap": args.overlap, "min_chars": args.min_chars, "format": args.format, "text_unit": args.text_unit,
+        "inputs": [str(s.path) for s in specs],
+        "tokenizer": str(args.tokenizer),
+        "block_size": args.block_size,
+        "parts": args.parts,
+        "part_tokens": args.part_tokens,
+        "val_fraction": args.val_fraction,
+        "overlap": args.overlap,
+        "min_chars": args.min_chars,
+        "format": args.format,
+        "text_unit": args.text_unit,
         "dtype": dtype,
     }
     # Added only where they change something, so that a text preparation made before they
@@ -105,8 +112,10 @@ def _is_instruction_data(specs) -> bool:
     chat = [p for p, k in kinds.items() if k == CHAT]
     text = [p for p, k in kinds.items() if k != CHAT]
     if chat and text:
-        raise UserError(f"{chat[0]} holds instruction examples but {text[0]} holds text documents; prepare them into "
-                        "separate directories (a stage may list both)")
+        raise UserError(
+            f"{chat[0]} holds instruction examples but {text[0]} holds text documents; prepare them into "
+            "separate directories (a stage may list both)"
+        )
     return bool(chat)
 
 
@@ -116,9 +125,14 @@ def _chat_info(facts: TokenizerFacts, loss_on: str) -> ChatInfo:
         ids = chat_ids(sp)
     except ChatFormatError as e:
         raise UserError(f"{facts.path}: {e}") from None
-    return ChatInfo(user_id=ids.user, assistant_id=ids.assistant, system_id=ids.system,
-                    end_of_turn_id=ids.end_of_turn, pad_id=sp.pad_id() if sp.pad_id() >= 0 else ids.end_of_turn,
-                    loss_on=loss_on)
+    return ChatInfo(
+        user_id=ids.user,
+        assistant_id=ids.assistant,
+        system_id=ids.system,
+        end_of_turn_id=ids.end_of_turn,
+        pad_id=sp.pad_id() if sp.pad_id() >= 0 else ids.end_of_turn,
+        loss_on=loss_on,
+    )
 
 
 def _check_arguments(args: argparse.Namespace, chat: bool) -> None:
@@ -136,8 +150,9 @@ def _check_arguments(args: argparse.Namespace, chat: bool) -> None:
     if args.min_chars < 0 or (args.workers is not None and args.workers < 0):
         problems.append("--min-chars and --workers must not be negative")
     if chat and args.val_split != "auto":
-        problems.append("--val-split applies to documents; instruction examples are held out whole, by a hash of "
-                        "their text")
+        problems.append(
+            "--val-split applies to documents; instruction examples are held out whole, by a hash of their text"
+        )
     if not chat and args.loss_on != "response":
         problems.append("--loss-on applies to instruction data (JSONL of prompt/response or messages)")
     if problems:
@@ -146,8 +161,11 @@ def _check_arguments(args: argparse.Namespace, chat: bool) -> None:
 
 def _fingerprint(facts: TokenizerFacts, specs, arguments: dict) -> str:
     """Same tokenizer, same inputs (path and size), same arguments: the same preparation."""
-    key = {"tokenizer": facts.sha256, "inputs": [[str(s.path.resolve()), s.size, s.format] for s in specs],
-           "arguments": {k: v for k, v in arguments.items() if k not in ("inputs", "tokenizer")}}
+    key = {
+        "tokenizer": facts.sha256,
+        "inputs": [[str(s.path.resolve()), s.size, s.format] for s in specs],
+        "arguments": {k: v for k, v in arguments.items() if k not in ("inputs", "tokenizer")},
+    }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
@@ -159,48 +177,69 @@ def _tokenize(corpus: Corpus, out: OutputDir, facts: TokenizerFacts, dtype: str,
     tokens = 0
     order = bytearray()  # per kept document, in input order: 0 train, 1 val (for a section split)
     started = time.monotonic()
-    with (StreamWriter(out.staging, "train", dtype, masked=chat) as train,
-          StreamWriter(out.staging, "val", dtype, masked=chat) as val,
-          InputProgress(corpus.total_bytes, "tokenizing", args.quiet) as progress):
+    with (
+        StreamWriter(out.staging, "train", dtype, masked=chat) as train,
+        StreamWriter(out.staging, "val", dtype, masked=chat) as val,
+        InputProgress(corpus.total_bytes, "tokenizing", args.quiet) as progress,
+    ):
         encode = encode_examples if chat else encode_chunk
         for chunk, bytes_read in ordered_map(encode, corpus.chunks(), workers, init_worker, (options,)):
             corpus.absorb(chunk.problems)
             pos = seg = 0
-            for n, k, digest, key in zip(chunk.doc_tokens.tolist(), chunk.doc_segs.tolist(),
-                                         chunk.digests.tolist(), chunk.split_keys.tolist()):
+            for n, k, digest, key in zip(
+                chunk.doc_tokens.tolist(), chunk.doc_segs.tolist(), chunk.digests.tolist(), chunk.split_keys.tolist()
+            ):
                 if not corpus.is_duplicate(digest):
                     held = key < args.val_fraction
-                    (val if held else train).append(chunk.tokens[pos: pos + n], chunk.seg_starts[seg: seg + k],
-                                                    None if chunk.mask is None else chunk.mask[pos: pos + n])
+                    (val if held else train).append(
+                        chunk.tokens[pos : pos + n],
+                        chunk.seg_starts[seg : seg + k],
+                        None if chunk.mask is None else chunk.mask[pos : pos + n],
+                    )
                     order.append(held)
                 pos, seg = pos + n, seg + k
             tokens += len(chunk.tokens)
             progress.update(bytes_read, corpus.documents_read, tokens)
     what = "examples" if chat else "documents"
     if train.documents + val.documents == 0:
-        raise UserError(f"no {what} left for training after cleaning (read {corpus.documents_read:,}; dropped: "
-                        f"{describe_drops(corpus.dropped)}); check the inputs, --min-chars and --val-fraction")
+        raise UserError(
+            f"no {what} left for training after cleaning (read {corpus.documents_read:,}; dropped: "
+            f"{describe_drops(corpus.dropped)}); check the inputs, --min-chars and --val-fraction"
+        )
     split: dict = {"by": "examples" if chat else valsplit.BY_DOCUMENTS}
-    if not chat and args.val_fraction > 0 and valsplit.choose(args.val_split, len(order), args.val_fraction) \
-            == valsplit.BY_SECTIONS:
+    if (
+        not chat
+        and args.val_fraction > 0
+        and valsplit.choose(args.val_split, len(order), args.val_fraction) == valsplit.BY_SECTIONS
+    ):
         newline = load_processor(facts.path).piece_to_id(NEWLINE)
-        split = asdict(valsplit.split_by_sections(out.staging, dtype, bytes(order), args.val_fraction,
-                                                  args.block_size + 1, newline))
+        split = asdict(
+            valsplit.split_by_sections(
+                out.staging, dtype, bytes(order), args.val_fraction, args.block_size + 1, newline
+            )
+        )
         train_stream, val_stream = open_stream(out.staging, "train", dtype), open_stream(out.staging, "val", dtype)
-        counts = {"train": {"documents": len(train_stream.doc_starts), "tokens": len(train_stream.tokens)},
-                  "val": {"documents": len(val_stream.doc_starts), "tokens": len(val_stream.tokens)}}
+        counts = {
+            "train": {"documents": len(train_stream.doc_starts), "tokens": len(train_stream.tokens)},
+            "val": {"documents": len(val_stream.doc_starts), "tokens": len(val_stream.tokens)},
+        }
         del train_stream, val_stream
     else:
-        counts = {"train": {"documents": train.documents, "tokens": train.tokens},
-                  "val": {"documents": val.documents, "tokens": val.tokens}}
+        counts = {
+            "train": {"documents": train.documents, "tokens": train.tokens},
+            "val": {"documents": val.documents, "tokens": val.tokens},
+        }
     if counts["train"]["documents"] == 0:
-        raise UserError(f"no {what} left for training after cleaning (read {corpus.documents_read:,}; dropped: "
-                        f"{describe_drops(corpus.dropped)}); check the inputs, --min-chars and --val-fraction")
+        raise UserError(
+            f"no {what} left for training after cleaning (read {corpus.documents_read:,}; dropped: "
+            f"{describe_drops(corpus.dropped)}); check the inputs, --min-chars and --val-fraction"
+        )
     return {**corpus.report(), "seconds": round(time.monotonic() - started, 2), **counts, "val_split": split}
 
 
-def _lay_out(out: OutputDir, facts: TokenizerFacts, dtype: str, args, arguments: dict, fingerprint: str,
-             streams: dict) -> TokenManifest:
+def _lay_out(
+    out: OutputDir, facts: TokenizerFacts, dtype: str, args, arguments: dict, fingerprint: str, streams: dict
+) -> TokenManifest:
     """Step 2: streams -> part files in the staging folder, and their manifest."""
     out.parts_dir.mkdir(exist_ok=True)
     if args.chat is not None:
@@ -212,9 +251,11 @@ def _lay_out(out: OutputDir, facts: TokenizerFacts, dtype: str, args, arguments:
     total = len(train.tokens)
     n_parts = parts_for(total, args.parts, args.part_tokens)
     if total // n_parts < 2 * (args.block_size + 1):
-        raise UserError(f"too little text for {n_parts} parts: {total:,} training tokens make parts of "
-                        f"{total // n_parts:,} tokens, and a part needs at least two windows of --block-size + 1 = "
-                        f"{args.block_size + 1}; use fewer parts, a smaller --block-size or more input")
+        raise UserError(
+            f"too little text for {n_parts} parts: {total:,} training tokens make parts of "
+            f"{total // n_parts:,} tokens, and a part needs at least two windows of --block-size + 1 = "
+            f"{args.block_size + 1}; use fewer parts, a smaller --block-size or more input"
+        )
     tolerance = max(args.block_size, int(total / n_parts * PART_TOLERANCE))
     cuts = part_cuts(total, n_parts, train.doc_starts, train.sent_starts, tolerance)
     parts = [layout.write(f"part-{i:03d}", train, a, b) for i, (a, b) in enumerate(zip(cuts, cuts[1:]))]
@@ -224,29 +265,42 @@ def _lay_out(out: OutputDir, facts: TokenizerFacts, dtype: str, args, arguments:
         if len(val_stream.tokens) < args.block_size + 1:
             by = streams.get("val_split", {}).get("by", valsplit.BY_DOCUMENTS)
             what = "pieces" if by == valsplit.BY_SECTIONS else "documents"
-            raise UserError(f"the validation split holds {len(val_stream.tokens):,} tokens "
-                            f"({streams['val']['documents']} {what}, held out by {by}), less than one window of "
-                            f"{args.block_size + 1}; raise --val-fraction, add input, or use --val-fraction 0")
+            raise UserError(
+                f"the validation split holds {len(val_stream.tokens):,} tokens "
+                f"({streams['val']['documents']} {what}, held out by {by}), less than one window of "
+                f"{args.block_size + 1}; raise --val-fraction, add input, or use --val-fraction 0"
+            )
         val_info = layout.write("val", val_stream, 0, len(val_stream.tokens))
     del train
     for name in ("train", "val"):
         remove_stream(out.staging, name)
     source = _source(fingerprint, arguments, streams, asdict(layout.stats))
     return TokenManifest(
-        dtype=dtype, block_size=args.block_size,
-        tokenizer=TokenizerInfo(sha256=facts.sha256, vocab_size=facts.vocab_size, eos_id=facts.eos_id,
-                                file=str(facts.path)),
-        parts=parts, val=val_info, source=source,
+        dtype=dtype,
+        block_size=args.block_size,
+        tokenizer=TokenizerInfo(
+            sha256=facts.sha256, vocab_size=facts.vocab_size, eos_id=facts.eos_id, file=str(facts.path)
+        ),
+        parts=parts,
+        val=val_info,
+        source=source,
     )
 
 
 def _source(fingerprint: str, arguments: dict, streams: dict, windows: dict) -> dict:
-    return {"fingerprint": fingerprint, "tool": "orchestrator prepare", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "arguments": arguments, **streams, "windows": windows}
+    return {
+        "fingerprint": fingerprint,
+        "tool": "orchestrator prepare",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "arguments": arguments,
+        **streams,
+        "windows": windows,
+    }
 
 
-def _lay_out_examples(out: OutputDir, facts: TokenizerFacts, dtype: str, args, arguments: dict, fingerprint: str,
-                      streams: dict) -> TokenManifest:
+def _lay_out_examples(
+    out: OutputDir, facts: TokenizerFacts, dtype: str, args, arguments: dict, fingerprint: str, streams: dict
+) -> TokenManifest:
     """Step 2 for instruction data: examples -> windows (dataprep.packing) -> parts cut at
     window boundaries, near-equal in windows, each file with its loss mask."""
     chat: ChatInfo = args.chat
@@ -263,49 +317,73 @@ def _lay_out_examples(out: OutputDir, facts: TokenizerFacts, dtype: str, args, a
         return plan_windows(lengths, planned_on, starts, block, args.overlap), starts, lengths
 
     def write(name: str, stream, plan, starts, lengths, all_targets: bool) -> PartInfo:
-        tokens, mask, stats = materialise(plan, stream.tokens, stream.mask, starts, lengths, block,
-                                          chat.end_of_turn_id, chat.pad_id, token_dtype, all_targets)
+        tokens, mask, stats = materialise(
+            plan,
+            stream.tokens,
+            stream.mask,
+            starts,
+            lengths,
+            block,
+            chat.end_of_turn_id,
+            chat.pad_id,
+            token_dtype,
+            all_targets,
+        )
         if name != "val":
             total.add(stats)
-        return write_part(out.parts_dir, name, tokens, np.arange(len(plan), dtype=np.uint64) * width,
-                          stats.examples, dtype, mask)
+        return write_part(
+            out.parts_dir, name, tokens, np.arange(len(plan), dtype=np.uint64) * width, stats.examples, dtype, mask
+        )
 
     train = open_stream(out.staging, "train", dtype)
     plan, starts, lengths = lay("train", train, all_targets)
     n_parts = parts_for(len(plan) * width, args.parts, args.part_tokens)
     if len(plan) // n_parts < 2:
-        raise UserError(f"too little data for {n_parts} parts: {streams['train']['documents']:,} training examples "
-                        f"make {len(plan):,} windows of --block-size + 1 = {width} tokens, and a part needs at least "
-                        "two; use fewer parts, a smaller --block-size or more examples")
+        raise UserError(
+            f"too little data for {n_parts} parts: {streams['train']['documents']:,} training examples "
+            f"make {len(plan):,} windows of --block-size + 1 = {width} tokens, and a part needs at least "
+            "two; use fewer parts, a smaller --block-size or more examples"
+        )
     cuts = [round(i * len(plan) / n_parts) for i in range(n_parts + 1)]
-    parts = [write(f"part-{i:03d}", train, plan[a:b], starts, lengths, all_targets)
-             for i, (a, b) in enumerate(zip(cuts, cuts[1:]))]
+    parts = [
+        write(f"part-{i:03d}", train, plan[a:b], starts, lengths, all_targets)
+        for i, (a, b) in enumerate(zip(cuts, cuts[1:]))
+    ]
     val_info = None
     if args.val_fraction > 0:
         val_stream = open_stream(out.staging, "val", dtype)
         val_plan, val_starts, val_lengths = lay("val", val_stream, False)
         if len(val_plan) == 0:
-            raise UserError(f"the validation split holds no examples ({streams['val']['documents']} of "
-                            f"{streams['train']['documents'] + streams['val']['documents']:,} held out by a hash of "
-                            "their text); raise --val-fraction, add examples, or use --val-fraction 0")
+            raise UserError(
+                f"the validation split holds no examples ({streams['val']['documents']} of "
+                f"{streams['train']['documents'] + streams['val']['documents']:,} held out by a hash of "
+                "their text); raise --val-fraction, add examples, or use --val-fraction 0"
+            )
         val_info = write("val", val_stream, val_plan, val_starts, val_lengths, False)
         del val_stream
     del train
     for name in ("train", "val"):
         remove_stream(out.staging, name)
     return TokenManifest(
-        format=FORMAT_MASKED, dtype=dtype, block_size=block,
-        tokenizer=TokenizerInfo(sha256=facts.sha256, vocab_size=facts.vocab_size, eos_id=facts.eos_id,
-                                file=str(facts.path)),
-        parts=parts, val=val_info, chat=chat, source=_source(fingerprint, arguments, streams, asdict(total)),
+        format=FORMAT_MASKED,
+        dtype=dtype,
+        block_size=block,
+        tokenizer=TokenizerInfo(
+            sha256=facts.sha256, vocab_size=facts.vocab_size, eos_id=facts.eos_id, file=str(facts.path)
+        ),
+        parts=parts,
+        val=val_info,
+        chat=chat,
+        source=_source(fingerprint, arguments, streams, asdict(total)),
     )
 
 
 class _PartWriter:
     """One part (or the val split) from a stream range: its windows and its files."""
 
-    def __init__(self, folder: Path, dtype: str, block_size: int, overlap: int, starts_word: np.ndarray,
-                 breaks_after: np.ndarray):
+    def __init__(
+        self, folder: Path, dtype: str, block_size: int, overlap: int, starts_word: np.ndarray, breaks_after: np.ndarray
+    ):
         self.folder, self.dtype, self.block_size, self.overlap = folder, dtype, block_size, overlap
         self.starts_word, self.breaks_after = starts_word, breaks_after
         self.stats = WindowStats()
@@ -318,7 +396,9 @@ class _PartWriter:
         finder = word_start_finder(tokens, self.starts_word, self.breaks_after)
         starts, stats = window_starts(b - a, self.block_size, self.overlap, sents, docs, finder)
         if len(starts) == 0:
-            raise UserError(f"{name}: {b - a} tokens, too few for one window of --block-size + 1 = {self.block_size + 1}")
+            raise UserError(
+                f"{name}: {b - a} tokens, too few for one window of --block-size + 1 = {self.block_size + 1}"
+            )
         self.stats.add(stats)
         return write_part(self.folder, name, tokens, starts, documents, self.dtype)
 
@@ -333,29 +413,41 @@ def _print_summary(out: Path, manifest: TokenManifest, seconds: float) -> None:
     src = manifest.source
     train_tokens = sum(p.tokens for p in manifest.parts)
     windows = src.get("windows", {})
-    print(f"prepared {out}: {len(manifest.parts)} parts ({manifest.parts[0].name} .. {manifest.parts[-1].name}), "
-          f"{train_tokens:,} training tokens, {manifest.val.tokens if manifest.val else 0:,} validation tokens, "
-          f"{manifest.dtype}, block size {manifest.block_size}, in {seconds:.1f} s")
+    print(
+        f"prepared {out}: {len(manifest.parts)} parts ({manifest.parts[0].name} .. {manifest.parts[-1].name}), "
+        f"{train_tokens:,} training tokens, {manifest.val.tokens if manifest.val else 0:,} validation tokens, "
+        f"{manifest.dtype}, block size {manifest.block_size}, in {seconds:.1f} s"
+    )
     if manifest.instruction:
         targets = sum(p.targets or 0 for p in manifest.parts)
-        print(f"examples: {src.get('documents_read', 0):,} read; {src['train']['documents']:,} train, "
-              f"{src['val']['documents']:,} val; dropped: {describe_drops(src.get('dropped', {}))}")
-        print(f"windows: {windows.get('windows', 0):,}, examples packed whole, {windows.get('long_examples', 0):,} "
-              f"longer than a window in {windows.get('slide_windows', 0):,} sliding windows; padding "
-              f"{windows.get('pad_tokens', 0) / max(train_tokens, 1):.1%} of the tokens; loss targets {targets:,} "
-              f"({'every token' if manifest.chat.loss_on == 'all' else 'the responses'}; validation: the responses)")
+        print(
+            f"examples: {src.get('documents_read', 0):,} read; {src['train']['documents']:,} train, "
+            f"{src['val']['documents']:,} val; dropped: {describe_drops(src.get('dropped', {}))}"
+        )
+        print(
+            f"windows: {windows.get('windows', 0):,}, examples packed whole, {windows.get('long_examples', 0):,} "
+            f"longer than a window in {windows.get('slide_windows', 0):,} sliding windows; padding "
+            f"{windows.get('pad_tokens', 0) / max(train_tokens, 1):.1%} of the tokens; loss targets {targets:,} "
+            f"({'every token' if manifest.chat.loss_on == 'all' else 'the responses'}; validation: the responses)"
+        )
         return
     split = src.get("val_split", {})
     if split.get("by") == valsplit.BY_SECTIONS:
-        print(f"documents: {src.get('documents_read', 0):,} read; validation by sections: held out "
-              f"{split['held_out_sections']:,} of the {split['sections']:,} sections of the "
-              f"{split['long_documents']:,} long documents ({split['section_tokens']:,}+ tokens each), leaving "
-              f"{src['train']['documents']:,} "
-              f"training pieces; dropped: {describe_drops(src.get('dropped', {}))}")
+        print(
+            f"documents: {src.get('documents_read', 0):,} read; validation by sections: held out "
+            f"{split['held_out_sections']:,} of the {split['sections']:,} sections of the "
+            f"{split['long_documents']:,} long documents ({split['section_tokens']:,}+ tokens each), leaving "
+            f"{src['train']['documents']:,} "
+            f"training pieces; dropped: {describe_drops(src.get('dropped', {}))}"
+        )
     else:
-        print(f"documents: {src.get('documents_read', 0):,} read; {src['train']['documents']:,} train, "
-              f"{src['val']['documents']:,} val; dropped: {describe_drops(src.get('dropped', {}))}")
-    print(f"windows: {windows.get('windows', 0):,}; starts inside a long sentence {windows.get('mid_sentence', 0):,}, "
-          f"inside a word {windows.get('mid_word', 0):,}; tail tokens left out {windows.get('uncovered_tokens', 0):,}")
+        print(
+            f"documents: {src.get('documents_read', 0):,} read; {src['train']['documents']:,} train, "
+            f"{src['val']['documents']:,} val; dropped: {describe_drops(src.get('dropped', {}))}"
+        )
+    print(
+        f"windows: {windows.get('windows', 0):,}; starts inside a long sentence {windows.get('mid_sentence', 0):,}, "
+        f"inside a word {windows.get('mid_word', 0):,}; tail tokens left out {windows.get('uncovered_tokens', 0):,}"
+    )
     if src.get("damaged_example"):
         print(f"damaged pages skipped, e.g. {src['damaged_example']}")

@@ -45,8 +45,14 @@ class InputProgress:
 
     def __init__(self, total_bytes: int, description: str, quiet: bool = False, tokens: bool = True):
         console = Console(stderr=True)
-        columns = [TextColumn("[bold]{task.description}"), BarColumn(bar_width=8), DownloadColumn(),
-                   TransferSpeedColumn(), _CountsColumn(tokens), TimeRemainingColumn()]
+        columns = [
+            TextColumn("[bold]{task.description}"),
+            BarColumn(bar_width=8),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            _CountsColumn(tokens),
+            TimeRemainingColumn(),
+        ]
         self._progress = Progress(*columns, console=console, disable=quiet or not console.is_terminal)
         self._task = self._progress.add_task(description, total=total_bytes, documents=0, tokens=0)
 

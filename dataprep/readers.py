@@ -115,8 +115,9 @@ def _lines(spec: InputSpec) -> Iterator[tuple[int, int, str]]:
         try:
             decoder.decode(b"", final=True)
         except UnicodeDecodeError as e:
-            raise UserError(f"{spec.path}: line {number}, byte offset {offset}: the file ends inside a UTF-8 "
-                            f"character ({e.reason})") from None
+            raise UserError(
+                f"{spec.path}: line {number}, byte offset {offset}: the file ends inside a UTF-8 character ({e.reason})"
+            ) from None
         if pending:
             yield raw.raw_offset, number, "".join(pending).rstrip("\r\n")
 
@@ -164,9 +165,11 @@ def _parse(spec: InputSpec, number: int, line: str):
         raise UserError(f"{spec.path}: line {number}{where}: not valid JSON ({msg})") from None
 
 
-_EXPECTED = ('expected an object with a "text" string (and optionally a "title" string), or an instruction '
-             'example: {"prompt": ..., "response": ...} (optionally "system") or {"messages": [{"role": ..., '
-             '"content": ...}, ...]}')
+_EXPECTED = (
+    'expected an object with a "text" string (and optionally a "title" string), or an instruction '
+    'example: {"prompt": ..., "response": ...} (optionally "system") or {"messages": [{"role": ..., '
+    '"content": ...}, ...]}'
+)
 
 
 def _line_kind(spec: InputSpec, number: int, obj) -> str:
@@ -188,9 +191,11 @@ def _read_jsonl(spec: InputSpec) -> Iterator[tuple[RawDoc, int]]:
         kind = kind or here
         if here != kind:
             what = "an instruction example" if here == CHAT else "a text document"
-            raise UserError(f"{spec.path}: line {number}: {what}, but the file's first line is "
-                            f"{'an instruction example' if kind == CHAT else 'a text document'}; "
-                            "put documents and instruction examples in separate files and preparations")
+            raise UserError(
+                f"{spec.path}: line {number}: {what}, but the file's first line is "
+                f"{'an instruction example' if kind == CHAT else 'a text document'}; "
+                "put documents and instruction examples in separate files and preparations"
+            )
         if kind == CHAT:
             yield RawDoc(None, "", messages=_messages(spec, number, obj)), offset
             continue
@@ -207,8 +212,10 @@ def _messages(spec: InputSpec, number: int, obj: dict) -> tuple[tuple[str, str],
         extra = sorted(set(obj) - {"messages"})
         raw = obj["messages"]
         if extra:
-            raise UserError(f'{where}: "messages" with {", ".join(map(repr, extra))} beside it; give either '
-                            '"messages" or "prompt"/"response"/"system"')
+            raise UserError(
+                f'{where}: "messages" with {", ".join(map(repr, extra))} beside it; give either '
+                '"messages" or "prompt"/"response"/"system"'
+            )
         if not isinstance(raw, list):
             raise UserError(f'{where}: "messages" must be a list of {{"role": ..., "content": ...}} objects')
         messages = []
@@ -219,17 +226,23 @@ def _messages(spec: InputSpec, number: int, obj: dict) -> tuple[tuple[str, str],
     else:
         unknown = sorted(set(obj) - {"prompt", "response", "system"})
         if unknown:
-            raise UserError(f'{where}: unknown field {", ".join(map(repr, unknown))} (an instruction example has '
-                            '"prompt", "response" and optionally "system")')
+            raise UserError(
+                f"{where}: unknown field {', '.join(map(repr, unknown))} (an instruction example has "
+                '"prompt", "response" and optionally "system")'
+            )
         for field in ("prompt", "response"):
             if not isinstance(obj.get(field), str):
-                raise UserError(f'{where}: "{field}" must be a string (an instruction example has "prompt" and '
-                                '"response", optionally "system")')
+                raise UserError(
+                    f'{where}: "{field}" must be a string (an instruction example has "prompt" and '
+                    '"response", optionally "system")'
+                )
         system = obj.get("system")
         if system is not None and not isinstance(system, str):
             raise UserError(f'{where}: "system" must be a string')
-        messages = ([("system", system)] if system is not None else []) + [("user", obj["prompt"]),
-                                                                           ("assistant", obj["response"])]
+        messages = ([("system", system)] if system is not None else []) + [
+            ("user", obj["prompt"]),
+            ("assistant", obj["response"]),
+        ]
     problem = check_messages(messages)
     if problem:
         raise UserError(f"{where}: {problem}")

@@ -19,14 +19,64 @@ from __future__ import annotations
 import re
 
 _CANDIDATE = re.compile(r"[.!?…]+[\"'”’»)\]]* (?=[\"'“‘«(\[]?\w)")
-ABBREVIATIONS = frozenset({
-    # English
-    "mr", "mrs", "ms", "dr", "prof", "st", "jr", "sr", "vs", "etc", "e.g", "i.e", "no", "vol", "fig", "al",
-    "inc", "ltd", "co", "gen", "col", "lt", "sgt", "capt", "rev", "mt", "approx", "ca", "cf", "pp", "ed",
-    # Turkish
-    "vb", "bkz", "örn", "yy", "doç", "yrd", "av", "sn", "alb", "bnb", "yzb", "ünv", "müh", "hz",
-    "md", "mad", "s", "c", "yön", "say", "tel",
-})
+ABBREVIATIONS = frozenset(
+    {
+        # English
+        "mr",
+        "mrs",
+        "ms",
+        "dr",
+        "prof",
+        "st",
+        "jr",
+        "sr",
+        "vs",
+        "etc",
+        "e.g",
+        "i.e",
+        "no",
+        "vol",
+        "fig",
+        "al",
+        "inc",
+        "ltd",
+        "co",
+        "gen",
+        "col",
+        "lt",
+        "sgt",
+        "capt",
+        "rev",
+        "mt",
+        "approx",
+        "ca",
+        "cf",
+        "pp",
+        "ed",
+        # Turkish
+        "vb",
+        "bkz",
+        "örn",
+        "yy",
+        "doç",
+        "yrd",
+        "av",
+        "sn",
+        "alb",
+        "bnb",
+        "yzb",
+        "ünv",
+        "müh",
+        "hz",
+        "md",
+        "mad",
+        "s",
+        "c",
+        "yön",
+        "say",
+        "tel",
+    }
+)
 
 
 def split_paragraph(paragraph: str) -> list[str]:
@@ -44,10 +94,10 @@ def split_paragraph(paragraph: str) -> list[str]:
 
 
 def _is_boundary(text: str, stop: int, space: int) -> bool:
-    following = text[space + 1: space + 3].lstrip("\"'“‘«([")
+    following = text[space + 1 : space + 3].lstrip("\"'“‘«([")
     if not following or not (following[0].isupper() or following[0].isdigit()):
         return False
-    word = text[text.rfind(" ", 0, stop) + 1: stop]
+    word = text[text.rfind(" ", 0, stop) + 1 : stop]
     if text[stop] == "." and (len(word) == 1 or word.lower() in ABBREVIATIONS):
         return False
     return True

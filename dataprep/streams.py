@@ -82,8 +82,9 @@ def open_stream(folder: Path, name: str, dtype: str) -> Stream:
     tok, docs, sents = _paths(folder, name)
     mask_path = _mask_path(folder, name)
     mask = _map(mask_path, np.dtype(np.uint8)) if mask_path.exists() else None
-    return Stream(_map(tok, np.dtype(dtype).newbyteorder("<")), _map(docs, OFFSET_DTYPE), _map(sents, OFFSET_DTYPE),
-                  mask)
+    return Stream(
+        _map(tok, np.dtype(dtype).newbyteorder("<")), _map(docs, OFFSET_DTYPE), _map(sents, OFFSET_DTYPE), mask
+    )
 
 
 def remove_stream(folder: Path, name: str) -> None:
@@ -93,8 +94,9 @@ def remove_stream(folder: Path, name: str) -> None:
 
 def replace_stream(folder: Path, name: str, new_name: str) -> None:
     """Make stream `new_name` (complete and synced) the stream `name`."""
-    for old, new in zip([*_paths(folder, name), _mask_path(folder, name)],
-                        [*_paths(folder, new_name), _mask_path(folder, new_name)]):
+    for old, new in zip(
+        [*_paths(folder, name), _mask_path(folder, name)], [*_paths(folder, new_name), _mask_path(folder, new_name)]
+    ):
         if new.exists():
             new.replace(old)
         else:

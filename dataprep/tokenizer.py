@@ -37,8 +37,13 @@ UINT16_LIMIT = 1 << 16
 def trainer_options(extra_symbols: tuple[str, ...] = ()) -> dict:
     """SentencePiece trainer settings for the conventions above."""
     return dict(
-        unk_id=0, eos_id=1, pad_id=2, bos_id=-1,
-        unk_piece=UNK, eos_piece=EOS, pad_piece=PAD,
+        unk_id=0,
+        eos_id=1,
+        pad_id=2,
+        bos_id=-1,
+        unk_piece=UNK,
+        eos_piece=EOS,
+        pad_piece=PAD,
         user_defined_symbols=[*USER_SYMBOLS, *extra_symbols],
         byte_fallback=True,
         character_coverage=1.0,
@@ -57,7 +62,9 @@ def load_processor(path: Path):
     try:
         return spm.SentencePieceProcessor(model_file=str(path))
     except (OSError, RuntimeError) as e:
-        raise UserError(f"{path}: not a SentencePiece model ({e}); make one with `orchestrator tokenizer train`") from None
+        raise UserError(
+            f"{path}: not a SentencePiece model ({e}); make one with `orchestrator tokenizer train`"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -76,8 +83,10 @@ class TokenizerFacts:
         if requested == "auto":
             return "uint16" if fits16 else "uint32"
         if requested == "uint16" and not fits16:
-            raise UserError(f"{self.path}: the tokenizer has {self.vocab_size} pieces; ids up to "
-                            f"{self.vocab_size - 1} do not fit --dtype uint16 (max 65535): use uint32 or auto")
+            raise UserError(
+                f"{self.path}: the tokenizer has {self.vocab_size} pieces; ids up to "
+                f"{self.vocab_size - 1} do not fit --dtype uint16 (max 65535): use uint32 or auto"
+            )
         return requested
 
 
@@ -86,8 +95,10 @@ def describe(path: Path) -> TokenizerFacts:
         raise UserError(f"{path}: no such tokenizer model (make one with `orchestrator tokenizer train`)")
     sp = load_processor(path)
     if sp.eos_id() < 0:
-        raise UserError(f"{path}: the tokenizer has no end-of-document (eos) piece; train one with "
-                        "`orchestrator tokenizer train`, which registers <|endoftext|>")
+        raise UserError(
+            f"{path}: the tokenizer has no end-of-document (eos) piece; train one with "
+            "`orchestrator tokenizer train`, which registers <|endoftext|>"
+        )
     return TokenizerFacts(path, sha256_file(path), sp.vocab_size(), sp.eos_id())
 
 

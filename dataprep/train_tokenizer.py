@@ -38,8 +38,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     corpus = Corpus(specs, args.text_unit)
     sample, split_lines = _sample(corpus, args, workers)
     if not sample.train.items:
-        raise UserError(f"no text left to train on after cleaning (read {corpus.documents_read:,} documents; "
-                        f"dropped: {describe_drops(corpus.dropped)})")
+        raise UserError(
+            f"no text left to train on after cleaning (read {corpus.documents_read:,} documents; "
+            f"dropped: {describe_drops(corpus.dropped)})"
+        )
     heldout = bool(sample.heldout.items)
     measure_on = sample.heldout.items or sample.train.items[: args.heldout_sentences]
     trained_on = len(sample.train.items)
@@ -52,11 +54,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _check_arguments(args: argparse.Namespace) -> None:
     if args.vocab_size < MIN_VOCAB:
-        raise UserError(f"--vocab-size {args.vocab_size} is too small: the byte-fallback pieces and special tokens "
-                        f"alone take {3 + len(USER_SYMBOLS) + 256 + len(args.special)}; use at least {MIN_VOCAB}")
+        raise UserError(
+            f"--vocab-size {args.vocab_size} is too small: the byte-fallback pieces and special tokens "
+            f"alone take {3 + len(USER_SYMBOLS) + 256 + len(args.special)}; use at least {MIN_VOCAB}"
+        )
     if args.sample_sentences < 1 or args.heldout_sentences < 0 or args.max_sentence_bytes < 64:
-        raise UserError("--sample-sentences must be at least 1, --heldout-sentences not negative, "
-                        "--max-sentence-bytes at least 64")
+        raise UserError(
+            "--sample-sentences must be at least 1, --heldout-sentences not negative, --max-sentence-bytes at least 64"
+        )
     if args.out.suffix != ".model":
         raise UserError(f"{args.out}: the output must end in .model (SentencePiece writes NAME.model and NAME.vocab)")
     try:
@@ -76,7 +81,7 @@ def _sample(corpus: Corpus, args, workers: int) -> tuple[SentenceSample, int]:
             pos = 0
             for n, digest in zip(chunk.doc_lines, chunk.digests):
                 if not corpus.is_duplicate(digest):
-                    for line in chunk.lines[pos: pos + n]:
+                    for line in chunk.lines[pos : pos + n]:
                         sample.offer(line)
                 pos += n
             progress.update(bytes_read, corpus.documents_read)
@@ -100,15 +105,22 @@ def _train(lines: list[str], args, workers: int) -> None:
         lines.clear()
         try:
             spm.SentencePieceTrainer.train(
-                input=str(sample_file), model_prefix=str(prefix), vocab_size=args.vocab_size,
-                model_type=args.model_type, input_sentence_size=0, shuffle_input_sentence=False,
+                input=str(sample_file),
+                model_prefix=str(prefix),
+                vocab_size=args.vocab_size,
+                model_type=args.model_type,
+                input_sentence_size=0,
+                shuffle_input_sentence=False,
                 max_sentence_length=max(4192, args.max_sentence_bytes + 16),
-                num_threads=max(1, workers), minloglevel=2,
+                num_threads=max(1, workers),
+                minloglevel=2,
                 **trainer_options(tuple(args.special)),
             )
         except (RuntimeError, OSError) as e:
-            raise UserError(f"SentencePiece could not train a {args.model_type} model of {args.vocab_size} pieces on "
-                            f"{count:,} sentences: {e}; a small corpus needs a smaller --vocab-size") from None
+            raise UserError(
+                f"SentencePiece could not train a {args.model_type} model of {args.vocab_size} pieces on "
+                f"{count:,} sentences: {e}; a small corpus needs a smaller --vocab-size"
+            ) from None
         for made, final in ((Path(f"{prefix}.model"), out), (Path(f"{prefix}.vocab"), out.with_suffix(".vocab"))):
             with open(made, "rb") as f:  # SentencePiece does not fsync: a power cut must not leave it empty
                 os.fsync(f.fileno())
@@ -142,20 +154,39 @@ def evaluate(sp, lines: list[str]) -> dict:
     }
 
 
-def _print_report(args, sp, corpus: Corpus, sample: SentenceSample, trained_on: int, split_lines: int,
-                  quality: dict, heldout: bool, seconds: float) -> None:
+def _print_report(
+    args,
+    sp,
+    corpus: Corpus,
+    sample: SentenceSample,
+    trained_on: int,
+    split_lines: int,
+    quality: dict,
+    heldout: bool,
+    seconds: float,
+) -> None:
     n = sp.vocab_size()
     n_control = sum(sp.is_control(i) or sp.is_unknown(i) for i in range(n))
     n_bytes = sum(sp.is_byte(i) for i in range(n))
     n_user = len(USER_SYMBOLS) + len(args.special)
     specials = " ".join(f"{sp.id_to_piece(i)!r}={i}" for i in range(n_control + n_user))
-    print(f"wrote {args.out} ({args.model_type}): vocab size {n:,} = {n_control} control + {n_user} user-defined + "
-          f"{n_bytes} byte-fallback + {n - n_control - n_user - n_bytes:,} learned pieces, in {seconds:.1f} s")
+    print(
+        f"wrote {args.out} ({args.model_type}): vocab size {n:,} = {n_control} control + {n_user} user-defined + "
+        f"{n_bytes} byte-fallback + {n - n_control - n_user - n_bytes:,} learned pieces, in {seconds:.1f} s"
+    )
     print(f"special ids: {specials}; the document end is {EOS!r} = {sp.eos_id()}")
-    print(f"trained on {trained_on:,} sentences sampled from {sample.train.seen:,} "
-          f"({corpus.kept:,} documents kept of {corpus.documents_read:,} read; dropped: "
-          f"{describe_drops(corpus.dropped)}; {split_lines:,} sentence{'' if split_lines == 1 else 's'} over {args.max_sentence_bytes} bytes split)")
-    where = f"{quality['sentences']:,} held-out sentences" if heldout else \
-        f"{quality['sentences']:,} training sentences (the corpus is too small to hold any out)"
-    print(f"on {where}: character coverage {quality['coverage']:.4%}, {quality['tokens_per_word']:.3f} tokens per "
-          f"word, byte-fallback tokens {quality['byte_fallback_share']:.3%}")
+    print(
+        f"trained on {trained_on:,} sentences sampled from {sample.train.seen:,} "
+        f"({corpus.kept:,} documents kept of {corpus.documents_read:,} read; dropped: "
+        f"{describe_drops(corpus.dropped)}; {split_lines:,} sentence{'' if split_lines == 1 else 's'} "
+        f"over {args.max_sentence_bytes} bytes split)"
+    )
+    where = (
+        f"{quality['sentences']:,} held-out sentences"
+        if heldout
+        else f"{quality['sentences']:,} training sentences (the corpus is too small to hold any out)"
+    )
+    print(
+        f"on {where}: character coverage {quality['coverage']:.4%}, {quality['tokens_per_word']:.3f} tokens per "
+        f"word, byte-fallback tokens {quality['byte_fallback_share']:.3%}"
+    )

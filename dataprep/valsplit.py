@@ -84,8 +84,9 @@ class SectionSplit:
     held_out_sections: int = 0
 
 
-def split_by_sections(folder: Path, dtype: str, order: bytes, fraction: float, section_tokens: int,
-                      newline_id: int) -> SectionSplit:
+def split_by_sections(
+    folder: Path, dtype: str, order: bytes, fraction: float, section_tokens: int, newline_id: int
+) -> SectionSplit:
     """Rebuild the train and val streams in `folder` with the section split. `order`
     says, per document in input order, which stream the document split put it in (0
     train, 1 val). Each run of consecutive sections on one side becomes a piece that
@@ -94,8 +95,10 @@ def split_by_sections(folder: Path, dtype: str, order: bytes, fraction: float, s
     train, val = open_stream(folder, "train", dtype), open_stream(folder, "val", dtype)
     stats = SectionSplit(section_tokens=section_tokens, documents=len(order))
     at = [0, 0]  # the next document of each old stream
-    with (StreamWriter(folder, "train-sections", dtype) as new_train,
-          StreamWriter(folder, "val-sections", dtype) as new_val):
+    with (
+        StreamWriter(folder, "train-sections", dtype) as new_train,
+        StreamWriter(folder, "val-sections", dtype) as new_val,
+    ):
         for side in order:
             stream = (train, val)[side]
             i = at[side]

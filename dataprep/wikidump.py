@@ -44,8 +44,10 @@ def read_dump(path, counts: Counter) -> Iterator[tuple[RawDoc, int]]:
                 if root is None:
                     root = elem
                     if _local(elem.tag) != "mediawiki":
-                        raise UserError(f"{path}: not a MediaWiki XML dump (the root element is "
-                                        f"<{_local(elem.tag)}>, expected <mediawiki>)")
+                        raise UserError(
+                            f"{path}: not a MediaWiki XML dump (the root element is "
+                            f"<{_local(elem.tag)}>, expected <mediawiki>)"
+                        )
                     continue
                 if event != "end":
                     continue

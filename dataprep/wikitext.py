@@ -34,20 +34,63 @@ try:
 except ImportError:  # pure-Python build: the same tokens, slower
     from mwparserfromhell.parser.tokenizer import Tokenizer as _Tokenizer
 
-DROP_TAGS = frozenset({
-    "ref", "references", "table", "math", "chem", "ce", "gallery", "imagemap", "timeline", "graph",
-    "score", "hiero", "syntaxhighlight", "source", "pre", "templatedata", "templatestyles",
-    "mapframe", "maplink", "inputbox", "categorytree", "includeonly", "noinclude", "section", "style",
-    "indicator", "charinsert",
-})
-DROP_SECTIONS = frozenset({
-    # English
-    "references", "external links", "see also", "further reading", "notes", "footnotes", "citations",
-    "bibliography", "sources", "notes and references", "references and notes", "works cited",
-    # Turkish
-    "kaynakça", "kaynaklar", "dış bağlantılar", "ayrıca bakınız", "notlar", "dipnotlar",
-    "konuyla ilgili yayınlar", "ileri okumalar",
-})
+DROP_TAGS = frozenset(
+    {
+        "ref",
+        "references",
+        "table",
+        "math",
+        "chem",
+        "ce",
+        "gallery",
+        "imagemap",
+        "timeline",
+        "graph",
+        "score",
+        "hiero",
+        "syntaxhighlight",
+        "source",
+        "pre",
+        "templatedata",
+        "templatestyles",
+        "mapframe",
+        "maplink",
+        "inputbox",
+        "categorytree",
+        "includeonly",
+        "noinclude",
+        "section",
+        "style",
+        "indicator",
+        "charinsert",
+    }
+)
+DROP_SECTIONS = frozenset(
+    {
+        # English
+        "references",
+        "external links",
+        "see also",
+        "further reading",
+        "notes",
+        "footnotes",
+        "citations",
+        "bibliography",
+        "sources",
+        "notes and references",
+        "references and notes",
+        "works cited",
+        # Turkish
+        "kaynakça",
+        "kaynaklar",
+        "dış bağlantılar",
+        "ayrıca bakınız",
+        "notlar",
+        "dipnotlar",
+        "konuyla ilgili yayınlar",
+        "ileri okumalar",
+    }
+)
 _INTERLANGUAGE = re.compile(r"[a-z]{2,3}(-[a-z]{2,8})*\Z")
 _MAGIC_WORD = re.compile(r"__[A-Z]+__")
 # <ref .../> and <ref ...>...</ref> (which never nest), removed before tokenizing; the

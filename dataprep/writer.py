@@ -18,8 +18,15 @@ MASK_DTYPE = np.dtype("u1")
 _SLICE = 1 << 23  # tokens per write
 
 
-def write_part(folder: Path, name: str, tokens: np.ndarray, starts: np.ndarray, documents: int,
-               dtype: str, mask: np.ndarray | None = None) -> PartInfo:
+def write_part(
+    folder: Path,
+    name: str,
+    tokens: np.ndarray,
+    starts: np.ndarray,
+    documents: int,
+    dtype: str,
+    mask: np.ndarray | None = None,
+) -> PartInfo:
     """`<name>.bin` (tokens) and `<name>.idx` (window starts) in `folder`, and for
     instruction data `<name>.mask` (one uint8 per token); the manifest entry."""
     token_dtype = np.dtype(dtype).newbyteorder("<")
@@ -29,11 +36,23 @@ def write_part(folder: Path, name: str, tokens: np.ndarray, starts: np.ndarray, 
     if mask is not None:
         if len(mask) != len(tokens):
             raise ValueError(f"{name}: {len(mask)} mask bytes for {len(tokens)} tokens")
-        masked = {"mask": f"{name}.mask", "mask_sha256": _write_slices(folder / f"{name}.mask", mask, MASK_DTYPE),
-                  "targets": int(np.count_nonzero(mask))}
+        masked = {
+            "mask": f"{name}.mask",
+            "mask_sha256": _write_slices(folder / f"{name}.mask", mask, MASK_DTYPE),
+            "targets": int(np.count_nonzero(mask)),
+        }
     fsync_dir(folder)
-    return PartInfo(name=name, file=f"{name}.bin", index=f"{name}.idx", tokens=int(len(tokens)),
-                    windows=int(len(starts)), documents=documents, sha256=bin_sha, index_sha256=idx_sha, **masked)
+    return PartInfo(
+        name=name,
+        file=f"{name}.bin",
+        index=f"{name}.idx",
+        tokens=int(len(tokens)),
+        windows=int(len(starts)),
+        documents=documents,
+        sha256=bin_sha,
+        index_sha256=idx_sha,
+        **masked,
+    )
 
 
 def _write_slices(path: Path, array: np.ndarray, dtype: np.dtype) -> str:
@@ -42,7 +61,7 @@ def _write_slices(path: Path, array: np.ndarray, dtype: np.dtype) -> str:
     try:
         with open(tmp, "wb") as f:
             for i in range(0, len(array), _SLICE):
-                data = np.ascontiguousarray(array[i: i + _SLICE], dtype=dtype).tobytes()
+                data = np.ascontiguousarray(array[i : i + _SLICE], dtype=dtype).tobytes()
                 digest.update(data)
                 f.write(data)
             f.flush()

@@ -16,4 +16,3 @@ def build(cfg: GPTConfig) -> nn.Module:
     from model.gpt import GPT
 
     return GPT(cfg)
-

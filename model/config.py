@@ -106,8 +106,9 @@ class GPTConfig:
         if self.intermediate_size < 1:
             raise ConfigError(f"model.intermediate_size: must be at least 1, got {self.intermediate_size}")
         if self.head_dim % 2:
-            raise ConfigError(f"model.n_head: head width n_embd / n_head = {self.head_dim} must be even for "
-                              "rotary positions")
+            raise ConfigError(
+                f"model.n_head: head width n_embd / n_head = {self.head_dim} must be even for rotary positions"
+            )
         if self.rope_theta <= 1 or self.norm_eps <= 0:
             raise ConfigError("model.rope_theta must exceed 1 and model.norm_eps must be positive")
 
@@ -138,7 +139,8 @@ class GPTConfig:
             kv = self.kv_heads * self.head_dim
             per_block = (
                 2 * d  # input_layernorm, post_attention_layernorm
-                + 2 * d * d + 2 * d * kv  # q, o; k, v
+                + 2 * d * d
+                + 2 * d * kv  # q, o; k, v
                 + 3 * d * self.intermediate_size  # gate, up, down
                 + (2 * self.head_dim if self.qk_norm else 0)
             )
@@ -146,10 +148,14 @@ class GPTConfig:
         b = 1 if self.bias else 0
         per_block = (
             2 * d * (1 + b)  # two LayerNorms
-            + d * 3 * d + 3 * d * b  # qkv
-            + d * d + d * b  # attention output
-            + d * 4 * d + 4 * d * b  # mlp in
-            + 4 * d * d + d * b  # mlp out
+            + d * 3 * d
+            + 3 * d * b  # qkv
+            + d * d
+            + d * b  # attention output
+            + d * 4 * d
+            + 4 * d * b  # mlp in
+            + 4 * d * d
+            + d * b  # mlp out
         )
         return V * d + self.block_size * d + L * per_block + d * (1 + b)
 
@@ -157,8 +163,11 @@ class GPTConfig:
         """Training FLOPs per token: 6N for the weights that multiply (not the lookup tables:
         positions, an untied input embedding) plus attention (PaLM appendix B)."""
         T = seq_len or self.block_size
-        lookup = self.block_size * self.n_embd if self.family == "gpt2" else \
-            (0 if self.tied else self.vocab_size * self.n_embd)
+        lookup = (
+            self.block_size * self.n_embd
+            if self.family == "gpt2"
+            else (0 if self.tied else self.vocab_size * self.n_embd)
+        )
         return 6 * (self.n_params() - lookup) + 12 * self.n_layer * self.n_embd * T
 
     def to_dict(self) -> dict[str, Any]:
@@ -169,8 +178,7 @@ class GPTConfig:
 COMMON_FIELDS = ("family", "vocab_size", "block_size", "n_layer", "n_head", "n_embd", "dropout")
 FAMILY_FIELDS = {
     "gpt2": COMMON_FIELDS + ("bias",),
-    "llama": COMMON_FIELDS + ("n_kv_head", "intermediate_size", "rope_theta", "norm_eps", "qk_norm",
-                              "tie_embeddings"),
+    "llama": COMMON_FIELDS + ("n_kv_head", "intermediate_size", "rope_theta", "norm_eps", "qk_norm", "tie_embeddings"),
 }
 FIELDS = tuple(f.name for f in dataclasses.fields(GPTConfig))
 
@@ -202,16 +210,16 @@ def config_from_dict(raw: dict[str, Any], family: str | None = None) -> GPTConfi
         base = dict(PRESETS[preset])
     unknown = sorted(set(values) - set(FIELDS))
     if unknown:
-        raise ConfigError(
-            f"model.{unknown[0]}: unknown field; the model takes preset, {', '.join(FIELDS)}"
-        )
+        raise ConfigError(f"model.{unknown[0]}: unknown field; the model takes preset, {', '.join(FIELDS)}")
     chosen = values.get("family", family or STORED_DEFAULT_FAMILY)
     if chosen in FAMILY_FIELDS:
         foreign = sorted(set(values) - set(FAMILY_FIELDS[chosen]))
         if foreign:
             other = next(f for f in FAMILIES if f != chosen)
-            raise ConfigError(f"model.{foreign[0]}: an option of the {other} family, and this model is the "
-                              f"{chosen} family; remove it, or set \"family\": \"{other}\"")
+            raise ConfigError(
+                f"model.{foreign[0]}: an option of the {other} family, and this model is the "
+                f'{chosen} family; remove it, or set "family": "{other}"'
+            )
     return GPTConfig(**{**base, **values, "family": chosen})
 
 

@@ -77,7 +77,10 @@ def penalize_repeats(logits: torch.Tensor, idx: torch.Tensor, penalty: float) ->
 
 
 def pick_token(
-    logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
+    logits: torch.Tensor,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
     """(B, V) logits -> (B, 1) ids: greedy at temperature 0, else sampled from the top k

@@ -80,8 +80,9 @@ class Attention(nn.Module):
         self.qk_norm = cfg.qk_norm
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], cache: KVCache | None = None,
-                layer: int = 0) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], cache: KVCache | None = None, layer: int = 0
+    ) -> torch.Tensor:
         B, T, C = x.shape
         q = self.q_proj(x).view(B, T, self.n_head, self.hs)
         k = self.k_proj(x).view(B, T, self.n_kv, self.hs)
@@ -101,8 +102,9 @@ class Attention(nn.Module):
                 raise ValueError("KV cache extends by one token at a time after the prompt")
             causal = start == 0
         dropout = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=causal and T > 1, dropout_p=dropout,
-                                           enable_gqa=self.n_kv != self.n_head)
+        y = F.scaled_dot_product_attention(
+            q, k, v, is_causal=causal and T > 1, dropout_p=dropout, enable_gqa=self.n_kv != self.n_head
+        )
         y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * self.hs)  # (B, T, C)
         return self.resid_dropout(self.o_proj(y))
 

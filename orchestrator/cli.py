@@ -32,13 +32,19 @@ def _handler(parser: argparse.ArgumentParser, target: str) -> None:
     parser.set_defaults(handler=target)
 
 
-CHECKPOINT_HELP = ("a checkpoint folder (checkpoints/NNNN-...), or release:NAME for a cooled release of the run "
-                   "(release:latest: the newest)")
+CHECKPOINT_HELP = (
+    "a checkpoint folder (checkpoints/NNNN-...), or release:NAME for a cooled release of the run "
+    "(release:latest: the newest)"
+)
 
 
 def _run_dir_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run-dir", type=Path, help="the run directory (default: runs/<schedule name>/ beside "
-                   "the schedule; found automatically with one schedule in the current directory)")
+    p.add_argument(
+        "--run-dir",
+        type=Path,
+        help="the run directory (default: runs/<schedule name>/ beside "
+        "the schedule; found automatically with one schedule in the current directory)",
+    )
     p.add_argument("--schedule", type=Path, help="the schedule, to find its run directory")
 
 
@@ -53,28 +59,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", type=Path, help="where it all goes (default: runs/demo)")
     _handler(p, "orchestrator.commands.demo:cmd_demo")
 
-    p = sub.add_parser("doctor", help="check this machine (torch and the GPU, NVML, disk, inotify, systemd, "
-                       "battery) and, with --schedule, the chain; run it first on a new machine")
-    p.add_argument("--schedule", type=Path, help="also check this schedule: it validates, fits the card's memory, "
-                   "and how long it takes at the speed measured here")
-    p.add_argument("--run-dir", type=Path, help="the run directory to check (default: runs/<schedule name>/ beside "
-                   "the schedule, or the current directory)")
+    p = sub.add_parser(
+        "doctor",
+        help="check this machine (torch and the GPU, NVML, disk, inotify, systemd, "
+        "battery) and, with --schedule, the chain; run it first on a new machine",
+    )
+    p.add_argument(
+        "--schedule",
+        type=Path,
+        help="also check this schedule: it validates, fits the card's memory, "
+        "and how long it takes at the speed measured here",
+    )
+    p.add_argument(
+        "--run-dir",
+        type=Path,
+        help="the run directory to check (default: runs/<schedule name>/ beside "
+        "the schedule, or the current directory)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--measure-seconds", type=number("--measure-seconds", float, low=0), default=10.0,
-                   help="with --schedule: train the schedule's model on random tokens this long to measure tokens/s "
-                   "(default 10; 0 skips)")
-    p.add_argument("--probe-timeout", type=number("--probe-timeout", float, above=0), default=120.0,
-                   help="seconds to wait for torch to import and find the GPUs (default 120)")
+    p.add_argument(
+        "--measure-seconds",
+        type=number("--measure-seconds", float, low=0),
+        default=10.0,
+        help="with --schedule: train the schedule's model on random tokens this long to measure tokens/s "
+        "(default 10; 0 skips)",
+    )
+    p.add_argument(
+        "--probe-timeout",
+        type=number("--probe-timeout", float, above=0),
+        default=120.0,
+        help="seconds to wait for torch to import and find the GPUs (default 120)",
+    )
     _handler(p, "orchestrator.commands.doctor:cmd_doctor")
 
     p = sub.add_parser("run", help="the daemon: run the schedule's chain of parts (foreground; systemd runs this)")
     p.add_argument("--schedule", type=Path, required=True, help="the schedule file (JSON)")
     p.add_argument("--run-dir", type=Path, help="default: runs/<schedule name>/ beside the schedule")
-    p.add_argument("--exit-when-done", action="store_true",
-                   help="exit 0 when every part is done (1 if the chain fails) instead of idling for more parts")
-    p.add_argument("--existing-run-dir", action="store_true",
-                   help="refuse to start unless the run directory exists (the systemd unit uses it: a run on a disk "
-                        "that is not mounted must not become a new chain on the root filesystem)")
+    p.add_argument(
+        "--exit-when-done",
+        action="store_true",
+        help="exit 0 when every part is done (1 if the chain fails) instead of idling for more parts",
+    )
+    p.add_argument(
+        "--existing-run-dir",
+        action="store_true",
+        help="refuse to start unless the run directory exists (the systemd unit uses it: a run on a disk "
+        "that is not mounted must not become a new chain on the root filesystem)",
+    )
     _handler(p, "orchestrator.commands.run:cmd_run")
 
     p = sub.add_parser("validate", help="check a schedule file; exit 0 if valid, 1 with every error")
@@ -88,30 +119,50 @@ def build_parser() -> argparse.ArgumentParser:
     _run_dir_arg(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--watch", action="store_true", help="refresh until interrupted")
-    p.add_argument("--interval", type=number("--interval", float, above=0), default=2.0, help="seconds between refreshes with --watch")
+    p.add_argument(
+        "--interval",
+        type=number("--interval", float, above=0),
+        default=2.0,
+        help="seconds between refreshes with --watch",
+    )
     p.add_argument("--all", action="store_true", help="list every part (long runs are folded otherwise)")
     _handler(p, "orchestrator.commands.status:cmd_status")
 
     p = sub.add_parser("logs", help="print the runtime log; -f follows it")
     _run_dir_arg(p)
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
-    p.add_argument("-n", "--lines", type=number("--lines", low=0), default=50, help="lines of history to print first (default 50)")
+    p.add_argument(
+        "-n", "--lines", type=number("--lines", low=0), default=50, help="lines of history to print first (default 50)"
+    )
     _handler(p, "orchestrator.commands.logs:cmd_logs")
 
-    for name, help_ in (("pause", "pause training after the current step (survives daemon restarts)"),
-                        ("resume", "undo `pause`"),
-                        ("stop", "stop the daemon warmly: the worker checkpoints, then the daemon exits")):
+    for name, help_ in (
+        ("pause", "pause training after the current step (survives daemon restarts)"),
+        ("resume", "undo `pause`"),
+        ("stop", "stop the daemon warmly: the worker checkpoints, then the daemon exits"),
+    ):
         p = sub.add_parser(name, help=help_)
         _run_dir_arg(p)
         if name == "pause":
             p.add_argument("--reason", help="shown by status")
         if name in ("pause", "stop"):
-            p.add_argument("--no-wait", dest="wait", action="store_false",
-                           help="return once the daemon has the request, without waiting for it to take effect")
-            p.add_argument("--timeout", type=number("--timeout", float, above=0), default=600.0, help="seconds to wait (default 600)")
+            p.add_argument(
+                "--no-wait",
+                dest="wait",
+                action="store_false",
+                help="return once the daemon has the request, without waiting for it to take effect",
+            )
+            p.add_argument(
+                "--timeout",
+                type=number("--timeout", float, above=0),
+                default=600.0,
+                help="seconds to wait (default 600)",
+            )
         _handler(p, "orchestrator.commands.control:cmd_request")
-    for name, help_ in (("skip", "leave a part out of the chain (the running one is stopped)"),
-                        ("retry", "queue a failed or skipped part again; it runs next")):
+    for name, help_ in (
+        ("skip", "leave a part out of the chain (the running one is stopped)"),
+        ("retry", "queue a failed or skipped part again; it runs next"),
+    ):
         p = sub.add_parser(name, help=help_)
         p.add_argument("part", help="STAGE/PART, or PART when unique")
         _run_dir_arg(p)
@@ -122,31 +173,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", type=Path, help="default: runs/<schedule name>/ beside the schedule")
     p.add_argument("--user", action="store_true", help="a user unit (~/.config/systemd/user) instead of a system one")
     p.add_argument("--output", type=Path, help="write the unit here instead")
-    p.add_argument("--run-as", metavar="USER", help="system units: the account the daemon runs as (default: the "
-                   "user who ran sudo; root only when named)")
+    p.add_argument(
+        "--run-as",
+        metavar="USER",
+        help="system units: the account the daemon runs as (default: the user who ran sudo; root only when named)",
+    )
     _handler(p, "orchestrator.commands.service:cmd_install_service")
 
     p = sub.add_parser("fsck", help="check a run directory (checkpoints, state, pointer); --repair fixes")
     _run_dir_arg(p)
-    p.add_argument("--repair", action="store_true",
-                   help="fix what can be fixed: damaged files go to quarantine/, never deleted (daemon stopped)")
+    p.add_argument(
+        "--repair",
+        action="store_true",
+        help="fix what can be fixed: damaged files go to quarantine/, never deleted (daemon stopped)",
+    )
     _handler(p, "orchestrator.commands.fsck:cmd_fsck")
 
     p = sub.add_parser("sample", help="generate text from a checkpoint, streamed")
     p.add_argument("--checkpoint", type=Path, required=True, help=CHECKPOINT_HELP)
     _run_dir_arg(p)
     p.add_argument("--prompt", default="", help="the text to continue (with --chat: the user's message)")
-    p.add_argument("--chat", action="store_true",
-                   help="format the prompt as a user turn, the way instruction data is trained, and print the "
-                        "assistant's answer up to the end of its turn")
+    p.add_argument(
+        "--chat",
+        action="store_true",
+        help="format the prompt as a user turn, the way instruction data is trained, and print the "
+        "assistant's answer up to the end of its turn",
+    )
     p.add_argument("--system", help="with --chat: a system message before the user's")
     p.add_argument("--max-tokens", type=number("--max-tokens", low=1), default=SAMPLING["max_new_tokens"])
-    p.add_argument("--temperature", type=number("--temperature", float, low=0), default=SAMPLING["temperature"],
-                   help="0 picks the most likely token (deterministic)")
+    p.add_argument(
+        "--temperature",
+        type=number("--temperature", float, low=0),
+        default=SAMPLING["temperature"],
+        help="0 picks the most likely token (deterministic)",
+    )
     p.add_argument("--top-k", type=number("--top-k", low=1), default=SAMPLING["top_k"])
     p.add_argument("--top-p", type=number("--top-p", float, above=0, high=1), default=SAMPLING["top_p"])
-    p.add_argument("--repetition-penalty", type=number("--repetition-penalty", float, above=0),
-                   default=SAMPLING["repetition_penalty"])
+    p.add_argument(
+        "--repetition-penalty",
+        type=number("--repetition-penalty", float, above=0),
+        default=SAMPLING["repetition_penalty"],
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tokenizer", type=Path, help="default: the one named by the run's schedule")
     p.add_argument("--device", type=device_flag, default="auto", help="auto, cpu, cuda, cuda:N")
@@ -167,14 +234,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="checkpoints against validation sets, the best marked; --prompts scores a batch")
     _run_dir_arg(p)
     p.add_argument("--json", action="store_true")
-    p.add_argument("--prompts", type=Path, help="a JSONL file of {\"prompt\", \"expected\"?} to score across checkpoints")
-    p.add_argument("--checkpoint", type=Path, action="append",
-                   help="with --prompts: these (" + CHECKPOINT_HELP + "; default: all promoted and releases)")
-    p.add_argument("--max-tokens", type=number("--max-tokens", low=1), default=32,
-                   help="with --prompts: tokens generated per prompt")
-    p.add_argument("--chat", action="store_true",
-                   help="with --prompts: format each prompt as a user turn (a line's \"system\" before it), as "
-                        "instruction data is trained; answers end at the end of the turn")
+    p.add_argument("--prompts", type=Path, help='a JSONL file of {"prompt", "expected"?} to score across checkpoints')
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        action="append",
+        help="with --prompts: these (" + CHECKPOINT_HELP + "; default: all promoted and releases)",
+    )
+    p.add_argument(
+        "--max-tokens",
+        type=number("--max-tokens", low=1),
+        default=32,
+        help="with --prompts: tokens generated per prompt",
+    )
+    p.add_argument(
+        "--chat",
+        action="store_true",
+        help='with --prompts: format each prompt as a user turn (a line\'s "system" before it), as '
+        "instruction data is trained; answers end at the end of the turn",
+    )
     p.add_argument("--tokenizer", type=Path, help="with --prompts: default: the one named by the run's schedule")
     _handler(p, "orchestrator.commands.compare:cmd_compare")
 
@@ -185,19 +263,24 @@ def build_parser() -> argparse.ArgumentParser:
     _handler(p, "orchestrator.commands.plot:cmd_plot")
 
     p = sub.add_parser(
-        "export", help="a checkpoint as a Hugging Face folder, a GGUF file (llama.cpp, Ollama) or model.pt",
+        "export",
+        help="a checkpoint as a Hugging Face folder, a GGUF file (llama.cpp, Ollama) or model.pt",
         description="Write a verified checkpoint's model where other tools run it. --format hf (default): a "
         "folder transformers loads with no custom code (config.json, model.safetensors, generation_config.json, "
         "tokenizer files). --format gguf: one .gguf file for llama.cpp, Ollama and LM Studio, plus an Ollama "
         "Modelfile. --format pt: this project's own model.pt, config.json and tokenizer.model. Every format "
-        "writes README.md naming the checkpoint it came from. See docs/evaluation.md.")
+        "writes README.md naming the checkpoint it came from. See docs/evaluation.md.",
+    )
     p.add_argument("--checkpoint", type=Path, required=True, help=CHECKPOINT_HELP)
     _run_dir_arg(p)
     p.add_argument("--out", type=Path, required=True, help="a new (or empty) folder")
     # checked by the command, so a wrong value gets the paragraph and exit 1 of any user mistake
     p.add_argument("--format", default="hf", metavar="{hf,gguf,pt}", help="default: hf")
-    p.add_argument("--dtype", metavar="{f32,f16,bf16,q8_0}",
-                   help="weight type: hf f32 (default), f16, bf16; gguf f16 (default), f32, bf16, q8_0; pt keeps f32")
+    p.add_argument(
+        "--dtype",
+        metavar="{f32,f16,bf16,q8_0}",
+        help="weight type: hf f32 (default), f16, bf16; gguf f16 (default), f32, bf16, q8_0; pt keeps f32",
+    )
     p.add_argument("--name", help="the model's name in README.md and GGUF metadata (default: the --out folder's)")
     p.add_argument("--tokenizer", type=Path, help="default: the one named by the run's schedule")
     p.add_argument("--no-tokenizer", action="store_true", help="export without the tokenizer (not for gguf)")

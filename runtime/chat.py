@@ -64,9 +64,11 @@ def chat_ids(sp) -> ChatIds:
     for role, marker in MARKERS.items():
         i = sp.piece_to_id(marker)
         if i == sp.unk_id() or sp.id_to_piece(i) != marker or sp.encode(marker) != [i]:
-            raise ChatFormatError(f"the tokenizer has no single-id {marker} piece; chat data needs a tokenizer made "
-                                  "by `orchestrator tokenizer train`, which reserves <|user|>, <|assistant|> and "
-                                  "<|system|>")
+            raise ChatFormatError(
+                f"the tokenizer has no single-id {marker} piece; chat data needs a tokenizer made "
+                "by `orchestrator tokenizer train`, which reserves <|user|>, <|assistant|> and "
+                "<|system|>"
+            )
         ids[role] = i
     if sp.eos_id() < 0:
         raise ChatFormatError("the tokenizer has no end-of-text (eos) piece to end a turn with")
@@ -86,8 +88,10 @@ def check_messages(messages: list[tuple[str, str]], *, complete: bool = True) ->
             return f"message {i + 1} ({role}): empty content"
         for marker in MARKERS.values():
             if marker in content:
-                return (f"message {i + 1} ({role}): the content holds the chat marker {marker}, which would be "
-                        "read as a turn boundary; remove or reword it")
+                return (
+                    f"message {i + 1} ({role}): the content holds the chat marker {marker}, which would be "
+                    "read as a turn boundary; remove or reword it"
+                )
     turns = messages[1:] if messages[0][0] == "system" else messages
     if not turns:
         return "only a system message: add a user message" + (" and the assistant's answer" if complete else "")
@@ -95,8 +99,10 @@ def check_messages(messages: list[tuple[str, str]], *, complete: bool = True) ->
         want = "user" if i % 2 == 0 else "assistant"
         if role != want:
             where = i + 1 + (len(messages) - len(turns))
-            return (f"message {where}: expected a {want} message, got {role!r} (an optional system message "
-                    "first, then user and assistant in turn)")
+            return (
+                f"message {where}: expected a {want} message, got {role!r} (an optional system message "
+                "first, then user and assistant in turn)"
+            )
     last = turns[-1][0]
     if complete and last != "assistant":
         return "the last message is the user's: a training example must end with the assistant's answer"

@@ -84,9 +84,16 @@ def generation(capability: tuple[int, int]) -> str:
     major, minor = capability
     if major >= 10:
         return "Blackwell" if major <= 12 else "newer than Blackwell"
-    return {3: "Kepler", 5: "Maxwell", 6: "Pascal", 9: "Hopper"}.get(major) or {
-        (7, 0): "Volta", (7, 2): "Volta", (7, 5): "Turing", (8, 9): "Ada Lovelace",
-    }.get((major, minor)) or ("Ampere" if major == 8 else "older than Kepler" if major < 3 else f"sm_{major}{minor}")
+    return (
+        {3: "Kepler", 5: "Maxwell", 6: "Pascal", 9: "Hopper"}.get(major)
+        or {
+            (7, 0): "Volta",
+            (7, 2): "Volta",
+            (7, 5): "Turing",
+            (8, 9): "Ada Lovelace",
+        }.get((major, minor))
+        or ("Ampere" if major == 8 else "older than Kepler" if major < 3 else f"sm_{major}{minor}")
+    )
 
 
 def _parse(entry: str) -> tuple[str, int, int, bool] | None:
@@ -126,16 +133,24 @@ def install_fix(capability: tuple[int, int]) -> str:
     major, minor = capability
     name = generation(capability)
     if tuple(capability) in _JETSON:
-        return (f"this is a Jetson (integrated {name} GPU): install NVIDIA's JetPack build of torch for it, "
-                "or train on the CPU with train.device \"cpu\"")
+        return (
+            f"this is a Jetson (integrated {name} GPU): install NVIDIA's JetPack build of torch for it, "
+            'or train on the CPU with train.device "cpu"'
+        )
     if major < 5:
-        return (f"no current PyTorch wheel carries kernels for {name} cards (every build starts at Maxwell, "
-                "5.0): train on the CPU with train.device \"cpu\"")
+        return (
+            f"no current PyTorch wheel carries kernels for {name} cards (every build starts at Maxwell, "
+            '5.0): train on the CPU with train.device "cpu"'
+        )
     if (major, minor) < (7, 5):
-        return (f"install the CUDA 12.6 build of torch 2.14 or older, the last that carries {name}: "
-                f"{LEGACY_INSTALL} (torch 2.15 and newer ship no CUDA 12.6 build and will not run this card)")
-    return (f"install a current build, which carries {name}: {DEFAULT_INSTALL} (the default wheel is a "
-            "CUDA 13 build for Turing and newer; pytorch.org's selector gives the command for your driver)")
+        return (
+            f"install the CUDA 12.6 build of torch 2.14 or older, the last that carries {name}: "
+            f"{LEGACY_INSTALL} (torch 2.15 and newer ship no CUDA 12.6 build and will not run this card)"
+        )
+    return (
+        f"install a current build, which carries {name}: {DEFAULT_INSTALL} (the default wheel is a "
+        "CUDA 13 build for Turing and newer; pytorch.org's selector gives the command for your driver)"
+    )
 
 
 def install_command(capability: tuple[int, int]) -> str | None:
@@ -154,10 +169,12 @@ def gpu_message(facts: TorchFacts, gpu: GpuInfo) -> str:
     """The paragraph for a card this build cannot run."""
     cc = f"{gpu.capability[0]}.{gpu.capability[1]}"
     build = f"torch {facts.torch_version}" + (f", CUDA {facts.cuda_build}" if facts.cuda_build else "")
-    return (f"GPU {gpu.index} ({gpu.name}, compute capability {cc}, {generation(gpu.capability)}) cannot run this "
-            f"torch build ({build}): it carries kernels for {_kernels(facts.arch_list)} only, so training would "
-            f"fail at its first kernel with {NO_KERNEL}. To train on this card, "
-            f"{install_fix(gpu.capability)}. Then run `orchestrator doctor` to check.")
+    return (
+        f"GPU {gpu.index} ({gpu.name}, compute capability {cc}, {generation(gpu.capability)}) cannot run this "
+        f"torch build ({build}): it carries kernels for {_kernels(facts.arch_list)} only, so training would "
+        f"fail at its first kernel with {NO_KERNEL}. To train on this card, "
+        f"{install_fix(gpu.capability)}. Then run `orchestrator doctor` to check."
+    )
 
 
 def unrunnable(facts: TorchFacts, indices: list[int] | None = None) -> list[GpuInfo]:
@@ -166,8 +183,9 @@ def unrunnable(facts: TorchFacts, indices: list[int] | None = None) -> list[GpuI
     if not facts.cuda_available or facts.hip_build or not facts.cuda_build:
         return []
     wanted = None if indices is None else set(indices)
-    return [g for g in facts.gpus if (wanted is None or g.index in wanted)
-            and not build_runs(facts.arch_list, g.capability)]
+    return [
+        g for g in facts.gpus if (wanted is None or g.index in wanted) and not build_runs(facts.arch_list, g.capability)
+    ]
 
 
 def refusal(facts: TorchFacts, indices: list[int] | None = None) -> str | None:
@@ -196,5 +214,6 @@ def nvidia_present() -> bool:
         return True
     if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
         return False
-    return bool(glob("/dev/nvidia[0-9]*") or os.path.exists("/proc/driver/nvidia/version")
-                or os.path.exists("/dev/dxg"))
+    return bool(
+        glob("/dev/nvidia[0-9]*") or os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/dxg")
+    )

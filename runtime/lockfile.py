@@ -93,6 +93,8 @@ def holder_role(path: Path) -> tuple[int | None, str | None]:
 def busy_message(e: Locked, run_dir: Path) -> str:
     """What a command says when the run directory's lock is held."""
     if e.role in (None, "daemon"):
-        return (f"another daemon (pid {e.pid or 'unknown'}) is already running on {run_dir}; stop it first with "
-                "`orchestrator stop`")
+        return (
+            f"another daemon (pid {e.pid or 'unknown'}) is already running on {run_dir}; stop it first with "
+            "`orchestrator stop`"
+        )
     return f"`orchestrator {e.role}` (pid {e.pid or 'unknown'}) is working on {run_dir}; wait for it to finish"

@@ -1,20 +1,20 @@
 """Where every file of a run lives. The one place that knows the layout.
 
-    runs/<name>/
-      state.json          the chain's authoritative state (daemon writes, all read)
-      events.jsonl        append-only event log
-      runtime.log         human log (tail -f)
-      daemon.lock         flock'd by the running daemon; holds its pid
-      hardware.json       the latest sensor readings and the guard's verdict
-      control/            requests from CLI commands to the daemon, and their answers
-      work/<stage>/<part>/ a running part's scratch (see WorkPaths)
-      checkpoints/        promoted checkpoints, one folder per finished part
-      checkpoints/LATEST  names the newest promoted folder
-      releases/           cooled release checkpoints, one folder per release (never in the chain)
-      metrics/            each finished part's metrics.jsonl, kept after scratch is deleted
-      evals.jsonl         an evaluation a line: validation loss per stage, prompt samples
-      hardware.jsonl      sensor readings every 30 s, for plots
-      quarantine/         damaged files moved aside, never deleted
+runs/<name>/
+  state.json          the chain's authoritative state (daemon writes, all read)
+  events.jsonl        append-only event log
+  runtime.log         human log (tail -f)
+  daemon.lock         flock'd by the running daemon; holds its pid
+  hardware.json       the latest sensor readings and the guard's verdict
+  control/            requests from CLI commands to the daemon, and their answers
+  work/<stage>/<part>/ a running part's scratch (see WorkPaths)
+  checkpoints/        promoted checkpoints, one folder per finished part
+  checkpoints/LATEST  names the newest promoted folder
+  releases/           cooled release checkpoints, one folder per release (never in the chain)
+  metrics/            each finished part's metrics.jsonl, kept after scratch is deleted
+  evals.jsonl         an evaluation a line: validation loss per stage, prompt samples
+  hardware.jsonl      sensor readings every 30 s, for plots
+  quarantine/         damaged files moved aside, never deleted
 """
 
 from __future__ import annotations

@@ -18,8 +18,9 @@ from runtime.atomic import read_json
 SPEC_FORMAT = "orchestrator.spec/1"
 
 # Fields that shape the learning-rate curve of the whole chain; a stage may not override them.
-CHAIN_WIDE_TRAIN_FIELDS = frozenset({"lr_schedule", "warmup_tokens", "warmup_fraction", "decay_fraction",
-                                     "total_tokens", "seed"})
+CHAIN_WIDE_TRAIN_FIELDS = frozenset(
+    {"lr_schedule", "warmup_tokens", "warmup_fraction", "decay_fraction", "total_tokens", "seed"}
+)
 
 
 DEFAULT_ADAMW_LR = {"adamw": 6e-4, "muon": 1e-2}
@@ -125,8 +126,10 @@ class TrainConfig(BaseModel):
     @model_validator(mode="after")
     def _gpus_fit_device(self) -> "TrainConfig":
         if self.gpus > 1 and self.device.startswith("cuda:"):
-            raise ValueError(f"train.gpus is {self.gpus} but train.device names one GPU ({self.device}); "
-                             "use device auto or cuda (rank r trains on cuda:r)")
+            raise ValueError(
+                f"train.gpus is {self.gpus} but train.device names one GPU ({self.device}); "
+                "use device auto or cuda (rank r trains on cuda:r)"
+            )
         return self
 
 
@@ -166,8 +169,12 @@ class Mixture(BaseModel):
     def summary(self) -> dict[str, Any]:
         """What decides the part's slots, for its checkpoints (CheckpointMeta.mixture): the
         weights by source, the ramp and the stage's position on it (no paths: a run dir may move)."""
-        return {"weights": {s.name: s.weight for s in self.sources}, "ramp_tokens": self.ramp_tokens,
-                "ramp_from": self.ramp_from, "stage_tokens": self.stage_tokens}
+        return {
+            "weights": {s.name: s.weight for s in self.sources},
+            "ramp_tokens": self.ramp_tokens,
+            "ramp_from": self.ramp_from,
+            "stage_tokens": self.stage_tokens,
+        }
 
     @model_validator(mode="after")
     def _consistent(self) -> "Mixture":
@@ -285,17 +292,23 @@ class WorkerSpec(BaseModel):
 
     def resolve_paths(self, base: Path) -> "WorkerSpec":
         """Make relative paths relative to the spec file's folder (hand-written specs)."""
+
         def fix(p: Path | None) -> Path | None:
             return p if p is None or p.is_absolute() else (base / p).resolve()
 
-        update: dict[str, Any] = {"work_dir": fix(self.work_dir), "init_checkpoint": fix(self.init_checkpoint),
-                                  "sensor_file": fix(self.sensor_file)}
+        update: dict[str, Any] = {
+            "work_dir": fix(self.work_dir),
+            "init_checkpoint": fix(self.init_checkpoint),
+            "sensor_file": fix(self.sensor_file),
+        }
         update["data"] = self.data.model_copy(update={"manifest": fix(self.data.manifest)})
         if self.val:
             update["val"] = self.val.model_copy(update={"manifest": fix(self.val.manifest)})
         if self.mixture:
-            sources = [s.model_copy(update={"parts": [d.model_copy(update={"manifest": fix(d.manifest)})
-                                                      for d in s.parts]}) for s in self.mixture.sources]
+            sources = [
+                s.model_copy(update={"parts": [d.model_copy(update={"manifest": fix(d.manifest)}) for d in s.parts]})
+                for s in self.mixture.sources
+            ]
             update["mixture"] = self.mixture.model_copy(update={"sources": sources})
         return self.model_copy(update=update)
 

@@ -32,7 +32,6 @@ EXIT_NONFINITE = 91  # non-finite loss: roll back, skip the window
 DAEMON_PID_ENV = "ORCHESTRATOR_DAEMON_PID"
 
 
-
 class Phase(str, Enum):
     """What the worker is doing, as its heartbeat says (status shows it)."""
 

@@ -44,8 +44,15 @@ def stride_starts(n_tokens: int, block_size: int) -> np.ndarray:
     return np.arange(0, max(n_tokens - block_size, 0), block_size, dtype=np.uint64)
 
 
-def make_token_dir(folder: Path, parts: int = 2, tokens: int = 4000, vocab: int = 64, block_size: int = 16,
-                   seed: int = 0, val_tokens: int = 1000) -> Path:
+def make_token_dir(
+    folder: Path,
+    parts: int = 2,
+    tokens: int = 4000,
+    vocab: int = 64,
+    block_size: int = 16,
+    seed: int = 0,
+    val_tokens: int = 1000,
+) -> Path:
     """A prepared directory with `parts` parts and a val split; returns manifest.json."""
     folder.mkdir(parents=True, exist_ok=True)
     infos = []
@@ -57,15 +64,24 @@ def make_token_dir(folder: Path, parts: int = 2, tokens: int = 4000, vocab: int 
         toks = bigram_tokens(val_tokens, vocab, seed + 1000)
         val = write_part(folder, "val", toks, stride_starts(val_tokens, block_size), 1, "uint16")
     manifest = TokenManifest(
-        dtype="uint16", block_size=block_size,
+        dtype="uint16",
+        block_size=block_size,
         tokenizer=TokenizerInfo(sha256=TOKENIZER_SHA, vocab_size=vocab, eos_id=0),
-        parts=infos, val=val,
+        parts=infos,
+        val=val,
     )
     return write_manifest(folder, manifest)
 
 
-def make_instruction_dir(folder: Path, parts: int = 2, windows: int = 200, vocab: int = 64, block_size: int = 16,
-                         seed: int = 0, val_windows: int = 40) -> Path:
+def make_instruction_dir(
+    folder: Path,
+    parts: int = 2,
+    windows: int = 200,
+    vocab: int = 64,
+    block_size: int = 16,
+    seed: int = 0,
+    val_windows: int = 40,
+) -> Path:
     """A prepared directory of instruction data as `prepare` lays it out (format /2):
     windows end to end, each with a random-length "prompt" (not counted) before its
     "response" (counted), so windows count different numbers of targets; returns manifest.json."""
@@ -80,24 +96,47 @@ def make_instruction_dir(folder: Path, parts: int = 2, windows: int = 200, vocab
 
     infos = [part(f"part-{i:03d}", windows, seed + i) for i in range(parts)]
     manifest = TokenManifest(
-        format=FORMAT_MASKED, dtype="uint16", block_size=block_size,
+        format=FORMAT_MASKED,
+        dtype="uint16",
+        block_size=block_size,
         tokenizer=TokenizerInfo(sha256=TOKENIZER_SHA, vocab_size=vocab, eos_id=1),
-        parts=infos, val=part("val", val_windows, seed + 1000) if val_windows else None,
+        parts=infos,
+        val=part("val", val_windows, seed + 1000) if val_windows else None,
         chat=ChatInfo(user_id=4, assistant_id=5, system_id=6, end_of_turn_id=1, pad_id=2),
     )
     return write_manifest(folder, manifest)
 
 
-def write_spec(path: Path, manifest: Path, part: str, work_dir: Path, *, model: dict | None = None,
-               train: dict | None = None, **extra) -> Path:
-    train_cfg = {"micro_batch": 4, "grad_accum": 2, "lr": 3e-3, "warmup_tokens": 256, "cpu_threads": 1,
-                 "checkpoint_interval_s": 600, "heartbeat_interval_s": 0.2, "eval_windows": 8}
+def write_spec(
+    path: Path,
+    manifest: Path,
+    part: str,
+    work_dir: Path,
+    *,
+    model: dict | None = None,
+    train: dict | None = None,
+    **extra,
+) -> Path:
+    train_cfg = {
+        "micro_batch": 4,
+        "grad_accum": 2,
+        "lr": 3e-3,
+        "warmup_tokens": 256,
+        "cpu_threads": 1,
+        "checkpoint_interval_s": 600,
+        "heartbeat_interval_s": 0.2,
+        "eval_windows": 8,
+    }
     train_cfg.update(train or {})
     spec = {
-        "part_id": f"stage/{part}", "stage": "stage", "work_dir": str(work_dir),
+        "part_id": f"stage/{part}",
+        "stage": "stage",
+        "work_dir": str(work_dir),
         "data": {"manifest": str(manifest), "part": part},
         "val": {"manifest": str(manifest), "part": "val"},
-        "model": model or dict(TINY_MODEL), "train": train_cfg, "chain_total_tokens": 100_000,
+        "model": model or dict(TINY_MODEL),
+        "train": train_cfg,
+        "chain_total_tokens": 100_000,
     }
     spec.update(extra)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -116,8 +155,13 @@ def start_worker(spec: Path, log: Path, extra_env: dict | None = None) -> subpro
     e = env()
     e.update(extra_env or {})
     with open(log, "ab") as f:
-        return subprocess.Popen([sys.executable, "-m", "trainer.worker", "--spec", str(spec)],
-                                stdout=f, stderr=subprocess.STDOUT, env=e, cwd=REPO)
+        return subprocess.Popen(
+            [sys.executable, "-m", "trainer.worker", "--spec", str(spec)],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env=e,
+            cwd=REPO,
+        )
 
 
 def run_worker(spec: Path, log: Path, timeout: float = 300, extra_env: dict | None = None) -> int:
@@ -138,12 +182,25 @@ def wait_for(predicate, timeout: float = 60, what: str = "condition", interval: 
 
 # -- the daemon ----------------------------------------------------------------------------
 
-TRAIN_FAST = {"micro_batch": 4, "grad_accum": 2, "lr": 3e-3, "warmup_tokens": 2048, "cpu_threads": 1,
-              "heartbeat_interval_s": 0.2, "eval_windows": 8}
+TRAIN_FAST = {
+    "micro_batch": 4,
+    "grad_accum": 2,
+    "lr": 3e-3,
+    "warmup_tokens": 2048,
+    "cpu_threads": 1,
+    "heartbeat_interval_s": 0.2,
+    "eval_windows": 8,
+}
 
 
-def make_chain(root: Path, parts: int = 3, tokens: int = 6000, train: dict | None = None,
-               supervisor: dict | None = None, stages: list | None = None) -> Path:
+def make_chain(
+    root: Path,
+    parts: int = 3,
+    tokens: int = 6000,
+    train: dict | None = None,
+    supervisor: dict | None = None,
+    stages: list | None = None,
+) -> Path:
     """Two stages of `parts` parts each (wiki-style, then domain) and a schedule; returns it."""
     make_token_dir(root / "data" / "wiki", parts=parts, tokens=tokens, seed=0)
     make_token_dir(root / "data" / "domain", parts=parts, tokens=tokens, seed=100)
@@ -152,7 +209,8 @@ def make_chain(root: Path, parts: int = 3, tokens: int = 6000, train: dict | Non
         "model": {"block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 32},
         "train": {**TRAIN_FAST, **(train or {})},
         "supervisor": {"backoff_s": 0.2, "heartbeat_timeout_s": 60, **(supervisor or {})},
-        "stages": stages or [
+        "stages": stages
+        or [
             {"name": "wiki", "parts": ["data/wiki/part-*.bin"]},
             {"name": "domain", "parts": ["data/domain"], "train": {"lr": 1e-3}},
         ],
@@ -166,13 +224,24 @@ def start_daemon(schedule: Path, log: Path, *args: str, extra_env: dict | None =
     e = env()
     e.update(extra_env or {})
     with open(log, "ab") as f:
-        return subprocess.Popen([sys.executable, "-m", "orchestrator", "run", "--schedule", str(schedule), *args],
-                                stdout=f, stderr=subprocess.STDOUT, env=e, cwd=schedule.parent)
+        return subprocess.Popen(
+            [sys.executable, "-m", "orchestrator", "run", "--schedule", str(schedule), *args],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env=e,
+            cwd=schedule.parent,
+        )
 
 
 def cli(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True,
-                          env=env(), cwd=cwd or REPO, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator", *args],
+        capture_output=True,
+        text=True,
+        env=env(),
+        cwd=cwd or REPO,
+        timeout=timeout,
+    )
 
 
 def read_state(run: Path) -> dict:
@@ -217,6 +286,7 @@ def promotions(run: Path) -> dict[str, int]:
 
 # -- checkpoints ---------------------------------------------------------------------------
 
+
 def tensors(folder: Path) -> dict[str, torch.Tensor]:
     model = torch.load(folder / "model.pt", weights_only=True)
     optim = torch.load(folder / "optim.pt", weights_only=True)["optimizer"]
@@ -254,8 +324,9 @@ def assert_lineage(run: Path) -> None:
         if folder is not None and (folder / "meta.json").is_file():
             meta = json.loads((folder / "meta.json").read_text())
             assert meta["part_tokens"] == p["tokens"], f"{p['id']}: tokens differ from its checkpoint's"
-            assert meta["global_tokens"] - meta["part_tokens"] == before_tokens, \
+            assert meta["global_tokens"] - meta["part_tokens"] == before_tokens, (
                 f"{p['id']} started at {meta['global_tokens'] - meta['part_tokens']} tokens, not {before_tokens}"
+            )
             if meta.get("start") is not None and before_name is not None:  # both known (not set aside, not old)
                 assert meta["start"] == before_name, f"{p['id']} started from {meta['start']}, not {before_name}"
         before_name = Path(p["checkpoint"]).name if p["checkpoint"] else None

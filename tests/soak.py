@@ -7,10 +7,11 @@ at random points of its progress, either the worker (the daemon retries it) or t
 (the soak starts it again, as systemd would), until --kills kills have landed and the
 chain is complete. The kill points are seeded fractions of the chain's tokens, so the
 soak does the same on a fast machine and a slow one (pacing kills by the clock once let
-a fast machine finish the chain before the kills were done). It then checks that every promoted checkpoint is bitwise equal to the
-reference's, that every part was promoted exactly once, and that the token counts add
-up, and prints the figures: kills, recoveries, and work lost (the training time since
-the killed worker's last checkpoint). tests/test_soak.py runs a short version.
+a fast machine finish the chain before the kills were done). It then checks that every
+promoted checkpoint is bitwise equal to the reference's, that every part was promoted
+exactly once, and that the token counts add up, and prints the figures: kills,
+recoveries, and work lost (the training time since the killed worker's last checkpoint).
+tests/test_soak.py runs a short version.
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ TOKENS_PER_KILL = 40_000  # ~2 s of training on one core: the chain must outlast
 def _chain(root: Path, parts: int, stages: int, kills: int) -> Path:
     layout = [{"name": "wiki", "parts": ["data/wiki"]}, {"name": "domain", "parts": ["data/domain"]}][:stages]
     tokens = max(24_000, kills * TOKENS_PER_KILL // (parts * stages))
-    return make_chain(root, parts=parts, tokens=tokens, stages=layout, supervisor=SUPERVISOR,
-                      train={"checkpoint_interval_s": 0.5})
+    return make_chain(
+        root, parts=parts, tokens=tokens, stages=layout, supervisor=SUPERVISOR, train={"checkpoint_interval_s": 0.5}
+    )
 
 
 def _heartbeat(run: Path, part: dict) -> dict:
@@ -110,13 +112,19 @@ def soak(root: Path, kills: int, seed: int, parts: int = 3, stages: int = 2, log
     ref_run = root / "reference" / "runs" / "chain"
     state, ref = read_state(run), read_state(ref_run)
     report = {
-        "kills": landed, "recovered": True, "parts": len(state["parts"]),
+        "kills": landed,
+        "recovered": True,
+        "parts": len(state["parts"]),
         "promoted_once": promotions(run) == {p["id"]: 1 for p in ref["parts"]},
         "tokens_equal": [p["tokens"] for p in state["parts"]] == [p["tokens"] for p in ref["parts"]]
         and state["global_tokens"] == ref["global_tokens"] == sum(p["tokens"] for p in state["parts"]),
-        "work_lost_s": {"total": round(sum(lost), 2), "mean": round(statistics.mean(lost), 2) if lost else 0,
-                        "max": round(max(lost), 2) if lost else 0},
-        "uninterrupted_s": round(uninterrupted_s, 1), "soak_s": round(soak_s, 1),
+        "work_lost_s": {
+            "total": round(sum(lost), 2),
+            "mean": round(statistics.mean(lost), 2) if lost else 0,
+            "max": round(max(lost), 2) if lost else 0,
+        },
+        "uninterrupted_s": round(uninterrupted_s, 1),
+        "soak_s": round(soak_s, 1),
         "pairs": [(run / p["checkpoint"], ref_run / q["checkpoint"]) for p, q in zip(state["parts"], ref["parts"])],
     }
     return report

@@ -1,5 +1,5 @@
-"""ruff's lint (pyproject.toml's [tool.ruff]) on the whole tree: it would have caught a test
-defined twice under one name, of which only the second ever ran."""
+"""ruff's lint and format check (pyproject.toml's [tool.ruff]) on the whole tree: the lint
+would have caught a test defined twice under one name, of which only the second ever ran."""
 
 from __future__ import annotations
 
@@ -16,6 +16,11 @@ def ruff(*args: str) -> subprocess.CompletedProcess:
 def test_ruff_finds_nothing():
     out = ruff("check", "--no-cache", ".")
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_the_tree_is_formatted():
+    out = ruff("format", "--check", "--no-cache", ".")
+    assert out.returncode == 0, "run `ruff format .`:\n" + out.stdout + out.stderr
 
 
 def test_ruff_would_catch_a_test_defined_twice(tmp_path):

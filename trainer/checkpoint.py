@@ -84,8 +84,16 @@ def rng_state() -> dict[str, Any]:
     }
 
 
-def save(root: Path, step: int, *, model: torch.nn.Module, optimizer, scaler, meta: CheckpointMeta,
-         optimizer_kind: str = "adamw") -> Path:
+def save(
+    root: Path,
+    step: int,
+    *,
+    model: torch.nn.Module,
+    optimizer,
+    scaler,
+    meta: CheckpointMeta,
+    optimizer_kind: str = "adamw",
+) -> Path:
     """Write step folder `root/step-XXXXXXXX` and return it; it exists only once complete.
     `optimizer_kind` (trainer.optim.kind_of) is recorded beside the optimizer's state.
 
@@ -102,8 +110,10 @@ def save(root: Path, step: int, *, model: torch.nn.Module, optimizer, scaler, me
     try:
         files = {
             "model.pt": _write(tmp / "model.pt", model.state_dict()),
-            "optim.pt": _write(tmp / "optim.pt", {"optimizer": optimizer.state_dict(), "kind": optimizer_kind,
-                                                  "scaler": scaler.state_dict()}),
+            "optim.pt": _write(
+                tmp / "optim.pt",
+                {"optimizer": optimizer.state_dict(), "kind": optimizer_kind, "scaler": scaler.state_dict()},
+            ),
             "rng.pt": _write(tmp / "rng.pt", rng),
         }
         faults.point("checkpoint.files-written")
@@ -133,8 +143,10 @@ def _load(path: Path, device) -> Any:
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as e:
-        raise BadInput(f"{path}: refused: it holds objects other than tensors and plain values "
-                       f"({str(e).splitlines()[0][:200]}); a checkpoint is never allowed to run code") from None
+        raise BadInput(
+            f"{path}: refused: it holds objects other than tensors and plain values "
+            f"({str(e).splitlines()[0][:200]}); a checkpoint is never allowed to run code"
+        ) from None
     except RuntimeError as e:
         raise BadInput(f"{path}: unreadable ({str(e).splitlines()[0][:200]})") from None
 
@@ -144,8 +156,10 @@ def load_weights(folder: Path, model: torch.nn.Module, device: torch.device, exp
     meta = read_meta(folder)
     made_for = normalized(meta.model)  # a checkpoint of an older release has no family: gpt2
     if made_for["family"] != expected_model["family"]:
-        raise BadInput(f"{folder}: made for a different model (the {made_for['family']} family, the spec's is "
-                       f"{expected_model['family']}); a chain keeps one model")
+        raise BadInput(
+            f"{folder}: made for a different model (the {made_for['family']} family, the spec's is "
+            f"{expected_model['family']}); a chain keeps one model"
+        )
     if made_for != expected_model:
         diff = ", ".join(
             f"{k}: checkpoint {made_for.get(k)!r} vs spec {expected_model.get(k)!r}"
@@ -214,4 +228,3 @@ def prune(root: Path, keep: int) -> None:
     for stale in root.glob(".step-*"):
         if not stale.name.endswith(f".tmp-{os.getpid()}"):
             shutil.rmtree(stale, ignore_errors=True)
-

@@ -61,8 +61,15 @@ class Order:
 
 
 class WindowOrder(Order):
-    def __init__(self, n_windows: int, epochs: int, seed: int, part_id: str, skip: list[tuple[int, int]] = (),
-                 limit: int | None = None):
+    def __init__(
+        self,
+        n_windows: int,
+        epochs: int,
+        seed: int,
+        part_id: str,
+        skip: list[tuple[int, int]] = (),
+        limit: int | None = None,
+    ):
         self.n_windows = n_windows
         self.total = n_windows * epochs if limit is None else min(n_windows * epochs, limit)
         self.seed = seed
@@ -78,8 +85,9 @@ class WindowOrder(Order):
 
     def at(self, positions: np.ndarray) -> np.ndarray:
         """positions (B,) -> window indices (B,) int64."""
-        return np.array([self._perm(int(q) // self.n_windows)[int(q) % self.n_windows] for q in positions],
-                        dtype=np.int64)
+        return np.array(
+            [self._perm(int(q) // self.n_windows)[int(q) % self.n_windows] for q in positions], dtype=np.int64
+        )
 
 
 IGNORE = -100
@@ -119,8 +127,9 @@ class Batches:
         return int(np.count_nonzero(self.part.mask[self._positions(windows)[:, 1:]]))
 
 
-def to_device(tokens: np.ndarray, counted: np.ndarray | None,
-              device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def to_device(
+    tokens: np.ndarray, counted: np.ndarray | None, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Windows of tokens (B, block_size + 1) -> x, y (B, block_size); the targets that
     `counted` (B, block_size) leaves out are IGNORE (None: every target counts)."""
     if counted is not None:

@@ -66,8 +66,9 @@ def torch_facts() -> TorchFacts:
     fabricated = gpuarch.fabricated_facts()
     if fabricated is not None:
         return fabricated
-    facts = TorchFacts(torch_version=torch.__version__, cuda_build=torch.version.cuda,
-                       hip_build=getattr(torch.version, "hip", None))
+    facts = TorchFacts(
+        torch_version=torch.__version__, cuda_build=torch.version.cuda, hip_build=getattr(torch.version, "hip", None)
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         facts.cuda_available = torch.cuda.is_available()
@@ -75,8 +76,14 @@ def torch_facts() -> TorchFacts:
             facts.arch_list = torch.cuda.get_arch_list()
             for i in range(torch.cuda.device_count()):
                 props = torch.cuda.get_device_properties(i)
-                facts.gpus.append(GpuInfo(index=i, name=props.name, capability=(props.major, props.minor),
-                                          memory_gb=round(props.total_memory / 2**30, 2)))
+                facts.gpus.append(
+                    GpuInfo(
+                        index=i,
+                        name=props.name,
+                        capability=(props.major, props.minor),
+                        memory_gb=round(props.total_memory / 2**30, 2),
+                    )
+                )
     facts.notes = [" ".join(str(w.message).split()) for w in caught]
     return facts
 
@@ -95,13 +102,16 @@ def choose(cfg: TrainConfig, local_rank: int | None = None) -> Placement:
     if cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available()):
         return _cpu(cfg)
     if not torch.cuda.is_available():
-        raise BadInput(f"train.device is {cfg.device!r} but torch sees no CUDA device "
-                       f"(torch {torch.__version__}); install a CUDA build of torch or use \"cpu\"")
+        raise BadInput(
+            f"train.device is {cfg.device!r} but torch sees no CUDA device "
+            f'(torch {torch.__version__}); install a CUDA build of torch or use "cpu"'
+        )
     if local_rank is not None:
         device = torch.device("cuda", local_rank)
         if local_rank >= torch.cuda.device_count():
-            raise BadInput(f"train.gpus: {cfg.gpus} processes, but torch sees {torch.cuda.device_count()} CUDA "
-                           "devices; lower gpus")
+            raise BadInput(
+                f"train.gpus: {cfg.gpus} processes, but torch sees {torch.cuda.device_count()} CUDA devices; lower gpus"
+            )
         torch.cuda.set_device(device)
     else:
         device = torch.device(cfg.device if cfg.device != "auto" else "cuda")
@@ -141,8 +151,10 @@ def cuda_precision(requested: str, capability: tuple[int, int], name: str) -> st
     if requested == "auto":
         return "bf16" if major >= 8 else "fp16" if major == 7 else "fp32"
     if requested == "bf16" and major < 8:
-        raise BadInput(f"train.precision: bf16 is only emulated on {name} (compute capability {major}.{minor}); "
-                       "use fp16 or fp32, or leave precision at auto")
+        raise BadInput(
+            f"train.precision: bf16 is only emulated on {name} (compute capability {major}.{minor}); "
+            "use fp16 or fp32, or leave precision at auto"
+        )
     return requested
 
 

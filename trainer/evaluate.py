@@ -21,7 +21,9 @@ from trainer.tokenfile import check_windows, open_part
 
 
 @torch.no_grad()
-def mean_loss(model: torch.nn.Module, placement: Placement, batches: Batches, windows: np.ndarray, micro_batch: int) -> float:
+def mean_loss(
+    model: torch.nn.Module, placement: Placement, batches: Batches, windows: np.ndarray, micro_batch: int
+) -> float:
     """Mean next-token loss over the targets of the given windows of a part: every token
     of a text part, the responses of an instruction part (so an instruction stage's
     validation loss is the response loss)."""
@@ -47,8 +49,9 @@ def score(model: torch.nn.Module, placement: Placement, sets: list[ValSet], wind
         part = open_part(s.data.manifest, s.data.part)
         check_windows(part, model.config.block_size)
         chosen = evenly_spaced(part.n_windows, windows)
-        loss = mean_loss(model, placement, Batches(part, model.config.block_size, placement.device), chosen,
-                         micro_batch)
+        loss = mean_loss(
+            model, placement, Batches(part, model.config.block_size, placement.device), chosen, micro_batch
+        )
         out[s.name] = {"loss": round(loss, 5), "ppl": round(math.exp(min(loss, 50.0)), 3), "windows": len(chosen)}
     return out
 
@@ -62,13 +65,17 @@ def complete_prompts(model: torch.nn.Module, spec: EvalSpec) -> list[dict]:
     from trainer.inference import complete
 
     sp = spm.SentencePieceProcessor(model_file=str(spec.tokenizer))
-    return [{"prompt": p, "text": complete(model, sp, p, spec.max_tokens, spec.temperature, spec.top_k, spec.seed)}
-            for p in spec.prompts]
+    return [
+        {"prompt": p, "text": complete(model, sp, p, spec.max_tokens, spec.temperature, spec.top_k, spec.seed)}
+        for p in spec.prompts
+    ]
 
 
 def evaluate(model: torch.nn.Module, placement: Placement, spec: EvalSpec, micro_batch: int) -> dict:
     started = time.monotonic()
-    result = {"sets": score(model, placement, spec.sets, spec.windows, micro_batch),
-              "samples": complete_prompts(model, spec)}
+    result = {
+        "sets": score(model, placement, spec.sets, spec.windows, micro_batch),
+        "samples": complete_prompts(model, spec),
+    }
     result["seconds"] = round(time.monotonic() - started, 2)
     return result

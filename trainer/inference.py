@@ -67,9 +67,19 @@ def stop_ids(sp, chat: bool = False) -> frozenset[int]:
     return chat_ids(sp).stops if chat else frozenset({sp.eos_id()})
 
 
-def completions(model: torch.nn.Module, sp, prompt: str, max_tokens: int, temperature: float, top_k: int | None,
-                top_p: float | None = None, repetition_penalty: float = 1.0, seed: int = 0, chat: bool = False,
-                system: str | None = None):
+def completions(
+    model: torch.nn.Module,
+    sp,
+    prompt: str,
+    max_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None = None,
+    repetition_penalty: float = 1.0,
+    seed: int = 0,
+    chat: bool = False,
+    system: str | None = None,
+):
     """Yield the text generated after `prompt` as it grows (whole-sequence decodes: byte-fallback
     pieces only form characters together); stops at a document end, or with `chat` at the end
     of the assistant's turn."""
@@ -86,19 +96,30 @@ def completions(model: torch.nn.Module, sp, prompt: str, max_tokens: int, temper
         yield sp.decode(new)
 
 
-def complete(model: torch.nn.Module, sp, prompt: str, max_tokens: int, temperature: float, top_k: int | None,
-             seed: int = 0, chat: bool = False, system: str | None = None) -> str:
+def complete(
+    model: torch.nn.Module,
+    sp,
+    prompt: str,
+    max_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    seed: int = 0,
+    chat: bool = False,
+    system: str | None = None,
+) -> str:
     grown = completions(model, sp, prompt, max_tokens, temperature, top_k, seed=seed, chat=chat, system=system)
     last = deque(grown, maxlen=1)  # each yield is the whole text so far: keep the last
     return last[0] if last else ""
 
 
 @torch.no_grad()
-def answer_loss(model: torch.nn.Module, sp, prompt: str, expected: str, chat: bool = False, system: str | None = None) -> float:
+def answer_loss(
+    model: torch.nn.Module, sp, prompt: str, expected: str, chat: bool = False, system: str | None = None
+) -> float:
     """Mean loss of the expected answer's tokens, given the prompt; with `chat`, the answer
     is the assistant's turn and its end-of-turn token is scored too, as in training."""
     answer = sp.encode(expected) + ([chat_ids(sp).end_of_turn] if chat else [])
-    ids = (prompt_ids(sp, prompt, chat, system) + answer)[-(model.config.block_size + 1):]
+    ids = (prompt_ids(sp, prompt, chat, system) + answer)[-(model.config.block_size + 1) :]
     scored = min(len(answer), len(ids) - 1)
     x = torch.tensor([ids[:-1]], device=param_device(model))
     logits, _ = model(x)

@@ -180,7 +180,7 @@ class Trainer:
             return [n_micro] * n_micro
         mb, ranks = self.train.micro_batch, self.ranks
         total = self.batches.targets(windows[: n_micro * self.round_windows])
-        counts = [self.batches.targets(windows[(i * ranks.world + ranks.rank) * mb:][:mb]) for i in range(n_micro)]
+        counts = [self.batches.targets(windows[(i * ranks.world + ranks.rank) * mb :][:mb]) for i in range(n_micro)]
         return [total / (c * ranks.world) for c in counts]
 
     def _rng_state(self):

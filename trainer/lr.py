@@ -67,9 +67,11 @@ def curve(spec: WorkerSpec, step_tokens: int) -> Callable[[int], float]:
     """The factor at a chain token count (counted at the end of the step): the chain's
     curve for a part; for a release, a straight line from the chain's factor at the branch
     point (token_offset) down to min_lr_ratio, reached at the last of its decay tokens."""
+
     def chain(tokens: int) -> float:
-        return (lr_multiplier(tokens, spec.chain_total_tokens, spec.train, step_tokens)
-                * stage_multiplier(tokens, spec.stage_lr, spec.train.min_lr_ratio))
+        return lr_multiplier(tokens, spec.chain_total_tokens, spec.train, step_tokens) * stage_multiplier(
+            tokens, spec.stage_lr, spec.train.min_lr_ratio
+        )
 
     if spec.release is None:
         return chain
@@ -82,6 +84,8 @@ def curve(spec: WorkerSpec, step_tokens: int) -> Callable[[int], float]:
         return start + (floor - start) * progress
 
     return cooling
+
+
 def stage_multiplier(tokens: int, stage: StageLR | None, floor: float) -> float:
     """The stage's factor in [0, 1] at `tokens` (the chain's counter, as for lr_multiplier):
     a linear re-warm over the stage's first rewarm_tokens, times a linear decay to `floor`

@@ -83,8 +83,9 @@ def values_per_token_layer(cfg) -> int:
     return 17 * C
 
 
-def need_bytes(model, micro_batch: int, precision: str, on_gpu: bool, optimizer: str | None = None,
-               checkpointing: bool = False) -> MemoryNeed:
+def need_bytes(
+    model, micro_batch: int, precision: str, on_gpu: bool, optimizer: str | None = None, checkpointing: bool = False
+) -> MemoryNeed:
     """The estimate above for a model config (a dict of model.config fields, or a GPTConfig).
 
     optimizer: 'adamw' or 'muon'; None: the family's default (muon for llama, adamw for gpt2).
@@ -121,12 +122,15 @@ class Plan:
     def describe(self) -> str:
         how = ", activation checkpointing" if self.checkpointing else ""
         verdict = "fits" if self.fits else "does NOT fit"
-        return (f"micro_batch {self.micro_batch} x grad_accum {self.grad_accum}{how}: needs ~"
-                f"{self.need.total / 2**30:.2f} GiB of {self.budget / 2**30:.2f} GiB ({verdict})")
+        return (
+            f"micro_batch {self.micro_batch} x grad_accum {self.grad_accum}{how}: needs ~"
+            f"{self.need.total / 2**30:.2f} GiB of {self.budget / 2**30:.2f} GiB ({verdict})"
+        )
 
 
-def plan(model, budget: int, micro_batch: int, grad_accum: int, precision: str, on_gpu: bool,
-         optimizer: str | None = None) -> Plan:
+def plan(
+    model, budget: int, micro_batch: int, grad_accum: int, precision: str, on_gpu: bool, optimizer: str | None = None
+) -> Plan:
     """The largest micro-batch (a divisor of micro_batch x grad_accum, at most micro_batch)
     whose estimate fits MARGIN x budget bytes; activation checkpointing only if none fits without."""
     windows = micro_batch * grad_accum

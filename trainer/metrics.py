@@ -39,8 +39,10 @@ class Metrics:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            log.warning("eval.tensorboard is on, but the tensorboard package is not installed "
-                        "(pip install tensorboard); no TensorBoard logs")
+            log.warning(
+                "eval.tensorboard is on, but the tensorboard package is not installed "
+                "(pip install tensorboard); no TensorBoard logs"
+            )
             return
         self.tensorboard = SummaryWriter(log_dir=str(folder))
 
@@ -51,16 +53,26 @@ class Metrics:
     def step(self, r: StepResult, p: Progress, on_write_error) -> None:
         """Record one optimizer step; `on_write_error(what, OSError)` hears of a lost line."""
         rate = r.tokens / max(r.seconds, 1e-9)
-        self.tokens_per_s = rate if self.tokens_per_s is None else (1 - SMOOTHING) * self.tokens_per_s + SMOOTHING * rate
+        self.tokens_per_s = (
+            rate if self.tokens_per_s is None else (1 - SMOOTHING) * self.tokens_per_s + SMOOTHING * rate
+        )
         self.last_lr = r.lr
         self.train_seconds += r.seconds
         if self.tensorboard:
             for name, value in (("loss", r.loss), ("lr", r.lr), ("grad_norm", r.grad_norm), ("tokens_per_s", rate)):
                 self.tensorboard.add_scalar(f"train/{name}", value, p.global_tokens)
         if p.step % self.log_interval_steps == 0:
-            line = {"step": p.step, "part_tokens": p.part_tokens, "global_tokens": p.global_tokens,
-                    "loss": r.loss, "lr": r.lr, "grad_norm": r.grad_norm, "step_ms": round(r.seconds * 1000, 2),
-                    "tokens_per_s": round(rate, 1), "time": round(time.time(), 3)}
+            line = {
+                "step": p.step,
+                "part_tokens": p.part_tokens,
+                "global_tokens": p.global_tokens,
+                "loss": r.loss,
+                "lr": r.lr,
+                "grad_norm": r.grad_norm,
+                "step_ms": round(r.seconds * 1000, 2),
+                "tokens_per_s": round(rate, 1),
+                "time": round(time.time(), 3),
+            }
             try:
                 append_line(self.work.metrics, json.dumps(line), sync=False, fault="metrics")
             except OSError as e:  # a full disk loses a metrics line, not the training
@@ -70,8 +82,9 @@ class Metrics:
         now = time.monotonic()
         if now - self.last_line >= LOG_LINE_S:
             self.last_line = now
-            log.info("step %d/%d  loss %.4f  lr %.2e  %.0f tok/s", p.step, steps_total, loss, lr,
-                     self.tokens_per_s or 0.0)
+            log.info(
+                "step %d/%d  loss %.4f  lr %.2e  %.0f tok/s", p.step, steps_total, loss, lr, self.tokens_per_s or 0.0
+            )
 
     def evaluation(self, sets: dict, global_tokens: int) -> None:
         if self.tensorboard:

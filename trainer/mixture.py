@@ -67,8 +67,15 @@ class MixedOrder(Order):
     """The slots of a mixed part: `at` gives (source, window of the source) pairs, source 0
     being the part's own windows (in `own`'s order) and source i the mixture's i-th."""
 
-    def __init__(self, own: WindowOrder, own_name: str, mixture: Mixture, pool_windows: list[int], block_size: int,
-                 skip: list[tuple[int, int]] = ()):
+    def __init__(
+        self,
+        own: WindowOrder,
+        own_name: str,
+        mixture: Mixture,
+        pool_windows: list[int],
+        block_size: int,
+        skip: list[tuple[int, int]] = (),
+    ):
         self.own = own
         self.mixture = mixture
         self.names = [own_name, *(s.name for s in mixture.sources)]
@@ -109,8 +116,9 @@ class MixedOrder(Order):
         block = k // BLOCK
         cached = self._draws.get(s)
         if cached is None or cached[0] != block:
-            rng = np.random.Generator(np.random.PCG64(derive_seed(self.seed, self.part_id, "replay",
-                                                                  self.names[s], block)))
+            rng = np.random.Generator(
+                np.random.PCG64(derive_seed(self.seed, self.part_id, "replay", self.names[s], block))
+            )
             cached = self._draws[s] = (block, rng.integers(0, self.pool_windows[s], BLOCK))
         return int(cached[1][k % BLOCK])
 

@@ -44,8 +44,11 @@ def muon_param_groups(model: nn.Module) -> list[dict]:
     """Muon's matrices (2-D Linear weights in the blocks) and AdamW's rest, in a fixed order."""
     head = model.lm_head.weight
     embedding_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    matrix_ids = {id(m.weight) for m in model.modules()
-                  if isinstance(m, nn.Linear) and m.weight is not head and m.weight.ndim == 2}
+    matrix_ids = {
+        id(m.weight)
+        for m in model.modules()
+        if isinstance(m, nn.Linear) and m.weight is not head and m.weight.ndim == 2
+    }
     matrices, embeddings, rest = [], [], []
     for p in model.parameters():
         if id(p) in embedding_ids:
@@ -70,8 +73,17 @@ def groups_for(model: nn.Module, cfg: TrainConfig, kind: str) -> list[dict]:
     groups = []
     for g in muon_param_groups(model):
         if g["kind"] == "muon":
-            groups.append({**g, "lr": cfg.muon_lr, "peak_lr": cfg.muon_lr, "momentum": cfg.muon_momentum,
-                           "nesterov": True, "ns_steps": 5, "weight_decay": cfg.weight_decay})
+            groups.append(
+                {
+                    **g,
+                    "lr": cfg.muon_lr,
+                    "peak_lr": cfg.muon_lr,
+                    "momentum": cfg.muon_momentum,
+                    "nesterov": True,
+                    "ns_steps": 5,
+                    "weight_decay": cfg.weight_decay,
+                }
+            )
         else:
             groups.append({**g, **adam, "lr": adam_lr, "peak_lr": adam_lr, "weight_decay": 0.0})
     return groups

@@ -39,8 +39,14 @@ def placement_info(train: TrainConfig) -> dict[str, Any]:
         p = device.choose(train)
     except BadInput as e:
         return {"error": str(e)}
-    return {"device": str(p.device), "precision": p.precision, "compile": p.compile, "threads": p.threads,
-            "why": p.why, "describe": p.describe()}
+    return {
+        "device": str(p.device),
+        "precision": p.precision,
+        "compile": p.compile,
+        "threads": p.threads,
+        "why": p.why,
+        "describe": p.describe(),
+    }
 
 
 def precisions(facts, train: TrainConfig) -> dict[str, str]:
@@ -83,8 +89,12 @@ def measure(model: dict, train: TrainConfig, seconds: float) -> dict[str, Any]:
         opt.zero_grad(set_to_none=True)
         return loss.item()  # one sync per step, as the worker does
 
-    out: dict[str, Any] = {"placement": placement.describe(), "micro_batch": mb, "grad_accum": accum,
-                           "parameters": cfg.n_params()}
+    out: dict[str, Any] = {
+        "placement": placement.describe(),
+        "micro_batch": mb,
+        "grad_accum": accum,
+        "parameters": cfg.n_params(),
+    }
     try:
         t0 = time.perf_counter()
         step()  # warm-up: allocator, kernel selection, compilation
@@ -117,8 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     device.set_interop_threads()
     train = TrainConfig.model_validate(json.loads(args.train))
     facts = device.torch_facts()
-    result: dict[str, Any] = {"facts": facts.model_dump(), "placement": placement_info(train),
-                              "precisions": precisions(facts, train)}
+    result: dict[str, Any] = {
+        "facts": facts.model_dump(),
+        "placement": placement_info(train),
+        "precisions": precisions(facts, train),
+    }
     if args.model and args.seconds > 0:
         result["measurement"] = measure(json.loads(args.model), train, args.seconds)
     print(json.dumps(result))

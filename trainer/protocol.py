@@ -29,8 +29,9 @@ WRITE_WARNING_S = 60.0
 
 
 class WorkerFiles:
-    def __init__(self, work: WorkPaths, heartbeat_interval_s: float, *, main: bool, launcher_pid: int | None,
-                 token_offset: int):
+    def __init__(
+        self, work: WorkPaths, heartbeat_interval_s: float, *, main: bool, launcher_pid: int | None, token_offset: int
+    ):
         self.work = work
         self.interval = heartbeat_interval_s
         self.main = main
@@ -94,11 +95,21 @@ class WorkerFiles:
         self.seq += 1
         paused = self.phase == Phase.PAUSED
         try:
-            write_model(self.work.heartbeat, Heartbeat(
-                pid=os.getpid(), launcher_pid=self.launcher_pid, time=time.time(), seq=self.seq, phase=self.phase,
-                paused_reason=(self.own_pause or self.control.reason) if paused else None,
-                control_seq=self.control.seq, duty_cycle=self.control.duty_cycle, **self.progress(),
-            ), fault="heartbeat")
+            write_model(
+                self.work.heartbeat,
+                Heartbeat(
+                    pid=os.getpid(),
+                    launcher_pid=self.launcher_pid,
+                    time=time.time(),
+                    seq=self.seq,
+                    phase=self.phase,
+                    paused_reason=(self.own_pause or self.control.reason) if paused else None,
+                    control_seq=self.control.seq,
+                    duty_cycle=self.control.duty_cycle,
+                    **self.progress(),
+                ),
+                fault="heartbeat",
+            )
         except OSError as e:  # a full disk: the daemon waits, the training goes on
             self.write_failed("heartbeat.json", e)
 

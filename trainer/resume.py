@@ -38,8 +38,10 @@ def find(work: WorkPaths, spec: WorkerSpec) -> Path | None:
         meta = checkpoint.read_meta(found)
         if fits(meta, spec):
             return found
-        why = (f"made from another start ({meta.start or 'fresh weights'} at {meta.global_tokens - meta.part_tokens} "
-               f"tokens; this part now starts from {_start_name(spec)} at {spec.token_offset})")
+        why = (
+            f"made from another start ({meta.start or 'fresh weights'} at {meta.global_tokens - meta.part_tokens} "
+            f"tokens; this part now starts from {_start_name(spec)} at {spec.token_offset})"
+        )
         log.warning("setting aside checkpoint %s: %s", found.name, why)
         checkpoint.quarantine(found, why)
     return None
@@ -64,16 +66,19 @@ def restore(spec: WorkerSpec, resume: Path | None, model, optimizer, scaler, dev
     if resume:
         meta = checkpoint.load_weights(resume, model, device, model_cfg)
         if meta.part_id != spec.part_id:
-            raise BadInput(f"{resume}: belongs to part {meta.part_id}, not {spec.part_id}; this work dir is another "
-                           "part's")
+            raise BadInput(
+                f"{resume}: belongs to part {meta.part_id}, not {spec.part_id}; this work dir is another part's"
+            )
         if not checkpoint.load_optimizer(resume, optimizer, scaler, device, kind):
             raise BadInput(f"{resume}: holds another optimizer's state than {kind}, which this part started with")
         checkpoint.load_rng(resume, meta, device)
         optim.apply_config(optimizer, model, spec.train)
-        log.info("resuming from %s: step %d, cursor %d, %d tokens", resume.name, meta.step, meta.cursor,
-                 meta.part_tokens)
-        return Start(Progress(meta.step, meta.cursor, meta.part_tokens, meta.global_tokens, meta.loss, meta.done),
-                     resume)
+        log.info(
+            "resuming from %s: step %d, cursor %d, %d tokens", resume.name, meta.step, meta.cursor, meta.part_tokens
+        )
+        return Start(
+            Progress(meta.step, meta.cursor, meta.part_tokens, meta.global_tokens, meta.loss, meta.done), resume
+        )
     if spec.init_checkpoint:
         verdict = verify(spec.init_checkpoint)
         if not verdict.ok:
@@ -82,11 +87,17 @@ def restore(spec: WorkerSpec, resume: Path | None, model, optimizer, scaler, dev
         if checkpoint.load_optimizer(spec.init_checkpoint, optimizer, scaler, device, kind):
             optim.apply_config(optimizer, model, spec.train)
         else:
-            log.warning("the starting checkpoint holds another optimizer's state; %s starts with fresh moments "
-                        "(train.optimizer changed)", kind)
+            log.warning(
+                "the starting checkpoint holds another optimizer's state; %s starts with fresh moments "
+                "(train.optimizer changed)",
+                kind,
+            )
         if meta.global_tokens != spec.token_offset:
-            log.warning("starting checkpoint has %d global tokens, the spec says %d; using the spec",
-                        meta.global_tokens, spec.token_offset)
+            log.warning(
+                "starting checkpoint has %d global tokens, the spec says %d; using the spec",
+                meta.global_tokens,
+                spec.token_offset,
+            )
         log.info("starting from %s (%s)", spec.init_checkpoint.name, meta.part_id)
     seed_rngs(derive_seed(spec.train.seed, spec.part_id))
     return Start(Progress(global_tokens=spec.token_offset))

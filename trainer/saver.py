@@ -35,9 +35,19 @@ DISK_POLL_S = 0.2
 
 
 class Saver:
-    def __init__(self, spec: WorkerSpec, work: WorkPaths, files: WorkerFiles, metrics: Metrics, stop: StopRequest,
-                 model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                 resumed_at: int | None, sources: Callable[[int], dict[str, int]] | None = None):
+    def __init__(
+        self,
+        spec: WorkerSpec,
+        work: WorkPaths,
+        files: WorkerFiles,
+        metrics: Metrics,
+        stop: StopRequest,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler,
+        resumed_at: int | None,
+        sources: Callable[[int], dict[str, int]] | None = None,
+    ):
         self.spec = spec
         self.work = work
         self.files = files
@@ -73,8 +83,10 @@ class Saver:
             except OSError as e:
                 if e.errno not in DISK_FULL or attempt == SAVE_ATTEMPTS:
                     raise
-                log.warning("the disk filled up during the checkpoint (%s); the partial one is removed, "
-                            "waiting for space", e.strerror)
+                log.warning(
+                    "the disk filled up during the checkpoint (%s); the partial one is removed, waiting for space",
+                    e.strerror,
+                )
         return None
 
     def wait_for_disk(self) -> bool:
@@ -84,8 +96,10 @@ class Saver:
         free, mount = free_bytes(folder, self.spec.sensor_file)
         if free >= need:
             return True
-        reason = (f"disk full: {free / 2**30:.2f} GB free on {mount}, a checkpoint needs {need / 2**30:.2f} GB "
-                  f"(twice its size plus {self.spec.disk_margin_gb:g} GB); free space there")
+        reason = (
+            f"disk full: {free / 2**30:.2f} GB free on {mount}, a checkpoint needs {need / 2**30:.2f} GB "
+            f"(twice its size plus {self.spec.disk_margin_gb:g} GB); free space there"
+        )
         log.warning("%s", reason)
         started = time.monotonic()
         with self.files.phase_while(Phase.PAUSED, own_pause=reason):
@@ -98,9 +112,15 @@ class Saver:
     def _write(self, p: Progress, done: bool, val_loss: float | None) -> Path:
         with self.files.phase_while(Phase.SAVING):
             started = time.monotonic()
-            path = checkpoint.save(self.work.checkpoints, p.step, model=self.model, optimizer=self.optimizer,
-                                   scaler=self.scaler, meta=self._meta(p, done, val_loss),
-                                   optimizer_kind=optim.kind_of(self.optimizer))
+            path = checkpoint.save(
+                self.work.checkpoints,
+                p.step,
+                model=self.model,
+                optimizer=self.optimizer,
+                scaler=self.scaler,
+                meta=self._meta(p, done, val_loss),
+                optimizer_kind=optim.kind_of(self.optimizer),
+            )
             checkpoint.prune(self.work.checkpoints, self.spec.train.keep_checkpoints)
             self.last_step, self.last_time, self.since = p.step, time.time(), time.monotonic()
             log.info("checkpoint %s written in %.2fs", path.name, time.monotonic() - started)
@@ -110,13 +130,25 @@ class Saver:
         rng = checkpoint.rng_state()
         spec = self.spec
         return CheckpointMeta(
-            part_id=spec.part_id, stage=spec.stage, step=p.step, cursor=p.cursor,
+            part_id=spec.part_id,
+            stage=spec.stage,
+            step=p.step,
+            cursor=p.cursor,
             sources=self.sources(p.cursor) if self.sources else None,
-            mixture=spec.mixture.summary() if spec.mixture else None, part_tokens=p.part_tokens,
-            global_tokens=p.global_tokens, done=done, model=self.model.config.to_dict(),
-            start=spec.init_checkpoint.name if spec.init_checkpoint else None, start_tokens=spec.token_offset,
-            tokenizer_sha256=spec.tokenizer_sha256, micro_batch=spec.train.micro_batch,
-            grad_accum=spec.train.grad_accum, lr_scale=spec.lr_scale, loss=p.loss, val_loss=val_loss,
-            rng_python=rng["python"], rng_numpy=rng["numpy"],
+            mixture=spec.mixture.summary() if spec.mixture else None,
+            part_tokens=p.part_tokens,
+            global_tokens=p.global_tokens,
+            done=done,
+            model=self.model.config.to_dict(),
+            start=spec.init_checkpoint.name if spec.init_checkpoint else None,
+            start_tokens=spec.token_offset,
+            tokenizer_sha256=spec.tokenizer_sha256,
+            micro_batch=spec.train.micro_batch,
+            grad_accum=spec.train.grad_accum,
+            lr_scale=spec.lr_scale,
+            loss=p.loss,
+            val_loss=val_loss,
+            rng_python=rng["python"],
+            rng_numpy=rng["numpy"],
             created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         )

@@ -49,8 +49,12 @@ def build(spec: WorkerSpec, ranks: Ranks, work: WorkPaths, files: WorkerFiles) -
     train = spec.train
     placement = device.choose(train, ranks.local_rank if ranks.on else None)
     ranks.start(placement.device)
-    log.info("part %s on %s%s", spec.part_id, placement.describe(),
-             f", rank {ranks.rank} of {ranks.world}" if ranks.on else "")
+    log.info(
+        "part %s on %s%s",
+        spec.part_id,
+        placement.describe(),
+        f", rank {ranks.rank} of {ranks.world}" if ranks.on else "",
+    )
     files.set_phase(Phase.LOADING)
     cfg = model_config(spec)
     part = open_checked(spec, spec.data.manifest, spec.data.part, cfg)
@@ -75,32 +79,46 @@ def build(spec: WorkerSpec, ranks: Ranks, work: WorkPaths, files: WorkerFiles) -
         order, batches = mixed_data(spec, part, cfg, placement.device)
         check_positions(order, start)
     else:  # exactly the order of a part before replay existed
-        order = WindowOrder(part.n_windows, spec.epochs, train.seed, spec.part_id, spec.skip_windows,
-                            limit=spec.release.windows if spec.release else None)
+        order = WindowOrder(
+            part.n_windows,
+            spec.epochs,
+            train.seed,
+            spec.part_id,
+            spec.skip_windows,
+            limit=spec.release.windows if spec.release else None,
+        )
         batches = Batches(part, cfg.block_size, placement.device)
     trainer = Trainer(spec, placement, trained, optimizer, scaler, order, batches, start.progress, ranks)
     return Session(spec, placement, model, optimizer, scaler, trainer, val, start.resumed_from)
 
 
-def mixed_data(spec: WorkerSpec, part: TokenPart, cfg: GPTConfig,
-               device_: torch.device) -> tuple[MixedOrder, MixedBatches]:
+def mixed_data(
+    spec: WorkerSpec, part: TokenPart, cfg: GPTConfig, device_: torch.device
+) -> tuple[MixedOrder, MixedBatches]:
     """The part's own windows and its replay sources, checked against the part's tokenizer."""
     pools = [Pool([part])]
     for source in spec.mixture.sources:
         parts = [open_checked(spec, d.manifest, d.part, cfg) for d in source.parts]
         for other in parts:
             if other.manifest.tokenizer.sha256 != part.manifest.tokenizer.sha256:
-                raise BadInput(f"{other.manifest_path}: replay source {source.name!r} was made with another "
-                               f"tokenizer than {part.manifest_path}; replayed windows must use the part's "
-                               "vocabulary: prepare it again with the part's tokenizer")
+                raise BadInput(
+                    f"{other.manifest_path}: replay source {source.name!r} was made with another "
+                    f"tokenizer than {part.manifest_path}; replayed windows must use the part's "
+                    "vocabulary: prepare it again with the part's tokenizer"
+                )
         pools.append(Pool(parts))
     own = WindowOrder(part.n_windows, spec.epochs, spec.train.seed, spec.part_id)
-    order = MixedOrder(own, spec.stage, spec.mixture, [p.n_windows for p in pools], cfg.block_size,
-                       spec.skip_windows)
+    order = MixedOrder(own, spec.stage, spec.mixture, [p.n_windows for p in pools], cfg.block_size, spec.skip_windows)
     counts = order.positions(order.total)
-    log.info("replay: %d windows, %s%s", order.total, ", ".join(f"{n} {c}" for n, c in counts.items()),
-             f"; ramp from {spec.mixture.ramp_from} over {spec.mixture.ramp_tokens} stage tokens, "
-             f"{spec.mixture.stage_tokens} done" if spec.mixture.ramp_tokens else "")
+    log.info(
+        "replay: %d windows, %s%s",
+        order.total,
+        ", ".join(f"{n} {c}" for n, c in counts.items()),
+        f"; ramp from {spec.mixture.ramp_from} over {spec.mixture.ramp_tokens} stage tokens, "
+        f"{spec.mixture.stage_tokens} done"
+        if spec.mixture.ramp_tokens
+        else "",
+    )
     return order, MixedBatches(pools, cfg.block_size, device_)
 
 
@@ -112,15 +130,20 @@ def check_positions(order: MixedOrder, start: resume.Start) -> None:
     meta = read_meta(start.resumed_from)
     expected = order.positions(start.progress.cursor)
     if meta.mixture is not None and meta.mixture != order.mixture.summary():
-        raise BadInput(f"{start.resumed_from}: made with another replay mixture ({meta.mixture}; this spec has "
-                       f"{order.mixture.summary()}); the part's spec was changed after it started")
+        raise BadInput(
+            f"{start.resumed_from}: made with another replay mixture ({meta.mixture}; this spec has "
+            f"{order.mixture.summary()}); the part's spec was changed after it started"
+        )
     if meta.sources is not None and meta.sources != expected:
-        raise BadInput(f"{start.resumed_from}: made with another replay mixture (positions {meta.sources}, this "
-                       f"spec gives {expected} at cursor {start.progress.cursor}); the part's spec was changed")
+        raise BadInput(
+            f"{start.resumed_from}: made with another replay mixture (positions {meta.sources}, this "
+            f"spec gives {expected} at cursor {start.progress.cursor}); the part's spec was changed"
+        )
 
 
-def fit_memory(spec: WorkerSpec, model: torch.nn.Module, optimizer, placement: Placement,
-               resumed_from: Path | None, ranks: Ranks) -> WorkerSpec:
+def fit_memory(
+    spec: WorkerSpec, model: torch.nn.Module, optimizer, placement: Placement, resumed_from: Path | None, ranks: Ranks
+) -> WorkerSpec:
     """The spec with the micro-batch (and activation checkpointing) this device's memory allows.
 
     A part resumed from its own checkpoint starts from that checkpoint's micro-batch, so
@@ -135,8 +158,7 @@ def fit_memory(spec: WorkerSpec, model: torch.nn.Module, optimizer, placement: P
     if train.fit_memory:
         on_gpu = placement.device.type == "cuda"
         budget = memory_budget(train, placement)
-        chosen = memory.plan(model.config, budget, micro, accum, placement.precision, on_gpu,
-                             optim.kind_of(optimizer))
+        chosen = memory.plan(model.config, budget, micro, accum, placement.precision, on_gpu, optim.kind_of(optimizer))
         if (chosen.micro_batch, chosen.checkpointing) != (micro, False) or not chosen.fits:
             log.warning("memory: micro_batch %d does not fit; %s", micro, chosen.describe())
         else:
@@ -185,10 +207,14 @@ def open_checked(spec: WorkerSpec, manifest: Path, name: str, cfg: GPTConfig) ->
     part = open_part(manifest, name)
     tok = part.manifest.tokenizer
     if spec.tokenizer_sha256 and tok.sha256 != spec.tokenizer_sha256:
-        raise BadInput(f"{manifest}: made with a different tokenizer (sha256 {tok.sha256[:12]}..., "
-                       f"the schedule's is {spec.tokenizer_sha256[:12]}...); prepare it again")
+        raise BadInput(
+            f"{manifest}: made with a different tokenizer (sha256 {tok.sha256[:12]}..., "
+            f"the schedule's is {spec.tokenizer_sha256[:12]}...); prepare it again"
+        )
     if tok.vocab_size > cfg.vocab_size:
-        raise BadInput(f"{manifest}: tokenizer vocabulary {tok.vocab_size} exceeds model.vocab_size "
-                       f"{cfg.vocab_size}; raise vocab_size or use the matching tokenizer")
+        raise BadInput(
+            f"{manifest}: tokenizer vocabulary {tok.vocab_size} exceeds model.vocab_size "
+            f"{cfg.vocab_size}; raise vocab_size or use the matching tokenizer"
+        )
     check_windows(part, cfg.block_size)
     return part

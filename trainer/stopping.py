@@ -23,8 +23,9 @@ class StopRequest:
         self.launcher_pid = os.getppid() if under_torchrun else None
         # The daemon's pid from its environment, else the parent: learnt at once, not after the
         # slow imports, when a daemon that died meanwhile would already be replaced by init.
-        self.parent_pid = int(os.environ.get(DAEMON_PID_ENV)
-                              or (parent_of(os.getppid()) if under_torchrun else os.getppid()))
+        self.parent_pid = int(
+            os.environ.get(DAEMON_PID_ENV) or (parent_of(os.getppid()) if under_torchrun else os.getppid())
+        )
         self.last_parent_check = -math.inf
 
     def install(self) -> None:

@@ -79,18 +79,20 @@ def _check_targets(part: TokenPart) -> None:
     width = part.manifest.block_size + 1
     counted = np.zeros(part.n_windows, dtype=np.int64)
     for i in range(0, part.n_windows, 4096):  # a slice of windows at a time: bounded memory
-        starts = np.asarray(part.starts[i: i + 4096], dtype=np.int64)
+        starts = np.asarray(part.starts[i : i + 4096], dtype=np.int64)
         if len(starts) and int(starts[-1]) + width > part.info.tokens:
             break  # check_windows names this problem
-        counted[i: i + len(starts)] = part.mask[starts[:, None] + np.arange(1, width)].sum(axis=1)
+        counted[i : i + len(starts)] = part.mask[starts[:, None] + np.arange(1, width)].sum(axis=1)
     empty = np.flatnonzero(counted == 0)
     where = part.manifest_path.parent / (part.info.mask or "")
     if len(empty):
-        raise BadInput(f"{where}: window {int(empty[0])} (of {part.n_windows}) has no loss target; prepare the "
-                       "directory again")
+        raise BadInput(
+            f"{where}: window {int(empty[0])} (of {part.n_windows}) has no loss target; prepare the directory again"
+        )
     if part.info.targets is not None and int(np.count_nonzero(part.mask)) != part.info.targets:
-        raise BadInput(f"{where}: {int(np.count_nonzero(part.mask))} loss targets, the manifest says "
-                       f"{part.info.targets}")
+        raise BadInput(
+            f"{where}: {int(np.count_nonzero(part.mask))} loss targets, the manifest says {part.info.targets}"
+        )
 
 
 def _check_size(path: Path, want: int, what: str) -> None:

@@ -69,8 +69,13 @@ class Worker:
         self.work = WorkPaths(spec.work_dir)
         self.ranks = distributed.from_env()
         self.stop = StopRequest(under_torchrun=self.ranks.on)
-        self.files = WorkerFiles(self.work, spec.train.heartbeat_interval_s, main=self.ranks.main,
-                                 launcher_pid=self.stop.launcher_pid, token_offset=spec.token_offset)
+        self.files = WorkerFiles(
+            self.work,
+            spec.train.heartbeat_interval_s,
+            main=self.ranks.main,
+            launcher_pid=self.stop.launcher_pid,
+            token_offset=spec.token_offset,
+        )
         self.metrics = Metrics(self.work, spec.train.log_interval_steps)
         self.lock = LockFile(self.work.lock, role="worker")
 
@@ -97,8 +102,9 @@ class Worker:
         try:
             self.lock.acquire()
         except Locked as e:
-            raise AnotherWorker(f"another worker (pid {e.pid}) is already training {self.spec.part_id} "
-                                f"in {self.work.root}") from None
+            raise AnotherWorker(
+                f"another worker (pid {e.pid}) is already training {self.spec.part_id} in {self.work.root}"
+            ) from None
         self.work.checkpoints.mkdir(exist_ok=True)
         if self.ranks.on:  # an earlier run's would hide this run's (first writer wins); the daemon removes them too
             self.work.exit.unlink(missing_ok=True)
@@ -124,10 +130,18 @@ class Training:
         self.metrics = worker.metrics
         self.session = session
         self.trainer = session.trainer
-        self.saver = Saver(self.spec, self.work, self.files, self.metrics, self.stop, session.model,
-                           session.optimizer, session.scaler,
-                           resumed_at=self.trainer.progress.step if session.resumed_from else None,
-                           sources=order.positions if isinstance(order := self.trainer.order, MixedOrder) else None)
+        self.saver = Saver(
+            self.spec,
+            self.work,
+            self.files,
+            self.metrics,
+            self.stop,
+            session.model,
+            session.optimizer,
+            session.scaler,
+            resumed_at=self.trainer.progress.step if session.resumed_from else None,
+            sources=order.positions if isinstance(order := self.trainer.order, MixedOrder) else None,
+        )
         self.checkpoints_done = 0
         """control.checkpoint requests honoured."""
         self.files.progress = self.heartbeat_fields
@@ -144,8 +158,12 @@ class Training:
     def loop(self) -> None:
         trainer = self.trainer
         self.files.set_phase(Phase.COMPILING if self.session.placement.compile else Phase.TRAINING)
-        log.info("training: %d steps, %d tokens from cursor %d", trainer.steps_total(), trainer.tokens_total(),
-                 trainer.progress.cursor)
+        log.info(
+            "training: %d steps, %d tokens from cursor %d",
+            trainer.steps_total(),
+            trainer.tokens_total(),
+            trainer.progress.cursor,
+        )
         # Only rank 0 reads control.json, pauses, saves and throttles; the others wait for its
         # word before each step. A step in progress on several ranks always runs to its end.
         abort = self.stop.requested if not self.ranks.on else lambda: False
@@ -201,17 +219,28 @@ class Training:
         if duty >= 1.0:
             return
         end = time.monotonic() + step_seconds * (1.0 - duty) / duty
-        while (left := end - time.monotonic()) > 0 and not self.stop.requested() and not self.files.read_control().pause:
+        while (
+            (left := end - time.monotonic()) > 0 and not self.stop.requested() and not self.files.read_control().pause
+        ):
             self.files.beat()
             time.sleep(min(THROTTLE_POLL_S, left))
 
     def heartbeat_fields(self) -> dict:
         t, p, placement = self.trainer, self.trainer.progress, self.session.placement
-        return dict(step=p.step, steps_total=t.steps_total(), part_tokens=p.part_tokens,
-                    part_tokens_total=t.tokens_total(), global_tokens=p.global_tokens, loss=p.loss,
-                    lr=self.metrics.last_lr, tokens_per_s=self.metrics.tokens_per_s,
-                    last_checkpoint_step=self.saver.last_step, last_checkpoint_time=self.saver.last_time,
-                    device=str(placement.device), precision=placement.precision)
+        return dict(
+            step=p.step,
+            steps_total=t.steps_total(),
+            part_tokens=p.part_tokens,
+            part_tokens_total=t.tokens_total(),
+            global_tokens=p.global_tokens,
+            loss=p.loss,
+            lr=self.metrics.last_lr,
+            tokens_per_s=self.metrics.tokens_per_s,
+            last_checkpoint_step=self.saver.last_step,
+            last_checkpoint_time=self.saver.last_time,
+            device=str(placement.device),
+            precision=placement.precision,
+        )
 
     # -- the end ----------------------------------------------------------------------------
 
@@ -241,14 +270,24 @@ class Training:
             if final is None:  # stopped while the disk was full: resumable, nothing damaged
                 return EXIT_STOPPED
         p = self.trainer.progress
-        write_model(self.work.result, Result(
-            checkpoint=str(final.relative_to(self.work.root)), step=p.step, part_tokens=p.part_tokens,
-            global_tokens=p.global_tokens, loss=p.loss, val_loss=val_loss,
-            train_seconds=round(self.metrics.train_seconds, 3), paused_seconds=round(self.metrics.paused_seconds, 3),
-        ), fault="result")
+        write_model(
+            self.work.result,
+            Result(
+                checkpoint=str(final.relative_to(self.work.root)),
+                step=p.step,
+                part_tokens=p.part_tokens,
+                global_tokens=p.global_tokens,
+                loss=p.loss,
+                val_loss=val_loss,
+                train_seconds=round(self.metrics.train_seconds, 3),
+                paused_seconds=round(self.metrics.paused_seconds, 3),
+            ),
+            fault="result",
+        )
         self.files.set_phase(Phase.DONE)
-        log.info("part done: %d steps, %d tokens, loss %s, val_loss %s", p.step, p.part_tokens,
-                 _fmt(p.loss), _fmt(val_loss))
+        log.info(
+            "part done: %d steps, %d tokens, loss %s, val_loss %s", p.step, p.part_tokens, _fmt(p.loss), _fmt(val_loss)
+        )
         return EXIT_DONE
 
     def own_val_loss(self) -> float | None:
@@ -279,17 +318,19 @@ def _fmt(x: float | None) -> str:
 
 
 def _is_oom(e: BaseException) -> bool:
-    return isinstance(e, torch.OutOfMemoryError) or (
-        isinstance(e, RuntimeError) and "can't allocate memory" in str(e)
-    )
+    return isinstance(e, torch.OutOfMemoryError) or (isinstance(e, RuntimeError) and "can't allocate memory" in str(e))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer.worker", description=__doc__.splitlines()[0])
     parser.add_argument("--spec", required=True, type=Path, help="the part's resolved spec (JSON)")
     args = parser.parse_args(argv)
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
-                        datefmt="%Y-%m-%d %H:%M:%S")
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%Y-%m-%d %H:%M:%S",
+    )
     device.set_interop_threads()
     try:
         spec = load_spec(args.spec)
@@ -323,8 +364,11 @@ def run(worker: Worker, spec: WorkerSpec) -> int:
         return EXIT_ERROR
     except NonFiniteLoss as e:
         log.error("%s", e)
-        worker.report(ErrorReport(kind="nonfinite", message=str(e), step=e.step, window_range=e.window_range,
-                                  cursor=e.window_range[0]))
+        worker.report(
+            ErrorReport(
+                kind="nonfinite", message=str(e), step=e.step, window_range=e.window_range, cursor=e.window_range[0]
+            )
+        )
         return EXIT_NONFINITE
     except Exception as e:
         if _is_oom(e):

@@ -33,8 +33,18 @@ class Provenance:
 
     @classmethod
     def of(cls, folder: Path, meta: CheckpointMeta, evals: dict[str, float] | None = None) -> "Provenance":
-        return cls(str(folder), meta.part_id, meta.stage, meta.step, meta.global_tokens, meta.loss, meta.val_loss,
-                   meta.created, meta.tokenizer_sha256, dict(evals or {}))
+        return cls(
+            str(folder),
+            meta.part_id,
+            meta.stage,
+            meta.step,
+            meta.global_tokens,
+            meta.loss,
+            meta.val_loss,
+            meta.created,
+            meta.tokenizer_sha256,
+            dict(evals or {}),
+        )
 
     def summary(self) -> str:
         """One line, for GGUF's general.description."""
@@ -46,19 +56,37 @@ def _loss(x: float | None) -> str:
     return "-" if x is None else f"{x:.4f}"
 
 
-def model_card(*, name: str, fmt: str, family: str, architecture: str, model: dict[str, Any], n_params: int,
-               source: Provenance, files: list[str], dtype: str, gguf_file: str | None = None) -> str:
+def model_card(
+    *,
+    name: str,
+    fmt: str,
+    family: str,
+    architecture: str,
+    model: dict[str, Any],
+    n_params: int,
+    source: Provenance,
+    files: list[str],
+    dtype: str,
+    gguf_file: str | None = None,
+) -> str:
     """README.md of an export: what the model is, where it comes from, how to run it."""
-    shape = ", ".join(f"{k} {model[k]}" for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")
-                      if k in model)
-    front = {"hf": "---\nlibrary_name: transformers\ntags: [gpt-orchestrator, text-generation]\n---\n\n",
-             "gguf": "---\ntags: [gpt-orchestrator, gguf, text-generation]\n---\n\n"}.get(fmt, "")
+    shape = ", ".join(
+        f"{k} {model[k]}" for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size") if k in model
+    )
+    front = {
+        "hf": "---\nlibrary_name: transformers\ntags: [gpt-orchestrator, text-generation]\n---\n\n",
+        "gguf": "---\ntags: [gpt-orchestrator, gguf, text-generation]\n---\n\n",
+    }.get(fmt, "")
     lines = [
-        f"# {name}", "",
+        f"# {name}",
+        "",
         f"A {family}-family language model ({n_params / 1e6:.1f}M parameters; {shape}) trained from scratch "
-        f"with gpt-orchestrator, exported as {architecture} ({dtype}).", "",
-        "## Where it comes from", "",
-        "| | |", "|---|---|",
+        f"with gpt-orchestrator, exported as {architecture} ({dtype}).",
+        "",
+        "## Where it comes from",
+        "",
+        "| | |",
+        "|---|---|",
         f"| checkpoint | `{source.checkpoint}` |",
         f"| part | `{source.part}` (stage `{source.stage}`, step {source.step}) |",
         f"| tokens trained (whole chain) | {source.global_tokens:,} |",
@@ -69,13 +97,20 @@ def model_card(*, name: str, fmt: str, family: str, architecture: str, model: di
     lines += [
         f"| checkpoint written | {source.created} |",
         f"| tokenizer sha256 | `{source.tokenizer_sha256 or '-'}` |",
-        f"| exported | {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')} |", "",
-        "## Files", "", *[f"- `{f}`" for f in files], "",
-        "## Use it", "",
+        f"| exported | {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')} |",
+        "",
+        "## Files",
+        "",
+        *[f"- `{f}`" for f in files],
+        "",
+        "## Use it",
+        "",
         "A prompt is read as the start of a document: the tokenizer puts the document-end token "
-        "`<|endoftext|>` before it (as in training), and generation stops at the next one." if fmt != "pt" else
-        "Encode a prompt after the document-end id (`sp.eos_id()` of tokenizer.model), as a document starts "
-        "in training and as `orchestrator sample` does.", "",
+        "`<|endoftext|>` before it (as in training), and generation stops at the next one."
+        if fmt != "pt"
+        else "Encode a prompt after the document-end id (`sp.eos_id()` of tokenizer.model), as a document starts "
+        "in training and as `orchestrator sample` does.",
+        "",
     ]
     if fmt == "hf":
         lines += [
@@ -90,7 +125,8 @@ def model_card(*, name: str, fmt: str, family: str, architecture: str, model: di
         ]
     elif fmt == "pt":
         lines += [
-            "With gpt-orchestrator installed:", "",
+            "With gpt-orchestrator installed:",
+            "",
             "```python",
             "import json, torch",
             "from model.config import config_from_dict",
@@ -113,8 +149,12 @@ def model_card(*, name: str, fmt: str, family: str, architecture: str, model: di
 def modelfile(gguf_file: str, sampling: dict[str, Any], stop: str) -> str:
     """An Ollama Modelfile: the weights, the prompt as raw text (a base model, no chat
     template), and the sampling `orchestrator sample` uses."""
-    params = {"temperature": sampling.get("temperature"), "top_k": sampling.get("top_k"),
-              "top_p": sampling.get("top_p"), "repeat_penalty": sampling.get("repetition_penalty")}
+    params = {
+        "temperature": sampling.get("temperature"),
+        "top_k": sampling.get("top_k"),
+        "top_p": sampling.get("top_p"),
+        "repeat_penalty": sampling.get("repetition_penalty"),
+    }
     lines = [f"FROM ./{gguf_file}", 'TEMPLATE """{{ .Prompt }}"""']
     lines += [f"PARAMETER {k} {v}" for k, v in params.items() if v is not None]
     lines.append(f'PARAMETER stop "{stop}"')

@@ -68,20 +68,35 @@ class GgufArch:
 
 # -- gpt2 ------------------------------------------------------------------------------
 
+
 def _gpt2_config(cfg: dict[str, Any], special: Special) -> dict[str, Any]:
     return {
-        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
-        "vocab_size": cfg["vocab_size"], "n_positions": cfg["block_size"], "n_ctx": cfg["block_size"],
-        "n_embd": cfg["n_embd"], "n_layer": cfg["n_layer"], "n_head": cfg["n_head"], "n_inner": None,
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": cfg["vocab_size"],
+        "n_positions": cfg["block_size"],
+        "n_ctx": cfg["block_size"],
+        "n_embd": cfg["n_embd"],
+        "n_layer": cfg["n_layer"],
+        "n_head": cfg["n_head"],
+        "n_inner": None,
         # torch's tanh GELU, the exact function model.gpt.MLP applies ("gelu_new" is the same
         # curve written out in Python, equal within float rounding)
         "activation_function": "gelu_pytorch_tanh",
-        "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
+        "resid_pdrop": 0.0,
+        "embd_pdrop": 0.0,
+        "attn_pdrop": 0.0,
         "layer_norm_epsilon": 1e-5,  # torch.nn.LayerNorm's default, which model.gpt uses
-        "initializer_range": 0.02, "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
-        "reorder_and_upcast_attn": False, "summary_type": "cls_index", "use_cache": True,
+        "initializer_range": 0.02,
+        "scale_attn_weights": True,
+        "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False,
+        "summary_type": "cls_index",
+        "use_cache": True,
         "tie_word_embeddings": True,
-        "bos_token_id": special.bos, "eos_token_id": special.eos, "pad_token_id": special.pad,
+        "bos_token_id": special.bos,
+        "eos_token_id": special.eos,
+        "pad_token_id": special.pad,
     }
 
 
@@ -111,9 +126,12 @@ def _gpt2_tensors(state: Tensors, cfg: dict[str, Any]) -> Tensors:
 
 def _gpt2_gguf_metadata(hf: dict[str, Any]) -> dict[str, Any]:
     return {
-        "context_length": hf["n_positions"], "embedding_length": hf["n_embd"],
-        "feed_forward_length": hf.get("n_inner") or 4 * hf["n_embd"], "block_count": hf["n_layer"],
-        "attention.head_count": hf["n_head"], "attention.layer_norm_epsilon": hf["layer_norm_epsilon"],
+        "context_length": hf["n_positions"],
+        "embedding_length": hf["n_embd"],
+        "feed_forward_length": hf.get("n_inner") or 4 * hf["n_embd"],
+        "block_count": hf["n_layer"],
+        "attention.head_count": hf["n_head"],
+        "attention.layer_norm_epsilon": hf["layer_norm_epsilon"],
     }
 
 
@@ -126,6 +144,7 @@ def _gpt2_gguf_tensor(name: str, t: torch.Tensor, hf: dict[str, Any]) -> torch.T
 
 # -- llama (Llama / Qwen3) -------------------------------------------------------------
 
+
 def _llama_config(cfg: dict[str, Any], special: Special) -> dict[str, Any]:
     qwen3 = bool(cfg.get("qk_norm"))
     head_dim = cfg["n_embd"] // cfg["n_head"]
@@ -133,15 +152,27 @@ def _llama_config(cfg: dict[str, Any], special: Special) -> dict[str, Any]:
     out = {
         "architectures": ["Qwen3ForCausalLM" if qwen3 else "LlamaForCausalLM"],
         "model_type": "qwen3" if qwen3 else "llama",
-        "vocab_size": cfg["vocab_size"], "hidden_size": cfg["n_embd"], "intermediate_size": cfg["intermediate_size"],
-        "num_hidden_layers": cfg["n_layer"], "num_attention_heads": cfg["n_head"],
-        "num_key_value_heads": cfg.get("n_kv_head") or cfg["n_head"], "head_dim": head_dim,
-        "max_position_embeddings": cfg["block_size"], "rms_norm_eps": cfg.get("norm_eps", 1e-5),
+        "vocab_size": cfg["vocab_size"],
+        "hidden_size": cfg["n_embd"],
+        "intermediate_size": cfg["intermediate_size"],
+        "num_hidden_layers": cfg["n_layer"],
+        "num_attention_heads": cfg["n_head"],
+        "num_key_value_heads": cfg.get("n_kv_head") or cfg["n_head"],
+        "head_dim": head_dim,
+        "max_position_embeddings": cfg["block_size"],
+        "rms_norm_eps": cfg.get("norm_eps", 1e-5),
         # rope_parameters for transformers 5, rope_theta for 4.x
-        "rope_theta": theta, "rope_parameters": {"rope_type": "default", "rope_theta": theta},
-        "hidden_act": "silu", "attention_bias": False, "attention_dropout": 0.0, "initializer_range": 0.02,
-        "tie_word_embeddings": bool(cfg.get("tie_embeddings", True)), "use_cache": True,
-        "bos_token_id": special.bos, "eos_token_id": special.eos, "pad_token_id": special.pad,
+        "rope_theta": theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": theta},
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "initializer_range": 0.02,
+        "tie_word_embeddings": bool(cfg.get("tie_embeddings", True)),
+        "use_cache": True,
+        "bos_token_id": special.bos,
+        "eos_token_id": special.eos,
+        "pad_token_id": special.pad,
     }
     if qwen3:
         out.update({"use_sliding_window": False, "sliding_window": None, "max_window_layers": cfg["n_layer"]})
@@ -159,16 +190,20 @@ def _llama_tensors(state: Tensors, cfg: dict[str, Any]) -> Tensors:
 
 # -- llama, qwen3 (HF -> GGUF) ---------------------------------------------------------
 
+
 def _llama_gguf_metadata(hf: dict[str, Any]) -> dict[str, Any]:
     head_dim = hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]
     rope = hf.get("rope_parameters") or {}
     return {
-        "context_length": hf["max_position_embeddings"], "embedding_length": hf["hidden_size"],
-        "feed_forward_length": hf["intermediate_size"], "block_count": hf["num_hidden_layers"],
+        "context_length": hf["max_position_embeddings"],
+        "embedding_length": hf["hidden_size"],
+        "feed_forward_length": hf["intermediate_size"],
+        "block_count": hf["num_hidden_layers"],
         "attention.head_count": hf["num_attention_heads"],
         "attention.head_count_kv": hf.get("num_key_value_heads") or hf["num_attention_heads"],
         "attention.layer_norm_rms_epsilon": hf["rms_norm_eps"],
-        "attention.key_length": head_dim, "attention.value_length": head_dim,
+        "attention.key_length": head_dim,
+        "attention.value_length": head_dim,
         "rope.dimension_count": head_dim,
         "rope.freq_base": float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
     }

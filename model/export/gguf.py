@@ -29,8 +29,12 @@ DTYPES = ("f32", "f16", "bf16", "q8_0")
 def _file_type(dtype: str):
     import gguf
 
-    return {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-            "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype]
+    return {
+        "f32": gguf.LlamaFileType.ALL_F32,
+        "f16": gguf.LlamaFileType.MOSTLY_F16,
+        "bf16": gguf.LlamaFileType.MOSTLY_BF16,
+        "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+    }[dtype]
 
 
 def _encode(data: np.ndarray, dtype: str):
@@ -59,8 +63,18 @@ def _add(writer, key: str, value: Any) -> None:
         writer.add_string(key, str(value))
 
 
-def write(path: Path, *, arch: GgufArch, hf_config: dict[str, Any], tensors: dict[str, torch.Tensor],
-          spm: SpmModel, dtype: str, name: str, description: str = "", chat_template: str | None = None) -> None:
+def write(
+    path: Path,
+    *,
+    arch: GgufArch,
+    hf_config: dict[str, Any],
+    tensors: dict[str, torch.Tensor],
+    spm: SpmModel,
+    dtype: str,
+    name: str,
+    description: str = "",
+    chat_template: str | None = None,
+) -> None:
     import gguf
 
     n_layer = hf_config.get("num_hidden_layers") or hf_config["n_layer"]

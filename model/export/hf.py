@@ -40,8 +40,16 @@ def generation_config(hf_config: dict[str, Any], sampling: dict[str, Any]) -> di
     return out
 
 
-def write(folder: Path, *, hf_config: dict[str, Any], tensors: dict[str, torch.Tensor], spm: SpmModel | None,
-          dtype: str, sampling: dict[str, Any], chat_template: str | None = None) -> list[str]:
+def write(
+    folder: Path,
+    *,
+    hf_config: dict[str, Any],
+    tensors: dict[str, torch.Tensor],
+    spm: SpmModel | None,
+    dtype: str,
+    sampling: dict[str, Any],
+    chat_template: str | None = None,
+) -> list[str]:
     """Write the folder's files (the folder exists); returns their names."""
     from safetensors.torch import save_file
 

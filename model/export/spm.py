@@ -87,11 +87,11 @@ def _fields(buf: bytes):
             value, pos = _varint(buf, pos)
         elif wire == 2:
             n, pos = _varint(buf, pos)
-            value, pos = buf[pos:pos + n], pos + n
+            value, pos = buf[pos : pos + n], pos + n
         elif wire == 5:
-            value, pos = buf[pos:pos + 4], pos + 4
+            value, pos = buf[pos : pos + 4], pos + 4
         elif wire == 1:
-            value, pos = buf[pos:pos + 8], pos + 8
+            value, pos = buf[pos : pos + 8], pos + 8
         else:
             raise SpmError(f"unsupported protobuf wire type {wire}")
         if pos > len(buf):
@@ -127,12 +127,17 @@ def parse(data: bytes) -> SpmModel:
         raise SpmError("no pieces (not a SentencePiece model)")
     kind = MODEL_TYPES.get(int(trainer.get(3, 1)), "unknown")
     return SpmModel(
-        pieces=pieces, model_type=kind, byte_fallback=bool(trainer.get(35, 0)),
-        unk_id=_int32(int(trainer.get(40, 0))), bos_id=_int32(int(trainer.get(41, 1))),
-        eos_id=_int32(int(trainer.get(42, 2))), pad_id=_int32(int(trainer.get(43, -1))),
+        pieces=pieces,
+        model_type=kind,
+        byte_fallback=bool(trainer.get(35, 0)),
+        unk_id=_int32(int(trainer.get(40, 0))),
+        bos_id=_int32(int(trainer.get(41, 1))),
+        eos_id=_int32(int(trainer.get(42, 2))),
+        pad_id=_int32(int(trainer.get(43, -1))),
         normalizer=bytes(normal.get(1, b"")).decode("utf-8", "replace"),
         charsmap=bytes(normal.get(2, b"")),
-        add_dummy_prefix=bool(normal.get(3, 1)), remove_extra_whitespaces=bool(normal.get(4, 1)),
+        add_dummy_prefix=bool(normal.get(3, 1)),
+        remove_extra_whitespaces=bool(normal.get(4, 1)),
         escape_whitespaces=bool(normal.get(5, 1)),
     )
 

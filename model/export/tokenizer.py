@@ -39,8 +39,11 @@ def start_id(spm: SpmModel) -> int:
 
 def special_pieces(spm: SpmModel) -> list[int]:
     """Ids of the added tokens that count as special (see the module docstring)."""
-    return [i for i, p in enumerate(spm.pieces)
-            if p.type in (CONTROL, UNKNOWN) or (p.type == USER_DEFINED and p.text.strip())]
+    return [
+        i
+        for i, p in enumerate(spm.pieces)
+        if p.type in (CONTROL, UNKNOWN) or (p.type == USER_DEFINED and p.text.strip())
+    ]
 
 
 def inexact(spm: SpmModel) -> list[str]:
@@ -71,14 +74,20 @@ def _model(spm: SpmModel) -> dict[str, Any]:
     unk = spm.piece(spm.unk_id)
     if spm.model_type == "bpe":
         return {
-            "type": "BPE", "dropout": None, "unk_token": unk, "continuing_subword_prefix": None,
-            "end_of_word_suffix": None, "fuse_unk": True, "byte_fallback": spm.byte_fallback,
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": unk,
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": True,
+            "byte_fallback": spm.byte_fallback,
             "ignore_merges": False,
             "vocab": {p.text: i for i, p in enumerate(spm.pieces)},
             "merges": merges(spm),
         }
     return {
-        "type": "Unigram", "unk_id": spm.unk_id if spm.unk_id >= 0 else None,
+        "type": "Unigram",
+        "unk_id": spm.unk_id if spm.unk_id >= 0 else None,
         "byte_fallback": spm.byte_fallback,
         "vocab": [[p.text, p.score if p.type in (NORMAL, USER_DEFINED) else _NEVER] for p in spm.pieces],
     }
@@ -89,8 +98,10 @@ def _normalizer(spm: SpmModel) -> dict[str, Any] | None:
     if spm.charsmap:
         steps.append({"type": "Precompiled", "precompiled_charsmap": base64.b64encode(spm.charsmap).decode()})
     if spm.remove_extra_whitespaces:  # spaces only: SentencePiece leaves newlines alone
-        steps += [{"type": "Replace", "pattern": {"Regex": r"\A +| +\z"}, "content": ""},
-                  {"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": " "}]
+        steps += [
+            {"type": "Replace", "pattern": {"Regex": r"\A +| +\z"}, "content": ""},
+            {"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": " "},
+        ]
     if spm.escape_whitespaces and not spm.add_dummy_prefix:  # with the prefix, Metaspace escapes
         steps.append({"type": "Replace", "pattern": {"String": " "}, "content": SPACE})
     if not steps:
@@ -117,8 +128,12 @@ def _post_processor(spm: SpmModel) -> dict[str, Any] | None:
     return {
         "type": "TemplateProcessing",
         "single": [start, {"Sequence": {"id": "A", "type_id": 0}}],
-        "pair": [start, {"Sequence": {"id": "A", "type_id": 0}},
-                 {"SpecialToken": {"id": token, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+        "pair": [
+            start,
+            {"Sequence": {"id": "A", "type_id": 0}},
+            {"SpecialToken": {"id": token, "type_id": 1}},
+            {"Sequence": {"id": "B", "type_id": 1}},
+        ],
         "special_tokens": {token: {"id": token, "ids": [first], "tokens": [token]}},
     }
 
@@ -127,17 +142,31 @@ def tokenizer_json(spm: SpmModel) -> dict[str, Any]:
     """The content of tokenizer.json."""
     special = set(special_pieces(spm))
     added = [
-        {"id": i, "content": p.text, "single_word": False, "lstrip": False, "rstrip": False,
-         "normalized": False, "special": i in special}
-        for i, p in enumerate(spm.pieces) if p.type in (CONTROL, UNKNOWN, USER_DEFINED)
+        {
+            "id": i,
+            "content": p.text,
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "special": i in special,
+        }
+        for i, p in enumerate(spm.pieces)
+        if p.type in (CONTROL, UNKNOWN, USER_DEFINED)
     ]
     pre = None
     if spm.add_dummy_prefix:
         pre = {"type": "Metaspace", "replacement": SPACE, "prepend_scheme": "first", "split": False}
     return {
-        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
-        "normalizer": _normalizer(spm), "pre_tokenizer": pre, "post_processor": _post_processor(spm),
-        "decoder": _decoder(spm), "model": _model(spm),
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": added,
+        "normalizer": _normalizer(spm),
+        "pre_tokenizer": pre,
+        "post_processor": _post_processor(spm),
+        "decoder": _decoder(spm),
+        "model": _model(spm),
     }
 
 
@@ -162,9 +191,16 @@ def tokenizer_config(spm: SpmModel, max_length: int, chat_template: str | None =
         "clean_up_tokenization_spaces": False,
         "model_max_length": max_length,
         "added_tokens_decoder": {
-            str(i): {"content": p.text, "lstrip": False, "normalized": False, "rstrip": False,
-                     "single_word": False, "special": i in set(special_pieces(spm))}
-            for i, p in enumerate(spm.pieces) if p.type in (CONTROL, UNKNOWN, USER_DEFINED)
+            str(i): {
+                "content": p.text,
+                "lstrip": False,
+                "normalized": False,
+                "rstrip": False,
+                "single_word": False,
+                "special": i in set(special_pieces(spm)),
+            }
+            for i, p in enumerate(spm.pieces)
+            if p.type in (CONTROL, UNKNOWN, USER_DEFINED)
         },
     }
     if chat_template:
@@ -185,5 +221,13 @@ def gguf_vocab(spm: SpmModel, n_vocab: int) -> tuple[list[str], list[float], lis
     return tokens, scores, types
 
 
-__all__ = ["BYTE", "gguf_vocab", "inexact", "merges", "special_tokens", "start_id", "tokenizer_config",
-           "tokenizer_json"]
+__all__ = [
+    "BYTE",
+    "gguf_vocab",
+    "inexact",
+    "merges",
+    "special_tokens",
+    "start_id",
+    "tokenizer_config",
+    "tokenizer_json",
+]

@@ -28,11 +28,12 @@ def to_hf(state: dict[str, torch.Tensor], model_cfg: dict[str, Any], spm: SpmMod
     name = families.family_of(model_cfg)
     family = families.FAMILIES.get(name)
     if family is None:
-        raise ExportError(f"this version exports the {', '.join(families.FAMILIES)} model families, "
-                          f"not {name!r}")
+        raise ExportError(f"this version exports the {', '.join(families.FAMILIES)} model families, not {name!r}")
     if spm is not None and len(spm.pieces) > model_cfg["vocab_size"]:
-        raise ExportError(f"the tokenizer has {len(spm.pieces)} pieces but the model only "
-                          f"{model_cfg['vocab_size']} embedding rows: not the tokenizer it was trained with")
+        raise ExportError(
+            f"the tokenizer has {len(spm.pieces)} pieces but the model only "
+            f"{model_cfg['vocab_size']} embedding rows: not the tokenizer it was trained with"
+        )
     if spm is not None:
         special = families.Special(tokenizer.start_id(spm), spm.eos_id, spm.pad_id if spm.pad_id >= 0 else None)
     else:
@@ -40,15 +41,33 @@ def to_hf(state: dict[str, torch.Tensor], model_cfg: dict[str, Any], spm: SpmMod
     return name, family, family.hf_config(model_cfg, special), family.hf_tensors(state, model_cfg)
 
 
-def write_export(folder: Path, *, fmt: str, state: dict[str, torch.Tensor], model_cfg: dict[str, Any],
-                 spm: SpmModel | None, dtype: str, sampling: dict[str, Any], name: str,
-                 source: card.Provenance, n_params: int, chat_template: str | None = None) -> list[str]:
+def write_export(
+    folder: Path,
+    *,
+    fmt: str,
+    state: dict[str, torch.Tensor],
+    model_cfg: dict[str, Any],
+    spm: SpmModel | None,
+    dtype: str,
+    sampling: dict[str, Any],
+    name: str,
+    source: card.Provenance,
+    n_params: int,
+    chat_template: str | None = None,
+) -> list[str]:
     """Write an export into `folder` (existing, empty); returns the names of its files."""
     family_name, family, hf_config, tensors = to_hf(state, model_cfg, spm)
     gguf_file = None
     if fmt == "hf":
-        files = hf.write(folder, hf_config=hf_config, tensors=tensors, spm=spm, dtype=dtype, sampling=sampling,
-                         chat_template=chat_template)
+        files = hf.write(
+            folder,
+            hf_config=hf_config,
+            tensors=tensors,
+            spm=spm,
+            dtype=dtype,
+            sampling=sampling,
+            chat_template=chat_template,
+        )
     elif fmt == "gguf":
         from model.export import gguf
 
@@ -59,15 +78,37 @@ def write_export(folder: Path, *, fmt: str, state: dict[str, torch.Tensor], mode
             raise ExportError("a GGUF file carries its tokenizer; export without --no-tokenizer")
         stem = re.sub(r"[^\w.-]+", "-", name).strip("-.") or "model"  # the name, safe as a file name
         gguf_file = f"{stem}-{dtype}.gguf"
-        gguf.write(folder / gguf_file, arch=arch, hf_config=hf_config, tensors=tensors, spm=spm, dtype=dtype,
-                   name=name, description=source.summary(), chat_template=chat_template)
+        gguf.write(
+            folder / gguf_file,
+            arch=arch,
+            hf_config=hf_config,
+            tensors=tensors,
+            spm=spm,
+            dtype=dtype,
+            name=name,
+            description=source.summary(),
+            chat_template=chat_template,
+        )
         (folder / "Modelfile").write_text(card.modelfile(gguf_file, sampling, spm.pieces[spm.eos_id].text))
         files = [gguf_file, "Modelfile"]
     else:
         raise ExportError(f"unknown format {fmt!r}")
     files.append("README.md")
-    (folder / "README.md").write_text(card.model_card(
-        name=name, fmt=fmt, family=family_name, architecture=hf_config["architectures"][0] if fmt == "hf" else
-        f"GGUF ({families.GGUF_ARCHS[hf_config['model_type']].arch})", model=model_cfg, n_params=n_params,
-        source=source, files=files, dtype=dtype, gguf_file=gguf_file), encoding="utf-8")
+    (folder / "README.md").write_text(
+        card.model_card(
+            name=name,
+            fmt=fmt,
+            family=family_name,
+            architecture=hf_config["architectures"][0]
+            if fmt == "hf"
+            else f"GGUF ({families.GGUF_ARCHS[hf_config['model_type']].arch})",
+            model=model_cfg,
+            n_params=n_params,
+            source=source,
+            files=files,
+            dtype=dtype,
+            gguf_file=gguf_file,
+        ),
+        encoding="utf-8",
+    )
     return files

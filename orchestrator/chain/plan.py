@@ -134,8 +134,10 @@ class ChainPlan:
         m = self.model
         n = config_from_dict(m).n_params()
         count = f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"
-        return (f"{m['family']} family, {count} parameters ({m['n_layer']} layers, {m['n_head']} heads, "
-                f"{m['n_embd']} wide, context {m['block_size']}, vocabulary {m['vocab_size']})")
+        return (
+            f"{m['family']} family, {count} parameters ({m['n_layer']} layers, {m['n_head']} heads, "
+            f"{m['n_embd']} wide, context {m['block_size']}, vocabulary {m['vocab_size']})"
+        )
 
 
 class _Resolver:
@@ -211,9 +213,25 @@ class _Resolver:
                 self.errors.append(f"stages[{i}]: part name {name!r} (from {mpath}) is not a safe folder name")
                 continue
             folder = folder_of.setdefault(mpath, mpath.parent)
-            parts.append(PartPlan(part_id(stage.name, name), stage.name, name, mpath, folder / fname,
-                                  sha, windows, stage.epochs, train, val, release, mixture, windows_before,
-                                  stage.lr_rewarm_tokens, stage.lr_decay_fraction))
+            parts.append(
+                PartPlan(
+                    part_id(stage.name, name),
+                    stage.name,
+                    name,
+                    mpath,
+                    folder / fname,
+                    sha,
+                    windows,
+                    stage.epochs,
+                    train,
+                    val,
+                    release,
+                    mixture,
+                    windows_before,
+                    stage.lr_rewarm_tokens,
+                    stage.lr_decay_fraction,
+                )
+            )
             windows_before += windows * stage.epochs
         return parts
 
@@ -230,8 +248,10 @@ class _Resolver:
             if r.stage is not None:
                 if r.stage not in names[:i]:
                     why = "it comes after it" if r.stage in names else "no stage has that name"
-                    self.errors.append(f"{where}.stage: {r.stage!r} is not a stage before {stage.name!r} ({why}); "
-                                       "replay draws from an earlier stage's parts")
+                    self.errors.append(
+                        f"{where}.stage: {r.stage!r} is not a stage before {stage.name!r} ({why}); "
+                        "replay draws from an earlier stage's parts"
+                    )
                     continue
                 refs, name = self.stage_found.get(r.stage, []), r.stage
             else:
@@ -263,10 +283,12 @@ class _Resolver:
         for mpath in dict.fromkeys(m for m, *_ in refs):
             other = self.manifests[mpath].tokenizer
             if (other.sha256, other.vocab_size) != (own.sha256, own.vocab_size):
-                self.errors.append(f"{where}: {mpath} was made with another tokenizer (sha256 {other.sha256[:12]}..., "
-                                   f"vocabulary {other.vocab_size}) than the stage's parts ({own_path}: "
-                                   f"{own.sha256[:12]}..., {own.vocab_size}); replayed windows must use the stage's "
-                                   "vocabulary: prepare them with the same tokenizer")
+                self.errors.append(
+                    f"{where}: {mpath} was made with another tokenizer (sha256 {other.sha256[:12]}..., "
+                    f"vocabulary {other.vocab_size}) than the stage's parts ({own_path}: "
+                    f"{own.sha256[:12]}..., {own.vocab_size}); replayed windows must use the stage's "
+                    "vocabulary: prepare them with the same tokenizer"
+                )
                 return False
         return True
 
@@ -302,8 +324,9 @@ class _Resolver:
         if self.schedule.tokenizer:
             tpath = (self.base / self.schedule.tokenizer).resolve()
             if not tpath.is_file():
-                self.errors.append(f"tokenizer: {self.schedule.tokenizer!r} does not exist "
-                                   f"(paths are relative to {self.base})")
+                self.errors.append(
+                    f"tokenizer: {self.schedule.tokenizer!r} does not exist (paths are relative to {self.base})"
+                )
                 return None, None
             try:
                 want = sha256_file(tpath)
@@ -317,13 +340,13 @@ class _Resolver:
                 want = m.tokenizer.sha256
             elif m.tokenizer.sha256 != want:
                 what = f"the tokenizer {self.schedule.tokenizer!r}" if tpath else "the other parts' tokenizer"
-                self.errors.append(f"{mpath}: made with a different tokenizer than {what}; "
-                                   "prepare every part with one tokenizer")
+                self.errors.append(
+                    f"{mpath}: made with a different tokenizer than {what}; prepare every part with one tokenizer"
+                )
         return want, tpath
 
     def vocab(self) -> int:
         return max((m.tokenizer.vocab_size for m in self.manifests.values()), default=0)
-
 
     def instruction_data(self) -> None:
         """An instruction manifest's masks are on disk with one byte per token, and its chat
@@ -334,24 +357,34 @@ class _Resolver:
             ids = m.chat.model_dump(include={"user_id", "assistant_id", "system_id", "end_of_turn_id", "pad_id"})
             wrong = [f"{k} {v}" for k, v in ids.items() if v >= m.tokenizer.vocab_size]
             if wrong or m.chat.end_of_turn_id != m.tokenizer.eos_id:
-                self.errors.append(f"{mpath}: chat ids ({', '.join(wrong) or 'end_of_turn_id'}) do not fit its "
-                                   f"tokenizer (vocabulary {m.tokenizer.vocab_size}, eos {m.tokenizer.eos_id}); "
-                                   "prepare it again")
+                self.errors.append(
+                    f"{mpath}: chat ids ({', '.join(wrong) or 'end_of_turn_id'}) do not fit its "
+                    f"tokenizer (vocabulary {m.tokenizer.vocab_size}, eos {m.tokenizer.eos_id}); "
+                    "prepare it again"
+                )
             for info in [*m.parts, *([m.val] if m.val else [])]:
                 path = mpath.parent / info.mask
                 try:
                     size = path.stat().st_size
                 except OSError:
-                    self.errors.append(f"{mpath}: {info.name}'s loss mask {path} is missing (copy the .mask files "
-                                       "with the .bin files)")
+                    self.errors.append(
+                        f"{mpath}: {info.name}'s loss mask {path} is missing (copy the .mask files with the .bin files)"
+                    )
                     continue
                 if size != info.tokens * MASK_DTYPE_BYTES:
-                    self.errors.append(f"{path}: {size} bytes, expected {info.tokens} (one per token of "
-                                       f"{info.file}); prepare the directory again")
+                    self.errors.append(
+                        f"{path}: {size} bytes, expected {info.tokens} (one per token of "
+                        f"{info.file}); prepare the directory again"
+                    )
 
 
-def resolve_model(schedule: Schedule, vocab: int, manifests: list[tuple[Path, TokenManifest]], errors: list[str],
-                  chain_family: str | None = None) -> dict:
+def resolve_model(
+    schedule: Schedule,
+    vocab: int,
+    manifests: list[tuple[Path, TokenManifest]],
+    errors: list[str],
+    chain_family: str | None = None,
+) -> dict:
     """The schedule's model section resolved (model.config.schedule_config picks the family);
     problems are appended to `errors`."""
     from model.config import ConfigError, padded_vocab, schedule_config  # torch-free
@@ -365,13 +398,17 @@ def resolve_model(schedule: Schedule, vocab: int, manifests: list[tuple[Path, To
         errors.append(str(e))
         return {}
     if vocab > cfg.vocab_size:
-        errors.append(f"model.vocab_size: {cfg.vocab_size} is smaller than the tokenizer's "
-                      f"vocabulary ({vocab}); leave it unset to take the tokenizer's")
+        errors.append(
+            f"model.vocab_size: {cfg.vocab_size} is smaller than the tokenizer's "
+            f"vocabulary ({vocab}); leave it unset to take the tokenizer's"
+        )
     for mpath, m in manifests:
         if m.block_size < cfg.block_size or (m.instruction and m.block_size != cfg.block_size):
             what = " as instruction data (its windows and loss mask fit one block size)" if m.instruction else ""
-            errors.append(f"model.block_size: {cfg.block_size}, but {mpath} was prepared{what} for "
-                          f"{m.block_size}; prepare again with --block-size {cfg.block_size}")
+            errors.append(
+                f"model.block_size: {cfg.block_size}, but {mpath} was prepared{what} for "
+                f"{m.block_size}; prepare again with --block-size {cfg.block_size}"
+            )
     return cfg.to_dict()
 
 
@@ -384,8 +421,9 @@ def resolve(schedule: Schedule, path: Path) -> ChainPlan:
     seen: dict[str, PartPlan] = {}
     for p in parts:
         if p.id in seen:
-            r.errors.append(f"part {p.id} appears twice ({seen[p.id].file} and {p.file}); part names must be "
-                            "unique within a stage")
+            r.errors.append(
+                f"part {p.id} appears twice ({seen[p.id].file} and {p.file}); part names must be unique within a stage"
+            )
         seen[p.id] = p
     sha, tpath = r.tokenizer()
     model = resolve_model(schedule, r.vocab(), list(r.manifests.items()), r.errors)

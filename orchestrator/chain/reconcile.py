@@ -26,8 +26,9 @@ def new_state(plan: ChainPlan) -> ChainState:
 
 
 def _new_part(p, block_size: int) -> PartState:
-    return PartState(id=p.id, stage=p.stage, file=str(p.file), sha256=p.sha256,
-                     planned_tokens=p.planned_tokens(block_size))
+    return PartState(
+        id=p.id, stage=p.stage, file=str(p.file), sha256=p.sha256, planned_tokens=p.planned_tokens(block_size)
+    )
 
 
 def merge(state: ChainState, plan: ChainPlan) -> list[str]:
@@ -39,8 +40,11 @@ def merge(state: ChainState, plan: ChainPlan) -> list[str]:
     for p in history:
         planned = plan.get(p.id)
         if planned is None:
-            still = "it stays queued (`orchestrator skip` leaves it out)" if p.status == PartStatus.PENDING else \
-                "it stays in the chain's history"
+            still = (
+                "it stays queued (`orchestrator skip` leaves it out)"
+                if p.status == PartStatus.PENDING
+                else "it stays in the chain's history"
+            )
             notes.append(f"{p.id} ({p.status}) is no longer in the schedule; {still}")
         elif planned.sha256 != p.sha256:
             notes.append(f"{p.id} ({p.status}) changed in the schedule after it started; the change is ignored")
@@ -62,8 +66,10 @@ def merge(state: ChainState, plan: ChainPlan) -> list[str]:
     if queued and state.parts:
         notes.append(f"queued {len(queued)} new part{'s' * (len(queued) != 1)}: {_span(queued)}")
     if old_pending:
-        notes.append(f"unqueued {len(old_pending)} part{'s' * (len(old_pending) != 1)} removed from the "
-                     f"schedule: {_span(list(old_pending))}")
+        notes.append(
+            f"unqueued {len(old_pending)} part{'s' * (len(old_pending) != 1)} removed from the "
+            f"schedule: {_span(list(old_pending))}"
+        )
     state.parts = history + pending
     return notes
 
@@ -93,12 +99,20 @@ def rebuild(paths: RunPaths, plan: ChainPlan) -> ChainState:
         planned = plan.get(meta.part_id)
         state.model = state.model or meta.model
         state.tokenizer_sha256 = state.tokenizer_sha256 or meta.tokenizer_sha256
-        done.append(PartState(
-            id=meta.part_id, stage=meta.stage, status=PartStatus.DONE,
-            file=str(planned.file) if planned else "unknown", sha256=planned.sha256 if planned else "unknown",
-            tokens=meta.part_tokens, loss=meta.loss, val_loss=meta.val_loss,
-            checkpoint=str(Path("checkpoints") / folder.name), seq=seq_of(folder),
-        ))
+        done.append(
+            PartState(
+                id=meta.part_id,
+                stage=meta.stage,
+                status=PartStatus.DONE,
+                file=str(planned.file) if planned else "unknown",
+                sha256=planned.sha256 if planned else "unknown",
+                tokens=meta.part_tokens,
+                loss=meta.loss,
+                val_loss=meta.val_loss,
+                checkpoint=str(Path("checkpoints") / folder.name),
+                seq=seq_of(folder),
+            )
+        )
         state.global_tokens = meta.global_tokens
         state.next_seq = seq_of(folder) + 1
         state.latest_checkpoint = str(Path("checkpoints") / folder.name)
@@ -106,8 +120,11 @@ def rebuild(paths: RunPaths, plan: ChainPlan) -> ChainState:
     skipped -= {e.get("part") for e in events if e.get("event") == "part-requeued"}
     done_ids = {p.id for p in done}
     block = plan.model["block_size"]
-    history = done + [_new_part(pp, block).model_copy(update={"status": PartStatus.SKIPPED})
-                      for pp in plan.parts if pp.id in skipped and pp.id not in done_ids]
+    history = done + [
+        _new_part(pp, block).model_copy(update={"status": PartStatus.SKIPPED})
+        for pp in plan.parts
+        if pp.id in skipped and pp.id not in done_ids
+    ]
     for p in history:
         p.attempts = sum(1 for e in events if e.get("event") == "part-started" and e.get("part") == p.id)
     state.parts = history

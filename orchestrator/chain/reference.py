@@ -34,9 +34,16 @@ def sections() -> dict[str, type[BaseModel]]:
     )
     from runtime.spec import TrainConfig
 
-    return {"Schedule": Schedule, "Stage": Stage, "Replay": Replay, "TrainConfig": TrainConfig,
-            "GuardConfig": GuardConfig, "SupervisorConfig": SupervisorConfig, "EvalConfig": EvalConfig,
-            "ReleaseConfig": ReleaseConfig}
+    return {
+        "Schedule": Schedule,
+        "Stage": Stage,
+        "Replay": Replay,
+        "TrainConfig": TrainConfig,
+        "GuardConfig": GuardConfig,
+        "SupervisorConfig": SupervisorConfig,
+        "EvalConfig": EvalConfig,
+        "ReleaseConfig": ReleaseConfig,
+    }
 
 
 def _default(field) -> str:
@@ -94,8 +101,11 @@ def main(argv: list[str] | None = None) -> int:
         path.write_text(fresh, encoding="utf-8")
         return 0
     if fresh != doc:
-        print(f"{path}: the field tables differ from the models; run python -m orchestrator.chain.reference "
-              f"--write {path}", file=sys.stderr)
+        print(
+            f"{path}: the field tables differ from the models; run python -m orchestrator.chain.reference "
+            f"--write {path}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

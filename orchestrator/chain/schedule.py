@@ -58,8 +58,9 @@ class GuardConfig(BaseModel):
     @model_validator(mode="after")
     def _hysteresis(self) -> "GuardConfig":
         if self.gpu_temp_resume_c >= self.gpu_temp_pause_c:
-            raise ValueError(f"gpu_temp_resume_c ({self.gpu_temp_resume_c}) must be below "
-                             f"gpu_temp_pause_c ({self.gpu_temp_pause_c})")
+            raise ValueError(
+                f"gpu_temp_resume_c ({self.gpu_temp_resume_c}) must be below gpu_temp_pause_c ({self.gpu_temp_pause_c})"
+            )
         return self
 
 
@@ -113,6 +114,8 @@ class ReleaseConfig(BaseModel):
     """The cool-down's length as a fraction of the chain's tokens at the branch point, in
     whole optimizer steps (at least one). The learning rate falls linearly from where the
     chain is to the peak x train.min_lr_ratio over it."""
+
+
 class Replay(BaseModel):
     """One source of replayed windows in a stage (docs/data.md, "Replay")."""
 
@@ -128,8 +131,10 @@ class Replay(BaseModel):
     @model_validator(mode="after")
     def _one_source(self) -> "Replay":
         if (self.stage is None) == (self.parts is None):
-            raise ValueError("a replay source names either `stage` (an earlier stage) or `parts`, not "
-                             f"{'both' if self.stage is not None else 'neither'}")
+            raise ValueError(
+                "a replay source names either `stage` (an earlier stage) or `parts`, not "
+                f"{'both' if self.stage is not None else 'neither'}"
+            )
         return self
 
 
@@ -177,8 +182,10 @@ class Stage(BaseModel):
     def _replay_weights(self) -> "Stage":
         total = sum(r.weight for r in self.replay)
         if total >= 1:
-            raise ValueError(f"replay: the weights add up to {total:g}; they must leave the stage's own parts a "
-                             "share (a sum below 1)")
+            raise ValueError(
+                f"replay: the weights add up to {total:g}; they must leave the stage's own parts a "
+                "share (a sum below 1)"
+            )
         named = [r.stage for r in self.replay if r.stage is not None]
         twice = sorted({n for n in named if named.count(n) > 1})
         if twice:
@@ -189,8 +196,10 @@ class Stage(BaseModel):
     def _no_chain_wide_overrides(self) -> "Stage":
         fixed = sorted(CHAIN_WIDE_TRAIN_FIELDS & (self.train.model_fields_set if self.train else set()))
         if fixed:
-            raise ValueError(f"train.{fixed[0]} shapes the whole chain's learning-rate curve; set it in the "
-                             "top-level train section, not in a stage")
+            raise ValueError(
+                f"train.{fixed[0]} shapes the whole chain's learning-rate curve; set it in the "
+                "top-level train section, not in a stage"
+            )
         return self
 
 
@@ -265,8 +274,10 @@ def load(path: Path) -> Schedule:
         if path.is_dir():
             raise UserError(f"{path}: is a folder, not a schedule file")
         if path.stat().st_size > MAX_SCHEDULE_BYTES:
-            raise UserError(f"{path}: {path.stat().st_size:,} bytes is too large for a schedule (at most "
-                            f"{MAX_SCHEDULE_BYTES:,}); list parts with globs or prepared folders, not one by one")
+            raise UserError(
+                f"{path}: {path.stat().st_size:,} bytes is too large for a schedule (at most "
+                f"{MAX_SCHEDULE_BYTES:,}); list parts with globs or prepared folders, not one by one"
+            )
         text = read_regular_file(path, MAX_SCHEDULE_BYTES).decode("utf-8")
     except FileNotFoundError:
         raise UserError(f"{path}: no such schedule file") from None
@@ -305,7 +316,9 @@ def json_schema() -> dict[str, Any]:
         props[f.name] = {"type": [kind, "null"] if f.type.endswith("| None") else kind}
     props["family"]["enum"] = list(FAMILIES)
     schema["properties"]["model"] = {
-        "type": "object", "additionalProperties": False, "properties": props,
+        "type": "object",
+        "additionalProperties": False,
+        "properties": props,
         "description": Schedule.model_fields["model"].description,
     }
     assert set(FIELDS) <= set(props)

@@ -24,8 +24,10 @@ def table(paths: RunPaths) -> dict:
         if record.get("sets") and record.get("checkpoint"):
             latest[record["checkpoint"]] = record  # a later evaluation of a checkpoint replaces the earlier
     # A release sits right after the checkpoint it branched from (the same chain tokens, cooled).
-    rows = sorted(latest.values(), key=lambda r: (r.get("branch_tokens", r.get("global_tokens", 0)),
-                                                  "branch_tokens" in r, r["checkpoint"]))
+    rows = sorted(
+        latest.values(),
+        key=lambda r: (r.get("branch_tokens", r.get("global_tokens", 0)), "branch_tokens" in r, r["checkpoint"]),
+    )
     sets: list[str] = []
     for r in rows:
         sets += [name for name in r["sets"] if name not in sets]
@@ -33,10 +35,20 @@ def table(paths: RunPaths) -> dict:
     for name in sets:
         scored = [(r["sets"][name]["loss"], r["checkpoint"]) for r in rows if name in r["sets"]]
         best[name] = min(scored)[1]
-    return {"sets": sets, "best": best, "rows": [
-        {"checkpoint": r["checkpoint"], "part": r.get("part"), "global_tokens": r.get("global_tokens"),
-         "release": r["checkpoint"].startswith("releases/"),
-         "losses": {name: r["sets"][name]["loss"] for name in r["sets"]}} for r in rows]}
+    return {
+        "sets": sets,
+        "best": best,
+        "rows": [
+            {
+                "checkpoint": r["checkpoint"],
+                "part": r.get("part"),
+                "global_tokens": r.get("global_tokens"),
+                "release": r["checkpoint"].startswith("releases/"),
+                "losses": {name: r["sets"][name]["loss"] for name in r["sets"]},
+            }
+            for r in rows
+        ],
+    }
 
 
 def cmd_compare(args) -> int:
@@ -49,8 +61,10 @@ def cmd_compare(args) -> int:
         return cmd_batch(args, paths)
     result = table(paths)
     if not result["rows"]:
-        raise UserError(f"{paths.evals}: no evaluations yet; they are made as parts finish "
-                        "(schedule eval.every_parts), or with `orchestrator evaluate`")
+        raise UserError(
+            f"{paths.evals}: no evaluations yet; they are made as parts finish "
+            "(schedule eval.every_parts), or with `orchestrator evaluate`"
+        )
     if args.json:
         print(json.dumps(result, indent=2))
         return 0

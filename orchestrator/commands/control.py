@@ -51,13 +51,17 @@ def _offline(paths: RunPaths, command: Command, part: str | None) -> int:
         try:
             state = chain_state.load(paths.state)
         except ValueError:
-            raise UserError(f"{paths.state} is unreadable; run `orchestrator fsck --repair --run-dir "
-                            f"{paths.root}`") from None
+            raise UserError(
+                f"{paths.state} is unreadable; run `orchestrator fsck --repair --run-dir {paths.root}`"
+            ) from None
         message = apply(state, Request(id="offline", command=command, part=part, time=time.time()))
         chain_state.save(paths.state, state)
         events = EventLog(paths, stderr=False)  # what a state rebuild reads to know of skips and retries
-        events.emit("part-skipped" if command == "skip" else "part-requeued", f"{message} (no daemon running)",
-                    part=find_part(state, part).id)
+        events.emit(
+            "part-skipped" if command == "skip" else "part-requeued",
+            f"{message} (no daemon running)",
+            part=find_part(state, part).id,
+        )
         events.close()
     finally:
         lock.release()

@@ -35,8 +35,13 @@ SCHEDULE = {
     "name": "demo",
     "model": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 128},
     "tokenizer": "tokenizer/demo.model",
-    "train": {"micro_batch": 16, "grad_accum": 1, "checkpoint_interval_s": 30, "heartbeat_interval_s": 1,
-              "eval_windows": 16},
+    "train": {
+        "micro_batch": 16,
+        "grad_accum": 1,
+        "checkpoint_interval_s": 30,
+        "heartbeat_interval_s": 1,
+        "eval_windows": 16,
+    },
     "supervisor": {"progress_log_s": 10},
     "eval": {"every_parts": 1, "windows": 32, "prompts": ["The hacker", "In computing, a"], "max_tokens": 24},
     "stages": [
@@ -62,22 +67,89 @@ def _step(console, title: str, command: list[str], done: Path) -> None:
 
 def _prepare(inputs: Path, console) -> Path:
     tokenizer = inputs / "tokenizer" / "demo.model"
-    _step(console, "1. a SentencePiece tokenizer for both stages",
-          _orchestrator("tokenizer", "train", "-i", str(WIKI), "-i", str(DOMAIN), "--vocab-size", "2000",
-                        "--out", str(tokenizer), "-q"), tokenizer)
-    _step(console, "2. the Wikipedia stage: a real dump excerpt in 3 token parts",
-          _orchestrator("prepare", "-i", str(WIKI), "--tokenizer", str(tokenizer), "--out", str(inputs / "data" / "wiki"),
-                        "--parts", "3", "--block-size", "128", "--val-fraction", "0.1", "-q"),
-          inputs / "data" / "wiki" / "manifest.json")
-    _step(console, "3. the domain stage: the Jargon File in 3 parts, sliding windows",
-          _orchestrator("prepare", "-i", str(DOMAIN), "--tokenizer", str(tokenizer), "--out",
-                        str(inputs / "data" / "jargon"), "--parts", "3", "--block-size", "128", "--overlap", "32",
-                        "--val-fraction", "0.05", "-q"),
-          inputs / "data" / "jargon" / "manifest.json")
-    _step(console, "3b. the instruction stage: question-answer pairs, the loss on the answers only",
-          _orchestrator("prepare", "-i", str(QA), "--tokenizer", str(tokenizer), "--out", str(inputs / "data" / "qa"),
-                        "--parts", "1", "--block-size", "128", "--val-fraction", "0.1", "-q"),
-          inputs / "data" / "qa" / "manifest.json")
+    _step(
+        console,
+        "1. a SentencePiece tokenizer for both stages",
+        _orchestrator(
+            "tokenizer",
+            "train",
+            "-i",
+            str(WIKI),
+            "-i",
+            str(DOMAIN),
+            "--vocab-size",
+            "2000",
+            "--out",
+            str(tokenizer),
+            "-q",
+        ),
+        tokenizer,
+    )
+    _step(
+        console,
+        "2. the Wikipedia stage: a real dump excerpt in 3 token parts",
+        _orchestrator(
+            "prepare",
+            "-i",
+            str(WIKI),
+            "--tokenizer",
+            str(tokenizer),
+            "--out",
+            str(inputs / "data" / "wiki"),
+            "--parts",
+            "3",
+            "--block-size",
+            "128",
+            "--val-fraction",
+            "0.1",
+            "-q",
+        ),
+        inputs / "data" / "wiki" / "manifest.json",
+    )
+    _step(
+        console,
+        "3. the domain stage: the Jargon File in 3 parts, sliding windows",
+        _orchestrator(
+            "prepare",
+            "-i",
+            str(DOMAIN),
+            "--tokenizer",
+            str(tokenizer),
+            "--out",
+            str(inputs / "data" / "jargon"),
+            "--parts",
+            "3",
+            "--block-size",
+            "128",
+            "--overlap",
+            "32",
+            "--val-fraction",
+            "0.05",
+            "-q",
+        ),
+        inputs / "data" / "jargon" / "manifest.json",
+    )
+    _step(
+        console,
+        "3b. the instruction stage: question-answer pairs, the loss on the answers only",
+        _orchestrator(
+            "prepare",
+            "-i",
+            str(QA),
+            "--tokenizer",
+            str(tokenizer),
+            "--out",
+            str(inputs / "data" / "qa"),
+            "--parts",
+            "1",
+            "--block-size",
+            "128",
+            "--val-fraction",
+            "0.1",
+            "-q",
+        ),
+        inputs / "data" / "qa" / "manifest.json",
+    )
     schedule = inputs / "schedule.json"
     if not schedule.exists():
         schedule.write_text(json.dumps(SCHEDULE, indent=2) + "\n")
@@ -90,8 +162,11 @@ def _run_daemon(schedule: Path, paths: RunPaths, console) -> int:
     from orchestrator.commands.status import gather, render
 
     console.print(f"[bold]4. the daemon runs the chain[/bold] (runtime log: {paths.log})")
-    daemon = subprocess.Popen(_orchestrator("run", "--schedule", str(schedule), "--run-dir", str(paths.root),
-                                            "--exit-when-done"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    daemon = subprocess.Popen(
+        _orchestrator("run", "--schedule", str(schedule), "--run-dir", str(paths.root), "--exit-when-done"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         with Live(console=console, refresh_per_second=2, transient=True) as live:
             while daemon.poll() is None:
@@ -129,15 +204,34 @@ def cmd_demo(args) -> int:
     subprocess.run(_orchestrator("compare", "--run-dir", str(paths.root)))
     latest = paths.root / info["chain"]["latest_checkpoint"]
     console.print(f"\n[bold]6. a sample from {latest.name}[/bold] (temperature 0.8)")
-    subprocess.run(_orchestrator("sample", "--checkpoint", str(latest), "--prompt", "The hacker", "--max-tokens",
-                                 "60", "--device", "cpu"))
+    subprocess.run(
+        _orchestrator(
+            "sample", "--checkpoint", str(latest), "--prompt", "The hacker", "--max-tokens", "60", "--device", "cpu"
+        )
+    )
     question = 'What does "automagically" mean in hacker jargon?'
     console.print("\n[bold]7. its answer in the chat format[/bold] (sample --chat, greedy)")
-    subprocess.run(_orchestrator("sample", "--checkpoint", str(latest), "--chat", "--prompt", question,
-                                 "--max-tokens", "40", "--temperature", "0", "--device", "cpu"))
-    console.print(f"\ndone in {time.monotonic() - started:.0f}s. Look around:\n"
-                  f"  orchestrator status --run-dir {paths.root}\n"
-                  f"  orchestrator logs --run-dir {paths.root}\n"
-                  f"  orchestrator plot --run-dir {paths.root} --out chain.png   (with matplotlib installed)\n"
-                  f"  {schedule}   (append parts here while a daemon runs)")
+    subprocess.run(
+        _orchestrator(
+            "sample",
+            "--checkpoint",
+            str(latest),
+            "--chat",
+            "--prompt",
+            question,
+            "--max-tokens",
+            "40",
+            "--temperature",
+            "0",
+            "--device",
+            "cpu",
+        )
+    )
+    console.print(
+        f"\ndone in {time.monotonic() - started:.0f}s. Look around:\n"
+        f"  orchestrator status --run-dir {paths.root}\n"
+        f"  orchestrator logs --run-dir {paths.root}\n"
+        f"  orchestrator plot --run-dir {paths.root} --out chain.png   (with matplotlib installed)\n"
+        f"  {schedule}   (append parts here while a daemon runs)"
+    )
     return 0

@@ -38,8 +38,13 @@ def _sensor_readings(path: Path | None, stale_s: float) -> tuple[dict, list[Chec
     values, failed = FileSource(path, stale_s).read(time.time())
     if failed:
         why = "; ".join(f"{k}: {v}" if not v.startswith(str(path)) else v for k, v in failed.items())
-        return values, [problem("sensor file", f"{why}: the guard treats a failed sensor as unsafe and pauses the "
-                                "chain", f"fix {path}, or unset guard.sensor_file / ORCHESTRATOR_SENSOR_FILE")]
+        return values, [
+            problem(
+                "sensor file",
+                f"{why}: the guard treats a failed sensor as unsafe and pauses the chain",
+                f"fix {path}, or unset guard.sensor_file / ORCHESTRATOR_SENSOR_FILE",
+            )
+        ]
     shown = ", ".join(f"{k} {v}" for k, v in values.items()) or "no readings"
     return values, [ok("sensor file", f"{path}: {shown} (these override the real sensors)")]
 
@@ -75,20 +80,37 @@ def _run_dir_checks(plan, run_dir: Path, sensor: dict) -> list[Check]:
     split = []
     if run_dir.is_dir():
         dev = os.stat(run_dir).st_dev
-        split = [f"{sub}/" for sub in ("work", "checkpoints") if (run_dir / sub).exists()
-                 and os.stat(run_dir / sub).st_dev != dev]
+        split = [
+            f"{sub}/"
+            for sub in ("work", "checkpoints")
+            if (run_dir / sub).exists() and os.stat(run_dir / sub).st_dev != dev
+        ]
     checks = [host.filesystem_check(run_dir, mount, split)]
-    free = int(sensor["disk_free_gb"] * 2**30) if sensor.get("disk_free_gb") is not None \
-        else shutil.disk_usage(base).free
+    free = (
+        int(sensor["disk_free_gb"] * 2**30) if sensor.get("disk_free_gb") is not None else shutil.disk_usage(base).free
+    )
     where = mount.point if mount else str(base)
     if plan is None:
-        checks.append(ok("disk", f"{free / 2**30:.1f} GB free on {where} (give --schedule to compare it with the "
-                         "chain's checkpoints)"))
+        checks.append(
+            ok(
+                "disk",
+                f"{free / 2**30:.1f} GB free on {where} (give --schedule to compare it with the chain's checkpoints)",
+            )
+        )
         return checks
     parts_left, _ = _parts_left(plan, run_dir)
     keep = max((p.train.keep_checkpoints for p in plan.parts), default=plan.schedule.train.keep_checkpoints)
-    checks.append(host.disk_check(free, where, _checkpoint_size(plan, run_dir), parts_left, keep,
-                                  plan.schedule.guard.disk_margin_gb, sensor.get("disk_free_gb") is not None))
+    checks.append(
+        host.disk_check(
+            free,
+            where,
+            _checkpoint_size(plan, run_dir),
+            parts_left,
+            keep,
+            plan.schedule.guard.disk_margin_gb,
+            sensor.get("disk_free_gb") is not None,
+        )
+    )
     return checks
 
 
@@ -108,15 +130,27 @@ def _memory_checks(plan, probe, used: set[int]) -> list[Check]:
             precision = (probe.precisions or {}).get(str(index), "fp32")
             if precision.startswith("error"):
                 precision = "fp32"
-            checks.append(chain.memory_check(plan.model, widest, precision, int(card.memory_gb * 2**30),
-                                             f"GPU {index}", on_gpu=True))
+            checks.append(
+                chain.memory_check(
+                    plan.model, widest, precision, int(card.memory_gb * 2**30), f"GPU {index}", on_gpu=True
+                )
+            )
     else:
         import psutil
 
         vm = psutil.virtual_memory()
         precision = (probe.placement or {}).get("precision", "fp32")
-        checks.append(chain.memory_check(plan.model, widest, precision, vm.total, "this machine's RAM", on_gpu=False,
-                                         available_bytes=vm.available))
+        checks.append(
+            chain.memory_check(
+                plan.model,
+                widest,
+                precision,
+                vm.total,
+                "this machine's RAM",
+                on_gpu=False,
+                available_bytes=vm.available,
+            )
+        )
     m = probe.measurement
     if m is not None and (measured := chain.measured_memory_check(m)):
         checks.append(measured)

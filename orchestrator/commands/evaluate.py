@@ -72,8 +72,14 @@ def cmd_evaluate(args) -> int:
     prompts = args.prompt or []
     if prompts and tokenizer is None:
         tokenizer = find_tokenizer(folder, meta.tokenizer_sha256, args.tokenizer)
-    spec = EvalSpec(sets=sets, windows=args.windows, prompts=prompts, tokenizer=args.tokenizer or tokenizer,
-                    max_tokens=args.max_tokens, temperature=0.0)
+    spec = EvalSpec(
+        sets=sets,
+        windows=args.windows,
+        prompts=prompts,
+        tokenizer=args.tokenizer or tokenizer,
+        max_tokens=args.max_tokens,
+        temperature=0.0,
+    )
     try:
         result = evaluate(model, placement, spec, micro_batch=TrainConfig().micro_batch)
     except BadInput as e:
@@ -81,8 +87,14 @@ def cmd_evaluate(args) -> int:
     kept = {paths.checkpoints.resolve(): "checkpoints", paths.releases.resolve(): "releases"}
     in_run = folder.parent in kept
     name = f"{kept[folder.parent]}/{folder.name}" if in_run else str(folder)  # as the chain's own records name it
-    record = {"time": round(time.time(), 3), "part": meta.part_id, "checkpoint": name,
-              "global_tokens": meta.global_tokens, "source": "evaluate", **result}
+    record = {
+        "time": round(time.time(), 3),
+        "part": meta.part_id,
+        "checkpoint": name,
+        "global_tokens": meta.global_tokens,
+        "source": "evaluate",
+        **result,
+    }
     if args.json:
         print(json.dumps(record, indent=2))
     else:

@@ -34,16 +34,22 @@ FORMAT_DTYPES = {"hf": ("f32", "f16", "bf16"), "gguf": ("f32", "f16", "bf16", "q
 def cmd_export(args) -> int:
     folder = checkpoint_folder(args.checkpoint, args.run_dir, args.schedule).resolve()
     if args.format not in FORMAT_DTYPES:
-        raise UserError(f"--format {args.format}: unknown format; choose hf (a transformers folder), gguf "
-                        "(one file for llama.cpp, Ollama, LM Studio) or pt (this project's model.pt)")
+        raise UserError(
+            f"--format {args.format}: unknown format; choose hf (a transformers folder), gguf "
+            "(one file for llama.cpp, Ollama, LM Studio) or pt (this project's model.pt)"
+        )
     dtype = args.dtype or DEFAULT_DTYPE[args.format]
     if dtype not in FORMAT_DTYPES[args.format]:
         known = "" if dtype in FORMAT_DTYPES["gguf"] else " (an unknown weight type)"
-        raise UserError(f"--dtype {dtype}{known} does not go with --format {args.format}; "
-                        f"choose one of {', '.join(FORMAT_DTYPES[args.format])}")
+        raise UserError(
+            f"--dtype {dtype}{known} does not go with --format {args.format}; "
+            f"choose one of {', '.join(FORMAT_DTYPES[args.format])}"
+        )
     if args.format == "gguf" and args.no_tokenizer:
-        raise UserError("--no-tokenizer: a GGUF file carries its tokenizer (llama.cpp reads text through it); "
-                        "leave the flag out, or pass --tokenizer FILE.model")
+        raise UserError(
+            "--no-tokenizer: a GGUF file carries its tokenizer (llama.cpp reads text through it); "
+            "leave the flag out, or pass --tokenizer FILE.model"
+        )
     out: Path = args.out
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out}: exists and is not an empty folder; choose a new folder")
@@ -59,8 +65,10 @@ def cmd_export(args) -> int:
         else:
             files = _write_converted(stage, args.format, dtype, name, folder, meta, tokenizer)
     size = sum((out / f).stat().st_size for f in files) / 2**20
-    print(f"exported {folder.name} ({meta.part_id}, {meta.global_tokens:,} tokens) as {args.format} ({dtype}) "
-          f"to {out}: {', '.join(files)} ({size:.1f} MiB)")
+    print(
+        f"exported {folder.name} ({meta.part_id}, {meta.global_tokens:,} tokens) as {args.format} ({dtype}) "
+        f"to {out}: {', '.join(files)} ({size:.1f} MiB)"
+    )
     return 0
 
 
@@ -84,8 +92,9 @@ class _staged:
         if kind is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             if isinstance(value, OSError):  # a full disk, a read-only folder
-                raise UserError(f"{value.filename or self.out}: {value.strerror or value}; nothing was exported") \
-                    from None
+                raise UserError(
+                    f"{value.filename or self.out}: {value.strerror or value}; nothing was exported"
+                ) from None
             return False
         try:
             mode = 0o666 & ~_umask()  # safetensors writes 0600; an export is meant to be shared
@@ -116,25 +125,43 @@ def _write_pt(stage: Path, folder: Path, meta: CheckpointMeta, tokenizer: Path |
     if tokenizer:
         shutil.copyfile(tokenizer, stage / "tokenizer.model")
         files.append("tokenizer.model")
-    atomic_write_json(stage / "config.json", {
-        "model": meta.model, "part": meta.part_id, "global_tokens": meta.global_tokens, "loss": meta.loss,
-        "val_loss": meta.val_loss, "tokenizer_sha256": meta.tokenizer_sha256, "checkpoint": str(folder),
-        "load": "model.build.build(model.config.config_from_dict(config['model'])).load_state_dict("
-                "torch.load('model.pt', weights_only=True))",
-    })
+    atomic_write_json(
+        stage / "config.json",
+        {
+            "model": meta.model,
+            "part": meta.part_id,
+            "global_tokens": meta.global_tokens,
+            "loss": meta.loss,
+            "val_loss": meta.val_loss,
+            "tokenizer_sha256": meta.tokenizer_sha256,
+            "checkpoint": str(folder),
+            "load": "model.build.build(model.config.config_from_dict(config['model'])).load_state_dict("
+            "torch.load('model.pt', weights_only=True))",
+        },
+    )
     from model.config import config_from_dict  # torch-free, as is the card
     from model.export.card import Provenance, model_card
 
-    (stage / "README.md").write_text(model_card(
-        name=name, fmt="pt", family=str(meta.model.get("family", "gpt2")),
-        architecture="this project's own format (model.pt)", model=meta.model,
-        n_params=config_from_dict(meta.model).n_params(), source=Provenance.of(folder, meta, _evals(folder)),
-        files=[*files, "README.md"], dtype="f32"), encoding="utf-8")
+    (stage / "README.md").write_text(
+        model_card(
+            name=name,
+            fmt="pt",
+            family=str(meta.model.get("family", "gpt2")),
+            architecture="this project's own format (model.pt)",
+            model=meta.model,
+            n_params=config_from_dict(meta.model).n_params(),
+            source=Provenance.of(folder, meta, _evals(folder)),
+            files=[*files, "README.md"],
+            dtype="f32",
+        ),
+        encoding="utf-8",
+    )
     return [*files, "README.md"]
 
 
-def _write_converted(stage: Path, fmt: str, dtype: str, name: str, folder: Path, meta: CheckpointMeta,
-                     tokenizer: Path | None) -> list[str]:
+def _write_converted(
+    stage: Path, fmt: str, dtype: str, name: str, folder: Path, meta: CheckpointMeta, tokenizer: Path | None
+) -> list[str]:
     import torch  # only here: the rest of the CLI never loads torch
 
     from model.export import spm as spm_file
@@ -152,10 +179,19 @@ def _write_converted(stage: Path, fmt: str, dtype: str, name: str, folder: Path,
     model, _ = load_model(folder, torch.device("cpu"), verified=True)
     source = Provenance.of(folder, meta, _evals(folder))
     try:
-        return write_export(stage, fmt=fmt, state=model.state_dict(), model_cfg=meta.model, spm=spm, dtype=dtype,
-                            sampling=SAMPLING, name=name, source=source,
-                            n_params=sum(p.numel() for p in model.parameters()),
-                            chat_template=JINJA_TEMPLATE if spm is not None and chat_trained(folder, meta) else None)
+        return write_export(
+            stage,
+            fmt=fmt,
+            state=model.state_dict(),
+            model_cfg=meta.model,
+            spm=spm,
+            dtype=dtype,
+            sampling=SAMPLING,
+            name=name,
+            source=source,
+            n_params=sum(p.numel() for p in model.parameters()),
+            chat_template=JINJA_TEMPLATE if spm is not None and chat_trained(folder, meta) else None,
+        )
     except ExportError as e:
         raise UserError(f"{folder}: {e}") from None
 
@@ -170,10 +206,17 @@ def chat_trained(folder: Path, meta: CheckpointMeta) -> bool:
             continue
         parts = state.get("parts", [])
         seq = next((p.get("seq") for p in parts if p.get("checkpoint") == f"checkpoints/{folder.name}"), None)
-        trained = [p for p in parts if p.get("id") == meta.part_id or (
-            p.get("status") == "done" and p.get("seq") is not None and (seq is None or p["seq"] <= seq))]
-        return any((read_json_object(manifest_for(Path(p["file"]))) or {}).get("chat") for p in trained
-                   if isinstance(p.get("file"), str))
+        trained = [
+            p
+            for p in parts
+            if p.get("id") == meta.part_id
+            or (p.get("status") == "done" and p.get("seq") is not None and (seq is None or p["seq"] <= seq))
+        ]
+        return any(
+            (read_json_object(manifest_for(Path(p["file"]))) or {}).get("chat")
+            for p in trained
+            if isinstance(p.get("file"), str)
+        )
     return False
 
 

@@ -7,8 +7,9 @@ queued; no temporary files of interrupted writes; events.jsonl does not end in a
 Exit 0 when clean, 1 when problems were found (each listed with the folder and file it
 concerns). --repair moves damaged files to quarantine/ (never deletes them), rebuilds an
 unreadable state from the checkpoints and events, queues again a part whose newest
-checkpoint is damaged (and a release whose folder is: it is made again), rewrites the pointer, and removes temporary files (never committed,
-never data). It needs the daemon to be stopped.
+checkpoint is damaged (and a release whose folder is: it is made again), rewrites the
+pointer, and removes temporary files (never committed, never data). It needs the daemon
+to be stopped.
 """
 
 from __future__ import annotations
@@ -60,8 +61,9 @@ class Check:
             self.check_scratch()
         self.check_temporaries()
         if self.paths.events.exists() and not self.paths.events.read_bytes().endswith(b"\n"):
-            self.problems.append(Problem("events.jsonl", "ends in a torn line (a crash while writing it)",
-                                         self.seal_events))
+            self.problems.append(
+                Problem("events.jsonl", "ends in a torn line (a crash while writing it)", self.seal_events)
+            )
         return self.problems
 
     def seal_events(self) -> str:
@@ -99,56 +101,90 @@ class Check:
             verdict = verify(folder)
             if not verdict.ok:
                 where = f"releases/{folder.name}/{verdict.bad_file or ''}".rstrip("/")
-                self.problems.append(Problem(where, verdict.reason,
-                                             lambda f=folder, r=verdict.reason: self.drop_release(f, r)))
+                self.problems.append(
+                    Problem(where, verdict.reason, lambda f=folder, r=verdict.reason: self.drop_release(f, r))
+                )
         for entry in self.paths.checkpoints.iterdir() if self.paths.checkpoints.is_dir() else ():
             if entry.name != "LATEST" and not PROMOTED_RE.match(entry.name):
-                self.problems.append(Problem(self.rel(entry), "not a promoted checkpoint (left by an interrupted "
-                                             "promotion or put there by hand)", lambda e=entry: self.set_aside(e)))
+                self.problems.append(
+                    Problem(
+                        self.rel(entry),
+                        "not a promoted checkpoint (left by an interrupted promotion or put there by hand)",
+                        lambda e=entry: self.set_aside(e),
+                    )
+                )
         if self.state:
             newest = lineage.newest_done(self.state)
             for part in self.state.parts:
-                if part.status == PartStatus.DONE and part.checkpoint and not (self.paths.root / part.checkpoint).is_dir():
+                if (
+                    part.status == PartStatus.DONE
+                    and part.checkpoint
+                    and not (self.paths.root / part.checkpoint).is_dir()
+                ):
                     if part is newest:
-                        self.problems.append(Problem(part.checkpoint, f"missing: the checkpoint of {part.id}, where "
-                                                     "the chain continues (moved away by hand?); put it back, or "
-                                                     "repair to train it again from the newest one present",
-                                                     self.walk_back))
+                        self.problems.append(
+                            Problem(
+                                part.checkpoint,
+                                f"missing: the checkpoint of {part.id}, where "
+                                "the chain continues (moved away by hand?); put it back, or "
+                                "repair to train it again from the newest one present",
+                                self.walk_back,
+                            )
+                        )
                     else:
-                        self.problems.append(Problem(part.checkpoint, f"missing: the checkpoint of {part.id} "
-                                                     "(moved away by hand? later parts do not need it)"))
+                        self.problems.append(
+                            Problem(
+                                part.checkpoint,
+                                f"missing: the checkpoint of {part.id} "
+                                "(moved away by hand? later parts do not need it)",
+                            )
+                        )
             done_tokens = sum(p.tokens for p in self.state.parts if p.status == PartStatus.DONE)
             want = newest.checkpoint if newest else None
             if (self.state.global_tokens, self.state.latest_checkpoint) != (done_tokens, want):
-                self.problems.append(Problem("state.json", f"the chain's token count and newest checkpoint "
-                                             f"({self.state.global_tokens}, {self.state.latest_checkpoint}) disagree "
-                                             f"with its done parts ({done_tokens}, {want})", self.settle))
+                self.problems.append(
+                    Problem(
+                        "state.json",
+                        f"the chain's token count and newest checkpoint "
+                        f"({self.state.global_tokens}, {self.state.latest_checkpoint}) disagree "
+                        f"with its done parts ({done_tokens}, {want})",
+                        self.settle,
+                    )
+                )
 
     def walk_back(self) -> str:
         """The user's explicit choice: train again every done part from the newest checkpoint present."""
         walk = lineage.walk_back(self.paths, self.state, set(), accept_missing=True)
         save(self.paths.state, self.state)
         again = ", ".join(r.part.id for r in walk.requeued) or "nothing"
-        return f"queued to train again: {again}; the chain continues from {self.state.latest_checkpoint or 'fresh weights'}"
+        start = self.state.latest_checkpoint or "fresh weights"
+        return f"queued to train again: {again}; the chain continues from {start}"
 
     def settle(self) -> str:
         lineage.settle(self.paths, self.state)
         save(self.paths.state, self.state)
-        return f"set the chain's token count to {self.state.global_tokens} and its newest checkpoint to " \
-               f"{self.state.latest_checkpoint}"
+        return (
+            f"set the chain's token count to {self.state.global_tokens} and its newest checkpoint to "
+            f"{self.state.latest_checkpoint}"
+        )
 
     def drop(self, folder: Path, reason: str) -> str:
         """A damaged promoted checkpoint: the chain's newest is trained again (and so is any damaged
         or missing one before it, down to the newest that is sound); an older one is only set aside."""
-        owner = next((p for p in self.state.parts if p.checkpoint == f"checkpoints/{folder.name}"), None) \
-            if self.state else None
+        owner = (
+            next((p for p in self.state.parts if p.checkpoint == f"checkpoints/{folder.name}"), None)
+            if self.state
+            else None
+        )
         if owner is not None and owner is lineage.newest_done(self.state):
             first = lineage.requeue(self.paths, self.state, owner, f"its checkpoint is damaged ({reason})")
             walk = lineage.walk_back(self.paths, self.state, set(), accept_missing=True)
             save(self.paths.state, self.state)
             again = ", ".join(r.part.id for r in [first, *walk.requeued])
-            return (f"moved {folder.name} to {self.rel(first.moved_to) if first.moved_to else 'nowhere'}; queued to "
-                    f"train again: {again}; the chain continues from {self.state.latest_checkpoint or 'fresh weights'}")
+            return (
+                f"moved {folder.name} to {self.rel(first.moved_to) if first.moved_to else 'nowhere'}; queued to "
+                f"train again: {again}; the chain continues from {self.state.latest_checkpoint or 'fresh weights'}"
+            )
         moved = quarantine(self.paths, folder, f"damaged promoted checkpoint (fsck): {reason}")
         if owner is not None:
             owner.checkpoint, owner.error = None, f"its checkpoint was damaged and set aside: {reason}"
@@ -170,12 +206,14 @@ class Check:
         want = Path(self.state.latest_checkpoint).name if self.state.latest_checkpoint else None
         have = self.paths.latest.read_text().strip() if self.paths.latest.exists() else None
         if want != have:
+
             def fix() -> str:
                 if want:
                     set_latest(self.paths, want)
                     return f"pointed LATEST at {want}"
                 self.paths.latest.unlink()
                 return "removed LATEST (nothing is promoted)"
+
             self.problems.append(Problem("checkpoints/LATEST", f"names {have!r}, the chain's newest is {want!r}", fix))
 
     def check_scratch(self) -> None:
@@ -185,8 +223,13 @@ class Check:
             for part in stage.iterdir() if stage.is_dir() else ():
                 jid = release_id(part.name) if stage.name == RELEASE_WORK else f"{stage.name}/{part.name}"
                 if jid not in active:
-                    self.problems.append(Problem(self.rel(part), "scratch of a part that is done, skipped or not "
-                                                 "in the chain", lambda d=part: self.set_aside(d)))
+                    self.problems.append(
+                        Problem(
+                            self.rel(part),
+                            "scratch of a part that is done, skipped or not in the chain",
+                            lambda d=part: self.set_aside(d),
+                        )
+                    )
 
     def set_aside(self, path: Path) -> str:
         return f"moved {self.rel(path)} to {self.rel(quarantine(self.paths, path, 'set aside by fsck'))}"
@@ -195,8 +238,9 @@ class Check:
         for tmp in sorted(self.paths.root.rglob(".*.tmp-*")):
             if "quarantine" in tmp.relative_to(self.paths.root).parts:
                 continue
-            self.problems.append(Problem(self.rel(tmp), "temporary file of an interrupted write",
-                                         lambda t=tmp: self.remove_temporary(t)))
+            self.problems.append(
+                Problem(self.rel(tmp), "temporary file of an interrupted write", lambda t=tmp: self.remove_temporary(t))
+            )
 
     def remove_temporary(self, tmp: Path) -> str:
         shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
@@ -240,10 +284,15 @@ def _refuse_live_workers(paths: RunPaths) -> None:
     for lock in sorted(paths.work_root.glob("*/*/worker.lock")):
         pid, _role = holder_role(lock)
         if pid is not None:
-            part = release_id(lock.parent.name) if lock.parent.parent.name == RELEASE_WORK else \
-                f"{lock.parent.parent.name}/{lock.parent.name}"
-            raise UserError(f"a worker (pid {pid}) is still training {part} in {lock.parent}; it stops by itself once "
-                            "it notices its daemon is gone: wait for it to exit (or kill it), then repair")
+            part = (
+                release_id(lock.parent.name)
+                if lock.parent.parent.name == RELEASE_WORK
+                else f"{lock.parent.parent.name}/{lock.parent.name}"
+            )
+            raise UserError(
+                f"a worker (pid {pid}) is still training {part} in {lock.parent}; it stops by itself once "
+                "it notices its daemon is gone: wait for it to exit (or kill it), then repair"
+            )
 
 
 def _schedule_of(paths: RunPaths) -> Path | None:

@@ -19,15 +19,25 @@ from runtime.atomic import read_json, read_jsonl
 from runtime.errors import UserError
 from runtime.paths import RunPaths
 
-PAUSE_EVENTS = {"paused": 1, "resumed": -1, "guard-pause": 1, "guard-resume": -1,
-                "worker-paused": 1, "worker-resumed": -1}
+PAUSE_EVENTS = {
+    "paused": 1,
+    "resumed": -1,
+    "guard-pause": 1,
+    "guard-resume": -1,
+    "worker-paused": 1,
+    "worker-resumed": -1,
+}
 
 
 def training_metrics(paths: RunPaths) -> list[dict]:
     """Every logged optimizer step of the chain, finished parts and the running one, in token order."""
     lines = [m for f in sorted(paths.metrics.glob("*.jsonl")) for m in read_jsonl(f)]
-    lines += [m for f in sorted(paths.work_root.glob("*/*/metrics.jsonl")) for m in read_jsonl(f)
-              if not f.parent.parent.name.startswith(".")]  # a release's cool-down is not the chain
+    lines += [
+        m
+        for f in sorted(paths.work_root.glob("*/*/metrics.jsonl"))
+        for m in read_jsonl(f)
+        if not f.parent.parent.name.startswith(".")
+    ]  # a release's cool-down is not the chain
     return sorted(lines, key=lambda m: m.get("global_tokens", 0))
 
 
@@ -76,8 +86,9 @@ def draw(paths: RunPaths, out: Path, width: int, height: int) -> None:
     try:
         import matplotlib
     except ImportError:
-        raise UserError("plot needs matplotlib: pip install 'gpt-orchestrator[plot]' (or pip install matplotlib)") \
-            from None
+        raise UserError(
+            "plot needs matplotlib: pip install 'gpt-orchestrator[plot]' (or pip install matplotlib)"
+        ) from None
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
@@ -105,8 +116,9 @@ def draw(paths: RunPaths, out: Path, width: int, height: int) -> None:
     lr_ax.plot(tokens, [m["lr"] for m in metrics], color="tab:green")
     lr_ax.set(ylabel="learning rate", xlabel="tokens trained")
 
-    speed_ax.plot([hours(m["time"]) for m in metrics], [m["tokens_per_s"] for m in metrics], ".", markersize=2,
-                  color="tab:purple")
+    speed_ax.plot(
+        [hours(m["time"]) for m in metrics], [m["tokens_per_s"] for m in metrics], ".", markersize=2, color="tab:purple"
+    )
     speed_ax.set(ylabel="tokens/s", xlabel="hours")
 
     hardware = read_jsonl(paths.hardware_log)

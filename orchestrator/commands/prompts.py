@@ -40,9 +40,9 @@ def read_prompts(path: Path) -> list[dict]:
         except ValueError as e:
             raise UserError(f"{path}, line {n}: not JSON ({e})") from None
         if not isinstance(item, dict) or not isinstance(item.get("prompt"), str):
-            raise UserError(f"{path}, line {n}: expected an object with a \"prompt\" string")
+            raise UserError(f'{path}, line {n}: expected an object with a "prompt" string')
         if "system" in item and not isinstance(item["system"], str):
-            raise UserError(f"{path}, line {n}: \"system\" must be a string")
+            raise UserError(f'{path}, line {n}: "system" must be a string')
         prompts.append(item)
     if not prompts:
         raise UserError(f"{path}: no prompts")
@@ -52,14 +52,17 @@ def read_prompts(path: Path) -> list[dict]:
 def cmd_batch(args, paths: RunPaths) -> int:
     prompts = read_prompts(args.prompts)
     if not args.chat and any("system" in item for item in prompts):
-        raise UserError(f"{args.prompts}: \"system\" is the system text of a chat prompt: add --chat")
+        raise UserError(f'{args.prompts}: "system" is the system text of a chat prompt: add --chat')
 
     import torch  # only here: the rest of the CLI never loads torch
 
     from trainer.inference import answer_loss, complete, load_model
 
-    folders = [checkpoint_folder(f, args.run_dir, args.schedule).resolve() for f in args.checkpoint] \
-        if args.checkpoint else promoted_folders(paths) + release_folders(paths)
+    folders = (
+        [checkpoint_folder(f, args.run_dir, args.schedule).resolve() for f in args.checkpoint]
+        if args.checkpoint
+        else promoted_folders(paths) + release_folders(paths)
+    )
     if not folders:
         raise UserError(f"{paths.root}: no promoted checkpoints to compare")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -69,7 +72,9 @@ def cmd_batch(args, paths: RunPaths) -> int:
         if sp is None:
             import sentencepiece as spm
 
-            sp = spm.SentencePieceProcessor(model_file=str(find_tokenizer(folder, meta.tokenizer_sha256, args.tokenizer)))
+            sp = spm.SentencePieceProcessor(
+                model_file=str(find_tokenizer(folder, meta.tokenizer_sha256, args.tokenizer))
+            )
         answers = []
         for item in prompts:
             chat = {"chat": args.chat, "system": item.get("system")}
@@ -81,9 +86,17 @@ def cmd_batch(args, paths: RunPaths) -> int:
             answers.append(entry)
         scored = [a for a in answers if "expected_loss" in a]
         name = f"release:{folder.name}" if folder.parent == paths.releases.resolve() else folder.name
-        results.append({"checkpoint": name, "part": meta.part_id, "answers": answers,
-                        "mean_expected_loss": round(sum(a["expected_loss"] for a in scored) / len(scored), 5)
-                        if scored else None, "matches": sum(a.get("match", False) for a in answers)})
+        results.append(
+            {
+                "checkpoint": name,
+                "part": meta.part_id,
+                "answers": answers,
+                "mean_expected_loss": round(sum(a["expected_loss"] for a in scored) / len(scored), 5)
+                if scored
+                else None,
+                "matches": sum(a.get("match", False) for a in answers),
+            }
+        )
     if args.json:
         print(json.dumps(results, indent=2, ensure_ascii=False))
         return 0

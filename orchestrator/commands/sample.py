@@ -23,18 +23,30 @@ def cmd_sample(args) -> int:
     from trainer.inference import completions, load_model, torch_device  # torch: only here
 
     model, meta = load_model(args.checkpoint, torch_device(args.device))
-    sp = spm.SentencePieceProcessor(model_file=str(find_tokenizer(args.checkpoint, meta.tokenizer_sha256,
-                                                                  args.tokenizer)))
+    sp = spm.SentencePieceProcessor(
+        model_file=str(find_tokenizer(args.checkpoint, meta.tokenizer_sha256, args.tokenizer))
+    )
     out = sys.stdout
     if not args.chat:
         out.write(args.prompt)
         out.flush()
     shown = text = ""
-    for text in completions(model, sp, args.prompt, args.max_tokens, args.temperature, args.top_k, args.top_p,
-                            args.repetition_penalty, args.seed, chat=args.chat, system=args.system):
+    for text in completions(
+        model,
+        sp,
+        args.prompt,
+        args.max_tokens,
+        args.temperature,
+        args.top_k,
+        args.top_p,
+        args.repetition_penalty,
+        args.seed,
+        chat=args.chat,
+        system=args.system,
+    ):
         if not text.endswith("\ufffd"):  # half a character: wait for the rest
-            out.write(text[len(shown):])
+            out.write(text[len(shown) :])
             out.flush()
             shown = text
-    out.write(text[len(shown):] + "\n")
+    out.write(text[len(shown) :] + "\n")
     return 0

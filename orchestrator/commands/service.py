@@ -45,8 +45,20 @@ def quoted(text: str) -> str:
 
 
 def unit_text(schedule: Path, run_dir: Path, name: str, user: bool, stop_grace_s: float, run_as: str) -> str:
-    command = " ".join(quoted(a) for a in (sys.executable, "-m", "orchestrator", "run", "--schedule",
-                                             str(schedule), "--run-dir", str(run_dir), "--existing-run-dir"))
+    command = " ".join(
+        quoted(a)
+        for a in (
+            sys.executable,
+            "-m",
+            "orchestrator",
+            "run",
+            "--schedule",
+            str(schedule),
+            "--run-dir",
+            str(run_dir),
+            "--existing-run-dir",
+        )
+    )
     hardening_system = f"""\
 # Hardening: the daemon needs the GPU devices, the schedule and data (read) and the run
 # directory (write); nothing else. No PrivateDevices (it would hide /dev/nvidia*), no
@@ -69,15 +81,15 @@ User={run_as}
 # A user manager cannot set up most sandboxing (mount namespaces); this is what it can.
 """
     return f"""\
-# Written by `orchestrator install-service` on {time.strftime('%Y-%m-%d %H:%M')}.
-# After editing: systemctl {'--user ' if user else ''}daemon-reload
+# Written by `orchestrator install-service` on {time.strftime("%Y-%m-%d %H:%M")}.
+# After editing: systemctl {"--user " if user else ""}daemon-reload
 [Unit]
 Description=GPT training chain {name} (orchestrator)
 After=local-fs.target
 # The run directory's disk must be mounted first; if it is not, the start fails.
 RequiresMountsFor={quoted(str(run_dir))}
 # A daemon that keeps failing at start stays down after 5 tries in 10 minutes: look at
-# `orchestrator logs` and `journalctl {'--user ' if user else ''}-u orchestrator-{name}`.
+# `orchestrator logs` and `journalctl {"--user " if user else ""}-u orchestrator-{name}`.
 StartLimitIntervalSec=600
 StartLimitBurst=5
 
@@ -104,7 +116,7 @@ TimeoutStopSec={int(stop_grace_s + 60)}
 NoNewPrivileges=yes
 {hardening_user if user else hardening_system}
 [Install]
-WantedBy={'default.target' if user else 'multi-user.target'}
+WantedBy={"default.target" if user else "multi-user.target"}
 """
 
 
@@ -130,8 +142,10 @@ def account(requested: str | None, user_unit: bool) -> pwd.struct_passwd:
     except KeyError:
         raise UserError(f"--run-as: no user {name!r} on this machine") from None
     if entry.pw_uid == 0 and requested != "root":
-        raise UserError("the unit would run the daemon as root: pass --run-as USER (the account that owns the data "
-                        "and the run directory), or --run-as root if you really mean it")
+        raise UserError(
+            "the unit would run the daemon as root: pass --run-as USER (the account that owns the data "
+            "and the run directory), or --run-as root if you really mean it"
+        )
     return entry
 
 
@@ -150,8 +164,10 @@ def make_run_dir(run_dir: Path, owner: pwd.struct_passwd) -> bool:
             for created in missing:
                 os.chown(created, owner.pw_uid, owner.pw_gid)
     except OSError as e:
-        raise UserError(f"{run_dir}: cannot create the run directory ({e.strerror}); create it yourself, owned by "
-                        f"{owner.pw_name}, and install again") from None
+        raise UserError(
+            f"{run_dir}: cannot create the run directory ({e.strerror}); create it yourself, owned by "
+            f"{owner.pw_name}, and install again"
+        ) from None
     return True
 
 
@@ -162,14 +178,15 @@ def cmd_install_service(args) -> int:
     run_dir = (args.run_dir or default_for(schedule_path, schedule.name)).resolve()
     owner = account(args.run_as, args.user)
     target = args.output or unit_path(schedule.name, args.user)
-    text = unit_text(schedule_path, run_dir, schedule.name, args.user, schedule.supervisor.stop_grace_s,
-                     owner.pw_name)
+    text = unit_text(schedule_path, run_dir, schedule.name, args.user, schedule.supervisor.stop_grace_s, owner.pw_name)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(target, text)
     except PermissionError:
-        raise UserError(f"{target}: permission denied; install a system unit as root, or use --user "
-                        "(or --output FILE to write it elsewhere)") from None
+        raise UserError(
+            f"{target}: permission denied; install a system unit as root, or use --user "
+            "(or --output FILE to write it elsewhere)"
+        ) from None
     created = make_run_dir(run_dir, owner)
     unit = target.name
     ctl = "systemctl --user" if args.user else "sudo systemctl"
@@ -177,6 +194,8 @@ def cmd_install_service(args) -> int:
     print(f"\nStart it now and at every boot:\n  {ctl} daemon-reload\n  {ctl} enable --now {unit}")
     if args.user:
         print(f"  loginctl enable-linger {owner.pw_name}   # keep running without a login session")
-    print(f"\nWatch it:\n  orchestrator status --run-dir {run_dir}\n  orchestrator logs -f --run-dir {run_dir}\n"
-          f"  journalctl {'--user ' if args.user else ''}-u {unit} -f")
+    print(
+        f"\nWatch it:\n  orchestrator status --run-dir {run_dir}\n  orchestrator logs -f --run-dir {run_dir}\n"
+        f"  journalctl {'--user ' if args.user else ''}-u {unit} -f"
+    )
     return 0

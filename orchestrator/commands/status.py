@@ -48,8 +48,9 @@ def gather(paths: RunPaths) -> dict[str, Any]:
     now = time.time()
     daemon = state.get("daemon", {})
     daemon_state = daemon.get("state") if pid else ("stopped" if daemon.get("state") == "stopped" else "not running")
-    left = progress.remaining_tokens(((p["status"], p.get("planned_tokens", 0)) for p in parts),
-                                     hb.get("part_tokens"), hb.get("part_tokens_total"))
+    left = progress.remaining_tokens(
+        ((p["status"], p.get("planned_tokens", 0)) for p in parts), hb.get("part_tokens"), hb.get("part_tokens_total")
+    )
     current = None
     if running and "name" in running:  # a release: its id is release:<name>
         running = {**running, "id": f"release:{running['name']}"}
@@ -59,46 +60,101 @@ def gather(paths: RunPaths) -> dict[str, Any]:
         part_left = max(hb["part_tokens_total"] - hb["part_tokens"], 0) if hb.get("part_tokens_total") else None
         ckpt_time = hb.get("last_checkpoint_time")
         current = {
-            "stage": stage, "part": part, "id": running["id"], "attempt": running.get("attempts"),
+            "stage": stage,
+            "part": part,
+            "id": running["id"],
+            "attempt": running.get("attempts"),
             "release": "name" in running,
-            "phase": hb.get("phase", "starting"), "paused_reason": hb.get("paused_reason"),
-            "step": hb.get("step", 0), "steps_total": hb.get("steps_total"),
-            "tokens": hb.get("part_tokens", 0), "tokens_total": hb.get("part_tokens_total"),
-            "loss": hb.get("loss"), "lr": hb.get("lr"), "tokens_per_s": hb.get("tokens_per_s"),
+            "phase": hb.get("phase", "starting"),
+            "paused_reason": hb.get("paused_reason"),
+            "step": hb.get("step", 0),
+            "steps_total": hb.get("steps_total"),
+            "tokens": hb.get("part_tokens", 0),
+            "tokens_total": hb.get("part_tokens_total"),
+            "loss": hb.get("loss"),
+            "lr": hb.get("lr"),
+            "tokens_per_s": hb.get("tokens_per_s"),
             "eta_s": progress.eta(part_left, hb.get("tokens_per_s")),
             "last_checkpoint_step": hb.get("last_checkpoint_step"),
             "last_checkpoint_age_s": now - ckpt_time if ckpt_time else None,
             "heartbeat_age_s": now - hb["time"] if "time" in hb else None,
-            "device": hb.get("device"), "precision": hb.get("precision"),
+            "device": hb.get("device"),
+            "precision": hb.get("precision"),
         }
     schedule = state.get("schedule", {})
     return {
         "name": state.get("name"),
         "run_dir": str(paths.root),
-        "daemon": {"pid": pid if pid and pid > 0 else None, "state": daemon_state,
-                   "since": daemon.get("since"), "reason": daemon.get("reason")},
-        "schedule": {"path": schedule.get("path"), "valid": schedule.get("valid", True),
-                     "error": schedule.get("error")},
+        "daemon": {
+            "pid": pid if pid and pid > 0 else None,
+            "state": daemon_state,
+            "since": daemon.get("since"),
+            "reason": daemon.get("reason"),
+        },
+        "schedule": {
+            "path": schedule.get("path"),
+            "valid": schedule.get("valid", True),
+            "error": schedule.get("error"),
+        },
         "paused": {"user": state.get("user_pause"), "guard": state.get("guard_pause")},
         "current": current,
         "chain": {
             "global_tokens": state.get("global_tokens", 0),
-            "planned_tokens": sum(p["tokens"] if p["status"] == "done" else p.get("planned_tokens", 0)
-                                  for p in parts if p["status"] != "skipped"),
-            "remaining_tokens": left, "eta_s": progress.eta(left, hb.get("tokens_per_s")),
+            "planned_tokens": sum(
+                p["tokens"] if p["status"] == "done" else p.get("planned_tokens", 0)
+                for p in parts
+                if p["status"] != "skipped"
+            ),
+            "remaining_tokens": left,
+            "eta_s": progress.eta(left, hb.get("tokens_per_s")),
             "latest_checkpoint": state.get("latest_checkpoint"),
             "blocked": state.get("blocked"),
-            "parts_done": sum(p["status"] == "done" for p in parts), "parts_total": len(parts),
+            "parts_done": sum(p["status"] == "done" for p in parts),
+            "parts_total": len(parts),
         },
         "parts": [
-            {k: p.get(k) for k in ("id", "stage", "status", "attempts", "tokens", "planned_tokens", "loss",
-                                   "val_loss", "checkpoint", "error", "retry_at")}
+            {
+                k: p.get(k)
+                for k in (
+                    "id",
+                    "stage",
+                    "status",
+                    "attempts",
+                    "tokens",
+                    "planned_tokens",
+                    "loss",
+                    "val_loss",
+                    "checkpoint",
+                    "error",
+                    "retry_at",
+                )
+            }
             for p in parts
         ],
         "releases": [
-            {"id": f"release:{r['name']}", **{k: r.get(k) for k in (
-                "name", "part", "stage", "status", "attempts", "branch", "branch_tokens", "decay_tokens", "tokens",
-                "loss", "val_loss", "eval", "checkpoint", "error", "retry_at")}}
+            {
+                "id": f"release:{r['name']}",
+                **{
+                    k: r.get(k)
+                    for k in (
+                        "name",
+                        "part",
+                        "stage",
+                        "status",
+                        "attempts",
+                        "branch",
+                        "branch_tokens",
+                        "decay_tokens",
+                        "tokens",
+                        "loss",
+                        "val_loss",
+                        "eval",
+                        "checkpoint",
+                        "error",
+                        "retry_at",
+                    )
+                },
+            }
             for r in releases
         ],
         "hardware": hardware(paths),
@@ -108,8 +164,17 @@ def gather(paths: RunPaths) -> dict[str, Any]:
 
 
 STATUS_STYLE = {"done": "green", "running": "bold cyan", "pending": "dim", "failed": "bold red", "skipped": "yellow"}
-DAEMON_STYLE = {"running": "green", "idle": "green", "paused": "yellow", "waiting": "yellow", "failed": "red",
-                "not running": "red", "stopped": "dim", "stopping": "yellow", "starting": "cyan"}
+DAEMON_STYLE = {
+    "running": "green",
+    "idle": "green",
+    "paused": "yellow",
+    "waiting": "yellow",
+    "failed": "red",
+    "not running": "red",
+    "stopped": "dim",
+    "stopping": "yellow",
+    "starting": "cyan",
+}
 
 
 def _rows(parts: list[dict], show_all: bool) -> list[dict | tuple[str, int, dict, dict]]:
@@ -120,7 +185,11 @@ def _rows(parts: list[dict], show_all: bool) -> list[dict | tuple[str, int, dict
     i = 0
     while i < len(parts):
         j = i
-        while j + 1 < len(parts) and parts[j + 1]["status"] == parts[i]["status"] and parts[i]["status"] in ("done", "pending"):
+        while (
+            j + 1 < len(parts)
+            and parts[j + 1]["status"] == parts[i]["status"]
+            and parts[i]["status"] in ("done", "pending")
+        ):
             j += 1
         if j - i >= 3:
             rows.append((parts[i]["status"], j - i + 1, parts[i], parts[j]))
@@ -148,22 +217,37 @@ def render(info: dict, show_all: bool = False):
     chain = info["chain"]
     if chain.get("blocked"):
         parts.append(Text(f"the chain waits: {chain['blocked']}", style="bold red"))
-    parts.append(Text(f"chain: {chain['parts_done']}/{chain['parts_total']} parts done, "
-                      f"{progress.tokens(chain['global_tokens'])} of {progress.tokens(chain['planned_tokens'])} tokens, "
-                      f"ETA {progress.duration(chain['eta_s'])}, latest checkpoint {chain['latest_checkpoint'] or '-'}"))
+    parts.append(
+        Text(
+            f"chain: {chain['parts_done']}/{chain['parts_total']} parts done, "
+            f"{progress.tokens(chain['global_tokens'])} of {progress.tokens(chain['planned_tokens'])} tokens, "
+            f"ETA {progress.duration(chain['eta_s'])}, latest checkpoint {chain['latest_checkpoint'] or '-'}"
+        )
+    )
     bars = Table.grid(padding=(0, 1))
-    bars.add_row("chain", ProgressBar(total=max(chain["planned_tokens"], 1), completed=chain["global_tokens"]
-                                      + ((info["current"] or {}).get("tokens") or 0), width=40))
+    bars.add_row(
+        "chain",
+        ProgressBar(
+            total=max(chain["planned_tokens"], 1),
+            completed=chain["global_tokens"] + ((info["current"] or {}).get("tokens") or 0),
+            width=40,
+        ),
+    )
     c = info["current"]
     if c:
         bars.add_row("part ", ProgressBar(total=max(c["tokens_total"] or 1, 1), completed=c["tokens"], width=40))
-        line = (f"{c['id']} (attempt {c['attempt']}): {c['phase']}, step {c['step']}/{c['steps_total'] or '?'}, "
-                f"loss {progress.loss(c['loss'])}, {progress.tokens(c['tokens_per_s'])} tok/s, "
-                f"ETA {progress.duration(c['eta_s'])}")
+        line = (
+            f"{c['id']} (attempt {c['attempt']}): {c['phase']}, step {c['step']}/{c['steps_total'] or '?'}, "
+            f"loss {progress.loss(c['loss'])}, {progress.tokens(c['tokens_per_s'])} tok/s, "
+            f"ETA {progress.duration(c['eta_s'])}"
+        )
         if c["paused_reason"]:
             line += f" (paused: {c['paused_reason']})"
-        ckpt = (f"last checkpoint: step {c['last_checkpoint_step']}, {progress.duration(c['last_checkpoint_age_s'])} ago"
-                if c["last_checkpoint_step"] is not None else "no checkpoint in this part yet")
+        ckpt = (
+            f"last checkpoint: step {c['last_checkpoint_step']}, {progress.duration(c['last_checkpoint_age_s'])} ago"
+            if c["last_checkpoint_step"] is not None
+            else "no checkpoint in this part yet"
+        )
         parts += [Text(line), Text(ckpt + (f"  [{c['device']}, {c['precision']}]" if c["device"] else ""), style="dim")]
     parts.append(bars)
     for who, p in (info["paused"] or {}).items():
@@ -179,13 +263,26 @@ def render(info: dict, show_all: bool = False):
     for row in _rows(info["parts"], show_all):
         if isinstance(row, tuple):
             status, n, first, last = row
-            table.add_row(f"{first['id']} .. {last['id'].split('/', 1)[1]}", Text(f"{status} ({n} parts)",
-                          style=STATUS_STYLE[status]), "", "", "", "", "")
+            table.add_row(
+                f"{first['id']} .. {last['id'].split('/', 1)[1]}",
+                Text(f"{status} ({n} parts)", style=STATUS_STYLE[status]),
+                "",
+                "",
+                "",
+                "",
+                "",
+            )
             continue
         note = row["checkpoint"].rsplit("/", 1)[-1].split("-", 1)[0] if row["checkpoint"] else (row["error"] or "")[:60]
-        table.add_row(row["id"], Text(row["status"], style=STATUS_STYLE[row["status"]]), str(row["attempts"]),
-                      progress.tokens(row["tokens"] or row["planned_tokens"]), progress.loss(row["loss"]),
-                      progress.loss(row["val_loss"]), note)
+        table.add_row(
+            row["id"],
+            Text(row["status"], style=STATUS_STYLE[row["status"]]),
+            str(row["attempts"]),
+            progress.tokens(row["tokens"] or row["planned_tokens"]),
+            progress.loss(row["loss"]),
+            progress.loss(row["val_loss"]),
+            note,
+        )
     parts.append(table)
     if info.get("releases"):
         parts.append(_releases_table(info["releases"]))
@@ -196,22 +293,35 @@ def render(info: dict, show_all: bool = False):
     failed = [p for p in info["parts"] if p["status"] == "failed"]
     for r in info.get("releases", []):
         if r["status"] == "failed":  # never stops the chain; said here so it is not missed
-            parts.append(Text(f"{r['id']} was given up: {r['error']} (the chain went on; "
-                              f"`orchestrator retry {r['id']}` tries again)", style="yellow"))
+            parts.append(
+                Text(
+                    f"{r['id']} was given up: {r['error']} (the chain went on; "
+                    f"`orchestrator retry {r['id']}` tries again)",
+                    style="yellow",
+                )
+            )
     for p in failed:
-        parts.append(Panel(p["error"] or "", title=f"{p['id']} failed (`orchestrator retry {p['id']}`)",
-                           border_style="red"))
+        parts.append(
+            Panel(p["error"] or "", title=f"{p['id']} failed (`orchestrator retry {p['id']}`)", border_style="red")
+        )
     ev = info.get("latest_eval")
     if ev:
-        lines = [Text(f"after {ev['part']} ({progress.tokens(ev['global_tokens'])} tokens): " + ", ".join(
-            f"{name} {r['loss']:.3f} (ppl {r['ppl']:.1f})" for name, r in ev["sets"].items()))]
+        lines = [
+            Text(
+                f"after {ev['part']} ({progress.tokens(ev['global_tokens'])} tokens): "
+                + ", ".join(f"{name} {r['loss']:.3f} (ppl {r['ppl']:.1f})" for name, r in ev["sets"].items())
+            )
+        ]
         lines += [Text(f"> {s['prompt']}{s['text']}"[:200], style="italic") for s in ev.get("samples", [])]
         parts.append(Panel(Group(*lines), title="latest evaluation", border_style="blue"))
     if info["events"]:
         ev = Table.grid(padding=(0, 1))
         for e in info["events"]:
-            ev.add_row(Text(progress.clock(e.get("time")), style="dim"), e.get("event", ""),
-                       Text(str(e.get("message", "")).splitlines()[0][:100]))
+            ev.add_row(
+                Text(progress.clock(e.get("time")), style="dim"),
+                e.get("event", ""),
+                Text(str(e.get("message", "")).splitlines()[0][:100]),
+            )
         parts.append(Panel(ev, title="recent events", border_style="dim"))
     return Group(*parts)
 
@@ -221,27 +331,50 @@ def _releases_table(releases: list[dict]):
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title="releases (cooled branches; `sample`/`export --checkpoint release:NAME`)", show_edge=False,
-                  header_style="bold", title_justify="left")
-    for col, justify in (("release", "left"), ("status", "left"), ("branch at", "right"), ("cooled", "right"),
-                         ("val loss", "right"), ("", "left")):
+    table = Table(
+        title="releases (cooled branches; `sample`/`export --checkpoint release:NAME`)",
+        show_edge=False,
+        header_style="bold",
+        title_justify="left",
+    )
+    for col, justify in (
+        ("release", "left"),
+        ("status", "left"),
+        ("branch at", "right"),
+        ("cooled", "right"),
+        ("val loss", "right"),
+        ("", "left"),
+    ):
         table.add_column(col, justify=justify, no_wrap=col != "")
     for r in releases:
         losses = ", ".join(f"{n} {v:.3f}" for n, v in (r["eval"] or {}).items())
         note = losses if r["status"] == "done" else (r["error"] or "")[:80]
-        table.add_row(r["name"], Text(r["status"], style=STATUS_STYLE.get(r["status"], "")),
-                      progress.tokens(r["branch_tokens"]), progress.tokens(r["tokens"] or r["decay_tokens"]),
-                      progress.loss(r["val_loss"]), note)
+        table.add_row(
+            r["name"],
+            Text(r["status"], style=STATUS_STYLE.get(r["status"], "")),
+            progress.tokens(r["branch_tokens"]),
+            progress.tokens(r["tokens"] or r["decay_tokens"]),
+            progress.loss(r["val_loss"]),
+            note,
+        )
     return table
 
 
 def _hardware_line(hw: dict):
     from rich.text import Text
 
-    shown = [(key, fmt) for key, fmt in (
-        ("gpu_temp_c", "GPU {:.0f} °C"), ("gpu_power_w", "{:.0f} W"), ("gpu_util_pct", "{:.0f}% busy"),
-        ("cpu_temp_c", "CPU {:.0f} °C"), ("disk_free_gb", "{:.1f} GB disk free"),
-        ("ram_available_gb", "{:.1f} GB RAM free")) if hw.get(key) is not None]
+    shown = [
+        (key, fmt)
+        for key, fmt in (
+            ("gpu_temp_c", "GPU {:.0f} °C"),
+            ("gpu_power_w", "{:.0f} W"),
+            ("gpu_util_pct", "{:.0f}% busy"),
+            ("cpu_temp_c", "CPU {:.0f} °C"),
+            ("disk_free_gb", "{:.1f} GB disk free"),
+            ("ram_available_gb", "{:.1f} GB RAM free"),
+        )
+        if hw.get(key) is not None
+    ]
     items = [fmt.format(hw[key]) for key, fmt in shown]
     if hw.get("on_battery") is not None:
         items.append("on battery" if hw["on_battery"] else "on AC")
@@ -274,4 +407,3 @@ def cmd_status(args) -> int:
         except KeyboardInterrupt:
             pass
     return 0
-

@@ -13,8 +13,10 @@ def cmd_validate(args) -> int:
     plan = resolve(schedule, args.schedule)
     chain = _existing_chain(plan)
     stages = len(schedule.stages)
-    print(f"{args.schedule}: valid: {stages} stage{'s' * (stages != 1)}, {len(plan.parts)} parts, "
-          f"{plan.planned_tokens():,} tokens planned, model {plan.model_summary()}{chain}")
+    print(
+        f"{args.schedule}: valid: {stages} stage{'s' * (stages != 1)}, {len(plan.parts)} parts, "
+        f"{plan.planned_tokens():,} tokens planned, model {plan.model_summary()}{chain}"
+    )
     return 0
 
 

@@ -54,8 +54,13 @@ class Stop(Enum):
 
 
 class Daemon:
-    def __init__(self, schedule_path: Path, run_dir: Path | None = None, exit_when_done: bool = False,
-                 existing_run_dir: bool = False):
+    def __init__(
+        self,
+        schedule_path: Path,
+        run_dir: Path | None = None,
+        exit_when_done: bool = False,
+        existing_run_dir: bool = False,
+    ):
         self.schedule_path = schedule_path.resolve()
         self.run_dir = run_dir
         self.exit_when_done = exit_when_done
@@ -101,19 +106,25 @@ class Daemon:
             if gpu_note:
                 self.events.warning(gpu_note)
             self.state = recovery.load_state(self.paths, self.plan, self.events, self._schedule_sha())
-            self.runner = PartRunner(self.paths, self.state, self.plan, self.events, self.save,
-                                     keepalive=self.notifier.watchdog)
+            self.runner = PartRunner(
+                self.paths, self.state, self.plan, self.events, self.save, keepalive=self.notifier.watchdog
+            )
             recovery.recover(self.runner)
             self._start_guard()
             watcher = ScheduleWatcher(self.schedule_path, self._on_schedule_event)
             if not watcher.start():
-                self.events.info(f"schedule edits are noticed by polling every {STAT_CHECK_S:g}s: {watcher.unavailable}")
+                self.events.info(
+                    f"schedule edits are noticed by polling every {STAT_CHECK_S:g}s: {watcher.unavailable}"
+                )
             self.schedule_stamp = self._stamp()
             self.state.daemon = DaemonState(pid=os.getpid(), state=DaemonPhase.RUNNING)
             self.sync_control()  # a pause set before a restart still holds
             self.save()
-            self.events.emit("daemon-started", f"daemon started (pid {os.getpid()}) on {self.paths.root}: "
-                             f"{len(self.state.parts)} parts, model {self.plan.model_summary()}")
+            self.events.emit(
+                "daemon-started",
+                f"daemon started (pid {os.getpid()}) on {self.paths.root}: "
+                f"{len(self.state.parts)} parts, model {self.plan.model_summary()}",
+            )
             self.notifier.ready(self._status_line())
             while self.exit_code is None:
                 self.wake.wait(TICK_S)
@@ -177,8 +188,9 @@ class Daemon:
         loop. The retry first settles what was half done, as a restart would."""
         where = f"{e.filename}: " if e.filename else ""
         retry_s = faults.setting("FAULT_RETRY_S") or FAULT_RETRY_S
-        message = f"{where}{e.strerror or e}; fix it (permissions? a failing disk?); the daemon retries every " \
-                  f"{retry_s:.0f}s"
+        message = (
+            f"{where}{e.strerror or e}; fix it (permissions? a failing disk?); the daemon retries every {retry_s:.0f}s"
+        )
         # Keyed by folder, not file: a write names a fresh temporary file every time.
         key = (e.errno, os.path.dirname(os.fspath(e.filename)) if e.filename else None)
         if key != self.fault_key:
@@ -230,8 +242,10 @@ class Daemon:
                 self.runner.worker.request_stop(self.plan.schedule.supervisor.stop_grace_s, "daemon stopping")
         elif self.stopping is Stop.WARM:
             self.stopping = Stop.COLD
-            self.events.emit("daemon-stopping", f"stopping now ({reason}, second request): the worker is killed; "
-                             "it resumes from its last checkpoint")
+            self.events.emit(
+                "daemon-stopping",
+                f"stopping now ({reason}, second request): the worker is killed; it resumes from its last checkpoint",
+            )
             if self.runner.worker:
                 self.runner.worker.kill()
         if self.runner.worker is None:
@@ -305,21 +319,28 @@ class Daemon:
             recovery.check_compatible(self.state, plan)
         except (UserError, OSError) as e:  # OSError: a data file unreadable right now
             previous = self.state.schedule
-            self.state.schedule = ScheduleState(path=str(self.schedule_path), sha256=sha, valid=False,
-                                                error=str(e), loaded_at=previous.loaded_at)
+            self.state.schedule = ScheduleState(
+                path=str(self.schedule_path), sha256=sha, valid=False, error=str(e), loaded_at=previous.loaded_at
+            )
             self.save()
-            self.events.emit("schedule-refused", f"schedule edit refused; the last valid schedule stays in force: "
-                             f"{e}", level=logging.WARNING)
+            self.events.emit(
+                "schedule-refused",
+                f"schedule edit refused; the last valid schedule stays in force: {e}",
+                level=logging.WARNING,
+            )
             return f"refused: {e}"
         guard_changed = plan.schedule.guard != self.plan.schedule.guard or plan.gpus() != self.plan.gpus()
         kept = specs.kept_transitions(self.plan, plan, self.state, self.paths)
         self.plan = self.runner.plan = plan
         if guard_changed:
-            self.hardware.reconfigure(plan.schedule.guard, sensor_file_for(plan.schedule.guard, self.schedule_path.parent),
-                                      plan.gpus(), self.events)
+            self.hardware.reconfigure(
+                plan.schedule.guard,
+                sensor_file_for(plan.schedule.guard, self.schedule_path.parent),
+                plan.gpus(),
+                self.events,
+            )
         notes = reconcile.merge(self.state, plan) + kept
-        self.state.schedule = ScheduleState(path=str(self.schedule_path), sha256=sha, valid=True,
-                                            loaded_at=time.time())
+        self.state.schedule = ScheduleState(path=str(self.schedule_path), sha256=sha, valid=True, loaded_at=time.time())
         self.save()
         self.events.emit("schedule-reloaded", "schedule reloaded" + (": " + "; ".join(notes) if notes else ""))
         return "reloaded" + (": " + "; ".join(notes) if notes else "")
@@ -340,8 +361,9 @@ class Daemon:
 
     def _start_guard(self) -> None:
         schedule = self.plan.schedule
-        self.hardware = HardwareWatch(schedule.guard, self.paths,
-                                      sensor_file_for(schedule.guard, self.schedule_path.parent), self.plan.gpus())
+        self.hardware = HardwareWatch(
+            schedule.guard, self.paths, sensor_file_for(schedule.guard, self.schedule_path.parent), self.plan.gpus()
+        )
         self.hardware.start(self.events)
 
     def handle_guard(self) -> None:
@@ -377,9 +399,14 @@ class Daemon:
     def sync_control(self, checkpoint: bool = False) -> None:
         """Tell the running worker to pause, throttle or checkpoint, through its control.json."""
         reason = self.paused()
-        wanted = self.control.model_copy(update={
-            "pause": reason is not None, "reason": reason, "duty_cycle": self.duty_cycle,
-            "checkpoint": self.control.checkpoint + int(checkpoint)})
+        wanted = self.control.model_copy(
+            update={
+                "pause": reason is not None,
+                "reason": reason,
+                "duty_cycle": self.duty_cycle,
+                "checkpoint": self.control.checkpoint + int(checkpoint),
+            }
+        )
         if wanted != self.control:
             self.control = wanted.model_copy(update={"seq": self.control.seq + 1})
             if self.runner.worker:
@@ -394,8 +421,9 @@ class Daemon:
         failed = self.state.failed()
         if failed:
             if self.exit_when_done:
-                self.events.emit("chain-failed", f"the chain stopped: {failed.id} failed: {failed.error}",
-                                 level=logging.ERROR)
+                self.events.emit(
+                    "chain-failed", f"the chain stopped: {failed.id} failed: {failed.error}", level=logging.ERROR
+                )
                 self.exit_code = 1
             return
         if self.paused():
@@ -411,8 +439,10 @@ class Daemon:
             if not self.announced_done:
                 self.announced_done = True
                 then = "exiting" if self.exit_when_done else "waiting for more parts to be queued"
-                self.events.emit("chain-done", f"every part is done: {progress.tokens(self.state.global_tokens)} "
-                                 f"tokens trained; {then}")
+                self.events.emit(
+                    "chain-done",
+                    f"every part is done: {progress.tokens(self.state.global_tokens)} tokens trained; {then}",
+                )
             if self.exit_when_done:
                 self.exit_code = 0
             return
@@ -427,8 +457,10 @@ class Daemon:
     def next_release(self):
         """A queued release whose backoff (after a failure) is over; a release waiting out its
         backoff lets the chain's parts go on meanwhile."""
-        return next((r for r in self.state.releases
-                     if r.status == PartStatus.PENDING and self.runner.backoff_left(r) == 0), None)
+        return next(
+            (r for r in self.state.releases if r.status == PartStatus.PENDING and self.runner.backoff_left(r) == 0),
+            None,
+        )
 
     def releases_waiting(self):
         return next((r for r in self.state.releases if r.status == PartStatus.PENDING), None)

@@ -1,9 +1,9 @@
 """Starting a daemon on a run directory that may have been left in any state.
 
-    make_run_dir   create it (0700) or say clearly why it cannot be used
-    load_state     state.json, or rebuilt from checkpoints and events if missing/unreadable
-    compatible     the schedule's model and tokenizer must be the chain's
-    recover        finish what a killed daemon left half done; adopt its live worker
+make_run_dir   create it (0700) or say clearly why it cannot be used
+load_state     state.json, or rebuilt from checkpoints and events if missing/unreadable
+compatible     the schedule's model and tokenizer must be the chain's
+recover        finish what a killed daemon left half done; adopt its live worker
 """
 
 from __future__ import annotations
@@ -35,20 +35,26 @@ def make_run_dir(paths: RunPaths, must_exist: bool = False) -> None:
     if root.exists() and not root.is_dir():
         raise UserError(f"{root}: exists and is not a folder; choose a run directory with --run-dir")
     if root.is_dir() and not paths.is_run() and any(root.iterdir()):
-        raise UserError(f"{root}: this folder holds files but no run (no state.json, checkpoints/ or daemon.lock); "
-                        "a run directory must be new, empty, or one a daemon made. Check --run-dir for a typo, "
-                        "or name a new folder")
+        raise UserError(
+            f"{root}: this folder holds files but no run (no state.json, checkpoints/ or daemon.lock); "
+            "a run directory must be new, empty, or one a daemon made. Check --run-dir for a typo, "
+            "or name a new folder"
+        )
     if must_exist and not root.is_dir():
-        raise UserError(f"{root}: the run directory does not exist. Its disk may not be mounted: a new chain is not "
-                        "started in its place. Mount it, or create the folder to start the chain there")
+        raise UserError(
+            f"{root}: the run directory does not exist. Its disk may not be mounted: a new chain is not "
+            "started in its place. Mount it, or create the folder to start the chain there"
+        )
     try:
         paths.make()
         probe = paths.root / f".write-test-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
-        raise UserError(f"{paths.root}: the run directory cannot be created or written "
-                        f"({e.strerror}); choose another with --run-dir") from None
+        raise UserError(
+            f"{paths.root}: the run directory cannot be created or written "
+            f"({e.strerror}); choose another with --run-dir"
+        ) from None
     _check_renames(paths)
 
 
@@ -68,11 +74,15 @@ def _check_renames(paths: RunPaths) -> None:
             except OSError:
                 pass
         if e.errno == errno.EXDEV:
-            raise UserError(f"{paths.root}: checkpoints/ and work/ are on different filesystems, so a finished part "
-                            "cannot be promoted by a rename. Put the whole run directory on the bigger disk "
-                            "(link or mount the run directory itself, not its subfolders)") from None
-        raise UserError(f"{paths.root}: cannot rename from work/ into checkpoints/ ({e.strerror}); fix the "
-                        "permissions or choose another run directory") from None
+            raise UserError(
+                f"{paths.root}: checkpoints/ and work/ are on different filesystems, so a finished part "
+                "cannot be promoted by a rename. Put the whole run directory on the bigger disk "
+                "(link or mount the run directory itself, not its subfolders)"
+            ) from None
+        raise UserError(
+            f"{paths.root}: cannot rename from work/ into checkpoints/ ({e.strerror}); fix the "
+            "permissions or choose another run directory"
+        ) from None
 
 
 def check_compatible(state: ChainState, plan: ChainPlan) -> None:
@@ -86,18 +96,25 @@ def check_compatible(state: ChainState, plan: ChainPlan) -> None:
         chain = normalized(state.model)
         plan.follow_chain(chain["family"])
         if chain["family"] != plan.model["family"]:
-            raise UserError(f"{plan.path}: model.family is {plan.model['family']!r}, but this chain trains the "
-                            f"{chain['family']} family; a chain keeps one model: remove model.family (or set it "
-                            f"to {chain['family']!r}), or start a new run dir")
+            raise UserError(
+                f"{plan.path}: model.family is {plan.model['family']!r}, but this chain trains the "
+                f"{chain['family']} family; a chain keeps one model: remove model.family (or set it "
+                f"to {chain['family']!r}), or start a new run dir"
+            )
         if chain != plan.model:
-            diff = ", ".join(f"{k} {chain.get(k)!r} -> {plan.model.get(k)!r}"
-                             for k in sorted(set(chain) | set(plan.model))
-                             if chain.get(k) != plan.model.get(k))
-            raise UserError(f"{plan.path}: the model differs from the one this chain trains ({diff}); a chain "
-                            "keeps one model: restore the model section, or start a new run dir")
+            diff = ", ".join(
+                f"{k} {chain.get(k)!r} -> {plan.model.get(k)!r}"
+                for k in sorted(set(chain) | set(plan.model))
+                if chain.get(k) != plan.model.get(k)
+            )
+            raise UserError(
+                f"{plan.path}: the model differs from the one this chain trains ({diff}); a chain "
+                "keeps one model: restore the model section, or start a new run dir"
+            )
     if state.tokenizer_sha256 and plan.tokenizer_sha256 and state.tokenizer_sha256 != plan.tokenizer_sha256:
-        raise UserError(f"{plan.path}: the parts use a different tokenizer than the chain trained with; "
-                        "a chain keeps one tokenizer")
+        raise UserError(
+            f"{plan.path}: the parts use a different tokenizer than the chain trained with; a chain keeps one tokenizer"
+        )
 
 
 def load_state(paths: RunPaths, plan: ChainPlan, events: EventLog, schedule_sha: str | None) -> ChainState:
@@ -107,12 +124,18 @@ def load_state(paths: RunPaths, plan: ChainPlan, events: EventLog, schedule_sha:
         except ValueError as e:
             moved = quarantine(paths, paths.state, f"unreadable state.json: {e}")
             state = rebuilt(paths, plan)
-            events.emit("state-rebuilt", f"state.json was unreadable (moved to {moved}); rebuilt it from the "
-                        "promoted checkpoints and events", level=logging.WARNING)
+            events.emit(
+                "state-rebuilt",
+                f"state.json was unreadable (moved to {moved}); rebuilt it from the promoted checkpoints and events",
+                level=logging.WARNING,
+            )
     elif any(paths.checkpoints.glob("[0-9]*-*")):
         state = rebuilt(paths, plan)
-        events.emit("state-rebuilt", "state.json was missing; rebuilt it from the promoted checkpoints and "
-                    "events", level=logging.WARNING)
+        events.emit(
+            "state-rebuilt",
+            "state.json was missing; rebuilt it from the promoted checkpoints and events",
+            level=logging.WARNING,
+        )
     else:
         state = reconcile.new_state(plan)
     check_compatible(state, plan)

@@ -60,16 +60,24 @@ class Answer(BaseModel):
 # -- the CLI side ------------------------------------------------------------------------
 
 
-def send(paths: RunPaths, command: Command, part: str | None = None, reason: str | None = None,
-         timeout: float = 30.0) -> Answer:
+def send(
+    paths: RunPaths, command: Command, part: str | None = None, reason: str | None = None, timeout: float = 30.0
+) -> Answer:
     pid, role = holder_role(paths.lock)
     if pid is None:
         raise NoDaemon(paths.root)
     if role not in (None, "daemon"):  # fsck or an offline skip holds the run: never signal it
         raise NoDaemon(paths.root, f"`orchestrator {role}` (pid {pid}) is working on it")
     stamp = Stamp.now()
-    req = Request(id=f"{time.time_ns()}-{secrets.token_hex(3)}", command=command, part=part, reason=reason,
-                  time=time.time(), boot=stamp.boot, since_boot=stamp.seconds)
+    req = Request(
+        id=f"{time.time_ns()}-{secrets.token_hex(3)}",
+        command=command,
+        part=part,
+        reason=reason,
+        time=time.time(),
+        boot=stamp.boot,
+        since_boot=stamp.seconds,
+    )
     write_model(paths.control / f"req-{req.id}.json", req)
     if pid > 0:
         try:
@@ -90,8 +98,9 @@ def send(paths: RunPaths, command: Command, part: str | None = None, reason: str
             except FileNotFoundError:
                 deadline += 5  # the daemon has taken it: its answer is on the way
                 continue
-            raise UserError(f"the daemon (pid {pid}) did not answer `{command}` in time; the request is "
-                            f"withdrawn; see {paths.log}")
+            raise UserError(
+                f"the daemon (pid {pid}) did not answer `{command}` in time; the request is withdrawn; see {paths.log}"
+            )
         time.sleep(0.05)
 
 
@@ -131,8 +140,10 @@ def pending(paths: RunPaths) -> list[tuple[Path, Request]]:
 
 def answer(paths: RunPaths, path: Path, req_id: str, ok: bool, message: str) -> None:
     stamp = Stamp.now()
-    write_model(paths.control / f"ack-{req_id}.json", Answer(id=req_id, ok=ok, message=message, boot=stamp.boot,
-                                                             since_boot=stamp.seconds))
+    write_model(
+        paths.control / f"ack-{req_id}.json",
+        Answer(id=req_id, ok=ok, message=message, boot=stamp.boot, since_boot=stamp.seconds),
+    )
     path.unlink(missing_ok=True)
 
 
@@ -185,8 +196,11 @@ def apply(state: ChainState, req: Request) -> str:
     if req.command == "retry":
         part = find_part(state, req.part)
         if part.status in (PartStatus.DONE, PartStatus.RUNNING, PartStatus.PENDING):
-            what = {PartStatus.DONE: "is done; a promoted checkpoint is never retrained",
-                    PartStatus.RUNNING: "is running", PartStatus.PENDING: "is already queued"}[PartStatus(part.status)]
+            what = {
+                PartStatus.DONE: "is done; a promoted checkpoint is never retrained",
+                PartStatus.RUNNING: "is running",
+                PartStatus.PENDING: "is already queued",
+            }[PartStatus(part.status)]
             raise UserError(f"{part.id} {what}")
         part.status = PartStatus.PENDING
         part.failures = part.nonfinite = 0

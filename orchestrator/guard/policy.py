@@ -108,9 +108,13 @@ class Guard:
         # reading hovering at the threshold pauses once, not on every other poll.
         if ram is not None and ram < ram_min + (_margin(ram_min, RAM_HYSTERESIS_GB) if "memory" in self.reasons else 0):
             reasons["memory"] = f"available RAM {ram:.2f} GB < {ram_min:g} GB"
-        if disk is not None and disk < disk_min + (_margin(disk_min, DISK_HYSTERESIS_GB) if "disk" in self.reasons else 0):
-            reasons["disk"] = (f"disk nearly full: {disk:.2f} GB free < {disk_min:g} GB on the run "
-                               "directory's filesystem; free space (old checkpoints, quarantine/)")
+        if disk is not None and disk < disk_min + (
+            _margin(disk_min, DISK_HYSTERESIS_GB) if "disk" in self.reasons else 0
+        ):
+            reasons["disk"] = (
+                f"disk nearly full: {disk:.2f} GB free < {disk_min:g} GB on the run "
+                "directory's filesystem; free space (old checkpoints, quarantine/)"
+            )
         v.duty_cycle = self._duty(r, dt)
         v.pause = "; ".join(reasons.values()) or None
         v.pause_kind = tuple(sorted(reasons)) + ((f"thermal:{self.thermal_phase}",) if "thermal" in reasons else ())
@@ -128,8 +132,11 @@ class Guard:
             self.thermal_since = None
         if self.thermal_since is not None:
             self.thermal_phase = "hot" if t >= pause else "cooling"
-            reasons["thermal"] = (f"GPU {t:.0f} °C >= {pause:g} °C" if t >= pause else
-                                  f"GPU cooling: {t:.0f} °C, resumes below {resume:g} °C")
+            reasons["thermal"] = (
+                f"GPU {t:.0f} °C >= {pause:g} °C"
+                if t >= pause
+                else f"GPU cooling: {t:.0f} °C, resumes below {resume:g} °C"
+            )
 
     def _battery(self, r: Readings, now: float, reasons: dict[str, str], v: Verdict) -> None:
         on_battery = r.get("on_battery")
@@ -179,11 +186,22 @@ class Guard:
             v.notes.append(("guard-resume", f"{key} is fine again"))
         throttling = self._throttling(v.duty_cycle, now)
         if throttling != self.throttling:
-            v.notes.append(("guard-throttle", f"throttling to a duty cycle of {v.duty_cycle:.0%}" if throttling
-                            else "throttling ended: full speed"))
+            v.notes.append(
+                (
+                    "guard-throttle",
+                    f"throttling to a duty cycle of {v.duty_cycle:.0%}"
+                    if throttling
+                    else "throttling ended: full speed",
+                )
+            )
         if v.stop_worker and not self.stop_noted:
-            v.notes.append(("guard-stop", f"on battery for {self.cfg.battery_grace_s:g}s: stopping the worker "
-                            "warmly; the chain resumes when AC returns"))
+            v.notes.append(
+                (
+                    "guard-stop",
+                    f"on battery for {self.cfg.battery_grace_s:g}s: stopping the worker "
+                    "warmly; the chain resumes when AC returns",
+                )
+            )
             self.stop_noted = True
         self.throttling = throttling
         self.reasons = reasons

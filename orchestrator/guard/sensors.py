@@ -29,11 +29,22 @@ from typing import Any, Callable
 from runtime import faults
 from runtime.atomic import read_regular_file
 
-FILE_KEYS = {"gpu_temp_c": float, "gpu_power_w": float, "on_battery": bool, "disk_free_gb": float,
-             "ram_available_gb": float}
+FILE_KEYS = {
+    "gpu_temp_c": float,
+    "gpu_power_w": float,
+    "on_battery": bool,
+    "disk_free_gb": float,
+    "ram_available_gb": float,
+}
 # Plausible ranges; a value outside is a broken sensor, not a fact about the machine.
-SANE = {"gpu_temp_c": (-30.0, 130.0), "cpu_temp_c": (-30.0, 130.0), "gpu_power_w": (0.0, 2000.0),
-        "gpu_power_limit_w": (1.0, 2000.0), "disk_free_gb": (0.0, 1e7), "ram_available_gb": (0.0, 1e5)}
+SANE = {
+    "gpu_temp_c": (-30.0, 130.0),
+    "cpu_temp_c": (-30.0, 130.0),
+    "gpu_power_w": (0.0, 2000.0),
+    "gpu_power_limit_w": (1.0, 2000.0),
+    "disk_free_gb": (0.0, 1e7),
+    "ram_available_gb": (0.0, 1e5),
+}
 
 
 @dataclass
@@ -49,8 +60,12 @@ class Readings:
         return None if name in self.failed else self.values.get(name)
 
     def to_json(self) -> dict[str, Any]:
-        return {"time": round(self.time, 3), **{k: _round(v) for k, v in self.values.items()},
-                "failed": dict(self.failed), "sources": dict(self.sources)}
+        return {
+            "time": round(self.time, 3),
+            **{k: _round(v) for k, v in self.values.items()},
+            "failed": dict(self.failed),
+            "sources": dict(self.sources),
+        }
 
 
 def _round(v):
@@ -188,8 +203,13 @@ def _worst(name: str, a, b):
 
 def _throttle_reasons(n, h) -> list[str]:
     mask = n.nvmlDeviceGetCurrentClocksThrottleReasons(h)
-    names = {"HwSlowdown": "hardware slowdown", "SwThermalSlowdown": "thermal", "HwThermalSlowdown": "thermal (hw)",
-             "SwPowerCap": "power cap", "HwPowerBrakeSlowdown": "power brake"}
+    names = {
+        "HwSlowdown": "hardware slowdown",
+        "SwThermalSlowdown": "thermal",
+        "HwThermalSlowdown": "thermal (hw)",
+        "SwPowerCap": "power cap",
+        "HwPowerBrakeSlowdown": "power brake",
+    }
     return [label for key, label in names.items() if mask & getattr(n, f"nvmlClocksThrottleReason{key}", 0)]
 
 
@@ -282,8 +302,12 @@ class FileSource:
                 failed["sensor_file"] = f"{self.path}: unknown key {key!r} (known: {', '.join(FILE_KEYS)})"
             elif value is None:
                 continue
-            elif kind is bool and not isinstance(value, bool) or kind is float and (
-                    isinstance(value, bool) or not isinstance(value, (int, float))):
+            elif (
+                kind is bool
+                and not isinstance(value, bool)
+                or kind is float
+                and (isinstance(value, bool) or not isinstance(value, (int, float)))
+            ):
                 failed[key] = f"{self.path}: {key} is {value!r}, not a {kind.__name__}"
             elif why := _check(key, float(value) if kind is float else value):
                 failed[key] = f"{self.path}: {key}: {why}"
@@ -302,8 +326,9 @@ class Sensors:
         self.sources = sources
 
     @classmethod
-    def for_run(cls, run_dir: Path, sensor_file: Path | None, stale_s: float,
-                gpus: list[int] | None = None) -> "Sensors":
+    def for_run(
+        cls, run_dir: Path, sensor_file: Path | None, stale_s: float, gpus: list[int] | None = None
+    ) -> "Sensors":
         sources: list = [NvmlSource(gpus or [0]), PsutilSource(run_dir)]
         if sensor_file:
             sources.append(FileSource(sensor_file, stale_s))

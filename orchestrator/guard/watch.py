@@ -86,8 +86,11 @@ class HardwareWatch:
     def reconfigure(self, cfg: GuardConfig, sensor_file: Path | None, gpus: list[int], events: EventLog) -> None:
         """A schedule edit changed the guard: take the new limits, keep what the guard
         remembers (a thermal pause's hysteresis, the battery's grace period)."""
-        sources_changed = (sensor_file, list(gpus), cfg.sensor_stale_s) != (self.sensor_file, self.gpus,
-                                                                             self.cfg.sensor_stale_s)
+        sources_changed = (sensor_file, list(gpus), cfg.sensor_stale_s) != (
+            self.sensor_file,
+            self.gpus,
+            self.cfg.sensor_stale_s,
+        )
         power_changed = cfg.gpu_power_limit_w != self.cfg.gpu_power_limit_w
         self.cfg = self.guard.cfg = cfg
         if sources_changed:
@@ -111,15 +114,22 @@ class HardwareWatch:
         self.write_error = None
         if now - self.last_history >= HISTORY_S:
             self.last_history = now
-            line = {"time": round(time.time(), 1), "pause": verdict.pause is not None, "duty_cycle": verdict.duty_cycle,
-                    **{k: round(v, 2) for k, v in readings.values.items() if k in HISTORY_KEYS and v is not None}}
+            line = {
+                "time": round(time.time(), 1),
+                "pause": verdict.pause is not None,
+                "duty_cycle": verdict.duty_cycle,
+                **{k: round(v, 2) for k, v in readings.values.items() if k in HISTORY_KEYS and v is not None},
+            }
             try:
                 append_line(self.paths.hardware_log, json.dumps(line), sync=False)  # for plots only
             except OSError:
                 pass
         try:
-            atomic_write_json(self.paths.hardware, {"readings": readings.to_json(), "pause": verdict.pause,
-                                                    "duty_cycle": verdict.duty_cycle}, fault="hardware")
+            atomic_write_json(
+                self.paths.hardware,
+                {"readings": readings.to_json(), "pause": verdict.pause, "duty_cycle": verdict.duty_cycle},
+                fault="hardware",
+            )
         except OSError as e:  # status shows older readings; the verdict still acts
             self.write_error = e  # the daemon's first sign of a full disk: it checks this
         return verdict
@@ -131,9 +141,13 @@ class HardwareWatch:
         if readings is not None:
             return readings
         waited = now - self.reading.started + READ_WAIT_S
-        return Readings(time=time.time(), failed={
-            "sensors": f"no answer for {waited:.0f}s (a sensor file on a hung mount, or a driver call that does "
-                       "not return); the guard holds the worker until the sensors answer again"})
+        return Readings(
+            time=time.time(),
+            failed={
+                "sensors": f"no answer for {waited:.0f}s (a sensor file on a hung mount, or a driver call that does "
+                "not return); the guard holds the worker until the sensors answer again"
+            },
+        )
 
     def close(self) -> None:
         self.sensors.close()

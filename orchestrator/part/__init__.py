@@ -1,8 +1,8 @@
 """A part's life, from launch to promotion.
 
-    spec        the resolved spec written for the part's worker (frozen once it trains)
-    process     the worker subprocess: launch in its own process group, adopt, stop, kill
-    runner      PartRunner: launch, watch the heartbeat, settle the part when it ends
-    policy      what to do when a worker ends (retry, halve the batch, skip, fail)
-    promote     a verified final checkpoint becomes checkpoints/NNNN-stage-part/
+spec        the resolved spec written for the part's worker (frozen once it trains)
+process     the worker subprocess: launch in its own process group, adopt, stop, kill
+runner      PartRunner: launch, watch the heartbeat, settle the part when it ends
+policy      what to do when a worker ends (retry, halve the batch, skip, fail)
+promote     a verified final checkpoint becomes checkpoints/NNNN-stage-part/
 """

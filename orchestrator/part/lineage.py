@@ -42,9 +42,11 @@ class Walk:
         if self.missing is None:
             return None
         part, where = self.missing
-        return (f"the chain continues from the checkpoint of {part.id}, {where}, which is missing (moved away, or set "
-                f"aside by fsck); put it back and the chain goes on by itself, or run `orchestrator fsck --repair` "
-                f"to train {part.id} again from the newest checkpoint that is present")
+        return (
+            f"the chain continues from the checkpoint of {part.id}, {where}, which is missing (moved away, or set "
+            f"aside by fsck); put it back and the chain goes on by itself, or run `orchestrator fsck --repair` "
+            f"to train {part.id} again from the newest checkpoint that is present"
+        )
 
 
 def newest_done(state: ChainState) -> PartState | None:
@@ -66,8 +68,11 @@ def requeue(paths: RunPaths, state: ChainState, part: PartState, reason: str) ->
     """A done part whose checkpoint the chain cannot use trains again: its folder (if any)
     goes to quarantine/, the part back to pending, the chain's pointer to the one before."""
     folder = paths.root / part.checkpoint if part.checkpoint else None
-    moved = quarantine(paths, folder, f"promoted checkpoint of {part.id}: {reason}") \
-        if folder is not None and folder.exists() else None
+    moved = (
+        quarantine(paths, folder, f"promoted checkpoint of {part.id}: {reason}")
+        if folder is not None and folder.exists()
+        else None
+    )
     part.status, part.checkpoint, part.seq = PartStatus.PENDING, None, None
     part.tokens, part.loss, part.val_loss, part.eval, part.finished_at = 0, None, None, None, None
     part.error = f"trains again: {reason}"
@@ -75,8 +80,14 @@ def requeue(paths: RunPaths, state: ChainState, part: PartState, reason: str) ->
     return Requeued(part, reason, moved)
 
 
-def walk_back(paths: RunPaths, state: ChainState, verified: set[str], *, accept_missing: bool = False,
-              on_progress: Callable[[], None] | None = None) -> Walk:
+def walk_back(
+    paths: RunPaths,
+    state: ChainState,
+    verified: set[str],
+    *,
+    accept_missing: bool = False,
+    on_progress: Callable[[], None] | None = None,
+) -> Walk:
     """Secure the chain's start (see the module docstring); the caller saves the state.
     `verified` holds promoted folders already checked (they never change after promotion)."""
     walk = Walk()
@@ -104,8 +115,9 @@ def scratch_fits(spec: WorkerSpec, state: ChainState, paths: RunPaths) -> bool:
     """Does a part's frozen spec (its scratch's starting point) continue the chain as it stands?"""
     want = paths.root / state.latest_checkpoint if state.latest_checkpoint else None
     have = spec.init_checkpoint
-    same_start = (have is None and want is None) or (have is not None and want is not None
-                                                      and Path(have).name == want.name)
+    same_start = (have is None and want is None) or (
+        have is not None and want is not None and Path(have).name == want.name
+    )
     return same_start and spec.token_offset == state.global_tokens
 
 

@@ -32,15 +32,33 @@ REPO_ROOT = Path(orchestrator.__file__).resolve().parent.parent
 
 def worker_command(spec_path: Path, processes: int = 1) -> list[str]:
     if processes > 1:
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-                "-m", "trainer.worker", "--spec", str(spec_path)]
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={processes}",
+            "-m",
+            "trainer.worker",
+            "--spec",
+            str(spec_path),
+        ]
     return [sys.executable, "-m", "trainer.worker", "--spec", str(spec_path)]
 
 
 # torch.distributed's environment contract: set by torchrun for its workers, never inherited
 # (a daemon started inside a SLURM or Kubernetes job would otherwise pass its own on).
-DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
-                   "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+DISTRIBUTED_ENV = (
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "ROLE_RANK",
+    "ROLE_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+)
 
 
 def worker_env() -> dict[str, str]:
@@ -57,8 +75,7 @@ def worker_env() -> dict[str, str]:
 
 
 class WorkerProcess:
-    def __init__(self, part_id: str, spec_path: Path, pid: int, proc: subprocess.Popen | None,
-                 launcher: bool = False):
+    def __init__(self, part_id: str, spec_path: Path, pid: int, proc: subprocess.Popen | None, launcher: bool = False):
         self.part_id = part_id
         self.spec_path = spec_path
         self.pid = pid
@@ -77,8 +94,13 @@ class WorkerProcess:
     def launch(cls, part_id: str, spec_path: Path, log_path: Path, processes: int = 1) -> "WorkerProcess":
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
-                worker_command(spec_path, processes), stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, env=worker_env(), cwd=spec_path.parent, start_new_session=True,
+                worker_command(spec_path, processes),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=worker_env(),
+                cwd=spec_path.parent,
+                start_new_session=True,
             )
         return cls(part_id, spec_path, proc.pid, proc, launcher=processes > 1)
 

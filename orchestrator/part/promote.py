@@ -36,17 +36,22 @@ def quarantine(paths: RunPaths, path: Path, reason: str) -> Path | None:
     return runtime_quarantine(path, paths.quarantine, reason)
 
 
-def promote(paths: RunPaths, part_id: str, source: Path, seq: int,
-            on_progress: Callable[[], None] | None = None) -> tuple[Path, CheckpointMeta]:
+def promote(
+    paths: RunPaths, part_id: str, source: Path, seq: int, on_progress: Callable[[], None] | None = None
+) -> tuple[Path, CheckpointMeta]:
     verdict = verify(source, on_progress=on_progress)
     if not verdict.ok:
         moved = quarantine(paths, source, f"final checkpoint of {part_id}: {verdict.reason}")
-        raise PromotionError(f"final checkpoint of {part_id} failed verification ({verdict.reason})"
-                             + (f"; moved to {moved}" if moved else ""))
+        raise PromotionError(
+            f"final checkpoint of {part_id} failed verification ({verdict.reason})"
+            + (f"; moved to {moved}" if moved else "")
+        )
     meta = read_meta(source)
     if meta.part_id != part_id or not meta.done:
-        raise PromotionError(f"{source} is not the final checkpoint of {part_id} (it is "
-                             f"{meta.part_id}, step {meta.step}, done={meta.done})")
+        raise PromotionError(
+            f"{source} is not the final checkpoint of {part_id} (it is "
+            f"{meta.part_id}, step {meta.step}, done={meta.done})"
+        )
     dest = paths.checkpoints / paths.promoted_name(seq, part_id)
     faults.point("promote.before-rename")
     os.rename(source, dest)

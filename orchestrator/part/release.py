@@ -37,8 +37,9 @@ class ReleaseError(Exception):
     """The release cannot be made (its branch or its data is gone): it is given up."""
 
 
-def due(pp: PartPlan | None, state: ChainState, part: PartState, folder: Path, global_tokens: int,
-        block: int) -> ReleaseState | None:
+def due(
+    pp: PartPlan | None, state: ChainState, part: PartState, folder: Path, global_tokens: int, block: int
+) -> ReleaseState | None:
     """The release the promotion of `part` (into `folder`) asks for, or None."""
     if pp is None or pp.release.every_parts == 0 or specs.position(state, part.id) % pp.release.every_parts:
         return None
@@ -46,12 +47,19 @@ def due(pp: PartPlan | None, state: ChainState, part: PartState, folder: Path, g
         return None  # queued already (a promotion being finished again)
     step_windows = pp.train.micro_batch * pp.train.grad_accum * pp.train.gpus
     steps = max(1, round(pp.release.decay_fraction * global_tokens / (step_windows * block)))
-    return ReleaseState(name=folder.name, part=part.id, stage=part.stage, branch=f"checkpoints/{folder.name}",
-                        branch_tokens=global_tokens, decay_tokens=steps * step_windows * block)
+    return ReleaseState(
+        name=folder.name,
+        part=part.id,
+        stage=part.stage,
+        branch=f"checkpoints/{folder.name}",
+        branch_tokens=global_tokens,
+        decay_tokens=steps * step_windows * block,
+    )
 
 
-def write_spec(plan: ChainPlan, rel: ReleaseState, state: ChainState, paths: RunPaths,
-               sensor_file: Path | None) -> WorkerSpec:
+def write_spec(
+    plan: ChainPlan, rel: ReleaseState, state: ChainState, paths: RunPaths, sensor_file: Path | None
+) -> WorkerSpec:
     """The release's spec: the part's data section, from its branch at the branch's tokens,
     with the cool-down's length; frozen once it has checkpoints of its own."""
     pp = plan.get(rel.part)
@@ -61,15 +69,18 @@ def write_spec(plan: ChainPlan, rel: ReleaseState, state: ChainState, paths: Run
     if spec is None:
         block = plan.model["block_size"] if not state.model else state.model["block_size"]
         windows = rel.decay_tokens // block
-        spec = specs.build(plan, pp, paths, rel.id, paths.root / rel.branch, rel.branch_tokens,
-                           state.model or plan.model)
-        spec = spec.model_copy(update={"epochs": max(1, math.ceil(windows / max(pp.windows, 1))),
-                                       "release": ReleaseDecay(windows=windows)})
+        spec = specs.build(
+            plan, pp, paths, rel.id, paths.root / rel.branch, rel.branch_tokens, state.model or plan.model
+        )
+        spec = spec.model_copy(
+            update={"epochs": max(1, math.ceil(windows / max(pp.windows, 1))), "release": ReleaseDecay(windows=windows)}
+        )
     return specs.finish(spec, rel, plan, paths, sensor_file, specs.evaluation(plan, pp, state, paths, release=True))
 
 
-def check_branch(paths: RunPaths, rel: ReleaseState, verified: set[str],
-                 on_progress: Callable[[], None] | None = None) -> None:
+def check_branch(
+    paths: RunPaths, rel: ReleaseState, verified: set[str], on_progress: Callable[[], None] | None = None
+) -> None:
     """The branch must be present and sound (ReleaseError otherwise); a release started
     already resumes from its own checkpoints and needs it no more."""
     folder = paths.root / rel.branch
@@ -83,19 +94,24 @@ def check_branch(paths: RunPaths, rel: ReleaseState, verified: set[str],
     verified.add(rel.branch)
 
 
-def promote(paths: RunPaths, rel: ReleaseState, source: Path,
-            on_progress: Callable[[], None] | None = None) -> tuple[Path, CheckpointMeta]:
+def promote(
+    paths: RunPaths, rel: ReleaseState, source: Path, on_progress: Callable[[], None] | None = None
+) -> tuple[Path, CheckpointMeta]:
     """Verify the release's final checkpoint and rename it into releases/<name>/ (a rename
     within the run dir, as a part's promotion; the folder is the proof it happened)."""
     verdict = verify(source, on_progress=on_progress)
     if not verdict.ok:
         moved = quarantine(paths, source, f"final checkpoint of {rel.id}: {verdict.reason}")
-        raise PromotionError(f"final checkpoint of {rel.id} failed verification ({verdict.reason})"
-                             + (f"; moved to {moved}" if moved else ""))
+        raise PromotionError(
+            f"final checkpoint of {rel.id} failed verification ({verdict.reason})"
+            + (f"; moved to {moved}" if moved else "")
+        )
     meta = read_meta(source)
     if meta.part_id != rel.id or not meta.done:
-        raise PromotionError(f"{source} is not the final checkpoint of {rel.id} (it is "
-                             f"{meta.part_id}, step {meta.step}, done={meta.done})")
+        raise PromotionError(
+            f"{source} is not the final checkpoint of {rel.id} (it is "
+            f"{meta.part_id}, step {meta.step}, done={meta.done})"
+        )
     paths.releases.mkdir(exist_ok=True)
     dest = paths.releases / rel.name
     faults.point("release.before-rename")
@@ -116,10 +132,19 @@ def folders(paths: RunPaths) -> list[Path]:
 def record_from(folder: Path, meta: CheckpointMeta) -> ReleaseState:
     """A done release's record, made again from its folder (meta.json has all of it)."""
     start = meta.global_tokens - meta.part_tokens
-    return ReleaseState(name=folder.name, part="unknown", stage=meta.stage, branch=f"checkpoints/{meta.start}",
-                        branch_tokens=start, decay_tokens=meta.part_tokens, status=PartStatus.DONE,
-                        tokens=meta.part_tokens, loss=meta.loss, val_loss=meta.val_loss,
-                        checkpoint=f"releases/{folder.name}")
+    return ReleaseState(
+        name=folder.name,
+        part="unknown",
+        stage=meta.stage,
+        branch=f"checkpoints/{meta.start}",
+        branch_tokens=start,
+        decay_tokens=meta.part_tokens,
+        status=PartStatus.DONE,
+        tokens=meta.part_tokens,
+        loss=meta.loss,
+        val_loss=meta.val_loss,
+        checkpoint=f"releases/{folder.name}",
+    )
 
 
 def rebuild(paths: RunPaths, state: ChainState) -> None:

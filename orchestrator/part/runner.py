@@ -37,8 +37,15 @@ from runtime.workerfiles import Control, ErrorReport, ExitReport, Heartbeat, Pha
 
 
 class PartRunner:
-    def __init__(self, paths: RunPaths, state: ChainState, plan: ChainPlan, events: EventLog,
-                 save: Callable[[], None], keepalive: Callable[[], None] = lambda: None):
+    def __init__(
+        self,
+        paths: RunPaths,
+        state: ChainState,
+        plan: ChainPlan,
+        events: EventLog,
+        save: Callable[[], None],
+        keepalive: Callable[[], None] = lambda: None,
+    ):
         self.paths = paths
         self.state = state
         self.plan = plan  # replaced by the daemon when the schedule is reloaded
@@ -70,8 +77,12 @@ class PartRunner:
         self.worker, part.status, part.worker_pid = worker, PartStatus.RUNNING, worker.pid
         self.launch_step = self.newest_step(part.id)
         self.save()
-        self.events.emit("worker-adopted", f"the previous daemon's worker for {part.id} (pid {pid}) is still "
-                         "running; waiting for it to checkpoint and stop", part=part.id)
+        self.events.emit(
+            "worker-adopted",
+            f"the previous daemon's worker for {part.id} (pid {pid}) is still "
+            "running; waiting for it to checkpoint and stop",
+            part=part.id,
+        )
         return True
 
     def finish_promoted(self, part: PartState) -> bool:
@@ -120,8 +131,13 @@ class PartRunner:
         self.retry_deadlines.pop(job.id, None)
         self.save()
         resume = f", resuming at step {self.launch_step}" if self.launch_step >= 0 else ""
-        self.events.emit(event, f"started {job.id} (attempt {job.attempts}{resume})", part=job.id,
-                         attempt=job.attempts, pid=self.worker.pid)
+        self.events.emit(
+            event,
+            f"started {job.id} (attempt {job.attempts}{resume})",
+            part=job.id,
+            attempt=job.attempts,
+            pid=self.worker.pid,
+        )
 
     # -- releases ------------------------------------------------------------------------------
 
@@ -160,8 +176,12 @@ class PartRunner:
         rel.status, rel.error, rel.retry_at, rel.worker_pid = PartStatus.FAILED, why, None, None
         self.retry_deadlines.pop(rel.id, None)
         self.save()
-        self.events.emit("release-failed", f"{rel.id} is given up: {why}; the chain goes on without it "
-                         f"(`orchestrator retry {rel.id}` tries again)", level=logging.WARNING, part=rel.id)
+        self.events.emit(
+            "release-failed",
+            f"{rel.id} is given up: {why}; the chain goes on without it (`orchestrator retry {rel.id}` tries again)",
+            level=logging.WARNING,
+            part=rel.id,
+        )
 
     def conclude_release(self, rel: ReleaseState, rc: int | None, stopping: bool) -> None:
         """A release's worker has ended: promote it, retry it, or give it up (never the chain's business)."""
@@ -185,8 +205,9 @@ class PartRunner:
         d = self.decision(rel, rc, result, error, hung)
         if d.action == "promote":
             try:
-                folder, meta = releases.promote(self.paths, rel, work.root / result.checkpoint,
-                                                on_progress=self.keepalive)
+                folder, meta = releases.promote(
+                    self.paths, rel, work.root / result.checkpoint, on_progress=self.keepalive
+                )
                 self.record_release(rel, folder, meta, result)
                 return
             except PromotionError as e:
@@ -211,11 +232,18 @@ class PartRunner:
             rel.paused_seconds += result.paused_seconds
         self.save()
         self.finish_scratch(rel)
-        losses = ", ".join(f"{n} {v:.4f}" for n, v in (rel.eval or {}).items()) or \
-            f"val_loss {progress.loss(rel.val_loss)}"
-        self.events.emit("release-done", f"{rel.id} done: cooled over {progress.tokens(rel.tokens)} tokens from "
-                         f"{rel.branch} ({progress.tokens(rel.branch_tokens)}); {losses}; promoted to "
-                         f"{rel.checkpoint}", part=rel.id, checkpoint=rel.checkpoint, tokens=rel.tokens)
+        losses = (
+            ", ".join(f"{n} {v:.4f}" for n, v in (rel.eval or {}).items()) or f"val_loss {progress.loss(rel.val_loss)}"
+        )
+        self.events.emit(
+            "release-done",
+            f"{rel.id} done: cooled over {progress.tokens(rel.tokens)} tokens from "
+            f"{rel.branch} ({progress.tokens(rel.branch_tokens)}); {losses}; promoted to "
+            f"{rel.checkpoint}",
+            part=rel.id,
+            checkpoint=rel.checkpoint,
+            tokens=rel.tokens,
+        )
 
     def secure_start(self, part: PartState) -> bool:
         """May the part start now? Its own scratch must continue the chain as it stands (else
@@ -230,9 +258,13 @@ class PartRunner:
         walk = lineage.walk_back(self.paths, self.state, self.verified, on_progress=self.keepalive)
         for r in walk.requeued:
             where = f"; moved to {r.moved_to}" if r.moved_to else ""
-            self.events.emit("checkpoint-damaged", f"{r.part.id} trains again: {r.reason}{where}; the chain now "
-                             f"continues from {self.state.latest_checkpoint or 'fresh weights'}",
-                             level=logging.ERROR, part=r.part.id)
+            self.events.emit(
+                "checkpoint-damaged",
+                f"{r.part.id} trains again: {r.reason}{where}; the chain now "
+                f"continues from {self.state.latest_checkpoint or 'fresh weights'}",
+                level=logging.ERROR,
+                part=r.part.id,
+            )
         blocked = walk.blocked_message()
         changed = blocked != self.state.blocked
         self.state.blocked = blocked
@@ -258,13 +290,19 @@ class PartRunner:
         work = self.paths.work(part.id)
         was = (spec.init_checkpoint.name if spec.init_checkpoint else "fresh weights") if spec else "another start"
         at = f" at {spec.token_offset} tokens" if spec else ""
-        why = (f"{part.id} had trained from {was}{at}; the chain now continues from "
-               f"{self.state.latest_checkpoint or 'fresh weights'} at {self.state.global_tokens} tokens")
+        why = (
+            f"{part.id} had trained from {was}{at}; the chain now continues from "
+            f"{self.state.latest_checkpoint or 'fresh weights'} at {self.state.global_tokens} tokens"
+        )
         moved = quarantine(self.paths, work.checkpoints, f"scratch set aside: {why}")
         for stale in (work.spec, work.result, work.eval):
             stale.unlink(missing_ok=True)
-        self.events.emit("scratch-set-aside", f"{why}: its checkpoints were moved to {moved}, and it starts afresh",
-                         level=logging.WARNING, part=part.id)
+        self.events.emit(
+            "scratch-set-aside",
+            f"{why}: its checkpoints were moved to {moved}, and it starts afresh",
+            level=logging.WARNING,
+            part=part.id,
+        )
 
     def backoff_left(self, part: PartState) -> float:
         """Seconds before a part that failed may be launched again (0: now). Timed on the
@@ -298,8 +336,11 @@ class PartRunner:
                 rc = reported.code if reported else rc
             return self.state.job(w.part_id), rc
         if w.enforce_deadline():
-            self.events.emit("worker-killed", f"the worker of {w.part_id} did not stop in time ({w.stop_reason}); "
-                             "killed it", level=logging.WARNING)
+            self.events.emit(
+                "worker-killed",
+                f"the worker of {w.part_id} did not stop in time ({w.stop_reason}); killed it",
+                level=logging.WARNING,
+            )
         hb = self.last_heartbeat = self.heartbeat()
         sup = self.plan.schedule.supervisor
         now = time.monotonic()
@@ -307,13 +348,17 @@ class PartRunner:
             w.saw_heartbeat(hb, now)
         if self.suspend_hang_checks:  # a full disk: no heartbeat can be written; the wait starts afresh after
             w.beat_seen = now
-        last, limit = (w.beat_seen, sup.heartbeat_timeout_s) if w.beat_seen is not None else \
-            (w.started, sup.startup_timeout_s)
+        last, limit = (
+            (w.beat_seen, sup.heartbeat_timeout_s) if w.beat_seen is not None else (w.started, sup.startup_timeout_s)
+        )
         if w.stop_deadline is None and now - last > limit and not self.suspend_hang_checks:
             self.hung = True
-            self.events.emit("worker-hung", f"no heartbeat from the worker of {w.part_id} for "
-                             f"{now - last:.0f}s (limit {limit:.0f}s): stopping it",
-                             level=logging.WARNING, part=w.part_id)
+            self.events.emit(
+                "worker-hung",
+                f"no heartbeat from the worker of {w.part_id} for {now - last:.0f}s (limit {limit:.0f}s): stopping it",
+                level=logging.WARNING,
+                part=w.part_id,
+            )
             w.request_stop(sup.hung_grace_s, "hung")
         self._note_own_pause(hb, control)
         self.report_quarantine(w.part_id)
@@ -330,17 +375,26 @@ class PartRunner:
         for note in sorted(folder.glob("*" + NOTE_SUFFIX)):
             if note.name not in self.reported:
                 self.reported.add(note.name)
-                self.events.emit("checkpoint-quarantined", f"the worker of {part_id} set aside "
-                                 f"{note.name.removesuffix(NOTE_SUFFIX)}: {note.read_text().strip()}; it "
-                                 "resumed from the previous checkpoint", level=logging.WARNING, part=part_id)
+                self.events.emit(
+                    "checkpoint-quarantined",
+                    f"the worker of {part_id} set aside "
+                    f"{note.name.removesuffix(NOTE_SUFFIX)}: {note.read_text().strip()}; it "
+                    "resumed from the previous checkpoint",
+                    level=logging.WARNING,
+                    part=part_id,
+                )
 
     def _note_own_pause(self, hb: Heartbeat | None, control: Control) -> None:
         """Record pauses the worker takes on its own (a checkpoint waiting for disk space)."""
         own = hb.paused_reason if hb and hb.phase == Phase.PAUSED and not control.pause else None
         if (own is None) != (self.worker_pause is None):
             if own:
-                self.events.emit("worker-paused", f"the worker of {self.worker.part_id} paused: {own}",
-                                 level=logging.WARNING, part=self.worker.part_id)
+                self.events.emit(
+                    "worker-paused",
+                    f"the worker of {self.worker.part_id} paused: {own}",
+                    level=logging.WARNING,
+                    part=self.worker.part_id,
+                )
             else:
                 self.events.emit("worker-resumed", f"the worker of {self.worker.part_id} resumed")
         self.worker_pause = own
@@ -351,13 +405,16 @@ class PartRunner:
             return None
         if hb is None or hb.phase in (Phase.STARTING, Phase.LOADING):
             return f"{self.worker.part_id}: starting"
-        left = progress.remaining_tokens(((p.status, p.planned_tokens) for p in self.state.parts),
-                                         hb.part_tokens, hb.part_tokens_total)
+        left = progress.remaining_tokens(
+            ((p.status, p.planned_tokens) for p in self.state.parts), hb.part_tokens, hb.part_tokens_total
+        )
         pct = 100 * hb.part_tokens / hb.part_tokens_total if hb.part_tokens_total else 0
-        return (f"{self.worker.part_id} step {hb.step}/{hb.steps_total} ({pct:.0f}%) loss {progress.loss(hb.loss)} "
-                f"{progress.tokens(hb.tokens_per_s)} tok/s, chain ETA "
-                f"{progress.duration(progress.eta(left, hb.tokens_per_s))}"
-                + (f" [{hb.phase}]" if hb.phase != Phase.TRAINING else ""))
+        return (
+            f"{self.worker.part_id} step {hb.step}/{hb.steps_total} ({pct:.0f}%) loss {progress.loss(hb.loss)} "
+            f"{progress.tokens(hb.tokens_per_s)} tok/s, chain ETA "
+            f"{progress.duration(progress.eta(left, hb.tokens_per_s))}"
+            + (f" [{hb.phase}]" if hb.phase != Phase.TRAINING else "")
+        )
 
     # -- settling ---------------------------------------------------------------------------
 
@@ -393,8 +450,9 @@ class PartRunner:
             return
         if d.action == "promote":
             try:
-                folder, meta = promote(self.paths, part.id, work.root / result.checkpoint, self.state.next_seq,
-                                       on_progress=self.keepalive)
+                folder, meta = promote(
+                    self.paths, part.id, work.root / result.checkpoint, self.state.next_seq, on_progress=self.keepalive
+                )
                 self.record_done(part, folder, meta, result)
                 return
             except PromotionError as e:
@@ -409,8 +467,15 @@ class PartRunner:
             return
         self.settle_failure(part, d, rc)
 
-    def decision(self, job: PartState | ReleaseState, rc: int | None, result: Result | None,
-                 error: ErrorReport | None, hung: bool = False, progressed: bool | None = None) -> policy.Decision:
+    def decision(
+        self,
+        job: PartState | ReleaseState,
+        rc: int | None,
+        result: Result | None,
+        error: ErrorReport | None,
+        hung: bool = False,
+        progressed: bool | None = None,
+    ) -> policy.Decision:
         """The retry policy's verdict on how a job's worker ended."""
         spec = read_model(self.paths.work(job.id).spec, WorkerSpec)
         pp = self.plan.get(job.part if isinstance(job, ReleaseState) else job.id)
@@ -421,8 +486,9 @@ class PartRunner:
             micro, accum = error.micro_batch, micro * accum // error.micro_batch
         if progressed is None:
             progressed = self.newest_step(job.id) > self.launch_step
-        return policy.decide(rc, result is not None, error, hung, progressed, job, micro, accum,
-                             self.plan.schedule.supervisor)
+        return policy.decide(
+            rc, result is not None, error, hung, progressed, job, micro, accum, self.plan.schedule.supervisor
+        )
 
     def settle_failure(self, job: PartState | ReleaseState, d: policy.Decision, rc: int | None) -> None:
         """Record a worker that ended without a promotion: relaunch, retry after a backoff, or fail."""
@@ -454,18 +520,28 @@ class PartRunner:
         self.state.global_tokens = meta.global_tokens
         self.state.next_seq = max(self.state.next_seq, part.seq + 1)
         self.state.latest_checkpoint = part.checkpoint
-        rel = releases.due(self.plan.get(part.id), self.state, part, folder, meta.global_tokens,
-                           meta.model["block_size"])
+        rel = releases.due(
+            self.plan.get(part.id), self.state, part, folder, meta.global_tokens, meta.model["block_size"]
+        )
         if rel:  # recorded with the part: a crash cannot lose it
             self.state.releases.append(rel)
         self.save()
         self.finish_scratch(part)
-        self.events.emit("part-done", f"{part.id} done: {progress.tokens(part.tokens)} tokens, loss "
-                         f"{progress.loss(part.loss)}, val_loss {progress.loss(part.val_loss)}; promoted to "
-                         f"{part.checkpoint}", part=part.id, checkpoint=part.checkpoint, tokens=part.tokens)
+        self.events.emit(
+            "part-done",
+            f"{part.id} done: {progress.tokens(part.tokens)} tokens, loss "
+            f"{progress.loss(part.loss)}, val_loss {progress.loss(part.val_loss)}; promoted to "
+            f"{part.checkpoint}",
+            part=part.id,
+            checkpoint=part.checkpoint,
+            tokens=part.tokens,
+        )
         if rel:
-            self.events.emit("release-queued", f"{rel.id} queued: a cool-down of {progress.tokens(rel.decay_tokens)} "
-                             f"tokens from {rel.branch}", part=rel.id)
+            self.events.emit(
+                "release-queued",
+                f"{rel.id} queued: a cool-down of {progress.tokens(rel.decay_tokens)} tokens from {rel.branch}",
+                part=rel.id,
+            )
 
     def record_eval(self, part: PartState | ReleaseState, folder: Path, meta: CheckpointMeta) -> None:
         """The worker's evaluation (eval.json) into evals.jsonl and the part's record. Written
@@ -478,19 +554,30 @@ class PartRunner:
         if not _losses(sets) or not isinstance(samples, list):
             self.events.warning(f"the evaluation of {part.id} (eval.json) is malformed; left out")
             return
-        samples = [s for s in samples if isinstance(s, dict) and isinstance(s.get("prompt"), str)
-                   and isinstance(s.get("text"), str)]
+        samples = [
+            s
+            for s in samples
+            if isinstance(s, dict) and isinstance(s.get("prompt"), str) and isinstance(s.get("text"), str)
+        ]
         release = isinstance(part, ReleaseState)
-        record = {"time": round(time.time(), 3), "part": part.id,
-                  "checkpoint": f"{'releases' if release else 'checkpoints'}/{folder.name}",
-                  "global_tokens": meta.global_tokens, "source": "release" if release else "chain",
-                  **({"branch": part.branch, "branch_tokens": part.branch_tokens} if release else {}),
-                  **evaluation, "samples": samples}
+        record = {
+            "time": round(time.time(), 3),
+            "part": part.id,
+            "checkpoint": f"{'releases' if release else 'checkpoints'}/{folder.name}",
+            "global_tokens": meta.global_tokens,
+            "source": "release" if release else "chain",
+            **({"branch": part.branch, "branch_tokens": part.branch_tokens} if release else {}),
+            **evaluation,
+            "samples": samples,
+        }
         append_line(self.paths.evals, json.dumps(record, ensure_ascii=False), fault="evals")
         part.eval = _losses(sets)
         shown = "; ".join(f"{s['prompt']!r} -> {s['text'][:60]!r}" for s in samples)
-        self.events.info(f"evaluation of {part.id}: " + ", ".join(f"{n} {v:.4f}" for n, v in part.eval.items())
-                         + (f"; {shown}" if shown else ""))
+        self.events.info(
+            f"evaluation of {part.id}: "
+            + ", ".join(f"{n} {v:.4f}" for n, v in part.eval.items())
+            + (f"; {shown}" if shown else "")
+        )
 
     def finish_scratch(self, part: PartState | ReleaseState) -> None:
         work = self.paths.work(part.id)
@@ -522,8 +609,12 @@ def _losses(sets) -> dict[str, float] | None:
     out = {}
     for name, r in sets.items():
         loss = r.get("loss") if isinstance(r, dict) else None
-        if not isinstance(name, str) or isinstance(loss, bool) or not isinstance(loss, (int, float)) \
-                or not math.isfinite(loss):
+        if (
+            not isinstance(name, str)
+            or isinstance(loss, bool)
+            or not isinstance(loss, (int, float))
+            or not math.isfinite(loss)
+        ):
             return None
         out[name] = float(loss)
     return out

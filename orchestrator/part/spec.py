@@ -40,12 +40,21 @@ def frozen(work: WorkPaths, part_id: str) -> WorkerSpec | None:
 
 def fresh(plan: ChainPlan, pp: PartPlan, state: ChainState, paths: RunPaths) -> WorkerSpec:
     start = paths.root / state.latest_checkpoint if state.latest_checkpoint else None
-    return build(plan, pp, paths, pp.id, start, state.global_tokens, state.model or plan.model,
-                 stage_position(plan, pp, state))
+    return build(
+        plan, pp, paths, pp.id, start, state.global_tokens, state.model or plan.model, stage_position(plan, pp, state)
+    )
 
 
-def build(plan: ChainPlan, pp: PartPlan, paths: RunPaths, job_id: str, start: Path | None, offset: int,
-          model: dict, position: dict | None = None) -> WorkerSpec:
+def build(
+    plan: ChainPlan,
+    pp: PartPlan,
+    paths: RunPaths,
+    job_id: str,
+    start: Path | None,
+    offset: int,
+    model: dict,
+    position: dict | None = None,
+) -> WorkerSpec:
     """A spec that trains on part `pp`'s data from `start` (a promoted checkpoint) at the chain's
     `offset` tokens: the part itself (job_id == pp.id), or a release branching after it."""
     train = pp.train
@@ -54,9 +63,17 @@ def build(plan: ChainPlan, pp: PartPlan, paths: RunPaths, job_id: str, start: Pa
         # processes (train.gpus on a machine without CUDA) divide the cores between them.
         train = train.model_copy(update={"cpu_threads": max(1, len(os.sched_getaffinity(0)) // train.gpus)})
     return WorkerSpec(
-        part_id=job_id, stage=pp.stage, work_dir=paths.work(job_id).root, **data_section(pp),
-        init_checkpoint=start, model=model, tokenizer_sha256=plan.tokenizer_sha256, train=train,
-        token_offset=offset, chain_total_tokens=plan.lr_total_tokens(), **(position or {}),
+        part_id=job_id,
+        stage=pp.stage,
+        work_dir=paths.work(job_id).root,
+        **data_section(pp),
+        init_checkpoint=start,
+        model=model,
+        tokenizer_sha256=plan.tokenizer_sha256,
+        train=train,
+        token_offset=offset,
+        chain_total_tokens=plan.lr_total_tokens(),
+        **(position or {}),
     )
 
 
@@ -75,8 +92,12 @@ def stage_position(plan: ChainPlan, pp: PartPlan, state: ChainState) -> dict:
     if pp.lr_rewarm_tokens or pp.lr_decay_fraction:
         start = state.global_tokens - done
         end = state.global_tokens + left + pp.planned_tokens(plan.model["block_size"])
-        out["stage_lr"] = StageLR(start_tokens=start, end_tokens=end, rewarm_tokens=pp.lr_rewarm_tokens or 0,
-                                  decay_fraction=pp.lr_decay_fraction or 0.0)
+        out["stage_lr"] = StageLR(
+            start_tokens=start,
+            end_tokens=end,
+            rewarm_tokens=pp.lr_rewarm_tokens or 0,
+            decay_fraction=pp.lr_decay_fraction or 0.0,
+        )
     return out
 
 
@@ -86,26 +107,37 @@ def data_section(pp: PartPlan) -> dict:
     return {"data": pp.data, "val": pp.val, "epochs": pp.epochs}
 
 
-def write(plan: ChainPlan, pp: PartPlan, part: PartState, state: ChainState, paths: RunPaths,
-          sensor_file: Path | None) -> WorkerSpec:
+def write(
+    plan: ChainPlan, pp: PartPlan, part: PartState, state: ChainState, paths: RunPaths, sensor_file: Path | None
+) -> WorkerSpec:
     work = paths.work(pp.id)
     spec = frozen(work, pp.id) or fresh(plan, pp, state, paths)
     return finish(spec, part, plan, paths, sensor_file, evaluation(plan, pp, state, paths))
 
 
-def finish(spec: WorkerSpec, job, plan: ChainPlan, paths: RunPaths, sensor_file: Path | None,
-           evaluation: EvalSpec | None) -> WorkerSpec:
+def finish(
+    spec: WorkerSpec, job, plan: ChainPlan, paths: RunPaths, sensor_file: Path | None, evaluation: EvalSpec | None
+) -> WorkerSpec:
     """The daemon's own overrides after failures, and the current operational settings,
     laid over a (frozen or fresh) spec; written into the job's work dir."""
     o = job.overrides
-    train = spec.train.model_copy(update={
-        "micro_batch": o.micro_batch or spec.train.micro_batch,
-        "grad_accum": o.grad_accum or spec.train.grad_accum,
-    })
+    train = spec.train.model_copy(
+        update={
+            "micro_batch": o.micro_batch or spec.train.micro_batch,
+            "grad_accum": o.grad_accum or spec.train.grad_accum,
+        }
+    )
     # Guard and evaluation settings are operational, not part of the training math: always current.
-    spec = spec.model_copy(update={"train": train, "lr_scale": o.lr_scale, "skip_windows": list(o.skip_windows),
-                                   "disk_margin_gb": plan.schedule.guard.disk_margin_gb, "sensor_file": sensor_file,
-                                   "eval": evaluation})
+    spec = spec.model_copy(
+        update={
+            "train": train,
+            "lr_scale": o.lr_scale,
+            "skip_windows": list(o.skip_windows),
+            "disk_margin_gb": plan.schedule.guard.disk_margin_gb,
+            "sensor_file": sensor_file,
+            "eval": evaluation,
+        }
+    )
     write_model(paths.work(spec.part_id).spec, spec, fault="spec")
     return spec
 
@@ -116,8 +148,9 @@ def position(state: ChainState, pid: str) -> int:
     return ids.index(pid) + 1 if pid in ids else len(ids)
 
 
-def evaluation(plan: ChainPlan, pp: PartPlan, state: ChainState, paths: RunPaths,
-               release: bool = False) -> EvalSpec | None:
+def evaluation(
+    plan: ChainPlan, pp: PartPlan, state: ChainState, paths: RunPaths, release: bool = False
+) -> EvalSpec | None:
     """What the worker evaluates when this part ends: every k-th part of the chain and the last
     one queued, on the validation split of every stage seen so far and of the next stage. A
     release is always evaluated so, and never logs to the chain's tensorboard."""
@@ -133,8 +166,12 @@ def evaluation(plan: ChainPlan, pp: PartPlan, state: ChainState, paths: RunPaths
         upto = stages.index(pp.stage) + 2  # every stage seen so far, and the next one
         sets = [ValSet(name=name, data=ref) for name, ref in plan.stage_vals()[:upto] if ref]
     settings = cfg.model_dump(include=set(EvalSettings.model_fields))
-    return EvalSpec(**{**settings, "prompts": cfg.prompts if due else []}, sets=sets,
-                    tokenizer=plan.tokenizer_path or _tokenizer_of(pp), tensorboard_dir=tensorboard)
+    return EvalSpec(
+        **{**settings, "prompts": cfg.prompts if due else []},
+        sets=sets,
+        tokenizer=plan.tokenizer_path or _tokenizer_of(pp),
+        tensorboard_dir=tensorboard,
+    )
 
 
 def _tokenizer_of(pp: PartPlan) -> Path | None:
@@ -154,8 +191,10 @@ def kept_transitions(old: ChainPlan, new: ChainPlan, state: ChainState, paths: R
         if a is None or b is None or _transition(a) == _transition(b):
             continue
         if part.status in (PartStatus.RUNNING, PartStatus.PENDING) and frozen(paths.work(part.id), part.id):
-            notes.append(f"{part.id} keeps the replay, ramp and learning-rate shape it started with; the edit "
-                         "applies from the next part")
+            notes.append(
+                f"{part.id} keeps the replay, ramp and learning-rate shape it started with; the edit "
+                "applies from the next part"
+            )
     return notes
 
 

@@ -26,6 +26,7 @@ def used_indices(trains: Iterable[TrainConfig]) -> set[int]:
 
 # -- NVML ----------------------------------------------------------------------------------
 
+
 @dataclass
 class NvmlCard:
     index: int
@@ -103,14 +104,20 @@ def _text(v) -> str:
 
 # -- checks ----------------------------------------------------------------------------------
 
+
 def torch_checks(probe: ProbeResult, nvml: NvmlFacts, used: set[int], explicit_cuda: bool = False) -> list[Check]:
     """The build, and every card against it. `used`: the CUDA devices the chain trains on;
     `explicit_cuda`: some part sets train.device to cuda (so no CUDA is a problem, not a
     slow chain)."""
     if probe.facts is None:
-        return [problem("torch", probe.error or "the probe gave no answer",
-                        "install torch first (README: the table of cards and builds), then check that "
-                        "`python -c 'import torch'` works")]
+        return [
+            problem(
+                "torch",
+                probe.error or "the probe gave no answer",
+                "install torch first (README: the table of cards and builds), then check that "
+                "`python -c 'import torch'` works",
+            )
+        ]
     f = probe.facts
     checks: list[Check] = []
     build = f"torch {f.torch_version}" + (" (fabricated facts, a test)" if f.fabricated else "")
@@ -121,23 +128,35 @@ def torch_checks(probe: ProbeResult, nvml: NvmlFacts, used: set[int], explicit_c
         if nvml_cards:
             card = nvml_cards[0]
             cc = card.capability
-            checks.append((problem if explicit_cuda else warning)(
-                "torch", f"{build} is a CPU build, but this machine has {card.name} (compute capability "
-                f"{cc[0]}.{cc[1]}, {gpuarch.generation(cc)}): the chain would train on the CPU",
-                f"to train on the GPU, {gpuarch.install_fix(cc)}"))
+            checks.append(
+                (problem if explicit_cuda else warning)(
+                    "torch",
+                    f"{build} is a CPU build, but this machine has {card.name} (compute capability "
+                    f"{cc[0]}.{cc[1]}, {gpuarch.generation(cc)}): the chain would train on the CPU",
+                    f"to train on the GPU, {gpuarch.install_fix(cc)}",
+                )
+            )
         else:
-            checks.append((problem if explicit_cuda else ok)(
-                "torch", f"{build}, a CPU build; no NVIDIA GPU here: the chain trains on the CPU",
-                "train.device is set to cuda: install a CUDA build of torch (README), or set it to auto or cpu"
-                if explicit_cuda else ""))
+            checks.append(
+                (problem if explicit_cuda else ok)(
+                    "torch",
+                    f"{build}, a CPU build; no NVIDIA GPU here: the chain trains on the CPU",
+                    "train.device is set to cuda: install a CUDA build of torch (README), or set it to auto or cpu"
+                    if explicit_cuda
+                    else "",
+                )
+            )
     elif not f.cuda_available:
         why = "; ".join(f.notes) or "torch.cuda.is_available() is False"
         driver = f" The driver ({nvml.driver}) supports CUDA up to {nvml.cuda_driver}." if nvml.driver else ""
-        checks.append((problem if explicit_cuda else warning)(
-            "torch", f"{build} (CUDA {f.cuda_build}) sees no usable GPU: {why}.{driver} The chain would train "
-            "on the CPU.",
-            f"update the NVIDIA driver to one that supports CUDA {f.cuda_build}, or install the torch build for "
-            "your driver (README)"))
+        checks.append(
+            (problem if explicit_cuda else warning)(
+                "torch",
+                f"{build} (CUDA {f.cuda_build}) sees no usable GPU: {why}.{driver} The chain would train on the CPU.",
+                f"update the NVIDIA driver to one that supports CUDA {f.cuda_build}, or install the torch build for "
+                "your driver (README)",
+            )
+        )
     else:
         checks.append(ok("torch", f"{build}, CUDA {f.cuda_build}, kernels for {', '.join(f.arch_list) or '?'}"))
     bad = {g.index for g in gpuarch.unrunnable(f)}
@@ -146,15 +165,18 @@ def torch_checks(probe: ProbeResult, nvml: NvmlFacts, used: set[int], explicit_c
         mem = f", {g.memory_gb:g} GB" if g.memory_gb else ""
         name = f"GPU {g.index}"
         if g.index not in bad:
-            checks.append(ok(name, f"{g.name}, compute capability {cc} ({gpuarch.generation(g.capability)}){mem}: "
-                          "this build runs it"))
+            checks.append(
+                ok(
+                    name,
+                    f"{g.name}, compute capability {cc} ({gpuarch.generation(g.capability)}){mem}: this build runs it",
+                )
+            )
         else:  # the paragraph the worker and the daemon say; the fix repeats just the command
             fix = gpuarch.install_command(g.capability) or gpuarch.install_fix(g.capability)
             if g.index in used:
                 checks.append(problem(name, gpuarch.gpu_message(f, g), fix))
             else:
-                checks.append(warning(name, gpuarch.gpu_message(f, g) + " The chain does not train on this card.",
-                                      fix))
+                checks.append(warning(name, gpuarch.gpu_message(f, g) + " The chain does not train on this card.", fix))
     return checks
 
 
@@ -165,12 +187,19 @@ def placement_check(probe: ProbeResult) -> list[Check]:
         return []
     if "error" in p:
         refused = any(gpuarch.gpu_message(probe.facts, g) in p["error"] for g in gpuarch.unrunnable(probe.facts))
-        return [problem("worker", "the worker would refuse to start: " + (
-            "this build does not run the card (see the GPU rows)" if refused else p["error"]),
-            "" if refused else "fix the train section of the schedule (docs/schedule.md)")]
+        return [
+            problem(
+                "worker",
+                "the worker would refuse to start: "
+                + ("this build does not run the card (see the GPU rows)" if refused else p["error"]),
+                "" if refused else "fix the train section of the schedule (docs/schedule.md)",
+            )
+        ]
     notes = {
         "fp32": "no fast half precision on this card (Pascal and older) or on the CPU; train.precision fp16 "
-                "halves activation memory on a GPU" if str(p["device"]).startswith("cuda") else "",
+        "halves activation memory on a GPU"
+        if str(p["device"]).startswith("cuda")
+        else "",
         "fp16": "fp16 autocast with a loss scaler (compute capability 7.x)",
         "bf16": "bf16 autocast and TF32 matmuls (compute capability 8.0+)",
     }
@@ -184,20 +213,31 @@ def placement_check(probe: ProbeResult) -> list[Check]:
     return [ok("worker", detail)]
 
 
-def nvml_checks(nvml: NvmlFacts, sensor_values: dict[str, Any], trains_on_gpu: bool,
-                power_limit_w: float | None = None) -> list[Check]:
+def nvml_checks(
+    nvml: NvmlFacts, sensor_values: dict[str, Any], trains_on_gpu: bool, power_limit_w: float | None = None
+) -> list[Check]:
     """Can the guard read the cards' temperature and power (or does the sensor file stand in)?"""
     from_file = sensor_values.get("gpu_temp_c") is not None
     if nvml.absent:
         if from_file:
-            return [ok("NVML", f"absent: {nvml.absent}; the sensor file gives the GPU temperature "
-                       f"({sensor_values['gpu_temp_c']:g} °C)")]
+            return [
+                ok(
+                    "NVML",
+                    f"absent: {nvml.absent}; the sensor file gives the GPU temperature "
+                    f"({sensor_values['gpu_temp_c']:g} °C)",
+                )
+            ]
         if not trains_on_gpu:
             return [ok("NVML", f"absent: {nvml.absent}; the chain does not train on a GPU, nothing to watch")]
-        return [warning("NVML", f"absent: {nvml.absent}; the guard cannot read the GPU's temperature or power, "
-                        "so it cannot pause a hot card",
-                        "install the NVIDIA driver's NVML library (libnvidia-ml.so.1, part of the driver), or feed "
-                        "gpu_temp_c through the sensor file (guard.sensor_file)")]
+        return [
+            warning(
+                "NVML",
+                f"absent: {nvml.absent}; the guard cannot read the GPU's temperature or power, "
+                "so it cannot pause a hot card",
+                "install the NVIDIA driver's NVML library (libnvidia-ml.so.1, part of the driver), or feed "
+                "gpu_temp_c through the sensor file (guard.sensor_file)",
+            )
+        ]
     checks = []
     driver = f"driver {nvml.driver}, CUDA {nvml.cuda_driver}" if nvml.driver else "driver version unreadable"
     if not nvml.cards:
@@ -205,20 +245,37 @@ def nvml_checks(nvml: NvmlFacts, sensor_values: dict[str, Any], trains_on_gpu: b
     for c in nvml.cards:
         name = f"NVML GPU {c.index}"
         if "device" in c.unreadable:
-            checks.append(warning(name, f"NVML cannot open it ({c.unreadable['device']})",
-                                  "check `nvidia-smi`; a card NVML cannot open pauses the guard if the chain uses it"))
+            checks.append(
+                warning(
+                    name,
+                    f"NVML cannot open it ({c.unreadable['device']})",
+                    "check `nvidia-smi`; a card NVML cannot open pauses the guard if the chain uses it",
+                )
+            )
             continue
-        seen = [f"{c.temp_c:g} °C" if c.temp_c is not None else None,
-                f"{c.power_w:.0f} W" if c.power_w is not None else None]
+        seen = [
+            f"{c.temp_c:g} °C" if c.temp_c is not None else None,
+            f"{c.power_w:.0f} W" if c.power_w is not None else None,
+        ]
         detail = f"{c.name}, {driver}: " + (", ".join(s for s in seen if s) or "no readings")
         if c.temp_c is None and not from_file:
-            checks.append(warning(name, detail + f"; temperature unreadable ({c.unreadable.get('temp_c')}): "
-                                  "the guard cannot pause a hot card",
-                                  "feed gpu_temp_c through the sensor file (guard.sensor_file)"))
+            checks.append(
+                warning(
+                    name,
+                    detail + f"; temperature unreadable ({c.unreadable.get('temp_c')}): "
+                    "the guard cannot pause a hot card",
+                    "feed gpu_temp_c through the sensor file (guard.sensor_file)",
+                )
+            )
         elif c.power_w is None and power_limit_w:
-            checks.append(warning(name, detail + f"; power draw unreadable ({c.unreadable.get('power_w')}): "
-                                  f"guard.gpu_power_limit_w ({power_limit_w:g} W) cannot act",
-                                  "feed gpu_power_w through the sensor file, or drop gpu_power_limit_w"))
+            checks.append(
+                warning(
+                    name,
+                    detail + f"; power draw unreadable ({c.unreadable.get('power_w')}): "
+                    f"guard.gpu_power_limit_w ({power_limit_w:g} W) cannot act",
+                    "feed gpu_power_w through the sensor file, or drop gpu_power_limit_w",
+                )
+            )
         else:
             note = "" if c.power_w is not None else f"; power unreadable ({c.unreadable.get('power_w')}), not needed"
             checks.append(ok(name, detail + note))
@@ -226,6 +283,7 @@ def nvml_checks(nvml: NvmlFacts, sensor_values: dict[str, Any], trains_on_gpu: b
 
 
 # -- the daemon's start-up check ---------------------------------------------------------------
+
 
 def daemon_refusal(trains: Iterable[TrainConfig], timeout: float = TIMEOUT_S) -> tuple[str | None, str | None]:
     """(refusal, note) for a daemon about to run parts with these settings: refusal is the

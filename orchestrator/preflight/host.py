@@ -16,12 +16,29 @@ GB = 2**30
 # Filesystems where a rename, an fsync or a lock cannot be trusted to mean what it means on
 # a local disk (close-to-open caching, server-side rename, advisory locks that may not be
 # honoured): a power cut or a second client can see torn state.
-NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "afs", "ceph", "glusterfs", "lustre", "fuse.sshfs",
-              "fuse.rclone", "fuse.s3fs", "fuse.gcsfuse", "davfs", "fuse.davfs2"}
+NETWORK_FS = {
+    "nfs",
+    "nfs4",
+    "cifs",
+    "smb3",
+    "smbfs",
+    "9p",
+    "afs",
+    "ceph",
+    "glusterfs",
+    "lustre",
+    "fuse.sshfs",
+    "fuse.rclone",
+    "fuse.s3fs",
+    "fuse.gcsfuse",
+    "davfs",
+    "fuse.davfs2",
+}
 VOLATILE_FS = {"tmpfs", "ramfs"}
 
 
 # -- the run directory: disk space and filesystem ---------------------------------------------
+
 
 @dataclass(frozen=True)
 class Mount:
@@ -57,26 +74,40 @@ def filesystem_check(run_dir: Path, mount: Mount | None, split: list[str]) -> Ch
     """`split`: folders inside the run dir that sit on another filesystem than the run dir
     (a promotion is a rename from work/ to checkpoints/ and fails across filesystems)."""
     if split:
-        return problem("filesystem", f"{', '.join(split)} in {run_dir} is on another filesystem than the run "
-                       "directory: promoting a checkpoint (a rename from work/ to checkpoints/) would fail",
-                       "keep the whole run directory on one filesystem (move it there rather than symlinking "
-                       "its folders)")
+        return problem(
+            "filesystem",
+            f"{', '.join(split)} in {run_dir} is on another filesystem than the run "
+            "directory: promoting a checkpoint (a rename from work/ to checkpoints/) would fail",
+            "keep the whole run directory on one filesystem (move it there rather than symlinking its folders)",
+        )
     if mount is None:
         return warning("filesystem", f"cannot tell which filesystem holds {run_dir} (no /proc/mounts)")
     where = f"{run_dir} is on {mount.fstype} ({mount.device} at {mount.point})"
     if mount.fstype in NETWORK_FS or mount.fstype.startswith("fuse.sshfs"):
-        return warning("filesystem", f"{where}: a network filesystem; atomic renames, fsync and file locks are not "
-                       "guaranteed there, so a power cut or a second machine can leave torn state",
-                       "put the run directory on a local disk (--run-dir); the schedule and data may stay where "
-                       "they are")
+        return warning(
+            "filesystem",
+            f"{where}: a network filesystem; atomic renames, fsync and file locks are not "
+            "guaranteed there, so a power cut or a second machine can leave torn state",
+            "put the run directory on a local disk (--run-dir); the schedule and data may stay where they are",
+        )
     if mount.fstype in VOLATILE_FS:
-        return warning("filesystem", f"{where}: held in memory, so the chain and its checkpoints vanish at a "
-                       "reboot", "put the run directory on a disk (--run-dir)")
+        return warning(
+            "filesystem",
+            f"{where}: held in memory, so the chain and its checkpoints vanish at a reboot",
+            "put the run directory on a disk (--run-dir)",
+        )
     return ok("filesystem", f"{where}: local; renames within it are atomic")
 
 
-def disk_check(free_bytes: int, where: str, checkpoint_bytes: int, parts_left: int, keep: int,
-               margin_gb: float, from_sensor_file: bool = False) -> Check:
+def disk_check(
+    free_bytes: int,
+    where: str,
+    checkpoint_bytes: int,
+    parts_left: int,
+    keep: int,
+    margin_gb: float,
+    from_sensor_file: bool = False,
+) -> Check:
     """Free space against what the chain will write.
 
     A running part keeps `keep` checkpoints in its work dir and starts a new one only with
@@ -91,22 +122,30 @@ def disk_check(free_bytes: int, where: str, checkpoint_bytes: int, parts_left: i
     one_part = (keep + 2) * ck + margin
     chain = one_part + max(parts_left - 1, 0) * ck
     src = " (from the sensor file's disk_free_gb)" if from_sensor_file else ""
-    detail = (f"{free_bytes / GB:.1f} GB free on {where}{src}; a checkpoint is about {ck / GB:.2f} GB, one part "
-              f"needs {one_part / GB:.1f} GB ({keep} kept + 2 checkpoints + {margin_gb:g} GB margin), the "
-              f"{parts_left} parts left {chain / GB:.1f} GB (one promoted checkpoint each)")
+    detail = (
+        f"{free_bytes / GB:.1f} GB free on {where}{src}; a checkpoint is about {ck / GB:.2f} GB, one part "
+        f"needs {one_part / GB:.1f} GB ({keep} kept + 2 checkpoints + {margin_gb:g} GB margin), the "
+        f"{parts_left} parts left {chain / GB:.1f} GB (one promoted checkpoint each)"
+    )
     if free_bytes < one_part:
-        return problem("disk", detail + ": not enough for one part; the worker would wait for space",
-                       f"free at least {(one_part - free_bytes) / GB:.1f} GB there, or move the run directory "
-                       "(--run-dir)")
+        return problem(
+            "disk",
+            detail + ": not enough for one part; the worker would wait for space",
+            f"free at least {(one_part - free_bytes) / GB:.1f} GB there, or move the run directory (--run-dir)",
+        )
     if free_bytes < chain:
         fits = 1 + (free_bytes - one_part) // ck
-        return warning("disk", detail + f": enough for about {fits} parts, then the chain pauses for space",
-                       f"free {(chain - free_bytes) / GB:.1f} GB more, or move promoted checkpoints you no "
-                       "longer need elsewhere as the chain runs (docs/operations.md)")
+        return warning(
+            "disk",
+            detail + f": enough for about {fits} parts, then the chain pauses for space",
+            f"free {(chain - free_bytes) / GB:.1f} GB more, or move promoted checkpoints you no "
+            "longer need elsewhere as the chain runs (docs/operations.md)",
+        )
     return ok("disk", detail)
 
 
 # -- inotify -----------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Inotify:
@@ -118,6 +157,7 @@ class Inotify:
 
 def read_inotify(proc: Path = Path("/proc")) -> Inotify:
     """The per-user limits, and what this user's processes use now (the fds we may read)."""
+
     def limit(name: str) -> int | None:
         try:
             return int((proc / "sys/fs/inotify" / name).read_text())
@@ -153,23 +193,36 @@ def inotify_check(i: Inotify) -> Check:
     """The daemon watches the schedule's folder: one inotify instance, one watch. Without
     them it still notices edits, by looking at the file every 10 s."""
     if i.max_instances is None or i.max_watches is None:
-        return warning("inotify", "limits unreadable (/proc/sys/fs/inotify); schedule edits may be noticed only by "
-                       "the daemon's 10 s check")
-    used = (f"{i.used_instances} of {i.max_instances} instances and {i.used_watches} of {i.max_watches} watches in "
-            "use by this user" if i.used_instances is not None
-            else f"limits {i.max_instances} instances, {i.max_watches} watches")
-    fix = ("raise the limits: printf 'fs.inotify.max_user_instances=1024\\nfs.inotify.max_user_watches=524288\\n' "
-           "| sudo tee /etc/sysctl.d/90-inotify.conf && sudo sysctl --system")
+        return warning(
+            "inotify",
+            "limits unreadable (/proc/sys/fs/inotify); schedule edits may be noticed only by the daemon's 10 s check",
+        )
+    used = (
+        f"{i.used_instances} of {i.max_instances} instances and {i.used_watches} of {i.max_watches} watches in "
+        "use by this user"
+        if i.used_instances is not None
+        else f"limits {i.max_instances} instances, {i.max_watches} watches"
+    )
+    fix = (
+        "raise the limits: printf 'fs.inotify.max_user_instances=1024\\nfs.inotify.max_user_watches=524288\\n' "
+        "| sudo tee /etc/sysctl.d/90-inotify.conf && sudo sysctl --system"
+    )
     if i.used_instances is not None and (i.used_instances >= i.max_instances or i.used_watches >= i.max_watches):
-        return warning("inotify", f"{used}: exhausted; the daemon cannot watch the schedule and notices edits only "
-                       "by its 10 s check (other programs, editors and file sync, fail too)", fix)
-    if i.used_instances is not None and (i.max_instances - i.used_instances < 8
-                                         or i.max_watches - i.used_watches < 1024):
+        return warning(
+            "inotify",
+            f"{used}: exhausted; the daemon cannot watch the schedule and notices edits only "
+            "by its 10 s check (other programs, editors and file sync, fail too)",
+            fix,
+        )
+    if i.used_instances is not None and (
+        i.max_instances - i.used_instances < 8 or i.max_watches - i.used_watches < 1024
+    ):
         return warning("inotify", f"{used}: nearly exhausted", fix)
     return ok("inotify", used)
 
 
 # -- systemd -----------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Systemd:
@@ -188,8 +241,13 @@ def read_systemd() -> Systemd:
     user = getpass.getuser()
     runtime_dir = os.environ.get("XDG_RUNTIME_DIR") or None
     manager = Path(runtime_dir or f"/run/user/{os.getuid()}") / "systemd"
-    return Systemd(booted=Path("/run/systemd/system").is_dir(), user=user, runtime_dir=runtime_dir,
-                   user_manager=manager.is_dir(), linger=_linger(user))
+    return Systemd(
+        booted=Path("/run/systemd/system").is_dir(),
+        user=user,
+        runtime_dir=runtime_dir,
+        user_manager=manager.is_dir(),
+        linger=_linger(user),
+    )
 
 
 def _linger(user: str) -> bool | None:
@@ -200,8 +258,13 @@ def _linger(user: str) -> bool | None:
     if not loginctl:
         return None
     try:
-        out = subprocess.run([loginctl, "show-user", user, "--property=Linger", "--value"], capture_output=True,
-                             text=True, timeout=5, stdin=subprocess.DEVNULL)
+        out = subprocess.run(
+            [loginctl, "show-user", user, "--property=Linger", "--value"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            stdin=subprocess.DEVNULL,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     value = out.stdout.strip()
@@ -211,34 +274,58 @@ def _linger(user: str) -> bool | None:
 def systemd_checks(s: Systemd) -> list[Check]:
     """What `orchestrator install-service --user` needs; a system unit needs only systemd."""
     if not s.booted:
-        return [warning("systemd", "systemd is not running here (a container, WSL without systemd, another init): "
-                        "`orchestrator install-service` units cannot run",
-                        "run `orchestrator run --schedule F` under the supervisor you have (it exits 0 on a warm "
-                        "stop and resumes when started again)")]
+        return [
+            warning(
+                "systemd",
+                "systemd is not running here (a container, WSL without systemd, another init): "
+                "`orchestrator install-service` units cannot run",
+                "run `orchestrator run --schedule F` under the supervisor you have (it exits 0 on a warm "
+                "stop and resumes when started again)",
+            )
+        ]
     checks = [ok("systemd", "running: `orchestrator install-service` (system unit) works")]
     if s.user_manager and s.runtime_dir:
         checks.append(ok("user session", f"systemd user manager running for {s.user} ({s.runtime_dir})"))
     elif s.user_manager:
-        checks.append(warning("user session", "the user manager runs but XDG_RUNTIME_DIR is unset (su or sudo?): "
-                              "`systemctl --user` cannot reach it",
-                              f"log in as {s.user} directly (ssh, console), or export "
-                              f"XDG_RUNTIME_DIR=/run/user/{os.getuid()}"))
+        checks.append(
+            warning(
+                "user session",
+                "the user manager runs but XDG_RUNTIME_DIR is unset (su or sudo?): `systemctl --user` cannot reach it",
+                f"log in as {s.user} directly (ssh, console), or export XDG_RUNTIME_DIR=/run/user/{os.getuid()}",
+            )
+        )
     else:
-        checks.append(warning("user session", f"no systemd user manager for {s.user}: `install-service --user` "
-                              "units cannot start", "log in as that user directly (ssh or console, not su), enable "
-                              "lingering, or install a system unit as root (without --user)"))
+        checks.append(
+            warning(
+                "user session",
+                f"no systemd user manager for {s.user}: `install-service --user` units cannot start",
+                "log in as that user directly (ssh or console, not su), enable "
+                "lingering, or install a system unit as root (without --user)",
+            )
+        )
     if s.linger is True:
         checks.append(ok("lingering", f"on for {s.user}: user units start at boot and outlive logins"))
     elif s.linger is False:
-        checks.append(warning("lingering", f"off for {s.user}: a --user unit stops at logout and does not start at "
-                              "boot", f"loginctl enable-linger {s.user}   (not needed for a system unit)"))
+        checks.append(
+            warning(
+                "lingering",
+                f"off for {s.user}: a --user unit stops at logout and does not start at boot",
+                f"loginctl enable-linger {s.user}   (not needed for a system unit)",
+            )
+        )
     else:
-        checks.append(warning("lingering", "cannot tell (no /var/lib/systemd/linger, no loginctl answer)",
-                              f"loginctl enable-linger {s.user}   (for a --user unit)"))
+        checks.append(
+            warning(
+                "lingering",
+                "cannot tell (no /var/lib/systemd/linger, no loginctl answer)",
+                f"loginctl enable-linger {s.user}   (for a --user unit)",
+            )
+        )
     return checks
 
 
 # -- battery -----------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Power:
@@ -265,14 +352,27 @@ def read_power(sensor_values: dict) -> Power:
 
 def power_check(p: Power, pause_on_battery: bool) -> Check:
     if p.error:
-        return warning("battery", f"battery state unreadable ({p.error}): the guard fails closed and pauses",
-                       "feed on_battery through the sensor file (guard.sensor_file)")
+        return warning(
+            "battery",
+            f"battery state unreadable ({p.error}): the guard fails closed and pauses",
+            "feed on_battery through the sensor file (guard.sensor_file)",
+        )
     if p.on_battery is None:
-        return ok("battery", "no battery reported (a desktop): the guard has nothing to watch here; a UPS can "
-                  "report on_battery through the sensor file")
+        return ok(
+            "battery",
+            "no battery reported (a desktop): the guard has nothing to watch here; a UPS can "
+            "report on_battery through the sensor file",
+        )
     pct = f" ({p.percent:.0f}%)" if p.percent is not None else ""
     if p.on_battery and pause_on_battery:
-        return warning("battery", f"on battery now{pct}, from {p.source}: the guard pauses the chain until AC returns "
-                       "(guard.pause_on_battery)", "plug in the charger")
-    return ok("battery", f"{'on battery' if p.on_battery else 'on AC'}{pct}, from {p.source}; the guard "
-              + ("pauses on battery" if pause_on_battery else "keeps training on battery (pause_on_battery off)"))
+        return warning(
+            "battery",
+            f"on battery now{pct}, from {p.source}: the guard pauses the chain until AC returns "
+            "(guard.pause_on_battery)",
+            "plug in the charger",
+        )
+    return ok(
+        "battery",
+        f"{'on battery' if p.on_battery else 'on AC'}{pct}, from {p.source}; the guard "
+        + ("pauses on battery" if pause_on_battery else "keeps training on battery (pause_on_battery off)"),
+    )

@@ -28,8 +28,9 @@ class ProbeResult:
     """Why the probe gave no facts (torch missing, a crash, a timeout)."""
 
 
-def run_probe(train: TrainConfig | None = None, model: dict | None = None, seconds: float = 0.0,
-              timeout: float = TIMEOUT_S) -> ProbeResult:
+def run_probe(
+    train: TrainConfig | None = None, model: dict | None = None, seconds: float = 0.0, timeout: float = TIMEOUT_S
+) -> ProbeResult:
     """The probe's findings; never raises for a broken torch (error says what happened)."""
     from orchestrator.part.process import worker_env  # the worker's environment: same device order, same code
 
@@ -37,11 +38,14 @@ def run_probe(train: TrainConfig | None = None, model: dict | None = None, secon
     if model is not None and seconds > 0:
         cmd += ["--model", json.dumps(model), "--seconds", str(seconds)]
     try:
-        done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=worker_env(),
-                              timeout=timeout + seconds)
+        done = subprocess.run(
+            cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=worker_env(), timeout=timeout + seconds
+        )
     except subprocess.TimeoutExpired:
-        return ProbeResult(error=f"`python -m trainer.probe` did not answer within {timeout + seconds:.0f}s "
-                                 "(importing torch or initialising CUDA hangs)")
+        return ProbeResult(
+            error=f"`python -m trainer.probe` did not answer within {timeout + seconds:.0f}s "
+            "(importing torch or initialising CUDA hangs)"
+        )
     except OSError as e:
         return ProbeResult(error=f"cannot run `python -m trainer.probe`: {e}")
     lines = done.stdout.strip().splitlines()
@@ -50,7 +54,8 @@ def run_probe(train: TrainConfig | None = None, model: dict | None = None, secon
         return ProbeResult(error=f"`python -m trainer.probe` failed: {tail}")
     try:
         raw = json.loads(lines[-1])
-        return ProbeResult(TorchFacts.model_validate(raw["facts"]), raw.get("placement"), raw.get("measurement"),
-                           raw.get("precisions"))
+        return ProbeResult(
+            TorchFacts.model_validate(raw["facts"]), raw.get("placement"), raw.get("measurement"), raw.get("precisions")
+        )
     except (ValueError, KeyError, TypeError, ValidationError) as e:
         return ProbeResult(error=f"`python -m trainer.probe` printed something unexpected ({e})")

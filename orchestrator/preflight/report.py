@@ -58,10 +58,14 @@ def render(checks: list[Check]):
             finding.append("\nfix: ", style="bold cyan").append(c.fix, style="cyan")
         table.add_row(c.name, Text(c.status, style=STYLE[c.status]), finding)
     counts = {s: sum(c.status == s for c in checks) for s in STYLE}
-    verdict = ("a problem would stop the chain: fix the rows marked problem" if counts["problem"]
-               else "nothing would stop the chain" + (" (see the warnings)" if counts["warning"] else ""))
-    table.caption = (f"{counts['ok']} ok, {_n(counts['warning'], 'warning')}, {_n(counts['problem'], 'problem')}: "
-                     f"{verdict}")
+    verdict = (
+        "a problem would stop the chain: fix the rows marked problem"
+        if counts["problem"]
+        else "nothing would stop the chain" + (" (see the warnings)" if counts["warning"] else "")
+    )
+    table.caption = (
+        f"{counts['ok']} ok, {_n(counts['warning'], 'warning')}, {_n(counts['problem'], 'problem')}: {verdict}"
+    )
     return table
 
 

@@ -33,8 +33,9 @@ class EventLog:
         self.logger.propagate = False
         logging.raiseExceptions = False  # a log line that cannot be written (full disk) is dropped quietly
         fmt = logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
-        handlers: list[logging.Handler] = [RotatingFileHandler(paths.log, maxBytes=LOG_MAX_BYTES,
-                                                               backupCount=LOG_BACKUPS, encoding="utf-8")]
+        handlers: list[logging.Handler] = [
+            RotatingFileHandler(paths.log, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8")
+        ]
         if stderr:
             handlers.append(logging.StreamHandler(sys.stderr))
         for h in handlers:
@@ -42,8 +43,10 @@ class EventLog:
             self.logger.addHandler(h)
         for log in (paths.events, paths.evals, paths.hardware_log):  # every log the daemon appends to
             if end_lines(log):
-                self.logger.warning(f"{log.name} ended in a torn line (a crash or power cut while writing); "
-                                    "sealed it: readers skip that line")
+                self.logger.warning(
+                    f"{log.name} ended in a torn line (a crash or power cut while writing); "
+                    "sealed it: readers skip that line"
+                )
 
     def emit(self, event: str, message: str, level: int = logging.INFO, **fields) -> None:
         record = {"time": round(time.time(), 3), "event": event, **fields, "message": message}

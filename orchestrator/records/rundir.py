@@ -26,7 +26,7 @@ def schedule_name(path: Path) -> str:
     except FileNotFoundError:
         raise UserError(f"{path}: no such schedule file") from None
     except (ValueError, KeyError, TypeError):
-        raise UserError(f"{path}: not a schedule (no \"name\"); run `orchestrator validate {path}`") from None
+        raise UserError(f'{path}: not a schedule (no "name"); run `orchestrator validate {path}`') from None
 
 
 def _schedules_here() -> list[Path]:
@@ -52,17 +52,22 @@ def locate(run_dir: Path | None, schedule: Path | None) -> RunPaths:
     if (Path.cwd() / "state.json").exists():
         return RunPaths(Path.cwd())
     if len(here) > 1:
-        raise UserError(f"several schedules here ({', '.join(p.name for p in here)}); "
-                        "say which with --schedule FILE or --run-dir DIR")
-    raise UserError("no run directory: give --run-dir DIR or --schedule FILE "
-                    "(or run this where exactly one schedule is)")
+        raise UserError(
+            f"several schedules here ({', '.join(p.name for p in here)}); "
+            "say which with --schedule FILE or --run-dir DIR"
+        )
+    raise UserError(
+        "no run directory: give --run-dir DIR or --schedule FILE (or run this where exactly one schedule is)"
+    )
 
 
 def existing(paths: RunPaths) -> RunPaths:
     """The run directory, which must already hold a chain's state."""
     if not paths.state.exists():
-        raise UserError(f"{paths.root}: no chain has run here yet (no state.json); "
-                        "start one with `orchestrator run --schedule FILE`")
+        raise UserError(
+            f"{paths.root}: no chain has run here yet (no state.json); "
+            "start one with `orchestrator run --schedule FILE`"
+        )
     return paths
 
 
@@ -109,6 +114,7 @@ def checkpoint_folder(value: Path, run_dir: Path | None, schedule: Path | None) 
     folder = paths.releases / name
     if not folder.is_dir():
         made = sorted(p.name for p in paths.releases.iterdir()) if paths.releases.is_dir() else []
-        raise UserError(f"{folder}: no such release" + (f"; the run has {', '.join(made)}" if made else
-                                                          "; the run has none yet"))
+        raise UserError(
+            f"{folder}: no such release" + (f"; the run has {', '.join(made)}" if made else "; the run has none yet")
+        )
     return folder

@@ -57,8 +57,13 @@ def conversations() -> list[dict]:
     rows = [json.loads(line) for line in QA.read_text(encoding="utf-8").splitlines()]
     multi = []
     for a, b in zip(rows[0:6:2], rows[1:6:2]):
-        turns = [("system", "Answer from the Jargon File."), ("user", a["prompt"]), ("assistant", a["response"]),
-                 ("user", b["prompt"]), ("assistant", b["response"])]
+        turns = [
+            ("system", "Answer from the Jargon File."),
+            ("user", a["prompt"]),
+            ("assistant", a["response"]),
+            ("user", b["prompt"]),
+            ("assistant", b["response"]),
+        ]
         multi.append({"messages": [{"role": role, "content": content} for role, content in turns]})
     long_answer = " ".join(r["response"] for r in rows[10:22])
     return rows + multi + [{"prompt": "Summarise these entries.", "response": long_answer}]
@@ -86,8 +91,25 @@ def prepared(tok, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("qa")
     source = write_jsonl(folder / "qa.jsonl", conversations())
     out = folder / "data"
-    assert cli("prepare", "-i", source, "--tokenizer", tok, "--out", out, "--parts", 2, "--block-size", BLOCK,
-               "--val-fraction", 0.1, "-q") == 0
+    assert (
+        cli(
+            "prepare",
+            "-i",
+            source,
+            "--tokenizer",
+            tok,
+            "--out",
+            out,
+            "--parts",
+            2,
+            "--block-size",
+            BLOCK,
+            "--val-fraction",
+            0.1,
+            "-q",
+        )
+        == 0
+    )
     return out
 
 
@@ -115,18 +137,21 @@ def runs(mask_row: np.ndarray) -> list[tuple[int, int]]:
 
 # --- the chat format ---------------------------------------------------------------------------
 
+
 def test_chat_markers_are_single_ids_and_render_marks_the_responses(sp):
     ids = chat_ids(sp)
     assert ids == ChatIds(user=4, assistant=5, system=6, end_of_turn=sp.eos_id())
     for marker, i in (("<|user|>", 4), ("<|assistant|>", 5), ("<|system|>", 6)):
         assert sp.encode(marker) == [i] and sp.encode(f"a{marker}b") == [*sp.encode("a"), i, *sp.encode("b")]
-    tokens, mask = render([("system", "Be brief."), ("user", "Hi there"), ("assistant", "Hello.")],
-                          lambda texts: sp.encode(texts), ids)
+    tokens, mask = render(
+        [("system", "Be brief."), ("user", "Hi there"), ("assistant", "Hello.")], lambda texts: sp.encode(texts), ids
+    )
     assert tokens == [6, *sp.encode("Be brief."), 4, *sp.encode("Hi there"), 5, *sp.encode("Hello."), sp.eos_id()]
     assert [t for t, m in zip(tokens, mask) if m] == [*sp.encode("Hello."), sp.eos_id()]
 
 
 # --- prepare on instruction data ----------------------------------------------------------------
+
 
 def test_instruction_manifest_masks_and_the_trainer_reader(prepared):
     manifest = load_manifest(prepared / "manifest.json")
@@ -158,7 +183,7 @@ def test_masked_spans_decode_to_the_responses_and_the_rest_is_the_prompt(prepare
             continue  # a sliding window of the long example
         for a, b in runs(row_m):
             assert row_t[b - 1] == 1 and row_t[a - 1] == 5  # a response: after the marker, through the end of turn
-            found[sp.decode(row_t[a:b - 1].tolist())] += 1
+            found[sp.decode(row_t[a : b - 1].tolist())] += 1
         pieces = np.split(row_t, np.flatnonzero(np.isin(row_t, [4, 5, 6, 1, 2])))
         context.update(sp.decode(p[1:].tolist()) for p in pieces if len(p) > 1 and p[0] in (4, 6))
     assert found == responses  # every response counted once, nothing else counted
@@ -177,11 +202,11 @@ def test_examples_that_fit_are_packed_whole_and_in_order(prepared, sp):
             if not packed(row):
                 previous_pad = None
                 continue
-            body = row[1: row.index(2)] if 2 in row else row[1:]
+            body = row[1 : row.index(2)] if 2 in row else row[1:]
             examples, start = [], 0
             for i, t in enumerate(body):  # whole examples end with the end of turn before a new conversation
                 if t == 1 and (i + 1 == len(body) or body[i + 1] in (4, 6)):
-                    examples.append(tuple(body[start: i + 1]))
+                    examples.append(tuple(body[start : i + 1]))
                     start = i + 1
             assert start == len(body)  # nothing cut off at the end of a window
             seen.update(examples)
@@ -200,7 +225,7 @@ def test_a_long_example_slides_and_counts_each_response_token_once(prepared, sp)
     counted = Counter()
     starts = []
     for row_t, row_m in zip(tokens.tolist(), mask):
-        matches = [s for s in range(len(seq) - BLOCK) if seq[s: s + BLOCK + 1] == row_t]
+        matches = [s for s in range(len(seq) - BLOCK) if seq[s : s + BLOCK + 1] == row_t]
         if not matches:
             continue
         (s,) = matches
@@ -216,8 +241,27 @@ def test_a_long_example_slides_and_counts_each_response_token_once(prepared, sp)
 def test_loss_on_all_counts_prompts_in_training_and_validation_stays_response_only(prepared, tok, tmp_path):
     out = tmp_path / "all"
     source = write_jsonl(tmp_path / "qa.jsonl", conversations())
-    assert cli("prepare", "-i", source, "--tokenizer", tok, "--out", out, "--parts", 2, "--block-size", BLOCK,
-               "--val-fraction", 0.1, "--loss-on", "all", "-q") == 0
+    assert (
+        cli(
+            "prepare",
+            "-i",
+            source,
+            "--tokenizer",
+            tok,
+            "--out",
+            out,
+            "--parts",
+            2,
+            "--block-size",
+            BLOCK,
+            "--val-fraction",
+            0.1,
+            "--loss-on",
+            "all",
+            "-q",
+        )
+        == 0
+    )
     response_only, everything = load_manifest(prepared / "manifest.json"), load_manifest(out / "manifest.json")
     assert everything.chat.loss_on == "all"
     assert sum(p.targets for p in everything.parts) > 1.1 * sum(p.targets for p in response_only.parts)
@@ -242,10 +286,27 @@ LINE_ERRORS = [
 @pytest.mark.parametrize("line, message", LINE_ERRORS)
 def test_a_bad_instruction_line_names_the_file_and_line(tok, tmp_path, capsys, line, message):
     source = tmp_path / "qa.jsonl"
-    source.write_text('{"prompt": "What is a hacker?", "response": "A person who enjoys programming."}\n'
-                      + line + "\n", encoding="utf-8")
-    assert cli("prepare", "-i", source, "--tokenizer", tok, "--out", tmp_path / "out", "--parts", 1,
-               "--block-size", BLOCK, "-q") == 1
+    source.write_text(
+        '{"prompt": "What is a hacker?", "response": "A person who enjoys programming."}\n' + line + "\n",
+        encoding="utf-8",
+    )
+    assert (
+        cli(
+            "prepare",
+            "-i",
+            source,
+            "--tokenizer",
+            tok,
+            "--out",
+            tmp_path / "out",
+            "--parts",
+            1,
+            "--block-size",
+            BLOCK,
+            "-q",
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert f"{source}: line 2" in err and message in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
@@ -254,15 +315,50 @@ def test_a_bad_instruction_line_names_the_file_and_line(tok, tmp_path, capsys, l
 def test_instruction_and_text_inputs_are_not_mixed(tok, tmp_path, capsys):
     text = tmp_path / "law.txt"
     text.write_text(turkish(5000), encoding="utf-8")
-    assert cli("prepare", "-i", QA, "-i", text, "--tokenizer", tok, "--out", tmp_path / "out", "--parts", 1,
-               "--block-size", BLOCK, "-q") == 1
+    assert (
+        cli(
+            "prepare",
+            "-i",
+            QA,
+            "-i",
+            text,
+            "--tokenizer",
+            tok,
+            "--out",
+            tmp_path / "out",
+            "--parts",
+            1,
+            "--block-size",
+            BLOCK,
+            "-q",
+        )
+        == 1
+    )
     assert "holds instruction examples but" in capsys.readouterr().err
-    assert cli("prepare", "-i", text, "--tokenizer", tok, "--out", tmp_path / "out", "--parts", 1,
-               "--block-size", BLOCK, "--loss-on", "all", "-q") == 1
+    assert (
+        cli(
+            "prepare",
+            "-i",
+            text,
+            "--tokenizer",
+            tok,
+            "--out",
+            tmp_path / "out",
+            "--parts",
+            1,
+            "--block-size",
+            BLOCK,
+            "--loss-on",
+            "all",
+            "-q",
+        )
+        == 1
+    )
     assert "--loss-on applies to instruction data" in capsys.readouterr().err
 
 
 # --- small domain corpora: validation by sections ------------------------------------------------
+
 
 def test_auto_split_choice_and_sections():
     assert choose("auto", 106, 0.05) == "documents" and choose("auto", 20, 0.05) == "sections"
@@ -285,8 +381,24 @@ def test_five_long_documents_hold_out_sections_not_documents(tok, sp, tmp_path, 
         (laws / f"law{i}.txt").write_text(text + "\n", encoding="utf-8")
         originals.append(sp.encode(clean_text(text.replace("\n\n", "\n"))) + [1])
     out = tmp_path / "data"
-    assert cli("prepare", "-i", laws, "--text-unit", "file", "--tokenizer", tok, "--out", out, "--parts", 2,
-               "--block-size", 128) == 0  # the default --val-fraction 0.01
+    assert (
+        cli(
+            "prepare",
+            "-i",
+            laws,
+            "--text-unit",
+            "file",
+            "--tokenizer",
+            tok,
+            "--out",
+            out,
+            "--parts",
+            2,
+            "--block-size",
+            128,
+        )
+        == 0
+    )  # the default --val-fraction 0.01
     assert "validation by sections: held out 5 of the" in capsys.readouterr().out
     manifest = load_manifest(out / "manifest.json")
     split = manifest.source["val_split"]
@@ -299,13 +411,31 @@ def test_five_long_documents_hold_out_sections_not_documents(tok, sp, tmp_path, 
     train_text = sp.decode(train.tolist())
     rest = val.tolist()
     for doc in originals:
-        start = next(i for i in range(len(doc)) if doc[i: i + 16] == rest[:16])
+        start = next(i for i in range(len(doc)) if doc[i : i + 16] == rest[:16])
         n = next((k for k in range(len(rest)) if start + k >= len(doc) or rest[k] != doc[start + k]), len(rest))
         assert n >= 129
         assert sp.decode(rest[:n])[:80] not in train_text
         rest = rest[n:]
     assert rest == []
     # the document split would have been empty: asking for it gives the old, clear error
-    assert cli("prepare", "-i", laws, "--text-unit", "file", "--tokenizer", tok, "--out", tmp_path / "docs",
-               "--parts", 2, "--block-size", 128, "--val-split", "documents") == 1
+    assert (
+        cli(
+            "prepare",
+            "-i",
+            laws,
+            "--text-unit",
+            "file",
+            "--tokenizer",
+            tok,
+            "--out",
+            tmp_path / "docs",
+            "--parts",
+            2,
+            "--block-size",
+            128,
+            "--val-split",
+            "documents",
+        )
+        == 1
+    )
     assert "the validation split holds 0 tokens" in capsys.readouterr().err

@@ -114,7 +114,9 @@ def test_part_cuts_fall_back_to_sentence_starts():
     assert np.diff(cuts).max() - np.diff(cuts).min() <= 10
 
 
-@pytest.mark.parametrize("total, parts, part_tokens, expected", [(1000, 3, None, 3), (1000, None, 300, 4),
-                                                                 (900, None, 300, 3), (10, None, 300, 1)])
+@pytest.mark.parametrize(
+    "total, parts, part_tokens, expected",
+    [(1000, 3, None, 3), (1000, None, 300, 4), (900, None, 300, 3), (10, None, 300, 1)],
+)
 def test_parts_for(total, parts, part_tokens, expected):
     assert parts_for(total, parts, part_tokens) == expected

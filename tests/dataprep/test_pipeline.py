@@ -44,8 +44,15 @@ def cli(*argv) -> int:
 
 
 def run_cli(*argv, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "orchestrator", *map(str, argv)], capture_output=True, text=True,
-                          env=env(), cwd=REPO, timeout=120, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator", *map(str, argv)],
+        capture_output=True,
+        text=True,
+        env=env(),
+        cwd=REPO,
+        timeout=120,
+        **kwargs,
+    )
 
 
 def turkish_excerpt(folder: Path, chars: int) -> Path:
@@ -64,15 +71,38 @@ def tokenizer(tmp_path_factory) -> tuple[Path, str]:
     model = folder / "tok.model"
     out = folder / "stdout.txt"
     with open(out, "w") as f:
-        proc = subprocess.run([sys.executable, "-m", "orchestrator", "tokenizer", "train", "--input", DEMO_WIKI,
-                               "--input", turkish_excerpt(folder, 300_000), "--input", long_line,
-                               "--vocab-size", "1500", "--out", model, "--quiet"],
-                              stdout=f, stderr=subprocess.PIPE, text=True, env=env(), cwd=REPO, timeout=120)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "orchestrator",
+                "tokenizer",
+                "train",
+                "--input",
+                DEMO_WIKI,
+                "--input",
+                turkish_excerpt(folder, 300_000),
+                "--input",
+                long_line,
+                "--vocab-size",
+                "1500",
+                "--out",
+                model,
+                "--quiet",
+            ],
+            stdout=f,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env(),
+            cwd=REPO,
+            timeout=120,
+        )
     assert proc.returncode == 0, proc.stderr
     return model, out.read_text()
 
 
 # --- tokenizer ------------------------------------------------------------------------------
+
 
 def test_tokenizer_reports_and_registers_special_tokens(tokenizer):
     model, report = tokenizer
@@ -103,8 +133,24 @@ def test_long_lines_are_split_not_skipped(tokenizer):
 
 def test_unigram_and_sample_size(tmp_path, capsys):
     model = tmp_path / "uni.model"
-    assert cli("tokenizer", "train", "--input", turkish_excerpt(tmp_path, 200_000), "--vocab-size", 800,
-               "--model-type", "unigram", "--sample-sentences", 500, "--out", model, "--quiet") == 0
+    assert (
+        cli(
+            "tokenizer",
+            "train",
+            "--input",
+            turkish_excerpt(tmp_path, 200_000),
+            "--vocab-size",
+            800,
+            "--model-type",
+            "unigram",
+            "--sample-sentences",
+            500,
+            "--out",
+            model,
+            "--quiet",
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "(unigram)" in out and "trained on 500 sentences sampled from" in out
     assert spm.SentencePieceProcessor(model_file=str(model)).vocab_size() == 800
@@ -121,7 +167,9 @@ def test_tokenizer_user_errors(tmp_path, capsys):
 def test_sentence_by_sentence_encoding_is_whole_document_encoding(tokenizer):
     sp = spm.SentencePieceProcessor(model_file=str(tokenizer[0]))
     texts = [clean_document(doc, 0, Problems()) for doc, _ in read_dump(DEMO_WIKI, Counter())]
-    texts.append(clean_text(gzip.open(DATA / "tr-ataturk-speeches-excerpt.txt.gz", "rt", encoding="utf-8").read(20_000)))
+    texts.append(
+        clean_text(gzip.open(DATA / "tr-ataturk-speeches-excerpt.txt.gz", "rt", encoding="utf-8").read(20_000))
+    )
     tokens, doc_tokens, seg_starts, doc_segs = encode_documents(sp, texts, sp.eos_id())
     assert tokens.tolist() == [t for text in texts for t in [*sp.encode(text), sp.eos_id()]]
     assert doc_tokens.tolist() == [len(sp.encode(text)) + 1 for text in texts]
@@ -132,6 +180,7 @@ def test_sentence_by_sentence_encoding_is_whole_document_encoding(tokenizer):
 
 
 # --- prepare --------------------------------------------------------------------------------
+
 
 def prepare(tokenizer_model: Path, out: Path, *inputs, parts=3, block=128, extra=()) -> int:
     args = ["prepare", "--tokenizer", tokenizer_model, "--out", out, "--parts", parts, "--block-size", block, "--quiet"]
@@ -165,7 +214,7 @@ def titles(manifest_path: Path, sp, split: str = "train") -> set[str]:
     begins mid-document unless the part before it ended with the document end."""
     manifest = load_manifest(manifest_path)
     found, at_doc_start = set(), True
-    for info in (manifest.parts if split == "train" else [manifest.val]):
+    for info in manifest.parts if split == "train" else [manifest.val]:
         tokens = np.asarray(open_part(manifest_path, info.name).tokens)
         docs = documents(tokens, sp, 1)
         found |= {d.split("\n", 1)[0] for d in (docs if at_doc_start else docs[1:])}
@@ -189,13 +238,15 @@ def test_manifest_describes_the_preparation(enwiki, tokenizer):
     assert [p.name for p in manifest.parts] == ["part-000", "part-001", "part-002", "part-003"]
     assert max(sizes) / min(sizes) < 1.02  # near-equal
     src = manifest.source
-    assert src["inputs"] == [{"path": str(ENWIKI), "format": "mediawiki", "bytes": ENWIKI.stat().st_size,
-                              "documents": 106}]
+    assert src["inputs"] == [
+        {"path": str(ENWIKI), "format": "mediawiki", "bytes": ENWIKI.stat().st_size, "documents": 106}
+    ]
     assert src["dropped"] == {"not_article": 1, "redirect": 99}
     assert src["train"]["documents"] + src["val"]["documents"] == 106
     assert src["arguments"]["block_size"] == 128 and src["arguments"]["val_fraction"] == 0.05
     assert sorted(p.name for p in enwiki.iterdir()) == sorted(
-        ["manifest.json", "val.bin", "val.idx"] + [f"part-00{i}.{x}" for i in range(4) for x in ("bin", "idx")])
+        ["manifest.json", "val.bin", "val.idx"] + [f"part-00{i}.{x}" for i in range(4) for x in ("bin", "idx")]
+    )
 
 
 def test_trainer_reads_the_parts_and_windows_are_token_safe(enwiki, tokenizer):
@@ -269,8 +320,17 @@ def test_long_document_slides_with_overlap_and_round_trips(tokenizer, tmp_path):
     sp = spm.SentencePieceProcessor(model_file=str(tokenizer[0]))
     law = turkish_excerpt(tmp_path, 60_000)  # one document (--text-unit file), ~25k tokens
     out = tmp_path / "law"
-    assert prepare(tokenizer[0], out, law, parts=1, block=128,
-                   extra=["--text-unit", "file", "--overlap", "48", "--val-fraction", "0", "--dtype", "uint32"]) == 0
+    assert (
+        prepare(
+            tokenizer[0],
+            out,
+            law,
+            parts=1,
+            block=128,
+            extra=["--text-unit", "file", "--overlap", "48", "--val-fraction", "0", "--dtype", "uint32"],
+        )
+        == 0
+    )
     manifest = load_manifest(out / "manifest.json")
     assert manifest.dtype == "uint32" and manifest.val is None
     part = open_part(out / "manifest.json", "part-000")
@@ -304,13 +364,31 @@ def test_rerun_resumes_after_tokenizing_and_during_publishing(tokenizer, tmp_pat
     assert prepare(tokenizer[0], reference, DEMO_JARGON) == 0
     want = [(p.sha256, p.index_sha256) for p in load_manifest(reference / "manifest.json").parts]
     out = tmp_path / "out"
-    args = ["prepare", "--tokenizer", tokenizer[0], "--out", out, "--parts", 3, "--block-size", 128, "--quiet",
-            "--input", DEMO_JARGON]
+    args = [
+        "prepare",
+        "--tokenizer",
+        tokenizer[0],
+        "--out",
+        out,
+        "--parts",
+        3,
+        "--block-size",
+        128,
+        "--quiet",
+        "--input",
+        DEMO_JARGON,
+    ]
 
     def killed_at(point: str) -> subprocess.CompletedProcess:
         """A real prepare, SIGKILLed by itself at a named point (runtime.faults)."""
-        return subprocess.run([sys.executable, "-m", "orchestrator", *map(str, args)], capture_output=True,
-                              text=True, cwd=REPO, env={**env(), "ORCHESTRATOR_FAULT": point}, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "orchestrator", *map(str, args)],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env={**env(), "ORCHESTRATOR_FAULT": point},
+            timeout=120,
+        )
 
     assert killed_at("prepare.tokenized").returncode == -signal.SIGKILL  # tokens streamed, no part yet
     assert (out / ".prepare" / "streams.json").exists() and not (out / "manifest.json").exists()
@@ -342,15 +420,39 @@ def test_damaged_page_is_counted_not_fatal(tokenizer, tmp_path):
 
 # --- the CLI as a user runs it ------------------------------------------------------------------
 
+
 def test_sigkill_mid_prepare_leaves_nothing_complete_and_rerun_finishes(enwiki, tokenizer, tmp_path):
     out = tmp_path / "data"
-    args = ["prepare", "--input", ENWIKI, "--tokenizer", tokenizer[0], "--out", out, "--parts", 4,
-            "--block-size", 128, "--val-fraction", "0.05", "--workers", 1]
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", *map(str, args)], env=env(), cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    args = [
+        "prepare",
+        "--input",
+        ENWIKI,
+        "--tokenizer",
+        tokenizer[0],
+        "--out",
+        out,
+        "--parts",
+        4,
+        "--block-size",
+        128,
+        "--val-fraction",
+        "0.05",
+        "--workers",
+        1,
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", *map(str, args)],
+        env=env(),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     stream = out / ".prepare" / "train.tokens"
-    wait_for(lambda: stream.exists() and stream.stat().st_size > 0 or proc.poll() is not None,
-             timeout=60, what="tokens being written")
+    wait_for(
+        lambda: stream.exists() and stream.stat().st_size > 0 or proc.poll() is not None,
+        timeout=60,
+        what="tokens being written",
+    )
     helpers = psutil.Process(proc.pid).children(recursive=True)  # the pool worker, multiprocessing's tracker
     proc.send_signal(signal.SIGKILL)
     assert proc.wait(timeout=30) == -signal.SIGKILL, "prepare finished before it could be interrupted"
@@ -363,8 +465,9 @@ def test_sigkill_mid_prepare_leaves_nothing_complete_and_rerun_finishes(enwiki, 
     assert rerun.returncode == 0, rerun.stderr
     assert not (out / ".prepare").exists()
     got, want = load_manifest(out / "manifest.json"), load_manifest(enwiki / "manifest.json")
-    assert [(p.sha256, p.index_sha256) for p in [*got.parts, got.val]] == \
-           [(p.sha256, p.index_sha256) for p in [*want.parts, want.val]]
+    assert [(p.sha256, p.index_sha256) for p in [*got.parts, got.val]] == [
+        (p.sha256, p.index_sha256) for p in [*want.parts, want.val]
+    ]
 
 
 @pytest.mark.parametrize("case", ["truncated-bz2", "latin5-text", "empty"])
@@ -382,8 +485,9 @@ def test_bad_input_exits_1_with_one_message_and_no_output(tokenizer, tmp_path, c
         path.write_text("\n\n")
         expect = f"{path}: no documents in this input"
     out = tmp_path / "out"
-    proc = run_cli("prepare", "--input", path, "--tokenizer", tokenizer[0], "--out", out, "--parts", 2,
-                   "--block-size", 64)
+    proc = run_cli(
+        "prepare", "--input", path, "--tokenizer", tokenizer[0], "--out", out, "--parts", 2, "--block-size", 64
+    )
     assert proc.returncode == 1
     assert proc.stderr.startswith("error: ") and expect in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
@@ -395,8 +499,10 @@ def test_help_and_light_registration():
     assert proc.returncode == 0 and "--part-tokens" in proc.stdout and "--overlap" in proc.stdout
     proc = run_cli("tokenizer", "train", "--help")
     assert proc.returncode == 0 and "--vocab-size" in proc.stdout and "--model-type" in proc.stdout
-    code = ("import sys; from orchestrator.cli import build_parser; build_parser(); "
-            "print(sorted(m for m in ('numpy', 'sentencepiece', 'mwparserfromhell', 'dataprep.prepare') "
-            "if m in sys.modules))")
+    code = (
+        "import sys; from orchestrator.cli import build_parser; build_parser(); "
+        "print(sorted(m for m in ('numpy', 'sentencepiece', 'mwparserfromhell', 'dataprep.prepare') "
+        "if m in sys.modules))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env(), cwd=REPO)
     assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr

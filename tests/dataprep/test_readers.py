@@ -41,6 +41,7 @@ def docs_of(path: Path, unit: str = "block", fmt: str = "auto") -> list[RawDoc]:
 
 # --- MediaWiki dumps -------------------------------------------------------------------
 
+
 def test_real_dump_keeps_main_namespace_articles_only(enwiki_docs):
     docs, counts = enwiki_docs
     # the sample: 206 pages = 106 articles, 99 main-namespace redirects, 1 Wikipedia: page
@@ -59,8 +60,10 @@ def test_real_articles_strip_to_prose(enwiki_docs):
         for debris in ("{{", "}}", "[[", "]]", "<ref", "</ref", "[[Category:", "thumb|", "'''", "|-"):
             assert debris not in text, (title, debris)
     anarchism = texts["Anarchism"]
-    assert anarchism.startswith("Anarchism\nAnarchism is a political philosophy that advocates self-governed "
-                                "societies based on voluntary institutions.")  # [[self-governance|self-governed]]
+    assert anarchism.startswith(
+        "Anarchism\nAnarchism is a political philosophy that advocates self-governed "
+        "societies based on voluntary institutions."
+    )  # [[self-governance|self-governed]]
     assert "\nEtymology and terminology\n" in anarchism  # headings stay as lines
     assert "\nFurther reading\n" not in anarchism and "ISBN" not in anarchism  # bibliography sections go
     assert "Theoretical computer science" not in "".join(texts.values())  # category links go
@@ -69,11 +72,11 @@ def test_real_articles_strip_to_prose(enwiki_docs):
 def test_wikitext_constructs():
     wikitext = (
         "{{Infobox person|name=X|birth=[[1900]]}}'''Ada''' was a [[mathematician]] and [[writer|author]]"
-        "<ref name=\"a\">{{cite book|title=T}}</ref> of [[Analytical Engine]]s.<ref name=b/> "
+        '<ref name="a">{{cite book|title=T}}</ref> of [[Analytical Engine]]s.<ref name=b/> '
         "She wrote &quot;notes&quot;&nbsp;&#91;1&#x5D; [https://example.org her notes] https://bare.example"
         "<!-- hidden -->.\n"
         "[[File:Ada.jpg|thumb|A [[portrait]]]]\n"
-        "{| class=\"wikitable\"\n|-\n| cell one || cell two\n|}\n"
+        '{| class="wikitable"\n|-\n| cell one || cell two\n|}\n'
         "== Work ==\nShe used <math>x^2</math> Bernoulli numbers (see {{lang|fr|nombres}}).\n"
         "* a list item\n"
         "== References ==\n* Some book, 1990\n=== Sub ===\nstill dropped\n"
@@ -83,7 +86,7 @@ def test_wikitext_constructs():
     text = clean_document(RawDoc("Ada Lovelace", wikitext, "wikitext", HIDDEN), 0, Problems())
     assert text == (
         "Ada Lovelace\n"
-        "Ada was a mathematician and author of Analytical Engines. She wrote \"notes\" [1] her notes.\n"
+        'Ada was a mathematician and author of Analytical Engines. She wrote "notes" [1] her notes.\n'
         "Work\n"
         "She used Bernoulli numbers (see).\n"
         "a list item\n"
@@ -128,17 +131,25 @@ def test_damaged_page_is_skipped_and_counted(tmp_path):
 
 # --- JSONL and plain text ------------------------------------------------------------------
 
+
 def test_jsonl_and_text_units(tmp_path):
     jsonl = tmp_path / "docs.jsonl"
-    jsonl.write_text(json.dumps({"title": "Vergi", "text": "Kâr payı."}) + "\n\n" + json.dumps({"text": "Başka."}) + "\n")
+    jsonl.write_text(
+        json.dumps({"title": "Vergi", "text": "Kâr payı."}) + "\n\n" + json.dumps({"text": "Başka."}) + "\n"
+    )
     assert [(d.title, d.text) for d in docs_of(jsonl)] == [("Vergi", "Kâr payı."), (None, "Başka.")]
 
     text = tmp_path / "law.txt.gz"
     with gzip.open(text, "wt", encoding="utf-8") as f:
         f.write("Madde 1\nBu kanun\nyürürlüğe girer.\n\n\nMadde 2\nİkinci madde.\n")
     assert [d.text for d in docs_of(text, "block")] == ["Madde 1 Bu kanun yürürlüğe girer.", "Madde 2 İkinci madde."]
-    assert [d.text for d in docs_of(text, "line")] == ["Madde 1", "Bu kanun", "yürürlüğe girer.", "Madde 2",
-                                                       "İkinci madde."]
+    assert [d.text for d in docs_of(text, "line")] == [
+        "Madde 1",
+        "Bu kanun",
+        "yürürlüğe girer.",
+        "Madde 2",
+        "İkinci madde.",
+    ]
     assert [d.text for d in docs_of(text, "file")] == ["Madde 1 Bu kanun yürürlüğe girer.\nMadde 2 İkinci madde."]
 
     folder = tmp_path / "corpus"
@@ -153,11 +164,18 @@ def test_jsonl_and_text_units(tmp_path):
     assert docs_of(text, "block")[0].key is None  # blocks have no name: the split hashes their text
 
 
-@pytest.mark.parametrize("name, content, message", [
-    ("latin5.txt", "Satır bir\nkâr ve vergi\n".encode("cp1254"), r"latin5\.txt: line 1, byte offset 3 .*not valid UTF-8"),
-    ("bad.jsonl", b'{"text": "ok"}\n{"text": oops}\n', r"bad\.jsonl: line 2, column 10: not valid JSON"),
-    ("notext.jsonl", b'{"title": "x"}\n', r'notext\.jsonl: line 1: expected an object with a "text" string'),
-])
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        (
+            "latin5.txt",
+            "Satır bir\nkâr ve vergi\n".encode("cp1254"),
+            r"latin5\.txt: line 1, byte offset 3 .*not valid UTF-8",
+        ),
+        ("bad.jsonl", b'{"text": "ok"}\n{"text": oops}\n', r"bad\.jsonl: line 2, column 10: not valid JSON"),
+        ("notext.jsonl", b'{"title": "x"}\n', r'notext\.jsonl: line 1: expected an object with a "text" string'),
+    ],
+)
 def test_text_errors_name_line_and_offset(tmp_path, name, content, message):
     path = tmp_path / name
     path.write_bytes(content)
@@ -179,6 +197,7 @@ def test_empty_and_missing_inputs(tmp_path):
 
 # --- cleaning ------------------------------------------------------------------------------
 
+
 def test_cleaning_keeps_turkish_exactly_and_normalises_the_rest():
     decomposed = unicodedata.normalize("NFD", "kâr")
     assert decomposed != "kâr"
@@ -191,8 +210,10 @@ def test_clean_document_drops_short_and_counts():
     problems = Problems()
     assert clean_document(RawDoc(None, "  kısa  "), 20, problems) is None
     assert clean_document(RawDoc(None, " \n\t "), 20, problems) is None
-    assert clean_document(RawDoc("Başlık", "Uzun bir metin, yeterince uzun."), 20, problems) == \
-        "Başlık\nUzun bir metin, yeterince uzun."
+    assert (
+        clean_document(RawDoc("Başlık", "Uzun bir metin, yeterince uzun."), 20, problems)
+        == "Başlık\nUzun bir metin, yeterince uzun."
+    )
     assert problems.dropped == Counter({"too_short": 1, "empty": 1})
 
 
@@ -204,13 +225,22 @@ def test_split_key_is_stable_and_by_title():
 
 # --- sentences -----------------------------------------------------------------------------
 
+
 def test_segments_concatenate_to_the_document():
-    doc = ("Dr. Smith arrived at 5 p.m. in the U.S. capital. He left. \"Why?\" she asked.\n"
-           "Madde 5. Bu kanun yürürlüğe girer. Vergi kâr üzerinden alınır! 1. Dünya Savaşı bitti.")
+    doc = (
+        'Dr. Smith arrived at 5 p.m. in the U.S. capital. He left. "Why?" she asked.\n'
+        "Madde 5. Bu kanun yürürlüğe girer. Vergi kâr üzerinden alınır! 1. Dünya Savaşı bitti."
+    )
     pieces = segments(doc)
     assert "".join(pieces) == doc
-    assert pieces == ["Dr. Smith arrived at 5 p.m. in the U.S. capital.", " He left.", " \"Why?\" she asked.",
-                      "\nMadde 5. Bu kanun yürürlüğe girer.", " Vergi kâr üzerinden alınır!", " 1. Dünya Savaşı bitti."]
+    assert pieces == [
+        "Dr. Smith arrived at 5 p.m. in the U.S. capital.",
+        " He left.",
+        ' "Why?" she asked.',
+        "\nMadde 5. Bu kanun yürürlüğe girer.",
+        " Vergi kâr üzerinden alınır!",
+        " 1. Dünya Savaşı bitti.",
+    ]
 
 
 def test_split_long_cuts_at_spaces_within_the_byte_limit():

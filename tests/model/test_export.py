@@ -32,7 +32,11 @@ EXTRA = [
     "<|system|>Sen yardımcı bir asistansın.\n<|user|>Vergi nedir?\n<|assistant|>Vergi, devletin gelir kaynağıdır.",
     "  iki  boşluk   ve\tsekme\n\nyeni paragraf \n",
     "Emoji 😀, matematik ∑ ½ ≠, 中文, Ελληνικά, русский: hepsi bayt olarak.",
-    "", " ", "\n", "a", "<|user|>",
+    "",
+    " ",
+    "\n",
+    "a",
+    "<|user|>",
 ]
 
 
@@ -48,8 +52,22 @@ def tok_models(tmp_path_factory) -> dict[str, Path]:
         out = root / f"{kind}.model"
         # unigram trains ten times slower: a sample of the corpus does for the comparison
         sample = ["--sample-sentences", "1000"] if kind == "unigram" else []
-        made = cli("tokenizer", "train", "-i", str(CORPUS), "--vocab-size", "1000", "--out", str(out), "-q",
-                   "--workers", "0", "--model-type", kind, *sample)
+        made = cli(
+            "tokenizer",
+            "train",
+            "-i",
+            str(CORPUS),
+            "--vocab-size",
+            "1000",
+            "--out",
+            str(out),
+            "-q",
+            "--workers",
+            "0",
+            "--model-type",
+            kind,
+            *sample,
+        )
         assert made.returncode == 0, made.stderr
         found[kind] = out
     return found
@@ -71,8 +89,8 @@ def trained(tok_models) -> tuple[GPT, Path]:
     g = torch.Generator().manual_seed(0)
     for _ in range(120):
         starts = torch.randint(0, len(ids) - cfg.block_size - 1, (8,), generator=g)
-        x = torch.stack([ids[s:s + cfg.block_size] for s in starts])
-        y = torch.stack([ids[s + 1:s + cfg.block_size + 1] for s in starts])
+        x = torch.stack([ids[s : s + cfg.block_size] for s in starts])
+        y = torch.stack([ids[s + 1 : s + cfg.block_size + 1] for s in starts])
         _, loss = model(x, y)
         opt.zero_grad()
         loss.backward()
@@ -101,6 +119,7 @@ def prompt_ids(tok: Path, text: str) -> list[int]:
 
 # -- the tokenizer ---------------------------------------------------------------------
 
+
 def test_the_model_file_reads_as_sentencepiece_sees_it(tok_models):
     import sentencepiece as spm
 
@@ -126,9 +145,11 @@ def test_the_hf_tokenizer_gives_sentencepiece_ids_and_text(kind, tok_models, tmp
 
     sp = spm.SentencePieceProcessor(model_file=str(tok_models[kind]))
     model = spm_file.read(tok_models[kind])
-    for name, content in (("tokenizer.json", tokenizer.tokenizer_json(model)),
-                          ("tokenizer_config.json", tokenizer.tokenizer_config(model, 128)),
-                          ("special_tokens_map.json", tokenizer.special_tokens(model))):
+    for name, content in (
+        ("tokenizer.json", tokenizer.tokenizer_json(model)),
+        ("tokenizer_config.json", tokenizer.tokenizer_config(model, 128)),
+        ("special_tokens_map.json", tokenizer.special_tokens(model)),
+    ):
         hf._json(tmp_path / name, content)
     tok = transformers.AutoTokenizer.from_pretrained(tmp_path)
     texts = corpus_lines() + EXTRA
@@ -138,8 +159,9 @@ def test_the_hf_tokenizer_gives_sentencepiece_ids_and_text(kind, tok_models, tmp
         ids = sp.encode(t)
         assert tok.decode(ids) == sp.decode(ids) == t
         assert tok(t).input_ids == [sp.eos_id(), *ids]  # a prompt starts after a document end
-    assert tok.decode(sp.encode(EXTRA[3]), skip_special_tokens=True) == EXTRA[3].replace("<|system|>", "") \
-        .replace("<|user|>", "").replace("<|assistant|>", "")  # chat markers are special, "\n" is not
+    assert tok.decode(sp.encode(EXTRA[3]), skip_special_tokens=True) == EXTRA[3].replace("<|system|>", "").replace(
+        "<|user|>", ""
+    ).replace("<|assistant|>", "")  # chat markers are special, "\n" is not
     assert (tok.eos_token_id, tok.bos_token_id, tok.pad_token_id, tok.unk_token_id) == (1, 1, 2, 0)
 
 
@@ -151,6 +173,7 @@ def test_bpe_merges_rank_by_the_merged_pieces_score(tok_models):
 
 
 # -- Hugging Face ----------------------------------------------------------------------
+
 
 def test_transformers_runs_the_export_as_gpt2_with_our_logits_and_greedy_text(trained, tmp_path):
     model, tok = trained
@@ -167,10 +190,11 @@ def test_transformers_runs_the_export_as_gpt2_with_our_logits_and_greedy_text(tr
     prompt = torch.tensor([prompt_ids(tok, "Türk milleti")])
     mine = torch.cat(list(generate(model, prompt, 32, temperature=0.0)), dim=1)[0].tolist()
     with torch.no_grad():
-        out = theirs.generate(prompt, max_new_tokens=32, do_sample=False, repetition_penalty=1.0,
-                              attention_mask=torch.ones_like(prompt))[0, prompt.size(1):].tolist()
+        out = theirs.generate(
+            prompt, max_new_tokens=32, do_sample=False, repetition_penalty=1.0, attention_mask=torch.ones_like(prompt)
+        )[0, prompt.size(1) :].tolist()
     eos = 1
-    assert out == (mine[:mine.index(eos) + 1] if eos in mine else mine)  # HF stops at the document end
+    assert out == (mine[: mine.index(eos) + 1] if eos in mine else mine)  # HF stops at the document end
     assert len(out) == 32
 
     config = transformers.AutoConfig.from_pretrained(tmp_path / "hf")
@@ -195,9 +219,18 @@ def test_a_model_with_biases_exports_them(tmp_path, tok_models):
 
 # -- GGUF ------------------------------------------------------------------------------
 
+
 def gguf_export(config: dict, tensors: dict, tok: Path, path: Path, dtype: str, kind: str = "gpt2") -> Path:
-    gguf.write(path, arch=families.GGUF_ARCHS[kind], hf_config=config, tensors=tensors, spm=spm_file.read(tok),
-               dtype=dtype, name="test", description="from a test")
+    gguf.write(
+        path,
+        arch=families.GGUF_ARCHS[kind],
+        hf_config=config,
+        tensors=tensors,
+        spm=spm_file.read(tok),
+        dtype=dtype,
+        name="test",
+        description="from a test",
+    )
     return path
 
 
@@ -213,12 +246,16 @@ def test_gguf_carries_the_vocabulary_metadata_and_weights(trained, tmp_path):
 
     sp = spm_file.read(tok)
     assert field("general.architecture") == "gpt2" and field("tokenizer.ggml.model") == "llama"
-    assert field("tokenizer.ggml.tokens")[:len(sp.pieces)] == [p.text for p in sp.pieces]
+    assert field("tokenizer.ggml.tokens")[: len(sp.pieces)] == [p.text for p in sp.pieces]
     assert len(field("tokenizer.ggml.tokens")) == 1024  # padded to the embedding rows
     assert field("tokenizer.ggml.token_type")[:8] == [UNKNOWN, CONTROL, CONTROL] + [USER_DEFINED] * 4 + [BYTE]
     assert field("tokenizer.ggml.token_type")[1000:] == [5] * 24  # unused padding
-    assert (field("tokenizer.ggml.bos_token_id"), field("tokenizer.ggml.eos_token_id"),
-            field("tokenizer.ggml.padding_token_id"), field("tokenizer.ggml.add_bos_token")) == (1, 1, 2, True)
+    assert (
+        field("tokenizer.ggml.bos_token_id"),
+        field("tokenizer.ggml.eos_token_id"),
+        field("tokenizer.ggml.padding_token_id"),
+        field("tokenizer.ggml.add_bos_token"),
+    ) == (1, 1, 2, True)
     assert (field("gpt2.context_length"), field("gpt2.block_count"), field("gpt2.embedding_length")) == (64, 2, 64)
     weights = {t.name: np.array(t.data) for t in reader.tensors}
     state = model.state_dict()
@@ -236,7 +273,8 @@ def test_transformers_reads_the_gguf_back_with_our_logits(trained, tmp_path, dty
     # transformers' GGUF config mapping reads gpt2's context length into n_ctx, not
     # n_positions (the position table's size): give it the config
     theirs = transformers.AutoModelForCausalLM.from_pretrained(
-        tmp_path, gguf_file=path.name, config=transformers.AutoConfig.from_pretrained(tmp_path)).eval()
+        tmp_path, gguf_file=path.name, config=transformers.AutoConfig.from_pretrained(tmp_path)
+    ).eval()
     ids = torch.tensor([prompt_ids(tok, corpus_lines()[7][:300])[:64]])
     with torch.no_grad():
         diff = (theirs(ids).logits - model(ids)[0]).abs().max().item()
@@ -247,9 +285,19 @@ def random_hf_model(kind: str):
     """A random LlamaForCausalLM or Qwen3ForCausalLM (grouped KV heads; Qwen3 with its own
     head size and QK-norm, tied embeddings), every weight drawn so a mix-up shows."""
     torch.manual_seed(0)
-    common = dict(vocab_size=1024, hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=128, rms_norm_eps=1e-6, bos_token_id=1,
-                  eos_token_id=1, pad_token_id=2)
+    common = dict(
+        vocab_size=1024,
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        rms_norm_eps=1e-6,
+        bos_token_id=1,
+        eos_token_id=1,
+        pad_token_id=2,
+    )
     if kind == "llama":
         config = transformers.LlamaConfig(**common, tie_word_embeddings=False)
         model = transformers.LlamaForCausalLM(config)
@@ -283,15 +331,40 @@ def test_the_llama_family_exports_as_llama_or_qwen3(kind, tok_models, tmp_path):
     transformers runs with the reference model's logits. Unusual eps and theta values, so
     a setting lost on the way shows in the logits."""
     qwen3 = kind == "qwen3"
-    ours = {"family": "llama", "vocab_size": 1024, "block_size": 128, "n_layer": 2, "n_head": 4, "n_embd": 64,
-            "dropout": 0.0, "bias": False, "n_kv_head": 2, "intermediate_size": 160, "rope_theta": 500.0,
-            "norm_eps": 0.01, "qk_norm": qwen3, "tie_embeddings": qwen3}
-    common = dict(vocab_size=1024, hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=128, rms_norm_eps=0.01,
-                  rope_parameters={"rope_type": "default", "rope_theta": 500.0}, tie_word_embeddings=qwen3)
+    ours = {
+        "family": "llama",
+        "vocab_size": 1024,
+        "block_size": 128,
+        "n_layer": 2,
+        "n_head": 4,
+        "n_embd": 64,
+        "dropout": 0.0,
+        "bias": False,
+        "n_kv_head": 2,
+        "intermediate_size": 160,
+        "rope_theta": 500.0,
+        "norm_eps": 0.01,
+        "qk_norm": qwen3,
+        "tie_embeddings": qwen3,
+    }
+    common = dict(
+        vocab_size=1024,
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        rms_norm_eps=0.01,
+        rope_parameters={"rope_type": "default", "rope_theta": 500.0},
+        tie_word_embeddings=qwen3,
+    )
     torch.manual_seed(0)
-    reference = (transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**common, head_dim=16)) if qwen3 else
-                 transformers.LlamaForCausalLM(transformers.LlamaConfig(**common))).eval()
+    reference = (
+        transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**common, head_dim=16))
+        if qwen3
+        else transformers.LlamaForCausalLM(transformers.LlamaConfig(**common))
+    ).eval()
     with torch.no_grad():
         for p in reference.parameters():
             p.normal_(0, 0.1)
@@ -315,6 +388,7 @@ def test_interleaving_rope_rows_pairs_each_heads_halves():
 
 # -- llama.cpp (where llama-cpp-python is installed; see docs/evaluation.md) -------------
 
+
 def llama_cpp_model(path: Path, n_ctx: int = 128):
     llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (docs/evaluation.md)")
     return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, logits_all=True, n_threads=1, verbose=False)
@@ -323,7 +397,7 @@ def llama_cpp_model(path: Path, n_ctx: int = 128):
 def llama_cpp_logits(llm, ids: list[int]) -> np.ndarray:
     llm.reset()
     llm.eval(ids)
-    return np.array(llm.scores[:len(ids)])
+    return np.array(llm.scores[: len(ids)])
 
 
 @pytest.mark.llama_cpp

@@ -17,9 +17,12 @@ from tests.helpers import REPO, env
 
 SMALL = GPTConfig(vocab_size=96, block_size=24, n_layer=2, n_head=2, n_embd=32)
 
+
 def test_config_from_json_names_the_field_and_needs_no_torch():
-    code = ("import sys; from model.config import config_from_dict; "
-            "c = config_from_dict({'preset': 'gpt2'}); assert 'torch' not in sys.modules; print(c.n_params())")
+    code = (
+        "import sys; from model.config import config_from_dict; "
+        "c = config_from_dict({'preset': 'gpt2'}); assert 'torch' not in sys.modules; print(c.n_params())"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env(), cwd=REPO, check=True)
     assert 124_000_000 < int(out.stdout) < 125_000_000
     with pytest.raises(ConfigError, match=r"model\.n_layr: unknown field"):
@@ -59,10 +62,13 @@ def test_kv_cache_generation_equals_full_recomputation():
 def test_sampling_is_deterministic_with_a_seeded_generator():
     model = GPT(SMALL).eval()
     prompt = torch.zeros((1, 1), dtype=torch.long)
-    runs = [torch.cat(list(generate(model, prompt, 20, temperature=1.0, top_k=10,
-                                    generator=torch.Generator().manual_seed(3))), 1) for _ in range(2)]
+    runs = [
+        torch.cat(
+            list(generate(model, prompt, 20, temperature=1.0, top_k=10, generator=torch.Generator().manual_seed(3))), 1
+        )
+        for _ in range(2)
+    ]
     assert torch.equal(*runs)
-
 
 
 # -- the llama family ----------------------------------------------------------------------
@@ -122,14 +128,26 @@ def test_llama_family_is_hugging_faces_architecture_exactly(raw):
     model = build(cfg).eval()
     for p in model.parameters():  # norm gains too: a swapped or missing gain would show
         torch.nn.init.normal_(p, std=0.3)
-    common = dict(vocab_size=cfg.vocab_size, hidden_size=cfg.n_embd, intermediate_size=cfg.intermediate_size,
-                  num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head, num_key_value_heads=cfg.kv_heads,
-                  head_dim=cfg.head_dim, max_position_embeddings=cfg.block_size, rms_norm_eps=cfg.norm_eps,
-                  rope_theta=cfg.rope_theta, tie_word_embeddings=cfg.tie_embeddings, attention_bias=False)
+    common = dict(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.n_embd,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.n_layer,
+        num_attention_heads=cfg.n_head,
+        num_key_value_heads=cfg.kv_heads,
+        head_dim=cfg.head_dim,
+        max_position_embeddings=cfg.block_size,
+        rms_norm_eps=cfg.norm_eps,
+        rope_theta=cfg.rope_theta,
+        tie_word_embeddings=cfg.tie_embeddings,
+        attention_bias=False,
+    )
     arch = cfg.hf_architecture.removesuffix("ForCausalLM")
     hf_cfg = getattr(transformers, f"{arch}Config")(**common)
-    assert getattr(hf_cfg, "rope_theta", None) in (None, cfg.rope_theta) or \
-        hf_cfg.rope_parameters["rope_theta"] == cfg.rope_theta
+    assert (
+        getattr(hf_cfg, "rope_theta", None) in (None, cfg.rope_theta)
+        or hf_cfg.rope_parameters["rope_theta"] == cfg.rope_theta
+    )
     hf = getattr(transformers, cfg.hf_architecture)(hf_cfg).eval()
     result = hf.load_state_dict(model.state_dict(), strict=False)
     assert not result.missing_keys and not result.unexpected_keys

@@ -40,11 +40,14 @@ def done_run(tmp_path) -> tuple[Path, Path]:
 def hold_lock(lock: Path, role: str) -> subprocess.Popen:
     """A process that holds a run's lock as `fsck` would, until killed (the default action of
     SIGUSR1 would end it: the test sees whether a command signalled it)."""
-    code = ("import sys, time; from runtime.lockfile import LockFile; "
-            f"LockFile(__import__('pathlib').Path(sys.argv[1]), role={role!r}).acquire(); print('held', flush=True); "
-            "time.sleep(600)")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(lock)], env=env(), cwd=REPO, stdout=subprocess.PIPE,
-                            text=True)
+    code = (
+        "import sys, time; from runtime.lockfile import LockFile; "
+        f"LockFile(__import__('pathlib').Path(sys.argv[1]), role={role!r}).acquire(); print('held', flush=True); "
+        "time.sleep(600)"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(lock)], env=env(), cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout.readline().strip() == "held"
     return proc
 
@@ -93,10 +96,19 @@ def test_a_skip_that_arrives_after_the_worker_finished_promotes_the_part(tmp_pat
         work = run / "work" / "wiki" / "part-000"
         wait_for(lambda: (work / "result.json").exists(), timeout=300, what="the worker finishing")
         worker = part_of(read_state(run), "wiki/part-000")["worker_pid"]
-        wait_for(lambda: not Path(f"/proc/{worker}").exists() or "Z" in Path(f"/proc/{worker}/stat").read_text()
-                 .split()[2], timeout=60, what="the worker exiting")
-        skip = subprocess.Popen([sys.executable, "-m", "orchestrator", "skip", "wiki/part-000", "--run-dir", str(run)],
-                                env=env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_for(
+            lambda: not Path(f"/proc/{worker}").exists() or "Z" in Path(f"/proc/{worker}/stat").read_text().split()[2],
+            timeout=60,
+            what="the worker exiting",
+        )
+        skip = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator", "skip", "wiki/part-000", "--run-dir", str(run)],
+            env=env(),
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         wait_for(lambda: list((run / "control").glob("req-*")), what="the skip request written")
     finally:
         daemon.send_signal(signal.SIGCONT)
@@ -125,8 +137,10 @@ def test_a_schedule_edit_that_restarts_the_guard_keeps_its_hysteresis(tmp_path):
     schedule.write_text(json.dumps(raw))
     wait_for(lambda: "schedule-reloaded" in [e["event"] for e in events(run)], what="the edit taken")
     seen = json.loads((run / "hardware.json").read_text())["readings"]["time"]
-    wait_for(lambda: json.loads((run / "hardware.json").read_text())["readings"]["time"] > seen + 1.0,
-             what="several polls after the edit")
+    wait_for(
+        lambda: json.loads((run / "hardware.json").read_text())["readings"]["time"] > seen + 1.0,
+        what="several polls after the edit",
+    )
     assert read_state(run).get("guard_pause"), "the edit made the guard forget it was cooling down"
     assert "guard-resume" not in [e["event"] for e in events(run)]
     sensor.write_text(json.dumps({"gpu_temp_c": 70}))

@@ -42,9 +42,20 @@ def world(tmp_path_factory) -> dict[str, Path]:
     (not_empty / "keep.txt").write_text("x")
     a_file = root / "a-file"
     a_file.write_text("x")
-    return {"root": root, "schedule": schedule, "run": run, "checkpoint": checkpoint, "deep": deep,
-            "preset_list": preset_list, "binary": binary, "unprepared": unprepared, "not_empty": not_empty,
-            "a_file": a_file, "missing": root / "missing", "long": root / LONG / "x"}
+    return {
+        "root": root,
+        "schedule": schedule,
+        "run": run,
+        "checkpoint": checkpoint,
+        "deep": deep,
+        "preset_list": preset_list,
+        "binary": binary,
+        "unprepared": unprepared,
+        "not_empty": not_empty,
+        "a_file": a_file,
+        "missing": root / "missing",
+        "long": root / LONG / "x",
+    }
 
 
 # (arguments with {placeholders} from `world`, expected exit code, a fragment of the message)
@@ -100,13 +111,18 @@ CASES = [
     ("tokenizer train --input {schedule} --vocab-size 0 --out {root}/t.model", 1, "--vocab-size"),
     ("prepare --input {schedule} --tokenizer {missing} --out {root}/p1 --parts 0 --block-size 16", 1, "--parts"),
     ("prepare --input {schedule} --tokenizer {missing} --out {root}/p2 --parts 1 --block-size 0", 1, "--block-size"),
-    ("prepare --input {schedule} --tokenizer {missing} --out {root}/p3 --parts 1 --block-size 16 "
-     "--val-fraction 2", 1, "--val-fraction"),
+    (
+        "prepare --input {schedule} --tokenizer {missing} --out {root}/p3 --parts 1 --block-size 16 --val-fraction 2",
+        1,
+        "--val-fraction",
+    ),
     ("prepare --input {missing} --tokenizer {missing} --out {root}/p4 --parts 1 --block-size 16", 1, "missing"),
 ]
 
 
-@pytest.mark.parametrize("args,code,fragment", CASES, ids=[c[0].split(" {")[0] + f" [{i}]" for i, c in enumerate(CASES)])
+@pytest.mark.parametrize(
+    "args,code,fragment", CASES, ids=[c[0].split(" {")[0] + f" [{i}]" for i, c in enumerate(CASES)]
+)
 def test_a_mistake_gets_a_message_not_a_traceback(world, args, code, fragment, capsys, monkeypatch):
     monkeypatch.chdir(world["root"])
     argv = [a.format(**{k: str(v) for k, v in world.items()}) for a in args.split()]
@@ -128,8 +144,13 @@ def test_output_piped_into_head_ends_without_a_traceback(tmp_path):
     run.mkdir()
     (run / "state.json").write_text("{}")
     (run / "runtime.log").write_text("a line of the runtime log\n" * 20000)  # more than a pipe holds
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "logs", "-n", "20000", "--run-dir", str(run)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env(), cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "logs", "-n", "20000", "--run-dir", str(run)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env(),
+        cwd=REPO,
+    )
     proc.stdout.read(10)  # `| head -c 10`
     proc.stdout.close()
     err = proc.stderr.read().decode()

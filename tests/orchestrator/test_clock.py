@@ -30,9 +30,14 @@ def newest_step(run: Path, pid: str) -> int:
 def test_a_stepped_wall_clock_neither_stops_the_guard_and_checkpoints_nor_hangs_the_worker(tmp_path):
     sensor = tmp_path / "sensor.json"
     sensor.write_text(json.dumps({"gpu_temp_c": 50}))
-    schedule = make_chain(tmp_path, parts=1, tokens=200_000, stages=[{"name": "wiki", "parts": ["data/wiki"]}],
-                          train={"checkpoint_interval_s": 0.3},
-                          supervisor={"heartbeat_timeout_s": 60, "startup_timeout_s": 120})
+    schedule = make_chain(
+        tmp_path,
+        parts=1,
+        tokens=200_000,
+        stages=[{"name": "wiki", "parts": ["data/wiki"]}],
+        train={"checkpoint_interval_s": 0.3},
+        supervisor={"heartbeat_timeout_s": 60, "startup_timeout_s": 120},
+    )
     raw = json.loads(schedule.read_text())
     # The file is written only when the test changes the temperature: never stale, however
     # slowly the machine trains (the staleness check has tests of its own).
@@ -76,11 +81,17 @@ def test_a_stepped_wall_clock_neither_stops_the_guard_and_checkpoints_nor_hangs_
     wait_for(lambda: count("guard-pause") == 2, timeout=60, what="the second thermal pause")
     step(THREE_HOURS - 10, (clock,))
     hw = run / "hardware.json"
-    wait_for(lambda: json.loads(hw.read_text())["readings"]["time"] > time.time() + THREE_HOURS - 60,
-             timeout=60, what="the daemon's clock stepped forward")
+    wait_for(
+        lambda: json.loads(hw.read_text())["readings"]["time"] > time.time() + THREE_HOURS - 60,
+        timeout=60,
+        what="the daemon's clock stepped forward",
+    )
     seen = json.loads(hw.read_text())["readings"]["time"]
-    wait_for(lambda: json.loads(hw.read_text())["readings"]["time"] > seen + 1.0, timeout=60,
-             what="the daemon polling on after the step")
+    wait_for(
+        lambda: json.loads(hw.read_text())["readings"]["time"] > seen + 1.0,
+        timeout=60,
+        what="the daemon polling on after the step",
+    )
     step(THREE_HOURS - 10, (worker_clock,))
     hot(50)
     assert daemon.wait(timeout=900) == 0, (tmp_path / "daemon.log").read_text()[-3000:]

@@ -57,8 +57,14 @@ def test_chain_of_two_stages_completes(reference):
     assert state["global_tokens"] == sum(p["tokens"] for p in state["parts"]) > 0
     assert (reference / "checkpoints" / "LATEST").read_text().strip() == "0006-domain-part-002"
     assert sorted(p.name for p in (reference / "checkpoints").iterdir()) == [
-        "0001-wiki-part-000", "0002-wiki-part-001", "0003-wiki-part-002", "0004-domain-part-000",
-        "0005-domain-part-001", "0006-domain-part-002", "LATEST"]
+        "0001-wiki-part-000",
+        "0002-wiki-part-001",
+        "0003-wiki-part-002",
+        "0004-domain-part-000",
+        "0005-domain-part-001",
+        "0006-domain-part-002",
+        "LATEST",
+    ]
     assert not any((reference / "work").iterdir()), "scratch left behind"
     assert len(list((reference / "metrics").glob("*.jsonl"))) == 6
     val = [p["val_loss"] for p in state["parts"][:3]]
@@ -116,8 +122,11 @@ def test_workers_and_daemon_killed_repeatedly_end_bitwise_equal(reference, tmp_p
         kills.append(("daemon", pid_))
         adopted = sum(e["event"] == "worker-adopted" for e in events(run))
         new = start_daemon(schedule, log, "--exit-when-done")
-        wait_for(lambda: sum(e["event"] == "worker-adopted" for e in events(run)) > adopted, timeout=120,
-                 what="the new daemon adopting the worker")
+        wait_for(
+            lambda: sum(e["event"] == "worker-adopted" for e in events(run)) > adopted,
+            timeout=120,
+            what="the new daemon adopting the worker",
+        )
         thaw(worker)
         return new
 
@@ -212,8 +221,9 @@ def test_warm_stop_then_restart_and_a_second_daemon_is_refused(tmp_path):
 
 
 def test_hung_worker_is_killed_and_retried(tmp_path):
-    schedule = make_chain(tmp_path, parts=1, tokens=TOKENS,
-                          supervisor={"heartbeat_timeout_s": 6, "hung_grace_s": 1}, stages=ONE_STAGE)
+    schedule = make_chain(
+        tmp_path, parts=1, tokens=TOKENS, supervisor={"heartbeat_timeout_s": 6, "hung_grace_s": 1}, stages=ONE_STAGE
+    )
     run = tmp_path / "runs" / "chain"
     daemon = start_daemon(schedule, tmp_path / "daemon.log", "--exit-when-done")
     wait_for(lambda: running_step(run, "wiki/part-000") >= 20, timeout=120, what="training")
@@ -265,7 +275,7 @@ def test_oom_halves_the_micro_batch_and_nonfinite_skips_the_window(tmp_path):
     part = part_of(read_state(run), "wiki/part-000")
     assert part["status"] == "done"
     assert part["overrides"]["micro_batch"] == 2 and part["overrides"]["grad_accum"] == 4
-    (start, end), = part["overrides"]["skip_windows"]
+    ((start, end),) = part["overrides"]["skip_windows"]
     assert start <= 100 < end and end - start == 8  # one optimizer step's windows
     assert part["tokens"] == (374 // 2 * 2 - 8) * 16  # every whole micro-batch, minus the skipped step
     kinds = [e["event"] for e in events(run)]
@@ -282,8 +292,9 @@ def test_lost_state_is_rebuilt_without_retraining(reference, tmp_path):
     daemon = start_daemon(tmp_path / "schedule.json", tmp_path / "daemon.log", "--exit-when-done")
     assert daemon.wait(timeout=60) == 0
     state, ref = read_state(run), read_state(reference)
-    assert [(p["id"], p["status"], p["tokens"], p["checkpoint"]) for p in state["parts"]] == \
-           [(p["id"], p["status"], p["tokens"], p["checkpoint"]) for p in ref["parts"]]
+    assert [(p["id"], p["status"], p["tokens"], p["checkpoint"]) for p in state["parts"]] == [
+        (p["id"], p["status"], p["tokens"], p["checkpoint"]) for p in ref["parts"]
+    ]
     assert state["global_tokens"] == ref["global_tokens"]
     new = [e["event"] for e in events(run)[before:]]
     assert "state-rebuilt" in new and "part-started" not in new
@@ -295,8 +306,12 @@ def test_systemd_notifications_over_a_real_socket(tmp_path):
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.bind(str(sock_path))
         sock.settimeout(60)
-        daemon = start_daemon(schedule, tmp_path / "daemon.log", "--exit-when-done",
-                              extra_env={"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "400000"})
+        daemon = start_daemon(
+            schedule,
+            tmp_path / "daemon.log",
+            "--exit-when-done",
+            extra_env={"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "400000"},
+        )
         messages = []
         while not any("STOPPING=1" in m for m in messages):
             messages.append(sock.recv(4096).decode())

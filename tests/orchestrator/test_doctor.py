@@ -31,11 +31,13 @@ GTX_1050 = GpuInfo(index=0, name="NVIDIA GeForce GTX 1050", capability=(6, 1), m
 
 
 def pascal_facts(arch_list=CU128_ARCHES) -> TorchFacts:
-    return TorchFacts(torch_version="2.13.0+cu128", cuda_build="12.8", arch_list=arch_list, cuda_available=True,
-                      gpus=[GTX_1050])
+    return TorchFacts(
+        torch_version="2.13.0+cu128", cuda_build="12.8", arch_list=arch_list, cuda_available=True, gpus=[GTX_1050]
+    )
 
 
 # -- the verdict (runtime.gpuarch) ---------------------------------------------------------
+
 
 def test_a_gtx_1050_under_a_build_without_pascal_is_refused_with_the_install_command():
     message = gpuarch.refusal(pascal_facts(), [0])
@@ -51,21 +53,24 @@ def test_the_cuda_12_6_build_runs_a_gtx_1050_through_its_sm_60_kernels():
     assert gpuarch.refusal(pascal_facts(CU126_ARCHES), [0]) is None
 
 
-@pytest.mark.parametrize("entry, capability, runs", [
-    ("sm_60", (6, 1), True),        # same major, newer minor
-    ("sm_61", (6, 0), False),       # never onto an older card
-    ("sm_80", (8, 6), True),
-    ("sm_86", (8, 0), False),
-    ("sm_75", (8, 6), False),       # a cubin never crosses a major version
-    ("compute_75", (8, 6), True),   # PTX JIT-compiles onto newer cards
-    ("compute_75", (6, 1), False),  # ... never onto older ones
-    ("sm_90a", (9, 0), True),       # arch-specific code: that card only
-    ("sm_90a", (10, 0), False),
-    ("sm_80", (8, 7), False),       # a Jetson Orin runs only its own cubins
-    ("compute_80", (8, 7), True),   # ... and PTX
-    ("sm_120", (12, 0), True),
-    ("gfx90a", (9, 0), False),      # not a CUDA entry
-])
+@pytest.mark.parametrize(
+    "entry, capability, runs",
+    [
+        ("sm_60", (6, 1), True),  # same major, newer minor
+        ("sm_61", (6, 0), False),  # never onto an older card
+        ("sm_80", (8, 6), True),
+        ("sm_86", (8, 0), False),
+        ("sm_75", (8, 6), False),  # a cubin never crosses a major version
+        ("compute_75", (8, 6), True),  # PTX JIT-compiles onto newer cards
+        ("compute_75", (6, 1), False),  # ... never onto older ones
+        ("sm_90a", (9, 0), True),  # arch-specific code: that card only
+        ("sm_90a", (10, 0), False),
+        ("sm_80", (8, 7), False),  # a Jetson Orin runs only its own cubins
+        ("compute_80", (8, 7), True),  # ... and PTX
+        ("sm_120", (12, 0), True),
+        ("gfx90a", (9, 0), False),  # not a CUDA entry
+    ],
+)
 def test_which_arch_list_entries_run_on_which_card(entry, capability, runs):
     assert gpuarch.entry_runs(entry, capability) is runs
 
@@ -75,11 +80,18 @@ def test_an_arch_list_of_unknown_form_refuses_nothing():
     assert not gpuarch.build_runs(["gfx1100", "sm_75"], (6, 1))
 
 
-@pytest.mark.parametrize("capability, expect", [
-    ((5, 2), "cu126"), ((6, 1), "cu126"), ((7, 0), "cu126"),   # Maxwell, Pascal, Volta: the legacy build
-    ((7, 5), gpuarch.DEFAULT_INSTALL), ((8, 6), gpuarch.DEFAULT_INSTALL), ((12, 0), gpuarch.DEFAULT_INSTALL),
-    ((3, 5), "train.device"),  # Kepler: no wheel at all
-])
+@pytest.mark.parametrize(
+    "capability, expect",
+    [
+        ((5, 2), "cu126"),
+        ((6, 1), "cu126"),
+        ((7, 0), "cu126"),  # Maxwell, Pascal, Volta: the legacy build
+        ((7, 5), gpuarch.DEFAULT_INSTALL),
+        ((8, 6), gpuarch.DEFAULT_INSTALL),
+        ((12, 0), gpuarch.DEFAULT_INSTALL),
+        ((3, 5), "train.device"),  # Kepler: no wheel at all
+    ],
+)
 def test_the_fix_follows_the_card_generation(capability, expect):
     assert expect in gpuarch.install_fix(capability)
 
@@ -108,6 +120,7 @@ def test_the_daemon_never_probes_for_a_chain_on_the_cpu(monkeypatch):
 
 # -- the doctor's checks on fabricated findings ------------------------------------------------
 
+
 def test_doctor_marks_the_card_the_chain_trains_on_as_a_problem_with_the_fix():
     probe = ProbeResult(facts=pascal_facts(), placement={"error": gpuarch.refusal(pascal_facts(), [0])})
     checks = gpu.torch_checks(probe, gpu.NvmlFacts(absent="no driver"), used={0})
@@ -123,8 +136,9 @@ def test_doctor_marks_the_card_the_chain_trains_on_as_a_problem_with_the_fix():
 
 def test_doctor_tells_a_gtx_owner_with_a_cpu_build_which_build_to_install():
     probe = ProbeResult(facts=TorchFacts(torch_version="2.13.0+cpu"))
-    nvml = gpu.NvmlFacts(driver="550.54", cuda_driver="12.4",
-                         cards=[gpu.NvmlCard(0, "NVIDIA GeForce GTX 1050", capability=(6, 1))])
+    nvml = gpu.NvmlFacts(
+        driver="550.54", cuda_driver="12.4", cards=[gpu.NvmlCard(0, "NVIDIA GeForce GTX 1050", capability=(6, 1))]
+    )
     (row,) = gpu.torch_checks(probe, nvml, used={0})
     assert row.status == "warning" and "cu126" in row.fix
     (row,) = gpu.torch_checks(probe, nvml, used={0}, explicit_cuda=True)
@@ -142,8 +156,15 @@ def test_nvml_missing():
 
 
 def test_a_card_whose_temperature_nvml_cannot_read():
-    card = gpu.NvmlCard(0, "GTX 1050", (6, 1), 2.0, temp_c=None, power_w=None,
-                        unreadable={"temp_c": "not supported by this card", "power_w": "not supported by this card"})
+    card = gpu.NvmlCard(
+        0,
+        "GTX 1050",
+        (6, 1),
+        2.0,
+        temp_c=None,
+        power_w=None,
+        unreadable={"temp_c": "not supported by this card", "power_w": "not supported by this card"},
+    )
     (row,) = gpu.nvml_checks(gpu.NvmlFacts(driver="550", cuda_driver="12.4", cards=[card]), {}, trains_on_gpu=True)
     assert row.status == "warning" and "cannot pause a hot card" in row.detail
 
@@ -161,14 +182,15 @@ def test_a_full_disk_reported_by_the_sensor_file_is_a_problem(tmp_path):
     assert disk.status == "problem" and "sensor file" in disk.detail and "one part" in disk.detail
     sensor.write_text(json.dumps({"disk_free_gb": 100}))
     values, _ = doctor._sensor_readings(sensor, stale_s=60)
-    assert next(c for c in doctor._run_dir_checks(plan, tmp_path / "runs" / "chain", values)
-                if c.name == "disk").status == "ok"
+    assert (
+        next(c for c in doctor._run_dir_checks(plan, tmp_path / "runs" / "chain", values) if c.name == "disk").status
+        == "ok"
+    )
 
 
 def test_disk_enough_for_some_parts_but_not_the_chain():
     gb = 2**30
-    row = host.disk_check(free_bytes=10 * gb, where="/", checkpoint_bytes=1 * gb, parts_left=120, keep=2,
-                          margin_gb=1.0)
+    row = host.disk_check(free_bytes=10 * gb, where="/", checkpoint_bytes=1 * gb, parts_left=120, keep=2, margin_gb=1.0)
     assert row.status == "warning" and "about 6 parts" in row.detail
 
 
@@ -180,39 +202,58 @@ def test_a_broken_sensor_file_is_a_problem(tmp_path):
 
 
 def test_a_schedule_too_large_for_a_2_gb_card():
-    gpt2 = {"vocab_size": 50304, "block_size": 1024, "n_layer": 12, "n_head": 12, "n_embd": 768,
-            "dropout": 0.0, "bias": False}
+    gpt2 = {
+        "vocab_size": 50304,
+        "block_size": 1024,
+        "n_layer": 12,
+        "n_head": 12,
+        "n_embd": 768,
+        "dropout": 0.0,
+        "bias": False,
+    }
     two_gb = 2 * 2**30
     row = chain.memory_check(gpt2, TrainConfig(micro_batch=8, grad_accum=8), "fp32", two_gb, "GPU 0", on_gpu=True)
     assert row.status == "problem" and "micro_batch 1 with activation checkpointing" in row.detail
     assert "fp16" in row.fix  # Pascal trains in fp32 unless asked
     one = need_bytes(gpt2, 1, "fp32", True, "adamw", checkpointing=True)
     assert one.states == 16 * 124_373_760 and one.total > two_gb  # 16 bytes a parameter, then the rest
-    four_gb = chain.memory_check(gpt2, TrainConfig(micro_batch=8, grad_accum=8), "fp32", 4 * 2**30, "GPU 0",
-                                 on_gpu=True)
+    four_gb = chain.memory_check(
+        gpt2, TrainConfig(micro_batch=8, grad_accum=8), "fp32", 4 * 2**30, "GPU 0", on_gpu=True
+    )
     assert four_gb.status == "ok"  # the gpt2 size trains in 4 GB: the worker plans the micro-batch
 
 
 def test_the_worker_plans_a_micro_batch_that_fits_or_doctor_says_which():
-    mini = {"vocab_size": 16384, "block_size": 256, "n_layer": 6, "n_head": 6, "n_embd": 384, "dropout": 0.0,
-            "bias": False}
+    mini = {
+        "vocab_size": 16384,
+        "block_size": 256,
+        "n_layer": 6,
+        "n_head": 6,
+        "n_embd": 384,
+        "dropout": 0.0,
+        "bias": False,
+    }
     two_gb = 2 * 2**30
-    assert chain.memory_check(mini, TrainConfig(micro_batch=8, grad_accum=8), "fp32", two_gb, "GPU 0",
-                              on_gpu=True).status == "ok"
-    planned = chain.memory_check(mini, TrainConfig(micro_batch=64, grad_accum=1), "fp32", two_gb, "GPU 0",
-                                 on_gpu=True)
+    assert (
+        chain.memory_check(mini, TrainConfig(micro_batch=8, grad_accum=8), "fp32", two_gb, "GPU 0", on_gpu=True).status
+        == "ok"
+    )
+    planned = chain.memory_check(mini, TrainConfig(micro_batch=64, grad_accum=1), "fp32", two_gb, "GPU 0", on_gpu=True)
     expected = plan(mini, two_gb, 64, 1, "fp32", True, "adamw")
     assert planned.status == "ok" and f"micro_batch {expected.micro_batch} x grad_accum" in planned.detail
     assert expected.micro_batch < 64
-    fixed = chain.memory_check(mini, TrainConfig(micro_batch=64, grad_accum=1, fit_memory=False), "fp32", two_gb,
-                               "GPU 0", on_gpu=True)
+    fixed = chain.memory_check(
+        mini, TrainConfig(micro_batch=64, grad_accum=1, fit_memory=False), "fp32", two_gb, "GPU 0", on_gpu=True
+    )
     assert fixed.status == "warning"
     assert f"train.micro_batch {expected.micro_batch} and train.grad_accum {expected.grad_accum}" in fixed.fix
 
 
 def test_filesystems():
-    mounts = ("/dev/sda1 / ext4 rw 0 0\nserver:/export /mnt/nas nfs4 rw 0 0\ntmpfs /tmp tmpfs rw 0 0\n"
-              "/dev/sdb1 /mnt/nas/local ext4 rw 0 0\n")
+    mounts = (
+        "/dev/sda1 / ext4 rw 0 0\nserver:/export /mnt/nas nfs4 rw 0 0\ntmpfs /tmp tmpfs rw 0 0\n"
+        "/dev/sdb1 /mnt/nas/local ext4 rw 0 0\n"
+    )
     assert host.mount_of(Path("/mnt/nas/runs/x"), mounts).fstype == "nfs4"
     assert host.mount_of(Path("/mnt/nas/local/runs"), mounts).fstype == "ext4"
     assert host.mount_of(Path("/mnt/nasty"), mounts).point == "/"
@@ -239,6 +280,7 @@ def test_inotify_systemd_and_battery():
 
 # -- the real processes ------------------------------------------------------------------------
 
+
 def test_the_worker_refuses_an_unrunnable_card_with_the_same_message(tmp_path):
     manifest = make_token_dir(tmp_path / "data", parts=1)
     work = tmp_path / "work"
@@ -256,8 +298,14 @@ def test_the_daemon_refuses_to_start_on_an_unrunnable_card(tmp_path):
     schedule = make_chain(tmp_path, parts=1)
     e = env()
     e[FAKE_FACTS_ENV] = pascal_facts().model_dump_json()
-    done = subprocess.run([sys.executable, "-m", "orchestrator", "run", "--schedule", str(schedule)],
-                          capture_output=True, text=True, env=e, cwd=tmp_path, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "run", "--schedule", str(schedule)],
+        capture_output=True,
+        text=True,
+        env=e,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert done.returncode == 1
     assert done.stderr.strip() == "error: " + gpuarch.refusal(pascal_facts(), [0])
     assert not (tmp_path / "runs" / "chain" / "state.json").exists()
@@ -270,13 +318,28 @@ def test_doctor_on_the_demo_schedule_exits_0_on_this_machine(tmp_path):
     schedule["train"] = {**schedule["train"], "cpu_threads": 1}
     path = tmp_path / "schedule.json"
     path.write_text(json.dumps(schedule))
-    done = subprocess.run([sys.executable, "-m", "orchestrator", "doctor", "--schedule", str(path), "--json",
-                           "--measure-seconds", "1"], capture_output=True, text=True, env=env(), cwd=REPO,
-                          timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "doctor", "--schedule", str(path), "--json", "--measure-seconds", "1"],
+        capture_output=True,
+        text=True,
+        env=env(),
+        cwd=REPO,
+        timeout=300,
+    )
     report = json.loads(done.stdout)
     problems = [c for c in report["checks"] if c["status"] == "problem"]
     assert done.returncode == 0 and report["ok"] and problems == [], done.stdout + done.stderr
     names = {c["name"]: c for c in report["checks"]}
-    assert {"schedule", "torch", "worker", "NVML", "memory", "speed", "disk", "filesystem", "inotify",
-            "battery"} <= set(names)
+    assert {
+        "schedule",
+        "torch",
+        "worker",
+        "NVML",
+        "memory",
+        "speed",
+        "disk",
+        "filesystem",
+        "inotify",
+        "battery",
+    } <= set(names)
     assert "tokens/s" in names["speed"]["detail"] and "tokens left take about" in names["speed"]["detail"]

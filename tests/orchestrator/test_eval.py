@@ -24,24 +24,54 @@ PROMPTS = ["The history of", "A hacker"]
 def chain(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("evalchain")
     tok = root / "tok" / "t.model"
-    assert cli("tokenizer", "train", "-i", str(WIKI), "-i", str(JARGON), "--vocab-size", "600", "--out", str(tok),
-               "-q").returncode == 0
-    for name, source, extra in (("wiki", WIKI, ["--val-fraction", "0.1"]), ("jargon", JARGON, ["--val-fraction", "0.05"])):
-        out = cli("prepare", "-i", str(source), "--tokenizer", str(tok), "--out", str(root / "data" / name),
-                  "--parts", "8", "--block-size", "32", "-q", *extra)
+    assert (
+        cli(
+            "tokenizer", "train", "-i", str(WIKI), "-i", str(JARGON), "--vocab-size", "600", "--out", str(tok), "-q"
+        ).returncode
+        == 0
+    )
+    for name, source, extra in (
+        ("wiki", WIKI, ["--val-fraction", "0.1"]),
+        ("jargon", JARGON, ["--val-fraction", "0.05"]),
+    ):
+        out = cli(
+            "prepare",
+            "-i",
+            str(source),
+            "--tokenizer",
+            str(tok),
+            "--out",
+            str(root / "data" / name),
+            "--parts",
+            "8",
+            "--block-size",
+            "32",
+            "-q",
+            *extra,
+        )
         assert out.returncode == 0, out.stderr
     schedule = {
-        "name": "evalchain", "tokenizer": "tok/t.model",
+        "name": "evalchain",
+        "tokenizer": "tok/t.model",
         "model": {"block_size": 32, "n_layer": 2, "n_head": 2, "n_embd": 64},
-        "train": {"micro_batch": 16, "grad_accum": 1, "lr": 3e-3, "warmup_tokens": 2000, "cpu_threads": 1,
-                  "heartbeat_interval_s": 0.5},
+        "train": {
+            "micro_batch": 16,
+            "grad_accum": 1,
+            "lr": 3e-3,
+            "warmup_tokens": 2000,
+            "cpu_threads": 1,
+            "heartbeat_interval_s": 0.5,
+        },
         "eval": {"every_parts": 1, "windows": 16, "prompts": PROMPTS, "max_tokens": 12},
-        "stages": [{"name": "wikipedia", "parts": ["data/wiki/part-000.bin", "data/wiki/part-001.bin"]},
-                   {"name": "jargon", "parts": ["data/jargon/part-000.bin", "data/jargon/part-001.bin"]}],
+        "stages": [
+            {"name": "wikipedia", "parts": ["data/wiki/part-000.bin", "data/wiki/part-001.bin"]},
+            {"name": "jargon", "parts": ["data/jargon/part-000.bin", "data/jargon/part-001.bin"]},
+        ],
     }
     (root / "schedule.json").write_text(json.dumps(schedule))
-    assert start_daemon(root / "schedule.json", root / "daemon.log", "--exit-when-done").wait(timeout=600) == 0, \
-        (root / "daemon.log").read_text()[-3000:]
+    assert start_daemon(root / "schedule.json", root / "daemon.log", "--exit-when-done").wait(timeout=600) == 0, (
+        root / "daemon.log"
+    ).read_text()[-3000:]
     return root / "runs" / "evalchain"
 
 
@@ -51,8 +81,12 @@ def evals(run: Path) -> list[dict]:
 
 def test_an_evaluation_follows_every_part_on_every_stage_so_far_and_the_next(chain):
     records = evals(chain)
-    assert [r["part"] for r in records] == ["wikipedia/part-000", "wikipedia/part-001", "jargon/part-000",
-                                            "jargon/part-001"]
+    assert [r["part"] for r in records] == [
+        "wikipedia/part-000",
+        "wikipedia/part-001",
+        "jargon/part-000",
+        "jargon/part-001",
+    ]
     assert all(set(r["sets"]) == {"wikipedia", "jargon"} for r in records)  # the next stage too: transfer
     assert records[1]["sets"]["wikipedia"]["loss"] < records[0]["sets"]["wikipedia"]["loss"]
     assert records[2]["sets"]["jargon"]["loss"] < records[1]["sets"]["jargon"]["loss"]  # training on it helps
@@ -66,8 +100,20 @@ def test_an_evaluation_follows_every_part_on_every_stage_so_far_and_the_next(cha
 
 def test_evaluate_on_demand_repeats_the_chains_numbers(chain):
     last = evals(chain)[-1]
-    out = cli("evaluate", "--run-dir", str(chain), "--windows", "16", "--json", "--prompt", PROMPTS[0],
-              "--max-tokens", "12", "--device", "cpu")
+    out = cli(
+        "evaluate",
+        "--run-dir",
+        str(chain),
+        "--windows",
+        "16",
+        "--json",
+        "--prompt",
+        PROMPTS[0],
+        "--max-tokens",
+        "12",
+        "--device",
+        "cpu",
+    )
     assert out.returncode == 0, out.stderr
     again = json.loads(out.stdout)
     assert again["checkpoint"].endswith(last["checkpoint"])
@@ -89,8 +135,9 @@ def test_compare_marks_the_lowest_loss_of_each_set(chain):
 
 def test_compare_scores_a_batch_of_prompts_across_checkpoints(chain, tmp_path):
     prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("\n".join(json.dumps(p) for p in (
-        {"prompt": "The hacker", "expected": " is"}, {"prompt": "A computer"})) + "\n")
+    prompts.write_text(
+        "\n".join(json.dumps(p) for p in ({"prompt": "The hacker", "expected": " is"}, {"prompt": "A computer"})) + "\n"
+    )
     out = cli("compare", "--prompts", str(prompts), "--json", "--run-dir", str(chain), "--max-tokens", "8")
     assert out.returncode == 0, out.stderr
     results = json.loads(out.stdout)
@@ -109,8 +156,10 @@ def test_plot_writes_a_png_of_the_asked_size(chain, tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
     assert struct.unpack(">II", data[16:24]) == (900, 700)
     assert len(data) > 20_000  # four panels of lines, not an empty canvas
-    code = ("import sys; sys.modules['matplotlib'] = None; from orchestrator.cli import main; "
-            f"sys.exit(main(['plot', '--run-dir', {str(chain)!r}, '--out', {str(png)!r}]))")
+    code = (
+        "import sys; sys.modules['matplotlib'] = None; from orchestrator.cli import main; "
+        f"sys.exit(main(['plot', '--run-dir', {str(chain)!r}, '--out', {str(png)!r}]))"
+    )
     without = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env(), cwd=REPO)
     assert without.returncode == 1 and "pip install 'gpt-orchestrator[plot]'" in without.stderr
 

@@ -20,16 +20,40 @@ TEXT = "Türk milleti, istiklal ve hürriyetine kavuşmak için yegâne hedefine
 def trained(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("export")
     tok = root / "tok" / "t.model"
-    made = cli("tokenizer", "train", "-i", str(CORPUS), "--vocab-size", "1000", "--out", str(tok), "-q", "--workers", "0")
+    made = cli(
+        "tokenizer", "train", "-i", str(CORPUS), "--vocab-size", "1000", "--out", str(tok), "-q", "--workers", "0"
+    )
     assert made.returncode == 0, made.stderr
-    out = cli("prepare", "-i", str(CORPUS), "--tokenizer", str(tok), "--out", str(root / "data"), "--parts", "8",
-              "--block-size", "64", "--val-fraction", "0.1", "-q", "--workers", "0")
+    out = cli(
+        "prepare",
+        "-i",
+        str(CORPUS),
+        "--tokenizer",
+        str(tok),
+        "--out",
+        str(root / "data"),
+        "--parts",
+        "8",
+        "--block-size",
+        "64",
+        "--val-fraction",
+        "0.1",
+        "-q",
+        "--workers",
+        "0",
+    )
     assert out.returncode == 0, out.stderr
     manifest = root / "data" / "manifest.json"
     sha = json.loads(manifest.read_text())["tokenizer"]["sha256"]
-    spec = write_spec(root / "spec.json", manifest, "part-000", root / "work", tokenizer_sha256=sha,
-                      model={"vocab_size": 1024, "block_size": 64, "n_layer": 2, "n_head": 2, "n_embd": 64},
-                      train={"micro_batch": 16, "grad_accum": 1, "eval_windows": 4})
+    spec = write_spec(
+        root / "spec.json",
+        manifest,
+        "part-000",
+        root / "work",
+        tokenizer_sha256=sha,
+        model={"vocab_size": 1024, "block_size": 64, "n_layer": 2, "n_head": 2, "n_embd": 64},
+        train={"micro_batch": 16, "grad_accum": 1, "eval_windows": 4},
+    )
     assert run_worker(spec, root / "worker.log") == 0, (root / "worker.log").read_text()[-2000:]
     return root / "work" / json.loads((root / "work" / "result.json").read_text())["checkpoint"], tok
 
@@ -41,10 +65,15 @@ def trained_llama(trained, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("export-llama")
     manifest = trained[0].parents[2] / "data" / "manifest.json"
     sha = json.loads(manifest.read_text())["tokenizer"]["sha256"]
-    spec = write_spec(root / "spec.json", manifest, "part-000", root / "work", tokenizer_sha256=sha,
-                      model={"family": "llama", "vocab_size": 1024, "block_size": 64, "n_layer": 2, "n_head": 2,
-                             "n_embd": 64},
-                      train={"micro_batch": 16, "grad_accum": 1, "eval_windows": 4})
+    spec = write_spec(
+        root / "spec.json",
+        manifest,
+        "part-000",
+        root / "work",
+        tokenizer_sha256=sha,
+        model={"family": "llama", "vocab_size": 1024, "block_size": 64, "n_layer": 2, "n_head": 2, "n_embd": 64},
+        train={"micro_batch": 16, "grad_accum": 1, "eval_windows": 4},
+    )
     assert run_worker(spec, root / "worker.log") == 0, (root / "worker.log").read_text()[-2000:]
     return root / "work" / json.loads((root / "work" / "result.json").read_text())["checkpoint"]
 
@@ -62,19 +91,31 @@ def test_the_llama_family_runs_in_transformers_as_hf_and_as_gguf(trained, traine
     ids = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")(TEXT, return_tensors="pt").input_ids
     with torch.no_grad():
         assert (theirs(ids).logits - model(ids)[0]).abs().max().item() < 1e-4
-        greedy = theirs.generate(ids, max_new_tokens=32, do_sample=False, repetition_penalty=1.0)[0, ids.shape[1]:]
+        greedy = theirs.generate(ids, max_new_tokens=32, do_sample=False, repetition_penalty=1.0)[0, ids.shape[1] :]
     from model.generate import generate
 
     with torch.no_grad():
         mine = torch.cat(list(generate(model, ids, 32, temperature=0)), dim=1)[0]
     assert greedy.tolist() == mine[: len(greedy)].tolist()
 
-    out = cli("export", "--checkpoint", str(trained_llama), "--tokenizer", str(tok), "--out", str(tmp_path / "g"),
-              "--format", "gguf", "--name", "tr-llama")
+    out = cli(
+        "export",
+        "--checkpoint",
+        str(trained_llama),
+        "--tokenizer",
+        str(tok),
+        "--out",
+        str(tmp_path / "g"),
+        "--format",
+        "gguf",
+        "--name",
+        "tr-llama",
+    )
     assert out.returncode == 0, out.stderr
     gguf = next((tmp_path / "g").glob("*.gguf"))
     back = transformers.AutoModelForCausalLM.from_pretrained(
-        tmp_path / "g", gguf_file=gguf.name, config=transformers.AutoConfig.from_pretrained(tmp_path / "hf")).eval()
+        tmp_path / "g", gguf_file=gguf.name, config=transformers.AutoConfig.from_pretrained(tmp_path / "hf")
+    ).eval()
     with torch.no_grad():
         assert (back(ids).logits - model(ids)[0]).abs().max().item() < 1e-3
     assert meta.part_id in (tmp_path / "g" / "README.md").read_text()
@@ -96,8 +137,16 @@ def test_hf_is_the_default_and_transformers_runs_it_as_ours(trained, tmp_path):
     assert out.returncode == 0, out.stderr
     folder = tmp_path / "tr-gpt"
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        ["config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-         "special_tokens_map.json", "README.md"])
+        [
+            "config.json",
+            "model.safetensors",
+            "generation_config.json",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+            "README.md",
+        ]
+    )
     assert not list(tmp_path.glob(".tr-gpt.tmp-*"))  # the staging folder became the export
     model, meta = ours(checkpoint)
     theirs = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
@@ -116,8 +165,21 @@ def test_gguf_is_one_file_with_a_modelfile_and_names_its_checkpoint(trained, tmp
     from gguf import GGUFReader
 
     checkpoint, tok = trained
-    out = cli("export", "--checkpoint", str(checkpoint), "--tokenizer", str(tok), "--out", str(tmp_path / "g"),
-              "--format", "gguf", "--dtype", "q8_0", "--name", "tr-gpt")
+    out = cli(
+        "export",
+        "--checkpoint",
+        str(checkpoint),
+        "--tokenizer",
+        str(tok),
+        "--out",
+        str(tmp_path / "g"),
+        "--format",
+        "gguf",
+        "--dtype",
+        "q8_0",
+        "--name",
+        "tr-gpt",
+    )
     assert out.returncode == 0, out.stderr
     folder = tmp_path / "g"
     assert sorted(p.name for p in folder.iterdir()) == ["Modelfile", "README.md", "tr-gpt-q8_0.gguf"]
@@ -136,8 +198,17 @@ def test_pt_keeps_the_projects_own_files(trained, tmp_path):
     from model.gpt import GPT
 
     checkpoint, tok = trained
-    out = cli("export", "--checkpoint", str(checkpoint), "--tokenizer", str(tok), "--out", str(tmp_path / "pt"),
-              "--format", "pt")
+    out = cli(
+        "export",
+        "--checkpoint",
+        str(checkpoint),
+        "--tokenizer",
+        str(tok),
+        "--out",
+        str(tmp_path / "pt"),
+        "--format",
+        "pt",
+    )
     assert out.returncode == 0, out.stderr
     config = json.loads((tmp_path / "pt" / "config.json").read_text())
     GPT(config_from_dict(config["model"])).load_state_dict(torch.load(tmp_path / "pt" / "model.pt", weights_only=True))
@@ -164,17 +235,42 @@ def test_a_users_mistake_gets_one_paragraph_and_exit_1(trained, tmp_path):
     base = ("export", "--checkpoint", str(checkpoint), "--tokenizer", str(tok))
     cases = [
         ((*base, "--out", str(taken)), "exists and is not an empty folder"),
-        (("export", "--checkpoint", str(damaged), "--tokenizer", str(tok), "--out", str(tmp_path / "a")),
-         "model.pt fails its sha256 checksum"),
+        (
+            ("export", "--checkpoint", str(damaged), "--tokenizer", str(tok), "--out", str(tmp_path / "a")),
+            "model.pt fails its sha256 checksum",
+        ),
         (("export", "--checkpoint", str(lone), "--out", str(tmp_path / "b")), "cannot find the tokenizer"),
-        (("export", "--checkpoint", str(checkpoint), "--tokenizer", str(other_tok), "--out", str(tmp_path / "c")),
-         "not the tokenizer"),
+        (
+            ("export", "--checkpoint", str(checkpoint), "--tokenizer", str(other_tok), "--out", str(tmp_path / "c")),
+            "not the tokenizer",
+        ),
         ((*base, "--out", str(tmp_path / "d"), "--format", "onnx"), "--format onnx: unknown format"),
         ((*base, "--out", str(tmp_path / "e"), "--format", "hf", "--dtype", "q8_0"), "does not go with --format hf"),
-        (("export", "--checkpoint", str(checkpoint), "--no-tokenizer", "--out", str(tmp_path / "f"), "--format",
-          "gguf"), "a GGUF file carries its tokenizer"),
-        (("export", "--checkpoint", str(tmp_path / "nowhere"), "--tokenizer", str(tok), "--out", str(tmp_path / "g")),
-         "not a usable checkpoint"),
+        (
+            (
+                "export",
+                "--checkpoint",
+                str(checkpoint),
+                "--no-tokenizer",
+                "--out",
+                str(tmp_path / "f"),
+                "--format",
+                "gguf",
+            ),
+            "a GGUF file carries its tokenizer",
+        ),
+        (
+            (
+                "export",
+                "--checkpoint",
+                str(tmp_path / "nowhere"),
+                "--tokenizer",
+                str(tok),
+                "--out",
+                str(tmp_path / "g"),
+            ),
+            "not a usable checkpoint",
+        ),
     ]
     for args, message in cases:
         out = cli(*args)
@@ -193,8 +289,19 @@ def test_llama_cpp_runs_the_exported_llama_checkpoint(trained, trained_llama, tm
     from tests.model.test_export import llama_cpp_logits, llama_cpp_model
 
     _, tok = trained
-    out = cli("export", "--checkpoint", str(trained_llama), "--tokenizer", str(tok), "--out", str(tmp_path / "g"),
-              "--format", "gguf", "--dtype", "f32")
+    out = cli(
+        "export",
+        "--checkpoint",
+        str(trained_llama),
+        "--tokenizer",
+        str(tok),
+        "--out",
+        str(tmp_path / "g"),
+        "--format",
+        "gguf",
+        "--dtype",
+        "f32",
+    )
     assert out.returncode == 0, out.stderr
     llm = llama_cpp_model(next((tmp_path / "g").glob("*.gguf")))
     model, _ = ours(trained_llama)
@@ -233,11 +340,16 @@ def test_a_chain_with_an_instruction_stage_exports_its_chat_template(trained, tm
     write_tokenizer(folder, spm_file.read(tok), 64, chat_template=chat.JINJA_TEMPLATE)
     hf_tok = transformers.AutoTokenizer.from_pretrained(folder)
     sp = spm.SentencePieceProcessor(model_file=str(tok))
-    conversation = [("system", "Kısa cevap ver."), ("user", "Vergi nedir?"), ("assistant", "Devletin aldığı pay."),
-                    ("user", "Kâr payı 1923'te %10 mu idi?")]
+    conversation = [
+        ("system", "Kısa cevap ver."),
+        ("user", "Vergi nedir?"),
+        ("assistant", "Devletin aldığı pay."),
+        ("user", "Kâr payı 1923'te %10 mu idi?"),
+    ]
     ours_ids = chat.prompt_ids(conversation, sp.encode, chat.chat_ids(sp))
-    theirs = hf_tok.apply_chat_template([{"role": r, "content": c} for r, c in conversation],
-                                        add_generation_prompt=True, tokenize=True)
+    theirs = hf_tok.apply_chat_template(
+        [{"role": r, "content": c} for r, c in conversation], add_generation_prompt=True, tokenize=True
+    )
     theirs = theirs["input_ids"] if isinstance(theirs, dict) or hasattr(theirs, "keys") else theirs
     assert list(theirs) == ours_ids
 
@@ -246,9 +358,27 @@ def test_a_chain_with_an_instruction_stage_exports_its_chat_template(trained, tm
     run = tmp_path / "run"
     chat_manifest = make_instruction_dir(tmp_path / "qa", parts=1)
     (run / "checkpoints" / "0002-qa-part-000").mkdir(parents=True)
-    (run / "state.json").write_text(json.dumps({"parts": [
-        {"id": "wiki/part-000", "status": "done", "seq": 1, "file": str(checkpoint), "checkpoint": "checkpoints/0001"},
-        {"id": "qa/part-000", "status": "done", "seq": 2, "file": str(chat_manifest.parent / "part-000.bin"),
-         "checkpoint": "checkpoints/0002-qa-part-000"}]}))
+    (run / "state.json").write_text(
+        json.dumps(
+            {
+                "parts": [
+                    {
+                        "id": "wiki/part-000",
+                        "status": "done",
+                        "seq": 1,
+                        "file": str(checkpoint),
+                        "checkpoint": "checkpoints/0001",
+                    },
+                    {
+                        "id": "qa/part-000",
+                        "status": "done",
+                        "seq": 2,
+                        "file": str(chat_manifest.parent / "part-000.bin"),
+                        "checkpoint": "checkpoints/0002-qa-part-000",
+                    },
+                ]
+            }
+        )
+    )
     meta = read_meta(checkpoint).model_copy(update={"part_id": "qa/part-000"})
     assert chat_trained(run / "checkpoints" / "0002-qa-part-000", meta)

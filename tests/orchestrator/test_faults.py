@@ -43,15 +43,31 @@ PARTS = ["wiki/part-000", "wiki/part-001"]
 CHAIN = dict(parts=2, tokens=8000, stages=ONE_STAGE, train={"checkpoint_interval_s": 0.15})
 
 DAEMON_POINTS = [
-    "state.before-rename@6", "state.after-rename@6", "events.before-append@5", "events.after-append@5",
-    "spec.before-rename@2", "spec.after-rename@2", "control.before-rename@2", "control.after-rename@2",
-    "promote.before-rename@2", "promote.after-rename@1", "latest.before-rename@1", "latest.after-rename@2",
-    "hardware.before-rename@3", "hardware.after-rename@3",
+    "state.before-rename@6",
+    "state.after-rename@6",
+    "events.before-append@5",
+    "events.after-append@5",
+    "spec.before-rename@2",
+    "spec.after-rename@2",
+    "control.before-rename@2",
+    "control.after-rename@2",
+    "promote.before-rename@2",
+    "promote.after-rename@1",
+    "latest.before-rename@1",
+    "latest.after-rename@2",
+    "hardware.before-rename@3",
+    "hardware.after-rename@3",
 ]
 WORKER_POINTS = [
-    "heartbeat.before-rename@8", "heartbeat.after-rename@8", "metrics.before-append@20",
-    "metrics.after-append@20", "checkpoint.files-written@2", "checkpoint.manifest.before-rename@2",
-    "checkpoint.manifest.after-rename@2", "checkpoint.committed@2", "result.before-rename@1",
+    "heartbeat.before-rename@8",
+    "heartbeat.after-rename@8",
+    "metrics.before-append@20",
+    "metrics.after-append@20",
+    "checkpoint.files-written@2",
+    "checkpoint.manifest.before-rename@2",
+    "checkpoint.manifest.after-rename@2",
+    "checkpoint.committed@2",
+    "result.before-rename@1",
     "result.after-rename@1",
 ]
 # Each of these stands for a kind of crash; the worker's mid-save points are also in test_worker.
@@ -70,8 +86,9 @@ def reference(tmp_path_factory) -> Path:
 
 def assert_same_chain(run: Path, reference: Path) -> None:
     state, ref = read_state(run), read_state(reference)
-    assert [(p["id"], p["status"], p["tokens"]) for p in state["parts"]] == \
-           [(p["id"], p["status"], p["tokens"]) for p in ref["parts"]]
+    assert [(p["id"], p["status"], p["tokens"]) for p in state["parts"]] == [
+        (p["id"], p["status"], p["tokens"]) for p in ref["parts"]
+    ]
     assert state["global_tokens"] == ref["global_tokens"]
     assert promotions(run) == {pid: 1 for pid in PARTS}, "a part promoted twice or not at all"
     for pid in PARTS:
@@ -98,8 +115,9 @@ def test_a_crash_at_every_durable_write_is_survived_exactly(point, reference, tm
         pytest.skip("set ORCHESTRATOR_TEST_ALL_FAULTS=1 for every fault point")
     schedule = make_chain(tmp_path, **CHAIN)
     fired = tmp_path / "fired"
-    starts = run_to_the_end(schedule, tmp_path / "daemon.log",
-                            {"ORCHESTRATOR_FAULT": point, "ORCHESTRATOR_FAULT_ONCE": str(fired)})
+    starts = run_to_the_end(
+        schedule, tmp_path / "daemon.log", {"ORCHESTRATOR_FAULT": point, "ORCHESTRATOR_FAULT_ONCE": str(fired)}
+    )
     assert fired.exists(), f"{point} was never reached"
     assert starts == (2 if point in DAEMON_POINTS else 1)
     assert_same_chain(tmp_path / "runs" / "chain", reference)
@@ -116,7 +134,9 @@ def flip_byte(path: Path) -> None:
 def test_a_final_checkpoint_damaged_before_promotion_is_quarantined_and_redone(reference, tmp_path):
     schedule = make_chain(tmp_path, **CHAIN)
     run, log = tmp_path / "runs" / "chain", tmp_path / "daemon.log"
-    rc = start_daemon(schedule, log, "--exit-when-done", extra_env={"ORCHESTRATOR_FAULT": "promote.before-rename"}).wait()
+    rc = start_daemon(
+        schedule, log, "--exit-when-done", extra_env={"ORCHESTRATOR_FAULT": "promote.before-rename"}
+    ).wait()
     assert rc == -signal.SIGKILL
     result = json.loads((run / "work" / "wiki" / "part-000" / "result.json").read_text())
     flip_byte(run / "work" / "wiki" / "part-000" / result["checkpoint"] / "model.pt")  # a power cut's damage
@@ -131,8 +151,10 @@ def test_a_damaged_promoted_checkpoint_is_trained_again(reference, tmp_path):
     schedule = make_chain(tmp_path, **CHAIN)
     run, log = tmp_path / "runs" / "chain", tmp_path / "daemon.log"
     # the daemon dies after part-000 is promoted, before part-001 starts
-    assert start_daemon(schedule, log, "--exit-when-done",
-                        extra_env={"ORCHESTRATOR_FAULT": "spec.before-rename@2"}).wait() == -signal.SIGKILL
+    assert (
+        start_daemon(schedule, log, "--exit-when-done", extra_env={"ORCHESTRATOR_FAULT": "spec.before-rename@2"}).wait()
+        == -signal.SIGKILL
+    )
     flip_byte(run / "checkpoints" / "0001-wiki-part-000" / "optim.pt")
     assert start_daemon(schedule, log, "--exit-when-done").wait(timeout=300) == 0
     damaged = [e for e in events(run) if e["event"] == "checkpoint-damaged"]
@@ -147,8 +169,10 @@ def test_a_damaged_promoted_checkpoint_is_trained_again(reference, tmp_path):
 def test_torn_state_and_events_are_survived(reference, tmp_path):
     schedule = make_chain(tmp_path, **CHAIN)
     run, log = tmp_path / "runs" / "chain", tmp_path / "daemon.log"
-    assert start_daemon(schedule, log, "--exit-when-done",
-                        extra_env={"ORCHESTRATOR_FAULT": "spec.before-rename@2"}).wait() == -signal.SIGKILL
+    assert (
+        start_daemon(schedule, log, "--exit-when-done", extra_env={"ORCHESTRATOR_FAULT": "spec.before-rename@2"}).wait()
+        == -signal.SIGKILL
+    )
     state = run / "state.json"
     state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])  # a file the power cut truncated
     with open(run / "events.jsonl", "ab") as f:
@@ -171,9 +195,12 @@ def test_fsck_finds_and_repairs_a_damaged_run(reference, tmp_path):
     (run / ".state.json.tmp-1-abcdef").write_text("{")  # an interrupted write
     out = cli("fsck", "--run-dir", str(run))
     assert out.returncode == 1
-    for line in ("checkpoints/0001-wiki-part-000/model.pt: model.pt fails its sha256 checksum",
-                 "checkpoints/LATEST: names '0001-wiki-part-000', the chain's newest is '0002-wiki-part-001'",
-                 "work/wiki/part-000: scratch of a part that is done", ".state.json.tmp-1-abcdef: temporary file"):
+    for line in (
+        "checkpoints/0001-wiki-part-000/model.pt: model.pt fails its sha256 checksum",
+        "checkpoints/LATEST: names '0001-wiki-part-000', the chain's newest is '0002-wiki-part-001'",
+        "work/wiki/part-000: scratch of a part that is done",
+        ".state.json.tmp-1-abcdef: temporary file",
+    ):
         assert line in out.stdout, out.stdout
     fixed = cli("fsck", "--repair", "--run-dir", str(run))
     assert fixed.returncode == 1 and "repairs:" in fixed.stdout
@@ -206,8 +233,10 @@ def test_a_disk_filled_to_the_last_byte_is_survived(reference, tmp_path):
             except OSError:
                 pass
         # Nothing can be written on the disk now; the daemon says so on stderr (outside it).
-        wait_for(lambda: "No space left on device" in log.read_text() or daemon.poll() is not None,
-                 what="the daemon noticing the full disk")
+        wait_for(
+            lambda: "No space left on device" in log.read_text() or daemon.poll() is not None,
+            what="the daemon noticing the full disk",
+        )
         worker = part_of(read_state(run), "wiki/part-000").get("worker_pid")
         assert daemon.poll() is None, "the daemon died of a full disk"
         assert worker is None or psutil.pid_exists(worker), "the worker died of a full disk"

@@ -63,8 +63,15 @@ def test_readings_hovering_at_a_threshold_pause_once_not_every_poll():
     notes = []
     for t in range(200):
         wobble = 0.02 if t % 2 else -0.02
-        v = g.evaluate(readings(ram_available_gb=0.5 + wobble, disk_free_gb=1.0 + wobble,
-                                on_battery=bool(t % 2) if t < 20 else False, gpu_temp_c=80 + 3 * wobble), t)
+        v = g.evaluate(
+            readings(
+                ram_available_gb=0.5 + wobble,
+                disk_free_gb=1.0 + wobble,
+                on_battery=bool(t % 2) if t < 20 else False,
+                gpu_temp_c=80 + 3 * wobble,
+            ),
+            t,
+        )
         notes += [kind for kind, _ in v.notes]
     assert notes.count("guard-pause") == 3  # memory, disk and battery, once each
     assert "guard-resume" not in notes[:-1]  # the battery's, once AC held: nothing else flapped
@@ -166,8 +173,13 @@ def guarded_chain(tmp_path: Path, tokens: int, **guard) -> tuple[Path, Path, Pat
     write_sensors(sensor, gpu_temp_c=60, on_battery=False, ram_available_gb=8, disk_free_gb=100)
     schedule = make_chain(tmp_path, parts=1, tokens=tokens, stages=[{"name": "wiki", "parts": ["data/wiki"]}])
     raw = json.loads(schedule.read_text())
-    raw["guard"] = {"sensor_file": "sensors.json", "poll_interval_s": 0.1, "min_pause_s": 0.5,
-                    "sensor_stale_s": 600, **guard}
+    raw["guard"] = {
+        "sensor_file": "sensors.json",
+        "poll_interval_s": 0.1,
+        "min_pause_s": 0.5,
+        "sensor_stale_s": 600,
+        **guard,
+    }
     schedule.write_text(json.dumps(raw))
     return schedule, sensor, tmp_path / "runs" / "chain"
 
@@ -187,8 +199,10 @@ def heartbeat(run: Path) -> dict:
 
 def assert_held(run: Path, reason: str) -> int:
     """The worker is paused for `reason` and its step counter does not move across heartbeats."""
-    hb = wait_for(lambda: (h := heartbeat(run)).get("phase") == "paused" and reason in (h.get("paused_reason") or "")
-                  and h, what=f"a pause for {reason!r}")
+    hb = wait_for(
+        lambda: (h := heartbeat(run)).get("phase") == "paused" and reason in (h.get("paused_reason") or "") and h,
+        what=f"a pause for {reason!r}",
+    )
     later = wait_for(lambda: (h := heartbeat(run)).get("time", 0) > hb["time"] + 0.6 and h, what="heartbeats")
     assert later["phase"] == "paused" and later["step"] == hb["step"]
     return hb["step"]
@@ -206,8 +220,13 @@ def test_guard_pauses_and_resumes_a_real_worker(tmp_path):
 
     write_sensors(sensor, **{**ok, "gpu_temp_c": 90})  # hot: pause
     step = assert_held(run, "GPU 90 °C >= 83 °C")
-    status = json.loads(subprocess.run([sys.executable, "-m", "orchestrator", "status", "--json", "--run-dir",
-                                        str(run)], capture_output=True, text=True).stdout)
+    status = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "orchestrator", "status", "--json", "--run-dir", str(run)],
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
     assert status["daemon"]["state"] == "paused" and status["hardware"]["gpu_temp_c"] == 90
     write_sensors(sensor, **{**ok, "gpu_temp_c": 80})  # between the thresholds: still paused
     assert_held(run, "GPU cooling: 80 °C")
@@ -248,8 +267,13 @@ def test_long_battery_stops_the_worker_and_ac_restarts_it(tmp_path):
     wait_for(lambda: part_of(read_state(run), "wiki/part-000").get("status") == "pending", what="worker stopped")
     assert read_state(run)["daemon"]["state"] == "paused"
     write_sensors(sensor, gpu_temp_c=60, on_battery=False, ram_available_gb=8, disk_free_gb=100)
-    wait_for(lambda: part_of(read_state(run), "wiki/part-000").get("attempts") == 2 and
-             running_step(run, "wiki/part-000") > 0, timeout=120, what="relaunched on AC")
+    wait_for(
+        lambda: (
+            part_of(read_state(run), "wiki/part-000").get("attempts") == 2 and running_step(run, "wiki/part-000") > 0
+        ),
+        timeout=120,
+        what="relaunched on AC",
+    )
     daemon.terminate()
     assert daemon.wait(timeout=120) == 0
     assert "guard-stop" in [e["event"] for e in events(run)]
@@ -275,8 +299,11 @@ def test_a_full_disk_holds_the_checkpoint_until_space_is_freed(tmp_path):
     schedule.write_text(json.dumps(raw))
     daemon = start_daemon(schedule, tmp_path / "daemon.log")
     ok = dict(gpu_temp_c=60, on_battery=False, ram_available_gb=8)
-    _disk_full_blocks_checkpoints(run, lambda: write_sensors(sensor, **ok, disk_free_gb=0.0001),
-                                  lambda: write_sensors(sensor, **ok, disk_free_gb=100))
+    _disk_full_blocks_checkpoints(
+        run,
+        lambda: write_sensors(sensor, **ok, disk_free_gb=0.0001),
+        lambda: write_sensors(sensor, **ok, disk_free_gb=100),
+    )
     daemon.terminate()
     assert daemon.wait(timeout=120) == 0
     assert "worker-paused" in [e["event"] for e in events(run)]

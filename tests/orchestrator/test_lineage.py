@@ -34,8 +34,14 @@ def meta(run: Path, pid: str) -> dict:
 
 
 def test_a_failed_part_skipped_then_retried_starts_from_the_chain_as_it_stands(tmp_path):
-    schedule = make_chain(tmp_path, parts=3, tokens=12000, stages=STAGE, train={"checkpoint_interval_s": 0.2},
-                          supervisor={"max_attempts": 1})
+    schedule = make_chain(
+        tmp_path,
+        parts=3,
+        tokens=12000,
+        stages=STAGE,
+        train={"checkpoint_interval_s": 0.2},
+        supervisor={"max_attempts": 1},
+    )
     run, log = tmp_path / "runs" / "chain", tmp_path / "daemon.log"
     daemon = start_daemon(schedule, log, "--exit-when-done")
     wait_for(lambda: running_step(run, "wiki/part-001") >= 20, timeout=120, what="part-001 half trained")
@@ -81,7 +87,8 @@ def queue_one_more_part(schedule: Path) -> None:
 
 
 def test_a_damaged_newest_checkpoint_whose_predecessor_was_moved_away_stops_the_chain_with_a_message(
-        chain_of_three, tmp_path):
+    chain_of_three, tmp_path
+):
     schedule, run = chain_of_three
     folders = sorted((run / "checkpoints").glob("000*"))
     damage(folders[2])
@@ -108,7 +115,8 @@ def test_a_damaged_newest_checkpoint_whose_predecessor_was_moved_away_stops_the_
 
 
 def test_fsck_repair_of_two_damaged_checkpoints_walks_back_instead_of_training_from_random_weights(
-        chain_of_three, tmp_path):
+    chain_of_three, tmp_path
+):
     schedule, run = chain_of_three
     folders = sorted((run / "checkpoints").glob("000*"))
     damage(folders[1])

@@ -18,8 +18,13 @@ def test_logs_follow_survives_a_rotation(tmp_path):
     paths.make()
     paths.state.write_text("{}")
     paths.log.write_text("old 1\nold 2\n")
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "logs", "-f", "-n", "1", "--run-dir",
-                             str(paths.root)], stdout=subprocess.PIPE, text=True, env=env(), cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "logs", "-f", "-n", "1", "--run-dir", str(paths.root)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env(),
+        cwd=REPO,
+    )
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line.rstrip("\n")) for line in proc.stdout], daemon=True).start()
     seen: list[str] = []

@@ -34,8 +34,22 @@ def data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("release-data")
     tok = root / "tok" / "t.model"
     assert cli("tokenizer", "train", "-i", str(CORPUS), "--vocab-size", "600", "--out", str(tok), "-q").returncode == 0
-    out = cli("prepare", "-i", str(CORPUS), "--tokenizer", str(tok), "--out", str(root / "wiki"), "--part-tokens",
-              "8000", "--block-size", "16", "--val-fraction", "0.05", "-q")
+    out = cli(
+        "prepare",
+        "-i",
+        str(CORPUS),
+        "--tokenizer",
+        str(tok),
+        "--out",
+        str(root / "wiki"),
+        "--part-tokens",
+        "8000",
+        "--block-size",
+        "16",
+        "--val-fraction",
+        "0.05",
+        "-q",
+    )
     assert out.returncode == 0, out.stderr
     return root
 
@@ -48,8 +62,17 @@ def chain(root: Path, data: Path, release: dict | None = None, parts: int = 3, *
         "name": "chain",
         "model": {"block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 32},
         "tokenizer": str(data / "tok" / "t.model"),
-        "train": {"micro_batch": 4, "grad_accum": 2, "lr": 3e-3, "warmup_tokens": 2048, "cpu_threads": 1,
-                  "heartbeat_interval_s": 0.2, "eval_windows": 8, "total_tokens": 24_000, **train},
+        "train": {
+            "micro_batch": 4,
+            "grad_accum": 2,
+            "lr": 3e-3,
+            "warmup_tokens": 2048,
+            "cpu_threads": 1,
+            "heartbeat_interval_s": 0.2,
+            "eval_windows": 8,
+            "total_tokens": 24_000,
+            **train,
+        },
         "eval": {"windows": 16},
         "supervisor": {"backoff_s": 0.2, "heartbeat_timeout_s": 60},
         "stages": [{"name": "wiki", "parts": [str(data / "wiki" / f"part-00{i}.bin") for i in range(parts)]}],
@@ -68,8 +91,9 @@ RELEASE = {"every_parts": 2, "decay_fraction": 0.5}
 def with_releases(data, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("with")
     schedule = chain(root, data, RELEASE)
-    assert start_daemon(schedule, root / "daemon.log", "--exit-when-done").wait(timeout=600) == 0, \
-        (root / "daemon.log").read_text()[-3000:]
+    assert start_daemon(schedule, root / "daemon.log", "--exit-when-done").wait(timeout=600) == 0, (
+        root / "daemon.log"
+    ).read_text()[-3000:]
     assert_lineage(root / "runs" / "chain")
     return root / "runs" / "chain"
 
@@ -89,8 +113,9 @@ def meta(folder: Path) -> dict:
 def test_a_release_every_two_parts_cools_a_branch_and_leaves_the_chain_exactly_as_without(with_releases, without):
     run, plain = with_releases, without
     state, ref = read_state(run), read_state(plain)
-    assert [(p["id"], p["status"], p["tokens"], p["checkpoint"]) for p in state["parts"]] == \
-           [(p["id"], p["status"], p["tokens"], p["checkpoint"]) for p in ref["parts"]]
+    assert [(p["id"], p["status"], p["tokens"], p["checkpoint"]) for p in state["parts"]] == [
+        (p["id"], p["status"], p["tokens"], p["checkpoint"]) for p in ref["parts"]
+    ]
     assert (state["global_tokens"], state["latest_checkpoint"]) == (ref["global_tokens"], ref["latest_checkpoint"])
     assert (run / "checkpoints" / "LATEST").read_text() == (plain / "checkpoints" / "LATEST").read_text()
     for part in state["parts"]:  # the chain never saw the release: every promoted checkpoint is the same
@@ -113,8 +138,11 @@ def test_a_release_every_two_parts_cools_a_branch_and_leaves_the_chain_exactly_a
     assert cooled["source"] == "release" and cooled["branch_tokens"] == rel["branch_tokens"]
     assert set(cooled["sets"]) == {"wiki"} and rel["eval"] == {"wiki": cooled["sets"]["wiki"]["loss"]}
     assert not any((run / "work").iterdir())  # the release's scratch is gone
-    assert [e["event"] for e in events(run) if e.get("part") == f"release:{NAME}"] == \
-           ["release-queued", "release-started", "release-done"]
+    assert [e["event"] for e in events(run) if e.get("part") == f"release:{NAME}"] == [
+        "release-queued",
+        "release-started",
+        "release-done",
+    ]
     assert cli("fsck", "--run-dir", str(run)).returncode == 0
 
 
@@ -127,14 +155,23 @@ def test_a_release_survives_sigkills_of_its_worker_and_of_the_daemon_exactly(wit
         return next(iter(read_state(run).get("releases", [])), {})
 
     daemon = start_daemon(schedule, log)
-    wait_for(lambda: release().get("status") == "running" and list(scratch.glob("step-*")), timeout=300,
-             what="the release's first scratch checkpoint")
+    wait_for(
+        lambda: release().get("status") == "running" and list(scratch.glob("step-*")),
+        timeout=300,
+        what="the release's first scratch checkpoint",
+    )
     os.kill(release()["worker_pid"], signal.SIGKILL)
-    wait_for(lambda: release().get("attempts") == 2 and release().get("status") == "running", timeout=120,
-             what="the release relaunched")
+    wait_for(
+        lambda: release().get("attempts") == 2 and release().get("status") == "running",
+        timeout=120,
+        what="the release relaunched",
+    )
     first = max(int(p.name[5:]) for p in scratch.glob("step-*"))
-    wait_for(lambda: any(int(p.name[5:]) > first for p in scratch.glob("step-*")), timeout=120,
-             what="the relaunched release checkpointing further")
+    wait_for(
+        lambda: any(int(p.name[5:]) > first for p in scratch.glob("step-*")),
+        timeout=120,
+        what="the relaunched release checkpointing further",
+    )
     daemon.send_signal(signal.SIGKILL)  # its worker notices, checkpoints and exits
     daemon.wait(timeout=30)
 
@@ -174,7 +211,16 @@ def test_status_compare_sample_and_export_find_a_release(with_releases, data, tm
     missing = cli("sample", "--checkpoint", "release:nope", *args)
     assert missing.returncode == 1 and NAME in missing.stderr and "Traceback" not in missing.stderr
 
-    out = cli("export", "--checkpoint", f"release:{NAME}", "--run-dir", str(run), "--out", str(tmp_path / "pt"),
-              "--format", "pt")
+    out = cli(
+        "export",
+        "--checkpoint",
+        f"release:{NAME}",
+        "--run-dir",
+        str(run),
+        "--out",
+        str(tmp_path / "pt"),
+        "--format",
+        "pt",
+    )
     assert out.returncode == 0, out.stderr
     assert f"release:{NAME}" in (tmp_path / "pt" / "README.md").read_text()

@@ -25,9 +25,15 @@ def replayed_share(run: Path, pid: str) -> float:
 
 
 def test_a_chain_with_replay_runs_and_a_weight_edit_applies_from_the_next_part(tmp_path):
-    stages = [{"name": "wiki", "parts": ["data/wiki/part-000.bin"]},
-              {"name": "domain", "parts": ["data/domain"], "replay": [{"stage": "wiki", "weight": 0.2}],
-               "lr_rewarm_tokens": 512}]
+    stages = [
+        {"name": "wiki", "parts": ["data/wiki/part-000.bin"]},
+        {
+            "name": "domain",
+            "parts": ["data/domain"],
+            "replay": [{"stage": "wiki", "weight": 0.2}],
+            "lr_rewarm_tokens": 512,
+        },
+    ]
     schedule = make_chain(tmp_path, parts=2, tokens=5000, train={"checkpoint_interval_s": 0.3}, stages=stages)
     run, log = tmp_path / "runs" / "chain", tmp_path / "daemon.log"
     daemon = start_daemon(schedule, log, "--exit-when-done")

@@ -75,8 +75,9 @@ def test_an_unreadable_checkpoint_file_is_quarantined_not_a_restart_loop(done_ch
     schedule.write_text(json.dumps(raw))
     log = tmp_path / "daemon2.log"
     bad = {"ORCHESTRATOR_FAULT_IO_ERROR": f"EIO:{newest.name}/model.pt"}  # a bad sector under it
-    assert start_daemon(schedule, log, "--exit-when-done", extra_env=bad).wait(timeout=300) == 0, \
-        log.read_text()[-3000:]
+    assert start_daemon(schedule, log, "--exit-when-done", extra_env=bad).wait(timeout=300) == 0, log.read_text()[
+        -3000:
+    ]
     assert "Traceback" not in log.read_text()
     assert any(newest.name in p.name for p in (run / "quarantine").iterdir())
     damaged = [e for e in events(run) if e["event"] == "checkpoint-damaged"]

@@ -57,6 +57,7 @@ def test_wrong_types_and_unknown_keys_name_their_path_with_a_hint(chain):
         raw["train"]["micro_batch"] = "eight"
         raw["train"]["lr_shedule"] = "cosine"
         raw["stages"][1]["trian"] = {}
+
     err = refused("validate", str(edit(chain, change)))
     assert "train.micro_batch: Input should be a valid integer" in err
     assert "train.lr_shedule: unknown field (did you mean 'lr_schedule'?)" in err
@@ -74,6 +75,7 @@ def test_release_settings_name_the_field_and_a_stage_overrides_the_chains(chain)
     def change(raw):
         raw["release"] = {"every_parts": -1, "decay_fraction": 0, "every": 2}
         raw["stages"][1]["release"] = {"decay_fraction": 1.5}
+
     err = refused("validate", str(edit(chain, change)))
     assert "release.every_parts: Input should be greater than or equal to 0" in err
     assert "release.decay_fraction: Input should be greater than 0" in err
@@ -86,16 +88,23 @@ def test_release_settings_name_the_field_and_a_stage_overrides_the_chains(chain)
     def stage_off(raw):
         raw["release"] = {"every_parts": 2, "decay_fraction": 0.2}
         raw["stages"][1]["release"] = {"every_parts": 0}
+
     plan = resolve(load(edit(chain, stage_off)), chain)
-    assert [(p.stage, p.release.every_parts, p.release.decay_fraction) for p in plan.parts] == \
-           [("wiki", 2, 0.2), ("wiki", 2, 0.2), ("domain", 0, 0.2), ("domain", 0, 0.2)]
+    assert [(p.stage, p.release.every_parts, p.release.decay_fraction) for p in plan.parts] == [
+        ("wiki", 2, 0.2),
+        ("wiki", 2, 0.2),
+        ("domain", 0, 0.2),
+        ("domain", 0, 0.2),
+    ]
 
 
 def test_missing_parts_duplicates_and_empty_stages(chain):
     err = refused("validate", str(edit(chain, lambda raw: raw["stages"][0].update(parts=["data/nope/*.bin"]))))
     assert "stages[0].parts[0]: 'data/nope/*.bin' matches no file (paths are relative to" in err
-    err = refused("validate", str(edit(chain, lambda raw: raw["stages"][0].update(
-        parts=["data/wiki/part-000.bin", "data/wiki/part-*.bin"]))))
+    err = refused(
+        "validate",
+        str(edit(chain, lambda raw: raw["stages"][0].update(parts=["data/wiki/part-000.bin", "data/wiki/part-*.bin"]))),
+    )
     assert "part wiki/part-000 appears twice" in err
     err = refused("validate", str(edit(chain, lambda raw: raw["stages"][0].update(parts=[]))))
     assert "stages[0].parts: List should have at least 1 item" in err
@@ -110,7 +119,9 @@ def test_parts_from_another_tokenizer_are_refused(chain):
     raw = json.loads(other.read_text())
     raw["tokenizer"]["sha256"] = "1" * 64
     other.write_text(json.dumps(raw))
-    err = refused("validate", str(edit(chain, lambda r: r["stages"].append({"name": "other", "parts": ["data/other"]}))))
+    err = refused(
+        "validate", str(edit(chain, lambda r: r["stages"].append({"name": "other", "parts": ["data/other"]})))
+    )
     assert f"{other}: made with a different tokenizer" in err
 
 
@@ -139,9 +150,15 @@ def test_bad_replay_fields_are_refused_naming_the_field(chain):
     def shapes(raw):  # caught by the schedule's models
         raw["stages"][0]["replay"] = [{"stage": "domain", "parts": ["data/wiki"], "weight": 0.1}]
         raw["stages"][1]["replay"] = [{"stage": "wiki", "weight": 1.5}, {"parts": ["data/wiki"], "wieght": 0.1}]
-        raw["stages"].append({"name": "third", "parts": ["data/domain"], "replay": [
-            {"stage": "wiki", "weight": 0.6}, {"stage": "domain", "weight": 0.5}]})
+        raw["stages"].append(
+            {
+                "name": "third",
+                "parts": ["data/domain"],
+                "replay": [{"stage": "wiki", "weight": 0.6}, {"stage": "domain", "weight": 0.5}],
+            }
+        )
         raw["stages"].append({"name": "fourth", "parts": ["data/domain"], "ramp_tokens": 0})
+
     err = refused("validate", str(edit(chain, shapes)))
     assert "stages[0].replay[0]: a replay source names either `stage` (an earlier stage) or `parts`, not both" in err
     assert "stages[1].replay[0].weight: Input should be less than 1" in err
@@ -152,6 +169,7 @@ def test_bad_replay_fields_are_refused_naming_the_field(chain):
     def sources(raw):  # caught when the plan is resolved
         raw["stages"][0].update(ramp_tokens=1000, replay=[{"stage": "domain", "weight": 0.1}])
         raw["stages"][1]["replay"] = [{"stage": "wkii", "weight": 0.1}, {"parts": ["data/other"], "weight": 0.1}]
+
     err = refused("validate", str(edit(chain, sources)))
     assert "stages[0].replay[0].stage: 'domain' is not a stage before 'wiki' (it comes after it)" in err
     assert "stages[0].ramp_tokens: the first stage has no stage before it to ramp from" in err
@@ -159,8 +177,20 @@ def test_bad_replay_fields_are_refused_naming_the_field(chain):
     assert f"stages[1].replay[1]: {other} was made with another tokenizer" in err
     assert "replayed windows must use the stage's vocabulary" in err
 
-    good = cli("validate", str(edit(chain, lambda raw: raw["stages"][1].update(
-        replay=[{"stage": "wiki", "weight": 0.2}], ramp_tokens=500, lr_rewarm_tokens=100, lr_decay_fraction=0.5))))
+    good = cli(
+        "validate",
+        str(
+            edit(
+                chain,
+                lambda raw: raw["stages"][1].update(
+                    replay=[{"stage": "wiki", "weight": 0.2}],
+                    ramp_tokens=500,
+                    lr_rewarm_tokens=100,
+                    lr_decay_fraction=0.5,
+                ),
+            )
+        ),
+    )
     assert good.returncode == 0, good.stderr
 
 
@@ -176,9 +206,19 @@ def test_missing_schedule_and_unwritable_run_dir(chain, tmp_path):
 def test_a_model_that_does_not_match_the_run_is_refused_and_nothing_is_touched(chain):
     run = chain.parent / "runs" / "chain"
     run.mkdir(parents=True)
-    state = {"name": "chain", "model": {"vocab_size": 64, "block_size": 16, "n_layer": 4, "n_head": 2,
-                                        "n_embd": 32, "dropout": 0.0, "bias": False},
-             "schedule": {"path": str(chain)}}
+    state = {
+        "name": "chain",
+        "model": {
+            "vocab_size": 64,
+            "block_size": 16,
+            "n_layer": 4,
+            "n_head": 2,
+            "n_embd": 32,
+            "dropout": 0.0,
+            "bias": False,
+        },
+        "schedule": {"path": str(chain)},
+    }
     (run / "state.json").write_text(json.dumps(state))
     before = (run / "state.json").read_text()
     err = refused("run", "--schedule", str(chain))
@@ -229,8 +269,10 @@ def test_commands_without_a_run_say_so(tmp_path):
 
 
 def test_status_never_imports_torch(chain):
-    code = ("import sys, runpy; sys.argv = ['orchestrator', 'status', '--run-dir', sys.argv[1]]; "
-            "from orchestrator.cli import main; main(); assert 'torch' not in sys.modules, 'torch imported'")
+    code = (
+        "import sys, runpy; sys.argv = ['orchestrator', 'status', '--run-dir', sys.argv[1]]; "
+        "from orchestrator.cli import main; main(); assert 'torch' not in sys.modules, 'torch imported'"
+    )
     run = chain.parent / "runs" / "chain"
     run.mkdir(parents=True)
     (run / "state.json").write_text(json.dumps({"name": "chain", "parts": [], "schedule": {"path": str(chain)}}))
@@ -298,8 +340,11 @@ def verify_unit(unit: Path) -> None:
 
     if shutil.which("systemd-analyze"):
         check = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
-        problems = [line for line in check.stderr.splitlines() if str(unit) in line and
-                    any(w in line for w in ("Unknown", "nbalanced", "specifier", "Failed", "Invalid"))]
+        problems = [
+            line
+            for line in check.stderr.splitlines()
+            if str(unit) in line and any(w in line for w in ("Unknown", "nbalanced", "specifier", "Failed", "Invalid"))
+        ]
         assert not problems, check.stderr
 
 
@@ -309,10 +354,20 @@ def test_install_service_writes_a_unit_systemd_accepts(chain, tmp_path):
     out = cli("install-service", "--schedule", str(chain), "--output", str(unit), "--run-as", "nobody")
     assert out.returncode == 0, out.stderr
     text = unit.read_text()
-    for line in ("Type=notify", "WatchdogSec=120", "Restart=on-failure", "KillMode=mixed", "TimeoutStartSec=300",
-                 "TimeoutStopSec=360", f'"--schedule" "{chain}" "--run-dir" "{run_dir}" "--existing-run-dir"',
-                 "NoNewPrivileges=yes", "ProtectSystem=strict", f'ReadWritePaths="{run_dir}"',
-                 f'RequiresMountsFor="{run_dir}"', "User=nobody"):
+    for line in (
+        "Type=notify",
+        "WatchdogSec=120",
+        "Restart=on-failure",
+        "KillMode=mixed",
+        "TimeoutStartSec=300",
+        "TimeoutStopSec=360",
+        f'"--schedule" "{chain}" "--run-dir" "{run_dir}" "--existing-run-dir"',
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        f'ReadWritePaths="{run_dir}"',
+        f'RequiresMountsFor="{run_dir}"',
+        "User=nobody",
+    ):
         assert line in text, line
     assert "enable --now orchestrator-chain.service" in out.stdout
     assert run_dir.is_dir() and run_dir.stat().st_uid == pwd.getpwnam("nobody").pw_uid  # ready for ReadWritePaths=
@@ -330,9 +385,13 @@ def test_install_service_runs_as_the_invoking_user_and_quotes_odd_paths(tmp_path
     if as_root:  # `sudo orchestrator install-service` run by root itself: no User=root unless asked
         refused = cli("install-service", "--schedule", str(schedule), "--output", str(unit))
         assert refused.returncode == 1 and "--run-as" in refused.stderr and not unit.exists()
-    out = subprocess.run([sys.executable, "-m", "orchestrator", "install-service", "--schedule", str(schedule),
-                          "--output", str(unit)], capture_output=True, text=True, cwd=REPO,
-                         env={**env(), "SUDO_USER": "nobody"} if as_root else env())
+    out = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "install-service", "--schedule", str(schedule), "--output", str(unit)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**env(), "SUDO_USER": "nobody"} if as_root else env(),
+    )
     assert out.returncode == 0, out.stderr
     text = unit.read_text()
     escaped = str(odd).replace("%", "%%").replace("$", "$$")
@@ -351,8 +410,9 @@ def test_the_schedule_reference_is_generated_from_the_models():
     from orchestrator.chain import reference
 
     doc = (REPO / "docs" / "schedule.md").read_text()
-    assert reference.render(doc) == doc, "docs/schedule.md is stale: python -m orchestrator.chain.reference --write " \
-                                         "docs/schedule.md"
+    assert reference.render(doc) == doc, (
+        "docs/schedule.md is stale: python -m orchestrator.chain.reference --write docs/schedule.md"
+    )
     for name in FIELDS:
         assert f"`{name}`" in doc, f"model.{name} is missing from docs/schedule.md"
     stale = doc.replace("| `lr` |", "| `lr` | 1 |", 1)

@@ -25,8 +25,11 @@ def test_the_watchdog_is_fed_while_a_slow_disk_hashes_a_checkpoint(tmp_path):
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.bind(str(sock_path))
         sock.settimeout(120)
-        env = {"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "2000000",  # a ping is due every second
-               "ORCHESTRATOR_FAULT_SLOW_HASH_MS": "2000"}  # each file of a checkpoint takes 2 s to hash: 8 s each
+        env = {
+            "NOTIFY_SOCKET": str(sock_path),
+            "WATCHDOG_USEC": "2000000",  # a ping is due every second
+            "ORCHESTRATOR_FAULT_SLOW_HASH_MS": "2000",
+        }  # each file of a checkpoint takes 2 s to hash: 8 s each
         daemon = start_daemon(schedule, tmp_path / "daemon.log", "--exit-when-done", extra_env=env)
         pings: list[float] = []
         messages: list[str] = []
@@ -75,8 +78,9 @@ def test_a_sensor_file_that_never_answers_pauses_the_worker_but_never_blocks_the
 def test_schedule_edits_are_seen_without_inotify(tmp_path):
     schedule = make_chain(tmp_path, parts=3, tokens=20000, stages=ONE_STAGE)
     run = tmp_path / "runs" / "chain"
-    daemon = start_daemon(schedule, tmp_path / "daemon.log", "--exit-when-done",
-                          extra_env={"ORCHESTRATOR_FAULT_NO_INOTIFY": "1"})
+    daemon = start_daemon(
+        schedule, tmp_path / "daemon.log", "--exit-when-done", extra_env={"ORCHESTRATOR_FAULT_NO_INOTIFY": "1"}
+    )
     wait_for(lambda: running_step(run, "wiki/part-000") >= 1, timeout=120, what="training")
     raw = json.loads(schedule.read_text())
     raw["stages"][0]["parts"].append("data/wiki/part-001.bin")

@@ -64,9 +64,23 @@ def no_strays():
 
 def start_torchrun(spec: Path, log: Path) -> subprocess.Popen:
     with open(log, "ab") as f:
-        launcher = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                     "--nproc-per-node=2", "-m", "trainer.worker", "--spec", str(spec)],
-                                    stdout=f, stderr=subprocess.STDOUT, env=env(), cwd=spec.parent)
+        launcher = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc-per-node=2",
+                "-m",
+                "trainer.worker",
+                "--spec",
+                str(spec),
+            ],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env=env(),
+            cwd=spec.parent,
+        )
     LAUNCHED.append(launcher)
     return launcher
 
@@ -87,9 +101,11 @@ def step_of(work: Path) -> int:
 
 def ranks(launcher: subprocess.Popen) -> list[psutil.Process]:
     """torchrun's two workers, rank 0 first (the one whose pid the heartbeat carries)."""
+
     def found():
         kids = [p for p in psutil.Process(launcher.pid).children() if "trainer.worker" in p.cmdline()]
         return kids if len(kids) == 2 else None
+
     kids = wait_for(found, what="torchrun's two workers")
     return sorted(kids, key=lambda p: 0 if p.environ().get("RANK") == "0" else 1)
 
@@ -110,8 +126,9 @@ def test_two_ranks_train_like_one_process_with_twice_the_micro_batch(small, smal
     step's loss is still the mean over all of them, as in one process."""
     data = small if kind == "text" else small_instruction
     two = write_spec(tmp_path / "two" / "spec.json", data, "part-000", tmp_path / "two" / "work", train=TWO)
-    one = write_spec(tmp_path / "one" / "spec.json", data, "part-000", tmp_path / "one" / "work",
-                     train={"micro_batch": 8})
+    one = write_spec(
+        tmp_path / "one" / "spec.json", data, "part-000", tmp_path / "one" / "work", train={"micro_batch": 8}
+    )
     launcher = start_torchrun(two, tmp_path / "two.log")
     assert launcher.wait(timeout=300) == 0, (tmp_path / "two.log").read_text()[-3000:]
     assert run_worker(one, tmp_path / "one.log") == EXIT_DONE
@@ -158,8 +175,13 @@ def test_any_rank_stopped_or_killed_resumes_bitwise_exact(tmp_path):
 
 
 def test_daemon_runs_a_part_on_two_ranks_acts_on_their_exit_code_survives_its_death_and_stops_warmly(tmp_path):
-    schedule = make_chain(tmp_path, parts=1, tokens=20000, train={"gpus": 2, "checkpoint_interval_s": 0.3},
-                          stages=[{"name": "wiki", "parts": ["data/wiki"]}])
+    schedule = make_chain(
+        tmp_path,
+        parts=1,
+        tokens=20000,
+        train={"gpus": 2, "checkpoint_interval_s": 0.3},
+        stages=[{"name": "wiki", "parts": ["data/wiki"]}],
+    )
     run, log = tmp_path / "runs" / "chain", tmp_path / "daemon.log"
     # Every rank runs out of memory at micro_batch 4: torchrun exits 1, exit.json says 90.
     oom = {"ORCHESTRATOR_FAULT_OOM_ABOVE_MICRO_BATCH": "2"}
@@ -171,8 +193,13 @@ def test_daemon_runs_a_part_on_two_ranks_acts_on_their_exit_code_survives_its_de
     daemon = start_daemon(schedule, log, "--exit-when-done", extra_env=oom)  # adopts torchrun, then relaunches
     wait_for(lambda: "worker-adopted" in [e["event"] for e in events(run)], timeout=120, what="the adoption")
     thaw(held)
-    wait_for(lambda: part_of(read_state(run), "wiki/part-000").get("attempts") == 3
-             and running_step(run, "wiki/part-000") >= 30, timeout=180, what="the third attempt training")
+    wait_for(
+        lambda: (
+            part_of(read_state(run), "wiki/part-000").get("attempts") == 3 and running_step(run, "wiki/part-000") >= 30
+        ),
+        timeout=180,
+        what="the third attempt training",
+    )
     daemon.send_signal(signal.SIGTERM)  # warm: SIGTERM to rank 0, which stops every rank after saving
     assert daemon.wait(timeout=120) == 0, log.read_text()[-3000:]
     worker_log = (run / "work" / "wiki" / "part-000" / "worker.log").read_text()
@@ -186,7 +213,7 @@ def test_daemon_runs_a_part_on_two_ranks_acts_on_their_exit_code_survives_its_de
     assert part["tokens"] == 1249 // 4 * 4 * 16  # whole rounds of 2 ranks x micro_batch 2
     kinds = [e["event"] for e in events(run)]
     assert kinds.index("oom-retry") < kinds.index("worker-adopted") < kinds.index("part-done")
-    assert "daemon-stopped" in kinds[:kinds.index("part-done")]  # the warm stop
+    assert "daemon-stopped" in kinds[: kinds.index("part-done")]  # the warm stop
     assert promotions(run) == {"wiki/part-000": 1}
 
 

@@ -35,8 +35,9 @@ def manifest(tmp_path_factory) -> Path:
 
 def per_token_loss(model: GPT, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     logits, _ = model(x)
-    return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1).clamp(min=0),
-                           reduction="none").view_as(y)
+    return F.cross_entropy(
+        logits.float().reshape(-1, logits.size(-1)), y.reshape(-1).clamp(min=0), reduction="none"
+    ).view_as(y)
 
 
 def test_batches_ignore_what_the_mask_does_not_count(manifest):
@@ -44,14 +45,20 @@ def test_batches_ignore_what_the_mask_does_not_count(manifest):
     batches = Batches(part, 16, torch.device("cpu"))
     windows = np.array([3, 0, 7])
     x, y = batches.get(windows)
-    rows = np.stack([np.asarray(part.tokens[s: s + 17]) for s in part.starts[windows].astype(np.int64)])
-    counted = np.stack([np.asarray(part.mask[s + 1: s + 17]) for s in part.starts[windows].astype(np.int64)]) == 1
+    rows = np.stack([np.asarray(part.tokens[s : s + 17]) for s in part.starts[windows].astype(np.int64)])
+    counted = np.stack([np.asarray(part.mask[s + 1 : s + 17]) for s in part.starts[windows].astype(np.int64)]) == 1
     assert torch.equal(x, torch.from_numpy(rows[:, :-1].astype(np.int64)))  # inputs keep every token
     assert torch.equal(y[torch.from_numpy(counted)], torch.from_numpy(rows[:, 1:][counted].astype(np.int64)))
     assert bool((y[torch.from_numpy(~counted)] == IGNORE).all())
     assert batches.targets(windows) == int(counted.sum()) < 3 * 16
-    assert Batches(open_part(make_token_dir(manifest.parent / "text", parts=1, val_tokens=0), "part-000"), 16,
-                   torch.device("cpu")).targets(windows) == 3 * 16  # a text part counts every target
+    assert (
+        Batches(
+            open_part(make_token_dir(manifest.parent / "text", parts=1, val_tokens=0), "part-000"),
+            16,
+            torch.device("cpu"),
+        ).targets(windows)
+        == 3 * 16
+    )  # a text part counts every target
 
 
 def test_the_model_averages_over_the_counted_targets_only(manifest):
@@ -65,16 +72,31 @@ def test_the_model_averages_over_the_counted_targets_only(manifest):
 
 def _trainer(manifest: Path, micro_batch: int, grad_accum: int, model: GPT) -> Trainer:
     part = open_part(manifest, "part-000")
-    train = TrainConfig(micro_batch=micro_batch, grad_accum=grad_accum, grad_clip=0, warmup_tokens=0, lr=1.0,
-                        lr_schedule="constant")
-    spec = WorkerSpec(part_id="s/p", stage="s", work_dir=manifest.parent,
-                      data=DataRef(manifest=manifest, part="part-000"), model=CFG.to_dict(), train=train,
-                      chain_total_tokens=10_000)
+    train = TrainConfig(
+        micro_batch=micro_batch, grad_accum=grad_accum, grad_clip=0, warmup_tokens=0, lr=1.0, lr_schedule="constant"
+    )
+    spec = WorkerSpec(
+        part_id="s/p",
+        stage="s",
+        work_dir=manifest.parent,
+        data=DataRef(manifest=manifest, part="part-000"),
+        model=CFG.to_dict(),
+        train=train,
+        chain_total_tokens=10_000,
+    )
     sgd = torch.optim.SGD(model.parameters(), lr=1.0)  # the update is the gradient itself
     for group in sgd.param_groups:
         group["peak_lr"] = 1.0  # what the loop scales by the schedule (trainer.optim's groups carry it)
-    return Trainer(spec, CPU, model, sgd, torch.amp.GradScaler("cpu", enabled=False),
-                   WindowOrder(part.n_windows, 1, 0, "s/p"), Batches(part, 16, CPU.device), Progress())
+    return Trainer(
+        spec,
+        CPU,
+        model,
+        sgd,
+        torch.amp.GradScaler("cpu", enabled=False),
+        WindowOrder(part.n_windows, 1, 0, "s/p"),
+        Batches(part, 16, CPU.device),
+        Progress(),
+    )
 
 
 def test_a_steps_loss_and_gradient_are_the_mean_over_all_its_targets(manifest):
@@ -91,8 +113,12 @@ def test_a_steps_loss_and_gradient_are_the_mean_over_all_its_targets(manifest):
     for p, q in zip(split.parameters(), whole.parameters()):
         assert torch.allclose(p, q, atol=1e-6)
     # the plain mean of the micro-batches' means would be a different loss
-    plain = np.mean([per_token_loss(start, x[i:i + 2], y[i:i + 2])[y[i:i + 2] != IGNORE].mean().item()
-                     for i in range(0, 8, 2)])
+    plain = np.mean(
+        [
+            per_token_loss(start, x[i : i + 2], y[i : i + 2])[y[i : i + 2] != IGNORE].mean().item()
+            for i in range(0, 8, 2)
+        ]
+    )
     assert abs(plain - expected) > 1e-3
 
 
@@ -115,7 +141,7 @@ def test_a_window_without_a_target_is_refused(tmp_path):
     manifest = load_manifest(manifest_path)
     tokens = np.fromfile(tmp_path / "part-000.bin", dtype="<u2")
     mask = np.fromfile(tmp_path / "part-000.mask", dtype=np.uint8)
-    mask[17 * 3 + 1: 17 * 4] = 0  # window 3 counts nothing (its first token is never a target anyway)
+    mask[17 * 3 + 1 : 17 * 4] = 0  # window 3 counts nothing (its first token is never a target anyway)
     info = write_part(tmp_path, "part-000", tokens, np.arange(8, dtype=np.uint64) * 17, 8, "uint16", mask)
     write_manifest(tmp_path, manifest.model_copy(update={"parts": [info]}))
     with pytest.raises(BadInput, match=r"window 3 \(of 8\) has no loss target"):

@@ -17,9 +17,11 @@ GiB = 2**30
 
 
 def test_the_planner_imports_no_torch():
-    code = ("import sys; from trainer.memory import plan; "
-            "p = plan({'preset': 'mini', 'vocab_size': 16000}, 2 * 2**30, 8, 8, 'fp32', True); "
-            "assert 'torch' not in sys.modules; print(p.micro_batch)")
+    code = (
+        "import sys; from trainer.memory import plan; "
+        "p = plan({'preset': 'mini', 'vocab_size': 16000}, 2 * 2**30, 8, 8, 'fp32', True); "
+        "assert 'torch' not in sys.modules; print(p.micro_batch)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env(), cwd=REPO)
     assert out.returncode == 0, out.stderr
 

@@ -73,8 +73,9 @@ def test_the_interleaving_is_deterministic_by_seed_and_honours_the_weights():
 
 def test_skipped_slots_consume_their_windows():
     a = order(mixture(0.2))
-    b = MixedOrder(WindowOrder(4000, 1, 1, "domain/part-000"), "domain", mixture(0.2), [4000, 500, 300], 16,
-                   skip=[(100, 110)])
+    b = MixedOrder(
+        WindowOrder(4000, 1, 1, "domain/part-000"), "domain", mixture(0.2), [4000, 500, 300], 16, skip=[(100, 110)]
+    )
     rows_a, _ = a.take(0, 200)
     rows_b, end = b.take(0, 190)
     assert end == 200 and np.array_equal(np.delete(rows_a, range(100, 110), axis=0), rows_b)
@@ -116,8 +117,8 @@ def test_a_mix_of_masked_and_unmasked_windows(tmp_path):
     rows = np.array([[0, 5], [1, 3], [1, 45], [0, 7]])  # pool 1: window 45 is qa's window 15
     x, y = batches.get(rows)
     s = int(qa.starts[15])
-    assert torch.equal(x[2], torch.from_numpy(np.asarray(qa.tokens[s:s + 16], dtype=np.int64)))
-    counted = np.asarray(qa.mask[s + 1:s + 17]) != 0
+    assert torch.equal(x[2], torch.from_numpy(np.asarray(qa.tokens[s : s + 16], dtype=np.int64)))
+    counted = np.asarray(qa.mask[s + 1 : s + 17]) != 0
     assert torch.equal(y[2][torch.from_numpy(~counted)], torch.full((int((~counted).sum()),), IGNORE))
     assert bool((y[0] != IGNORE).all()) and bool((y[3] != IGNORE).all())  # text windows count every target
     assert batches.targets(rows) == 2 * 16 + int((y[1] != IGNORE).sum()) + int(counted.sum())
@@ -130,8 +131,16 @@ def test_a_stage_rewarms_and_redecays_the_learning_rate():
     def lr(t: int) -> float:
         return lr_multiplier(t, 10_000, cfg, 64) * stage_multiplier(t, stage, cfg.min_lr_ratio)
 
-    assert [round(lr(t), 6) for t in (1000, 1050, 1100, 1200, 2000, 2500, 3000, 3500)] == \
-        [0.0, 0.25, 0.5, 1.0, 1.0, 0.55, 0.1, 0.1]
+    assert [round(lr(t), 6) for t in (1000, 1050, 1100, 1200, 2000, 2500, 3000, 3500)] == [
+        0.0,
+        0.25,
+        0.5,
+        1.0,
+        1.0,
+        0.55,
+        0.1,
+        0.1,
+    ]
     assert stage_multiplier(500, None, 0.0) == 1.0
     # only a re-warm, on top of the chain's own wsd decay: the factors multiply
     wsd = TrainConfig(warmup_tokens=0, decay_fraction=0.5)
@@ -156,30 +165,57 @@ def test_sigkill_mid_part_with_replay_resumes_bitwise_exact(tmp_path):
     own = make_token_dir(tmp_path / "own", parts=1, tokens=8000, seed=50)
     wiki = make_token_dir(tmp_path / "wiki", parts=2, tokens=3000, seed=0, val_tokens=0)
     qa = make_instruction_dir(tmp_path / "qa", parts=1, windows=60, val_windows=0)
-    mix = {"sources": [
-        {"name": "wiki", "weight": 0.2, "parts": [{"manifest": str(wiki), "part": p} for p in ("part-000", "part-001")]},
-        {"name": "qa", "weight": 0.1, "parts": [{"manifest": str(qa), "part": "part-000"}]}],
-        "ramp_tokens": 3000, "ramp_from": "wiki", "stage_tokens": 1000}
+    mix = {
+        "sources": [
+            {
+                "name": "wiki",
+                "weight": 0.2,
+                "parts": [{"manifest": str(wiki), "part": p} for p in ("part-000", "part-001")],
+            },
+            {"name": "qa", "weight": 0.1, "parts": [{"manifest": str(qa), "part": "part-000"}]},
+        ],
+        "ramp_tokens": 3000,
+        "ramp_from": "wiki",
+        "stage_tokens": 1000,
+    }
     stage_lr = {"start_tokens": 0, "end_tokens": 12_000, "rewarm_tokens": 500, "decay_fraction": 0.3}
-    ref = write_spec(tmp_path / "ref.json", own, "part-000", tmp_path / "ref", mixture=mix, stage_lr=stage_lr,
-                     token_offset=1000)
+    ref = write_spec(
+        tmp_path / "ref.json", own, "part-000", tmp_path / "ref", mixture=mix, stage_lr=stage_lr, token_offset=1000
+    )
     assert run_worker(ref, tmp_path / "ref.log") == EXIT_DONE, (tmp_path / "ref.log").read_text()[-2000:]
     reference = result_checkpoint(tmp_path / "ref")
     meta = json.loads((reference / "meta.json").read_text())
     sources = meta["sources"]
-    assert meta["mixture"] == {"weights": {"wiki": 0.2, "qa": 0.1}, "ramp_tokens": 3000, "ramp_from": "wiki",
-                               "stage_tokens": 1000}
+    assert meta["mixture"] == {
+        "weights": {"wiki": 0.2, "qa": 0.1},
+        "ramp_tokens": 3000,
+        "ramp_from": "wiki",
+        "stage_tokens": 1000,
+    }
     # every own window but those of a last, partial micro-batch round (as without replay); both sources replayed
     assert 499 - 4 < sources["stage"] <= 499 and sources["wiki"] > sources["qa"] > 0
     assert meta["part_tokens"] == (meta["cursor"] // 8) * 8 * 16  # whole micro-batch rounds of the mixed slots
 
-    spec = write_spec(tmp_path / "spec.json", own, "part-000", tmp_path / "work", train=FAST_CKPT, mixture=mix,
-                      stage_lr=stage_lr, token_offset=1000)
+    spec = write_spec(
+        tmp_path / "spec.json",
+        own,
+        "part-000",
+        tmp_path / "work",
+        train=FAST_CKPT,
+        mixture=mix,
+        stage_lr=stage_lr,
+        token_offset=1000,
+    )
     log = tmp_path / "worker.log"
     proc = start_worker(spec, log)
-    wait_for(lambda: proc.poll() is not None or ((hb := heartbeat(tmp_path / "work")) and hb.last_checkpoint_step
-                                                 and hb.step > hb.last_checkpoint_step),
-             timeout=120, what="a checkpoint, and a step after it")
+    wait_for(
+        lambda: (
+            proc.poll() is not None
+            or ((hb := heartbeat(tmp_path / "work")) and hb.last_checkpoint_step and hb.step > hb.last_checkpoint_step)
+        ),
+        timeout=120,
+        what="a checkpoint, and a step after it",
+    )
     assert proc.poll() is None
     proc.send_signal(signal.SIGKILL)
     proc.wait()

@@ -23,7 +23,9 @@ def test_weight_decay_only_on_matrices():
     decay, no_decay = param_groups(model, 0.1)
     names = {id(p): n for n, p in model.named_parameters()}
     decayed = {names[id(p)] for p in decay["params"]}
-    assert decayed and all(n.endswith("weight") and "ln" not in n and "wte" not in n and "wpe" not in n for n in decayed)
+    assert decayed and all(
+        n.endswith("weight") and "ln" not in n and "wte" not in n and "wpe" not in n for n in decayed
+    )
     assert {"wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias"} <= {names[id(p)] for p in no_decay["params"]}
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
 
@@ -38,8 +40,9 @@ def test_lr_curve_spans_the_chain():
     assert lr_multiplier(10_000, total, cfg, step) == pytest.approx(0.1)
     assert lr_multiplier(20_000, total, cfg, step) == pytest.approx(0.1)
     # Appending parts (a larger total) leaves everything before the old decay unchanged.
-    assert all(lr_multiplier(t, total, cfg, step) == lr_multiplier(t, 2 * total, cfg, step)
-               for t in range(0, 8001, 100))
+    assert all(
+        lr_multiplier(t, total, cfg, step) == lr_multiplier(t, 2 * total, cfg, step) for t in range(0, 8001, 100)
+    )
     cos = TrainConfig(warmup_tokens=0, lr_schedule="cosine", min_lr_ratio=0.0)
     assert lr_multiplier(5000, total, cos, step) == pytest.approx(0.5)
 
@@ -52,7 +55,9 @@ def test_default_warmup_is_sized_from_the_chain_and_the_step():
     assert warmup_tokens(cfg, 10_000_000_000, step) == 1000 * step  # nor over 1000 steps
     assert lr_multiplier(10_000, 1_000_000, cfg, 1024) == pytest.approx(0.5)
     assert lr_multiplier(600_000, 1_000_000, cfg, 1024) == 1.0  # leaves warmup: a 1M chain trains at its peak
-    assert TrainConfig(warmup_tokens=5).warmup_tokens == 5 and warmup_tokens(TrainConfig(warmup_tokens=5), 10**9, 1) == 5
+    assert (
+        TrainConfig(warmup_tokens=5).warmup_tokens == 5 and warmup_tokens(TrainConfig(warmup_tokens=5), 10**9, 1) == 5
+    )
 
 
 def test_optimizer_and_learning_rates_follow_the_family():
@@ -97,13 +102,28 @@ def test_an_aborted_step_rewinds_the_random_generators(tmp_path):
     part = open_part(manifest, "part-000")
     cfg = GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.2)
     train = TrainConfig(micro_batch=4, grad_accum=4)
-    spec = WorkerSpec(part_id="s/p", stage="s", work_dir=Path(tmp_path), data=DataRef(manifest=manifest, part="part-000"),
-                      model=cfg.to_dict(), train=train, chain_total_tokens=10_000)
+    spec = WorkerSpec(
+        part_id="s/p",
+        stage="s",
+        work_dir=Path(tmp_path),
+        data=DataRef(manifest=manifest, part="part-000"),
+        model=cfg.to_dict(),
+        train=train,
+        chain_total_tokens=10_000,
+    )
     placement = Placement(torch.device("cpu"), "fp32", compile=False, threads=None, why="test")
     model = GPT(cfg)
     opt = optim.build(model, train, placement.device)
-    trainer = Trainer(spec, placement, model, opt, torch.amp.GradScaler("cpu", enabled=False),
-                      WindowOrder(part.n_windows, 1, 0, "s/p"), Batches(part, 16, placement.device), Progress())
+    trainer = Trainer(
+        spec,
+        placement,
+        model,
+        opt,
+        torch.amp.GradScaler("cpu", enabled=False),
+        WindowOrder(part.n_windows, 1, 0, "s/p"),
+        Batches(part, 16, placement.device),
+        Progress(),
+    )
     before = torch.get_rng_state()
     calls = iter(range(100))
     assert trainer.step(lambda: next(calls) >= 2) is None  # abandoned after two micro-batches (dropout drew)
@@ -134,8 +154,17 @@ def test_muon_groups_orthogonalized_updates_and_state_that_survives_a_round_trip
     s = torch.linalg.svdvals(orthogonalize(g))
     assert s.min() > 0.5 and s.max() < 1.3  # the quintic's band around 1 (not exactly 1: by design)
 
-    cfg = config_from_dict({"family": "llama", "vocab_size": 64, "block_size": 8, "n_layer": 2, "n_head": 2,
-                            "n_embd": 32, "tie_embeddings": False})
+    cfg = config_from_dict(
+        {
+            "family": "llama",
+            "vocab_size": 64,
+            "block_size": 8,
+            "n_layer": 2,
+            "n_head": 2,
+            "n_embd": 32,
+            "tie_embeddings": False,
+        }
+    )
     torch.manual_seed(0)
     model = build(cfg)
     train = TrainConfig(lr=1e-2, muon_lr=0.02)
@@ -187,16 +216,32 @@ def test_the_loop_scales_each_groups_own_peak_rate(tmp_path):
 
     manifest = make_token_dir(tmp_path, parts=1, tokens=4000, val_tokens=0)
     part = open_part(manifest, "part-000")
-    cfg = config_from_dict({"family": "llama", "vocab_size": 64, "block_size": 16, "n_layer": 1, "n_head": 2,
-                            "n_embd": 32})
+    cfg = config_from_dict(
+        {"family": "llama", "vocab_size": 64, "block_size": 16, "n_layer": 1, "n_head": 2, "n_embd": 32}
+    )
     train = TrainConfig(micro_batch=4, grad_accum=1, warmup_tokens=640, lr=1e-2, muon_lr=0.04)
-    spec = WorkerSpec(part_id="s/p", stage="s", work_dir=Path(tmp_path), data=DataRef(manifest=manifest, part="part-000"),
-                      model=cfg.to_dict(), train=train, chain_total_tokens=100_000, lr_scale=0.5)
+    spec = WorkerSpec(
+        part_id="s/p",
+        stage="s",
+        work_dir=Path(tmp_path),
+        data=DataRef(manifest=manifest, part="part-000"),
+        model=cfg.to_dict(),
+        train=train,
+        chain_total_tokens=100_000,
+        lr_scale=0.5,
+    )
     model = build(cfg)
     opt = optim.build(model, train, torch.device("cpu"))
-    trainer = Trainer(spec, Placement(torch.device("cpu"), "fp32", False, None, "test"), model, opt,
-                      torch.amp.GradScaler("cpu", enabled=False), WindowOrder(part.n_windows, 1, 0, "s/p"),
-                      Batches(part, 16, torch.device("cpu")), Progress())
+    trainer = Trainer(
+        spec,
+        Placement(torch.device("cpu"), "fp32", False, None, "test"),
+        model,
+        opt,
+        torch.amp.GradScaler("cpu", enabled=False),
+        WindowOrder(part.n_windows, 1, 0, "s/p"),
+        Batches(part, 16, torch.device("cpu")),
+        Progress(),
+    )
     r = trainer.step(lambda: False)  # 64 tokens of a 640-token warmup, halved by lr_scale
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.04 * 0.05, 1e-2 * 0.05, 1e-2 * 0.05])
     assert r.lr == pytest.approx(1e-2 * 0.05)

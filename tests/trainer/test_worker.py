@@ -69,8 +69,11 @@ def test_sigkill_at_random_steps_resumes_bitwise_exact(data, reference, tmp_path
     kills = 0
     for target in targets:
         proc = start_worker(spec, log)
-        wait_for(lambda: proc.poll() is not None or ((hb := heartbeat(tmp_path / "work")) and hb.step >= target),
-                 timeout=120, what=f"step {target}")
+        wait_for(
+            lambda: proc.poll() is not None or ((hb := heartbeat(tmp_path / "work")) and hb.step >= target),
+            timeout=120,
+            what=f"step {target}",
+        )
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
@@ -91,9 +94,14 @@ def test_sigkill_on_instruction_data_resumes_bitwise_exact(tmp_path):
     spec = write_spec(tmp_path / "spec.json", data, "part-000", tmp_path / "work", train=FAST_CKPT)
     log = tmp_path / "worker.log"
     proc = start_worker(spec, log)
-    wait_for(lambda: proc.poll() is not None or ((hb := heartbeat(tmp_path / "work")) and hb.last_checkpoint_step
-                                                 and hb.step > hb.last_checkpoint_step),
-             timeout=120, what="a checkpoint, and a step after it")
+    wait_for(
+        lambda: (
+            proc.poll() is not None
+            or ((hb := heartbeat(tmp_path / "work")) and hb.last_checkpoint_step and hb.step > hb.last_checkpoint_step)
+        ),
+        timeout=120,
+        what="a checkpoint, and a step after it",
+    )
     assert proc.poll() is None
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -207,8 +215,9 @@ def test_pause_stops_steps_and_resume_continues(data, tmp_path):
 def test_continues_from_a_starting_checkpoint(data, reference, tmp_path):
     work = tmp_path / "work"
     offset = read_json(reference / "meta.json")["global_tokens"]
-    spec = write_spec(tmp_path / "spec.json", data, "part-001", work, init_checkpoint=str(reference),
-                      token_offset=offset)
+    spec = write_spec(
+        tmp_path / "spec.json", data, "part-001", work, init_checkpoint=str(reference), token_offset=offset
+    )
     assert run_worker(spec, tmp_path / "worker.log") == EXIT_DONE
     result = read_json(work / "result.json")
     assert result["global_tokens"] == offset + result["part_tokens"]
@@ -232,8 +241,10 @@ def make_old(folder: Path) -> None:
     for group in optim["optimizer"]["param_groups"]:
         del group["peak_lr"], group["role"]
     torch.save(optim, folder / "optim.pt")
-    files = {name: (sha256_file(folder / name), (folder / name).stat().st_size)
-             for name in ("model.pt", "optim.pt", "rng.pt", "meta.json")}
+    files = {
+        name: (sha256_file(folder / name), (folder / name).stat().st_size)
+        for name in ("model.pt", "optim.pt", "rng.pt", "meta.json")
+    }
     write_manifest(folder, meta["step"], files)
 
 
@@ -245,8 +256,15 @@ def test_a_checkpoint_of_the_previous_release_continues_in_the_gpt2_family_with_
     make_old(old)
     assert verify(old).ok and "family" not in read_json(old / "meta.json")["model"]
     offset = read_json(old / "meta.json")["global_tokens"]
-    spec = write_spec(tmp_path / "b.json", small, "part-001", tmp_path / "b", model=dict(TINY_GPT2),
-                      init_checkpoint=str(old), token_offset=offset)
+    spec = write_spec(
+        tmp_path / "b.json",
+        small,
+        "part-001",
+        tmp_path / "b",
+        model=dict(TINY_GPT2),
+        init_checkpoint=str(old),
+        token_offset=offset,
+    )
     log = tmp_path / "b.log"
     assert run_worker(spec, log) == EXIT_DONE, log.read_text()[-2000:]
     assert "another optimizer" not in log.read_text()
@@ -254,16 +272,24 @@ def test_a_checkpoint_of_the_previous_release_continues_in_the_gpt2_family_with_
     assert adamw_steps(old) + read_json(tmp_path / "b" / "result.json")["step"] == adamw_steps(new)
     assert read_json(new / "meta.json")["model"]["family"] == "gpt2"
     # The same old checkpoint is no start for the llama family.
-    spec = write_spec(tmp_path / "c.json", small, "part-001", tmp_path / "c", model=dict(TINY_MODEL),
-                      init_checkpoint=str(old), token_offset=offset)
+    spec = write_spec(
+        tmp_path / "c.json",
+        small,
+        "part-001",
+        tmp_path / "c",
+        model=dict(TINY_MODEL),
+        init_checkpoint=str(old),
+        token_offset=offset,
+    )
     rc, out = _bad_run(tmp_path, spec)
     assert rc == EXIT_ERROR and "made for a different model (the gpt2 family, the spec's is llama)" in out
 
 
 def test_nonfinite_loss_exits_91_naming_the_window(data, tmp_path):
     work = tmp_path / "work"
-    spec = write_spec(tmp_path / "spec.json", data, "part-000", work,
-                      train={"lr": 1e6, "grad_clip": 0, "warmup_tokens": 0})
+    spec = write_spec(
+        tmp_path / "spec.json", data, "part-000", work, train={"lr": 1e6, "grad_clip": 0, "warmup_tokens": 0}
+    )
     assert run_worker(spec, tmp_path / "worker.log") == EXIT_NONFINITE
     report = read_json(work / "error.json")
     assert report["kind"] == "nonfinite"
@@ -302,13 +328,23 @@ def test_tokenizer_mismatch_and_unknown_spec_key(data, tmp_path):
     assert rc == EXIT_ERROR and "made with a different tokenizer" in out and str(data) in out
     spec = write_spec(tmp_path / "spec2.json", data, "part-000", tmp_path / "work", train={"micro_btach": 2})
     rc, out = _bad_run(tmp_path, spec)
-    assert rc == EXIT_ERROR and "train.micro_btach: unknown field (did you mean 'micro_batch'?)" in out and "spec2.json" in out
+    assert (
+        rc == EXIT_ERROR
+        and "train.micro_btach: unknown field (did you mean 'micro_batch'?)" in out
+        and "spec2.json" in out
+    )
 
 
 def test_checkpoint_of_another_model_shape_is_refused(data, reference, tmp_path):
     work = tmp_path / "work"
-    spec = write_spec(tmp_path / "spec.json", data, "part-001", work, init_checkpoint=str(reference),
-                      model={**TINY_MODEL, "n_layer": 3})
+    spec = write_spec(
+        tmp_path / "spec.json",
+        data,
+        "part-001",
+        work,
+        init_checkpoint=str(reference),
+        model={**TINY_MODEL, "n_layer": 3},
+    )
     before = sorted(p.name for p in reference.iterdir())
     rc, out = _bad_run(tmp_path, spec)
     assert rc == EXIT_ERROR
@@ -327,8 +363,9 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 @pytest.mark.parametrize("compile_", [False, True])
 def test_a_part_trains_and_resumes_on_cuda(data, tmp_path, compile_):
     work = tmp_path / "work"
-    spec = write_spec(tmp_path / "spec.json", data, "part-000", work,
-                      train={"device": "cuda", "compile": compile_, **FAST_CKPT})
+    spec = write_spec(
+        tmp_path / "spec.json", data, "part-000", work, train={"device": "cuda", "compile": compile_, **FAST_CKPT}
+    )
     log = tmp_path / "worker.log"
     proc = start_worker(spec, log)
     wait_for(lambda: (hb := heartbeat(work)) and hb.step >= 50, timeout=300, what="training on CUDA")
