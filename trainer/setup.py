@@ -77,6 +77,8 @@ def build(spec: WorkerSpec, ranks: Ranks, work: WorkPaths, files: WorkerFiles) -
     trained = ranks.wrap(trained, placement.device)
     if spec.mixture:
         order, batches = mixed_data(spec, part, cfg, placement.device)
+        if spec.release:  # a release's cool-down on the stage's mix: as long as it asks
+            order.total = min(order.total, spec.release.windows)
         check_positions(order, start)
     else:  # exactly the order of a part before replay existed
         order = WindowOrder(

@@ -70,7 +70,14 @@ def write_spec(
         block = plan.model["block_size"] if not state.model else state.model["block_size"]
         windows = rel.decay_tokens // block
         spec = specs.build(
-            plan, pp, paths, rel.id, paths.root / rel.branch, rel.branch_tokens, state.model or plan.model
+            plan,
+            pp,
+            paths,
+            rel.id,
+            paths.root / rel.branch,
+            rel.branch_tokens,
+            state.model or plan.model,
+            specs.stage_position(plan, pp, state),  # the stage's mix and learning-rate shape
         )
         spec = spec.model_copy(
             update={"epochs": max(1, math.ceil(windows / max(pp.windows, 1))), "release": ReleaseDecay(windows=windows)}

@@ -1,5 +1,6 @@
 """Replay in a real chain: a domain stage that replays the Wikipedia stage, run by the daemon
-with real workers; a weight edit applies from the next part, never to a started one."""
+with real workers; a weight edit applies from the next part, never to a started one; a
+release of the stage cools down on the stage's mix."""
 
 from __future__ import annotations
 
@@ -35,6 +36,9 @@ def test_a_chain_with_replay_runs_and_a_weight_edit_applies_from_the_next_part(t
         },
     ]
     schedule = make_chain(tmp_path, parts=2, tokens=5000, train={"checkpoint_interval_s": 0.3}, stages=stages)
+    raw = json.loads(schedule.read_text())
+    raw["release"] = {"every_parts": 3, "decay_fraction": 0.2}  # after the chain's third part: domain/part-001
+    schedule.write_text(json.dumps(raw))
     run, log = tmp_path / "runs" / "chain", tmp_path / "daemon.log"
     daemon = start_daemon(schedule, log, "--exit-when-done")
     first = "domain/part-000"
@@ -73,3 +77,8 @@ def test_a_chain_with_replay_runs_and_a_weight_edit_applies_from_the_next_part(t
     # the stage re-warms: its first step's rate is a quarter of the one four steps on (512 tokens = 4 steps)
     lrs = [m["lr"] for m in read_jsonl(run / "metrics" / "domain--part-000.jsonl")]
     assert lrs[0] == pytest.approx(lrs[3] / 4, rel=0.05)
+    # the release of the domain stage cools down on the stage's mix (the weight of its part: 0.5)
+    (release,) = state["releases"]
+    assert release["status"] == "done" and release["part"] == "domain/part-001", release
+    sources = json.loads((run / release["checkpoint"] / "meta.json").read_text())["sources"]
+    assert 0.3 < sources["wiki"] / sum(sources.values()) < 0.7, sources
