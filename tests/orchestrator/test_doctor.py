@@ -21,7 +21,7 @@ from runtime.gpuarch import FAKE_FACTS_ENV, GpuInfo, TorchFacts
 from runtime.paths import WorkPaths
 from runtime.spec import TrainConfig
 from runtime.workerfiles import EXIT_ERROR
-from tests.helpers import REPO, env, make_chain, make_token_dir, run_worker, write_spec
+from tests.helpers import REPO, env, make_chain, make_instruction_dir, make_token_dir, run_worker, write_spec
 from trainer.memory import need_bytes, plan
 
 # What PyTorch's CUDA 12.8+ wheels carry (no Maxwell, no Pascal) and what its CUDA 12.6 ones do.
@@ -314,6 +314,7 @@ def test_the_daemon_refuses_to_start_on_an_unrunnable_card(tmp_path):
 def test_doctor_on_the_demo_schedule_exits_0_on_this_machine(tmp_path):
     for name in ("wiki", "jargon"):
         make_token_dir(tmp_path / "data" / name, parts=3, tokens=3000, block_size=128, val_tokens=1000)
+    make_instruction_dir(tmp_path / "data" / "qa", parts=1, windows=20, block_size=128, val_windows=4)
     schedule = {k: v for k, v in DEMO_SCHEDULE.items() if k != "tokenizer"}  # the fabricated parts have none
     schedule["train"] = {**schedule["train"], "cpu_threads": 1}
     path = tmp_path / "schedule.json"
