@@ -333,7 +333,7 @@ def run_nanogpt(nanogpt: Path, manifest: Path, fraction: float, seed: int, threa
         spec = importlib.util.spec_from_file_location("nanogpt_model", nanogpt / "model.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        ckpt = torch.load(root / "out" / "ckpt.pt", map_location="cpu", weights_only=False)  # our own run's file
+        ckpt = torch.load(root / "out" / "ckpt.pt", map_location="cpu", weights_only=True)
         with contextlib.redirect_stdout(io.StringIO()):  # it prints its parameter count
             model = module.GPT(module.GPTConfig(**ckpt["model_args"]))
         model.load_state_dict(ckpt["model"])
