@@ -66,53 +66,60 @@ class Overrides(BaseModel):
     skip_windows: list[tuple[int, int]] = []
 
 
-class PartState(BaseModel):
+class JobState(BaseModel):
+    """What the daemon keeps of a worker job, a part's or a release's: its runs, its
+    failures and its result (the runner drives both through the same code)."""
+
     model_config = ConfigDict(extra="forbid")
-    id: str
-    stage: str
     status: PartStatus = PartStatus.PENDING
-    file: str
-    """The token file the part was planned from."""
-    sha256: str
-    """Its checksum when planned: an edit that changes a trained part is detected by this."""
-    planned_tokens: int = 0
-    """Tokens the part will train (windows x epochs x block_size), for progress and ETA."""
     attempts: int = 0
     """Worker launches."""
     failures: int = 0
     """Consecutive failures without new progress (bounded by supervisor.max_attempts)."""
     nonfinite: int = 0
     tokens: int = 0
+    """Tokens trained (once done)."""
     loss: float | None = None
     val_loss: float | None = None
     checkpoint: str | None = None
     """Promoted folder, relative to the run dir; null until promoted."""
     eval: dict[str, float] | None = None
-    """Validation loss per stage when the part ended (evals.jsonl has the details)."""
-    seq: int | None = None
+    """Validation loss per stage when the job ended (evals.jsonl has the details)."""
     started_at: float | None = None
     finished_at: float | None = None
     train_seconds: float = 0.0
     paused_seconds: float = 0.0
     error: str | None = None
-    """Why the last attempt failed (or why the part failed)."""
+    """Why the last attempt failed (or why the job failed)."""
     retry_at: float | None = None
     """Backoff: not relaunched before this time."""
     worker_pid: int | None = None
     overrides: Overrides = Overrides()
 
 
-class ReleaseState(BaseModel):
+class PartState(JobState):
+    id: str
+    stage: str
+    file: str
+    """The token file the part was planned from."""
+    sha256: str
+    """Its checksum when planned: an edit that changes a trained part is detected by this."""
+    planned_tokens: int = 0
+    """Tokens the part will train (windows x epochs x block_size), for progress and ETA."""
+    seq: int | None = None
+
+
+class ReleaseState(JobState):
     """A cooled release: a branch from a part's promoted checkpoint that decays the learning
-    rate and ends in releases/<name>/. It runs like a part (one worker, retried, paused,
-    stopped) but never changes the chain: a failed release is given up, the chain goes on.
+    rate and ends in releases/<name>/ (its `checkpoint`). It runs like a part (one worker,
+    retried, paused, stopped) but never changes the chain: a failed release is given up, the
+    chain goes on.
 
         pending --launch--> running --exit 0, verified, promoted--> done
            ^                  |  \\--crash / hang / OOM / non-finite--> pending (after backoff)
            +---- retry <------+----too many failures, or its branch is gone--> failed
     """
 
-    model_config = ConfigDict(extra="forbid")
     name: str
     """The branch checkpoint's folder name; the release is releases/<name>/."""
     part: str
@@ -124,25 +131,6 @@ class ReleaseState(BaseModel):
     """The chain's tokens at the branch point."""
     decay_tokens: int
     """Tokens of the cool-down (release.decay_fraction of branch_tokens, whole steps)."""
-    status: PartStatus = PartStatus.PENDING
-    attempts: int = 0
-    failures: int = 0
-    nonfinite: int = 0
-    tokens: int = 0
-    """Tokens the cool-down trained (once done)."""
-    loss: float | None = None
-    val_loss: float | None = None
-    checkpoint: str | None = None
-    """releases/<name>, once promoted."""
-    eval: dict[str, float] | None = None
-    started_at: float | None = None
-    finished_at: float | None = None
-    train_seconds: float = 0.0
-    paused_seconds: float = 0.0
-    error: str | None = None
-    retry_at: float | None = None
-    worker_pid: int | None = None
-    overrides: Overrides = Overrides()
 
     @property
     def id(self) -> str:
