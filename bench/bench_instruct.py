@@ -91,9 +91,9 @@ def prepare_all(work: Path, jargon: Path, vocab: int) -> dict[str, Path]:
     return {k: v / "manifest.json" for k, v in out.items()}
 
 
-def trainer_for(manifest: Path, model: GPT, opt, train: TrainConfig, seed: int, stage: str) -> Trainer:
-    part = open_part(manifest, "part-000")
-    spec = WorkerSpec(
+def bench_spec(manifest: Path, model: GPT, train: TrainConfig, stage: str, **extra) -> WorkerSpec:
+    """A worker spec for part-000 of a prepared folder, at a constant rate (a far-off chain total)."""
+    return WorkerSpec(
         part_id=f"{stage}/part-000",
         stage=stage,
         work_dir=manifest.parent,
@@ -101,7 +101,13 @@ def trainer_for(manifest: Path, model: GPT, opt, train: TrainConfig, seed: int, 
         model=model.config.to_dict(),
         train=train,
         chain_total_tokens=10**12,
+        **extra,
     )
+
+
+def trainer_for(manifest: Path, model: GPT, opt, train: TrainConfig, seed: int, stage: str) -> Trainer:
+    part = open_part(manifest, "part-000")
+    spec = bench_spec(manifest, model, train, stage)
     return Trainer(
         spec,
         CPU,

@@ -36,10 +36,10 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.bench_instruct import orchestrator  # noqa: E402
+from bench.bench_instruct import bench_spec, orchestrator  # noqa: E402
 from model.build import build as build_model  # noqa: E402
 from model.config import config_from_dict, padded_vocab  # noqa: E402
-from runtime.spec import DataRef, Mixture, ReplaySource, TrainConfig, WorkerSpec  # noqa: E402
+from runtime.spec import DataRef, Mixture, ReplaySource, TrainConfig  # noqa: E402
 from trainer import optim  # noqa: E402
 from trainer.data import Batches, WindowOrder, evenly_spaced  # noqa: E402
 from trainer.device import Placement  # noqa: E402
@@ -105,16 +105,7 @@ def trainer(
     model, opt, train: TrainConfig, manifest: Path, stage: str, steps: int, mixture: Mixture | None = None
 ) -> Trainer:
     part = open_part(manifest, "part-000")
-    spec = WorkerSpec(
-        part_id=f"{stage}/part-000",
-        stage=stage,
-        work_dir=manifest.parent,
-        data=DataRef(manifest=manifest, part="part-000"),
-        model=model.config.to_dict(),
-        train=train,
-        chain_total_tokens=10**12,
-        mixture=mixture,
-    )
+    spec = bench_spec(manifest, model, train, stage, mixture=mixture)
     epochs = steps * MICRO_BATCH // part.n_windows + 1  # never runs out of its own windows
     order = WindowOrder(part.n_windows, epochs, train.seed, spec.part_id)
     batches = Batches(part, BLOCK, CPU.device)

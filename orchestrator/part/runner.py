@@ -98,16 +98,23 @@ class PartRunner:
         self.events.emit("promotion-completed", f"finished the interrupted promotion of {part.id}", part=part.id)
         return True
 
-    def launch(self, part: PartState, control: Control, sensor_file: Path | None) -> None:
-        work = self.paths.work(part.id)
-        if self.finish_promoted(part):
-            return
+    def settled_without_worker(self, job: PartState | ReleaseState, finish_promoted) -> bool:
+        """True when the job needs no new worker: an interrupted promotion was finished, its
+        worker is still alive and adopted, or it finished while no daemon watched (promoted now)."""
+        work = self.paths.work(job.id)
+        if finish_promoted(job):
+            return True
         work.root.mkdir(parents=True, exist_ok=True)
-        if self.adopt(part):
-            return
-        if read_model(work.result, Result):  # finished while no daemon watched: promote it
-            self.launch_step = self.newest_step(part.id)
-            self.conclude(part, 0, stopping=False)
+        if self.adopt(job):
+            return True
+        if read_model(work.result, Result):
+            self.launch_step = self.newest_step(job.id)
+            self.conclude(job, 0, stopping=False)
+            return True
+        return False
+
+    def launch(self, part: PartState, control: Control, sensor_file: Path | None) -> None:
+        if self.settled_without_worker(part, self.finish_promoted):
             return
         if not self.secure_start(part):
             return  # a part queued again before this one runs first, or the chain waits for its start
@@ -145,14 +152,7 @@ class PartRunner:
         """Start (or adopt, or promote the finished) worker of a release; a release that cannot
         be made is given up, and the chain goes on."""
         work = self.paths.work(rel.id)
-        if self.finish_release_promoted(rel):
-            return
-        work.root.mkdir(parents=True, exist_ok=True)
-        if self.adopt(rel):
-            return
-        if read_model(work.result, Result):  # finished while no daemon watched: promote it
-            self.launch_step = self.newest_step(rel.id)
-            self.conclude(rel, 0, stopping=False)
+        if self.settled_without_worker(rel, self.finish_release_promoted):
             return
         try:
             if specs.frozen(work, rel.id) is None:
