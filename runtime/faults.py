@@ -8,7 +8,11 @@ FILE does not exist yet, and creates it first: a worker relaunched with the same
 environment does not die at the same point again. Unset, every call is a dictionary
 lookup and nothing else.
 
-This exists so tests can crash real processes at exact instants; never set it in
+A hold is the gentle twin of a fault: ORCHESTRATOR_HOLD names points where the process
+blocks instead of dying, so that a test can act on a part that is certainly still under
+way, however fast the machine (see hold()).
+
+This exists so tests can crash or hold real processes at exact instants; never set it in
 production.
 """
 
@@ -17,8 +21,14 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import time
+from pathlib import Path
+from typing import Callable
 
 ENV = "ORCHESTRATOR_FAULT"
+HOLD_ENV = "ORCHESTRATOR_HOLD"
+HOLD_DIR_ENV = "ORCHESTRATOR_HOLD_DIR"
+HOLD_POLL_S = 0.05
 
 _hits: dict[str, int] = {}
 
@@ -49,6 +59,61 @@ def point(name: str) -> None:
         except FileExistsError:
             return  # fired already, in this or another process
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def hold(name: str, scope: str = "", at: int | None = None, until: Callable[[], bool] = lambda: False) -> None:
+    """Block here while a test holds this point, or until `until()` turns true.
+
+    ORCHESTRATOR_HOLD is a comma-separated list of `point@N` or `SCOPE:point@N`. N is the
+    point's own count where it has one (`at`: a worker's step number, so `step@40` holds
+    after step 40, in a resumed process too), else the number of times the point was
+    reached in this process; default 1. A scope, such as a worker's part id, limits an
+    entry to the process that passes that scope. On reaching it the process creates
+    ORCHESTRATOR_HOLD_DIR/<hold_file(entry)> and blocks until a test removes or renames
+    that file (release()), calling `until()` every few milliseconds: it may keep a
+    heartbeat going, and it ends the hold early when it returns true (a worker asked to
+    stop). A hold fires once: where its file or its release exists already, an earlier
+    process held there, and this one goes on.
+    """
+    spec = os.environ.get(HOLD_ENV)
+    if not spec:
+        return
+    key = f"hold:{scope}:{name}"
+    _hits[key] = _hits.get(key, 0) + 1
+    count = _hits[key] if at is None else at
+    wanted = {f"{name}@{count}"} | ({f"{scope}:{name}@{count}"} if scope else set())
+    entry = next((e for e in _hold_entries(spec) if e in wanted), None)
+    if entry is None:
+        return
+    held = Path(os.environ[HOLD_DIR_ENV]) / hold_file(entry)
+    if held.with_suffix(".released").exists():
+        return
+    try:
+        fd = os.open(held, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    while held.exists() and not until():
+        time.sleep(HOLD_POLL_S)
+
+
+def _hold_entries(spec: str) -> list[str]:
+    entries = (s.strip() for s in spec.split(","))
+    return [e if "@" in e else f"{e}@1" for e in entries if e]
+
+
+def hold_file(entry: str) -> str:
+    """The file name a hold `entry` (as written in ORCHESTRATOR_HOLD, with its @N) is held
+    under: the entry with `/` spelled `--`, then `.held`."""
+    name, _, count = entry.partition("@")
+    return f"{name.replace('/', '--')}@{count or 1}.held"
+
+
+def release(held: Path) -> None:
+    """Let a held process go on (tests): the .held file is renamed .released, so that a
+    process started again with the same environment does not hold there a second time."""
+    held.rename(held.with_suffix(".released"))
 
 
 def setting(name: str) -> int | None:

@@ -148,6 +148,7 @@ def env() -> dict:
     e = dict(os.environ)
     e["PYTHONPATH"] = str(REPO) + os.pathsep + e.get("PYTHONPATH", "")
     e.pop("ORCHESTRATOR_FAULT", None)
+    e.pop("ORCHESTRATOR_HOLD", None)
     return e
 
 
@@ -342,6 +343,22 @@ def assert_lineage(run: Path) -> None:
 
 
 # -- holding processes still ----------------------------------------------------------------------
+
+
+def holding(folder: Path, *entries: str) -> dict:
+    """The environment that holds a worker at each entry (runtime.faults.hold: `step@5`,
+    `wiki/part-001:checkpoint@1`): the test then acts on a part that is certainly under way."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return {"ORCHESTRATOR_HOLD": ",".join(entries), "ORCHESTRATOR_HOLD_DIR": str(folder)}
+
+
+def wait_held(folder: Path, entry: str, timeout: float = 300) -> Path:
+    """Wait until a worker is held at `entry`; returns its .held file (faults.release() it)."""
+    from runtime.faults import hold_file
+
+    held = folder / hold_file(entry)
+    wait_for(held.exists, timeout=timeout, what=f"a worker held at {entry}")
+    return held
 
 
 def freeze_worker(run: Path, pid: str) -> list[int]:

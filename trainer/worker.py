@@ -24,6 +24,7 @@ from typing import Callable
 import torch
 from pydantic import ValidationError
 
+from runtime import faults
 from runtime.atomic import atomic_write_json
 from runtime.lockfile import Locked, LockFile
 from runtime.paths import WorkPaths
@@ -177,6 +178,12 @@ class Training:
                 return
             if self.ranks.main:
                 self.after_step(result)
+                faults.hold("step", self.spec.part_id, at=self.trainer.progress.step, until=self.held)
+
+    def held(self) -> bool:
+        """While a test holds the worker (runtime.faults.hold): alive, and a stop ends the hold."""
+        self.files.beat()
+        return self.stop.requested()
 
     def after_step(self, r: StepResult) -> None:
         if self.files.phase != Phase.TRAINING:
@@ -187,6 +194,7 @@ class Training:
         self.files.beat()
         if self.saver.due() and not self.trainer.finished():
             self.saver.save(p)
+            faults.hold("checkpoint", self.spec.part_id, until=self.held)
         self.throttle(r.seconds)
 
     def handle_control(self) -> None:

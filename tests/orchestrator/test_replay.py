@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from runtime.atomic import read_jsonl
-from runtime.workerfiles import Heartbeat, read_model
-from tests.helpers import events, freeze_worker, make_chain, part_of, read_state, start_daemon, wait_for
+from tests.helpers import events, holding, make_chain, part_of, read_state, start_daemon, wait_for, wait_held
 
 pytestmark = pytest.mark.slow
 
@@ -35,32 +34,33 @@ def test_a_chain_with_replay_runs_and_a_weight_edit_applies_from_the_next_part(t
             "lr_rewarm_tokens": 512,
         },
     ]
-    schedule = make_chain(tmp_path, parts=2, tokens=5000, train={"checkpoint_interval_s": 0.3}, stages=stages)
+    schedule = make_chain(tmp_path, parts=2, tokens=5000, train={"checkpoint_interval_s": 0.01}, stages=stages)
     raw = json.loads(schedule.read_text())
     raw["release"] = {"every_parts": 3, "decay_fraction": 0.2}  # after the chain's third part: domain/part-001
     schedule.write_text(json.dumps(raw))
-    run, log = tmp_path / "runs" / "chain", tmp_path / "daemon.log"
-    daemon = start_daemon(schedule, log, "--exit-when-done")
+    run, log, holds = tmp_path / "runs" / "chain", tmp_path / "daemon.log", tmp_path / "holds"
     first = "domain/part-000"
-
-    def checkpointed() -> bool:
-        hb = read_model(run / "work" / first / "heartbeat.json", Heartbeat)
-        return bool(part_of(read_state(run), first).get("status") == "running" and hb and hb.last_checkpoint_step)
-
-    wait_for(checkpointed, timeout=300, what=f"{first} running with a checkpoint")
-    worker = freeze_worker(run, first)  # held, so that the edit lands while the part is under way
-    reloads = sum(e["event"] == "schedule-reloaded" for e in events(run))
-    raw = json.loads(schedule.read_text())
-    raw["stages"][1]["replay"][0]["weight"] = 0.5
-    tmp = schedule.with_name(".schedule.json.swp")
-    tmp.write_text(json.dumps(raw))
-    os.replace(tmp, schedule)
-    wait_for(lambda: sum(e["event"] == "schedule-reloaded" for e in events(run)) > reloads, what="the edit loaded")
-    reloaded = [e for e in events(run) if e["event"] == "schedule-reloaded"][-1]
-    assert f"{first} keeps the replay, ramp and learning-rate shape it started with" in json.dumps(reloaded)
-    for pid in worker:  # the part is retried: from its frozen spec, so with the weight it started with
-        os.kill(pid, signal.SIGKILL)
-    assert daemon.wait(timeout=600) == 0, log.read_text()[-3000:]
+    # Held after its first checkpoint (a few steps of 49), so that the edit lands while the part
+    # is under way and after its spec is frozen (a part without a checkpoint would start afresh).
+    daemon = start_daemon(schedule, log, "--exit-when-done", extra_env=holding(holds, f"{first}:checkpoint@1"))
+    try:
+        wait_held(holds, f"{first}:checkpoint@1")
+        raw = json.loads(schedule.read_text())
+        raw["stages"][1]["replay"][0]["weight"] = 0.5
+        tmp = schedule.with_name(".schedule.json.swp")
+        tmp.write_text(json.dumps(raw))
+        os.replace(tmp, schedule)
+        note = f"{first} keeps the replay, ramp and learning-rate shape it started with"
+        wait_for(
+            lambda: any(e["event"] == "schedule-reloaded" and note in json.dumps(e) for e in events(run)),
+            timeout=120,
+            what="the edit loaded, the part under way named",
+        )
+        # the part is retried: from its frozen spec, so with the weight it started with
+        os.kill(part_of(read_state(run), first)["worker_pid"], signal.SIGKILL)
+        assert daemon.wait(timeout=600) == 0, log.read_text()[-3000:]
+    finally:
+        daemon.kill()
 
     state = read_state(run)
     assert [p["status"] for p in state["parts"]] == ["done"] * 3

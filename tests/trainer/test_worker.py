@@ -18,12 +18,14 @@ from tests.helpers import (
     TINY_GPT2,
     TINY_MODEL,
     assert_bitwise_equal,
+    holding,
     make_instruction_dir,
     make_token_dir,
     result_checkpoint,
     run_worker,
     start_worker,
     wait_for,
+    wait_held,
     write_spec,
 )
 
@@ -156,10 +158,12 @@ def test_memory_plan_lowers_the_micro_batch_and_a_resume_keeps_the_checkpoints(t
     work = tmp_path / "work"
     spec = write_spec(tmp_path / "spec.json", small, "part-000", work, train=tight)
     log = tmp_path / "worker.log"
-    proc = start_worker(spec, log)
-    wait_for(lambda: (hb := heartbeat(work)) and hb.step >= 5, what="step 5")
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == EXIT_STOPPED
+    holds = tmp_path / "holds"
+    proc = start_worker(spec, log, extra_env=holding(holds, "step@5"))  # 23 steps: held after the fifth
+    wait_held(holds, "step@5")
+    proc.send_signal(signal.SIGTERM)  # ends the hold: the worker stops warmly before step 6
+    assert proc.wait(timeout=120) == EXIT_STOPPED
+    assert read_json(work / "heartbeat.json")["step"] == 5
     roomy = write_spec(tmp_path / "spec.json", small, "part-000", work, train={"micro_batch": 8, "grad_accum": 1})
     assert run_worker(roomy, log) == EXIT_DONE
     assert_bitwise_equal(result_checkpoint(work), result_checkpoint(tmp_path / "ref"))
