@@ -128,6 +128,9 @@ def setting(name: str) -> int | None:
     SENSOR_READ_HANG_S=N     every sensor read hangs N seconds (a hung mount)
     NO_INOTIFY=1             the schedule watcher cannot start (no inotify)
     FAULT_RETRY_S=N          the daemon retries after an I/O fault every N s (not 30)
+    CHECKPOINT_EVERY_STEPS=N the worker checkpoints after every N-th step instead of by
+                             time (train.checkpoint_interval_s), so that a test knows at
+                             which steps checkpoints exist, however fast the machine
 
     (ORCHESTRATOR_FAULT_GPU_FACTS=JSON, fabricated torch and GPU facts, is read by
     runtime.gpuarch.fabricated_facts, not here: it is JSON, not a number.)

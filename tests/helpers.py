@@ -352,6 +352,12 @@ def holding(folder: Path, *entries: str) -> dict:
     return {"ORCHESTRATOR_HOLD": ",".join(entries), "ORCHESTRATOR_HOLD_DIR": str(folder)}
 
 
+def checkpoints_every(steps: int) -> dict:
+    """The environment under which a worker checkpoints after every `steps`-th step instead
+    of by time (runtime.faults): which checkpoints exist no longer depends on speed."""
+    return {"ORCHESTRATOR_FAULT_CHECKPOINT_EVERY_STEPS": str(steps)}
+
+
 def wait_held(folder: Path, entry: str, timeout: float = 300) -> Path:
     """Wait until a worker is held at `entry`; returns its .held file (faults.release() it)."""
     from runtime.faults import hold_file

@@ -16,6 +16,7 @@ from typing import Callable
 
 import torch
 
+from runtime import faults
 from runtime.atomic import DISK_FULL
 from runtime.checkpoint import CheckpointMeta
 from runtime.paths import WorkPaths
@@ -64,8 +65,12 @@ class Saver:
         """Its wall-clock time, for the heartbeat (display only)."""
         self.since = time.monotonic()
         """When the last checkpoint was written, or the part started: the interval counts from here."""
+        self.every_steps = faults.setting("CHECKPOINT_EVERY_STEPS")
+        """Tests only (runtime.faults): checkpoints at fixed steps rather than by time."""
 
-    def due(self) -> bool:
+    def due(self, step: int) -> bool:
+        if self.every_steps is not None:
+            return step % self.every_steps == 0
         return time.monotonic() - self.since >= self.spec.train.checkpoint_interval_s
 
     def unsaved(self, p: Progress) -> bool:

@@ -192,7 +192,7 @@ class Training:
         self.metrics.step(r, p, self.files.write_failed)
         self.metrics.log_progress(p, self.trainer.steps_total(), r.loss, r.lr)
         self.files.beat()
-        if self.saver.due() and not self.trainer.finished():
+        if self.saver.due(p.step) and not self.trainer.finished():
             self.saver.save(p)
             faults.hold("checkpoint", self.spec.part_id, until=self.held)
         self.throttle(r.seconds)

@@ -23,6 +23,7 @@ from tests.helpers import (
     env,
     events,
     freeze_worker,
+    holding,
     make_chain,
     make_instruction_dir,
     make_token_dir,
@@ -31,38 +32,17 @@ from tests.helpers import (
     read_state,
     result_checkpoint,
     run_worker,
-    running_step,
     start_daemon,
     thaw,
     wait_for,
+    wait_held,
     write_spec,
 )
 
 TWO = {"gpus": 2, "checkpoint_interval_s": 0.25}
 
 
-LAUNCHED: list[subprocess.Popen] = []
-
-
-@pytest.fixture(autouse=True)
-def no_strays():
-    """A failed test leaves no torchrun or worker behind (the workers have sessions of their own)."""
-    yield
-    while LAUNCHED:
-        launcher = LAUNCHED.pop()
-        try:
-            procs = [*psutil.Process(launcher.pid).children(recursive=True), psutil.Process(launcher.pid)]
-        except psutil.NoSuchProcess:
-            continue
-        for p in procs:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(procs, timeout=10)
-
-
-def start_torchrun(spec: Path, log: Path) -> subprocess.Popen:
+def start_torchrun(spec: Path, log: Path, extra_env: dict | None = None) -> subprocess.Popen:
     with open(log, "ab") as f:
         launcher = subprocess.Popen(
             [
@@ -78,10 +58,9 @@ def start_torchrun(spec: Path, log: Path) -> subprocess.Popen:
             ],
             stdout=f,
             stderr=subprocess.STDOUT,
-            env=env(),
+            env={**env(), **(extra_env or {})},
             cwd=spec.parent,
         )
-    LAUNCHED.append(launcher)
     return launcher
 
 
@@ -156,12 +135,13 @@ def test_any_rank_stopped_or_killed_resumes_bitwise_exact(tmp_path):
     spec = write_spec(tmp_path / "cut" / "spec.json", data, "part-000", tmp_path / "cut" / "work", train=TWO)
     work, log = tmp_path / "cut" / "work", tmp_path / "cut.log"
     rng = random.Random(7)
-    reached = 0
-    for how in ("SIGTERM to torchrun", "SIGKILL rank 1", "SIGKILL rank 0"):
-        launcher = start_torchrun(spec, log)
-        target = reached + rng.randint(8, 30)
+    target = 0
+    for i, how in enumerate(("SIGTERM to torchrun", "SIGKILL rank 1", "SIGKILL rank 0")):
+        target += rng.randint(8, 30)  # of 156 steps; rank 0 is held there (rank 1 waits for it)
+        holds = tmp_path / f"holds-{i}"
+        launcher = start_torchrun(spec, log, extra_env=holding(holds, f"step@{target}"))
         workers = ranks(launcher)
-        reached = wait_for(lambda: (s := step_of(work)) >= target and s, timeout=120, what=f"step {target}")
+        wait_held(holds, f"step@{target}")
         if how == "SIGTERM to torchrun":
             launcher.send_signal(signal.SIGTERM)
         else:
@@ -185,21 +165,22 @@ def test_daemon_runs_a_part_on_two_ranks_acts_on_their_exit_code_survives_its_de
     run, log = tmp_path / "runs" / "chain", tmp_path / "daemon.log"
     # Every rank runs out of memory at micro_batch 4: torchrun exits 1, exit.json says 90.
     oom = {"ORCHESTRATOR_FAULT_OOM_ABOVE_MICRO_BATCH": "2"}
-    daemon = start_daemon(schedule, log, "--exit-when-done", extra_env=oom)
-    wait_for(lambda: running_step(run, "wiki/part-000") >= 10, timeout=180, what="the retry at micro_batch 2")
-    held = freeze_worker(run, "wiki/part-000")  # torchrun and its ranks, held so the new daemon finds them
+    first, third = tmp_path / "holds-1", tmp_path / "holds-3"
+    daemon = start_daemon(
+        schedule, log, "--exit-when-done", extra_env={**oom, **holding(first, "wiki/part-000:step@10")}
+    )
+    wait_held(first, "wiki/part-000:step@10")  # the retry at micro_batch 2 (of 78 steps)
+    frozen = freeze_worker(run, "wiki/part-000")  # torchrun and its ranks, held so the new daemon finds them
     daemon.send_signal(signal.SIGKILL)  # torchrun and its workers live on; rank 0 notices, saves, exits 75
     daemon.wait()
-    daemon = start_daemon(schedule, log, "--exit-when-done", extra_env=oom)  # adopts torchrun, then relaunches
-    wait_for(lambda: "worker-adopted" in [e["event"] for e in events(run)], timeout=120, what="the adoption")
-    thaw(held)
-    wait_for(
-        lambda: (
-            part_of(read_state(run), "wiki/part-000").get("attempts") == 3 and running_step(run, "wiki/part-000") >= 30
-        ),
-        timeout=180,
-        what="the third attempt training",
+    # adopts torchrun, then relaunches; the third attempt is held at step 30
+    daemon = start_daemon(
+        schedule, log, "--exit-when-done", extra_env={**oom, **holding(third, "wiki/part-000:step@30")}
     )
+    wait_for(lambda: "worker-adopted" in [e["event"] for e in events(run)], timeout=300, what="the adoption")
+    thaw(frozen)
+    wait_held(third, "wiki/part-000:step@30")
+    assert part_of(read_state(run), "wiki/part-000")["attempts"] == 3
     daemon.send_signal(signal.SIGTERM)  # warm: SIGTERM to rank 0, which stops every rank after saving
     assert daemon.wait(timeout=120) == 0, log.read_text()[-3000:]
     worker_log = (run / "work" / "wiki" / "part-000" / "worker.log").read_text()
@@ -224,8 +205,9 @@ def test_two_gpus_train_stop_and_resume(tmp_path):
     work = tmp_path / "work"
     spec = write_spec(tmp_path / "spec.json", data, "part-000", work, train={**TWO, "device": "cuda"})
     log = tmp_path / "worker.log"
-    launcher = start_torchrun(spec, log)
-    wait_for(lambda: step_of(work) >= 30, timeout=300, what="training on two GPUs")
+    holds = tmp_path / "holds"
+    launcher = start_torchrun(spec, log, extra_env=holding(holds, "step@30"))
+    wait_held(holds, "step@30", timeout=600)  # training on two GPUs
     launcher.send_signal(signal.SIGTERM)
     assert launcher.wait(timeout=120) == 1 and exit_code(work) == EXIT_STOPPED, log.read_text()[-3000:]
     assert run_torchrun(spec, log) == 0, log.read_text()[-3000:]

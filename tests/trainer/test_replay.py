@@ -15,15 +15,17 @@ import torch
 from orchestrator.chain.plan import mixed_tokens
 from runtime.atomic import read_json
 from runtime.spec import DataRef, Mixture, ReplaySource, StageLR, TrainConfig
-from runtime.workerfiles import EXIT_DONE, EXIT_ERROR, Heartbeat, read_model
+from runtime.workerfiles import EXIT_DONE, EXIT_ERROR
 from tests.helpers import (
     assert_bitwise_equal,
+    checkpoints_every,
+    holding,
     make_instruction_dir,
     make_token_dir,
     result_checkpoint,
     run_worker,
     start_worker,
-    wait_for,
+    wait_held,
     write_spec,
 )
 from trainer.data import IGNORE, WindowOrder
@@ -150,12 +152,6 @@ def test_a_stage_rewarms_and_redecays_the_learning_rate():
 
 # -- a real worker -------------------------------------------------------------------------------------
 
-FAST_CKPT = {"checkpoint_interval_s": 0.25}
-
-
-def heartbeat(work: Path) -> Heartbeat | None:
-    return read_model(work / "heartbeat.json", Heartbeat)
-
 
 def test_sigkill_mid_part_with_replay_resumes_bitwise_exact(tmp_path):
     """The part's own text, 20% replayed text from another stage and 10% replayed
@@ -201,22 +197,13 @@ def test_sigkill_mid_part_with_replay_resumes_bitwise_exact(tmp_path):
         own,
         "part-000",
         tmp_path / "work",
-        train=FAST_CKPT,
         mixture=mix,
         stage_lr=stage_lr,
         token_offset=1000,
     )
-    log = tmp_path / "worker.log"
-    proc = start_worker(spec, log)
-    wait_for(
-        lambda: (
-            proc.poll() is not None
-            or ((hb := heartbeat(tmp_path / "work")) and hb.last_checkpoint_step and hb.step > hb.last_checkpoint_step)
-        ),
-        timeout=120,
-        what="a checkpoint, and a step after it",
-    )
-    assert proc.poll() is None
+    log, holds, every = tmp_path / "worker.log", tmp_path / "holds", checkpoints_every(16)
+    proc = start_worker(spec, log, extra_env={**every, **holding(holds, "step@37")})
+    wait_held(holds, "step@37")  # five steps after the checkpoint at step 32
     proc.send_signal(signal.SIGKILL)
     proc.wait()
 
@@ -227,7 +214,7 @@ def test_sigkill_mid_part_with_replay_resumes_bitwise_exact(tmp_path):
     assert run_worker(other, tmp_path / "other.log") == EXIT_ERROR
     assert "made with another replay mixture" in read_json(tmp_path / "work" / "error.json")["message"]
 
-    assert run_worker(spec, log) == EXIT_DONE, log.read_text()[-2000:]
-    assert "resuming from step-" in log.read_text()
+    assert run_worker(spec, log, extra_env=every) == EXIT_DONE, log.read_text()[-2000:]
+    assert "resuming from step-00000032" in log.read_text()
     assert_bitwise_equal(result_checkpoint(tmp_path / "work"), reference)
     assert json.loads((result_checkpoint(tmp_path / "work") / "meta.json").read_text())["sources"] == sources

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 from pathlib import Path
 
@@ -13,11 +14,13 @@ import torch
 
 from runtime.atomic import atomic_write_json, read_json
 from runtime.checkpoint import sha256_file, step_dirs, verify, write_manifest
+from runtime.faults import release
 from runtime.workerfiles import EXIT_DONE, EXIT_ERROR, EXIT_NONFINITE, EXIT_STOPPED, Heartbeat, read_model
 from tests.helpers import (
     TINY_GPT2,
     TINY_MODEL,
     assert_bitwise_equal,
+    checkpoints_every,
     holding,
     make_instruction_dir,
     make_token_dir,
@@ -29,7 +32,7 @@ from tests.helpers import (
     write_spec,
 )
 
-FAST_CKPT = {"checkpoint_interval_s": 0.25}
+EVERY_16 = checkpoints_every(16)
 
 
 @pytest.fixture(scope="module")
@@ -64,25 +67,21 @@ def test_part_trains_loss_falls_and_reports(data, reference):
 
 
 def test_sigkill_at_random_steps_resumes_bitwise_exact(data, reference, tmp_path):
-    spec = write_spec(tmp_path / "spec.json", data, "part-000", tmp_path / "work", train=FAST_CKPT)
+    """SIGKILLed at four random steps of 312 (held there, so that each kill lands exactly
+    where it is aimed), with a checkpoint every 16 steps: each run resumes from the newest
+    checkpoint before the last kill, and the part ends bitwise equal to an uninterrupted run."""
+    spec = write_spec(tmp_path / "spec.json", data, "part-000", tmp_path / "work")
     log = tmp_path / "worker.log"
-    rng = random.Random(7)
-    targets = sorted(rng.sample(range(20, 290), 4))  # of 312 steps
-    kills = 0
-    for target in targets:
-        proc = start_worker(spec, log)
-        wait_for(
-            lambda: proc.poll() is not None or ((hb := heartbeat(tmp_path / "work")) and hb.step >= target),
-            timeout=120,
-            what=f"step {target}",
-        )
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            kills += 1
-    assert kills >= 3
-    assert run_worker(spec, log) == EXIT_DONE, log.read_text()[-2000:]
-    assert log.read_text().count("resuming from step-") >= 3
+    targets = sorted(random.Random(7).sample(range(20, 290), 4))
+    for i, target in enumerate(targets):
+        holds = tmp_path / f"holds-{i}"
+        proc = start_worker(spec, log, extra_env={**EVERY_16, **holding(holds, f"step@{target}")})
+        wait_held(holds, f"step@{target}")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert run_worker(spec, log, extra_env=EVERY_16) == EXIT_DONE, log.read_text()[-2000:]
+    resumed = [int(s) for s in re.findall(r"resuming from step-\d+: step (\d+)", log.read_text())]
+    assert resumed == [t // 16 * 16 for t in targets]
     assert_bitwise_equal(result_checkpoint(tmp_path / "work"), reference)
 
 
@@ -93,22 +92,14 @@ def test_sigkill_on_instruction_data_resumes_bitwise_exact(tmp_path):
     ref = write_spec(tmp_path / "ref.json", data, "part-000", tmp_path / "ref")
     assert run_worker(ref, tmp_path / "ref.log") == EXIT_DONE, (tmp_path / "ref.log").read_text()[-2000:]
     reference = result_checkpoint(tmp_path / "ref")
-    spec = write_spec(tmp_path / "spec.json", data, "part-000", tmp_path / "work", train=FAST_CKPT)
-    log = tmp_path / "worker.log"
-    proc = start_worker(spec, log)
-    wait_for(
-        lambda: (
-            proc.poll() is not None
-            or ((hb := heartbeat(tmp_path / "work")) and hb.last_checkpoint_step and hb.step > hb.last_checkpoint_step)
-        ),
-        timeout=120,
-        what="a checkpoint, and a step after it",
-    )
-    assert proc.poll() is None
+    spec = write_spec(tmp_path / "spec.json", data, "part-000", tmp_path / "work")
+    log, holds = tmp_path / "worker.log", tmp_path / "holds"
+    proc = start_worker(spec, log, extra_env={**EVERY_16, **holding(holds, "step@21")})  # of 60 steps
+    wait_held(holds, "step@21")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert run_worker(spec, log) == EXIT_DONE, log.read_text()[-2000:]
-    assert "resuming from step-" in log.read_text()
+    assert run_worker(spec, log, extra_env=EVERY_16) == EXIT_DONE, log.read_text()[-2000:]
+    assert "resuming from step-00000016: step 16" in log.read_text()  # five steps lost, and trained again
     assert_bitwise_equal(result_checkpoint(tmp_path / "work"), reference)
     val_loss = read_json(tmp_path / "work" / "result.json")["val_loss"]
     assert val_loss == read_json(tmp_path / "ref" / "result.json")["val_loss"]
@@ -116,11 +107,11 @@ def test_sigkill_on_instruction_data_resumes_bitwise_exact(tmp_path):
 
 @pytest.mark.parametrize("point", ["checkpoint.files-written@2", "checkpoint.manifest.before-rename@3"])
 def test_killed_inside_a_save_resumes_bitwise_exact(data, reference, tmp_path, point):
-    spec = write_spec(tmp_path / "spec.json", data, "part-000", tmp_path / "work", train=FAST_CKPT)
+    spec = write_spec(tmp_path / "spec.json", data, "part-000", tmp_path / "work")
     log = tmp_path / "worker.log"
-    rc = run_worker(spec, log, extra_env={"ORCHESTRATOR_FAULT": point})
+    rc = run_worker(spec, log, extra_env={**EVERY_16, "ORCHESTRATOR_FAULT": point})
     assert rc == -signal.SIGKILL
-    assert run_worker(spec, log) == EXIT_DONE, log.read_text()[-2000:]
+    assert run_worker(spec, log, extra_env=EVERY_16) == EXIT_DONE, log.read_text()[-2000:]
     assert_bitwise_equal(result_checkpoint(tmp_path / "work"), reference)
     assert not list((tmp_path / "work" / "ckpt").glob(".step-*")), "temporary folders left behind"
 
@@ -128,13 +119,13 @@ def test_killed_inside_a_save_resumes_bitwise_exact(data, reference, tmp_path, p
 def test_sigterm_checkpoints_then_exits_75_and_resume_is_exact(data, reference, tmp_path):
     work = tmp_path / "work"
     spec = write_spec(tmp_path / "spec.json", data, "part-000", work)  # no periodic checkpoint
-    log = tmp_path / "worker.log"
-    proc = start_worker(spec, log)
-    wait_for(lambda: (hb := heartbeat(work)) and hb.step >= 100, what="step 100")
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == EXIT_STOPPED
+    log, holds = tmp_path / "worker.log", tmp_path / "holds"
+    proc = start_worker(spec, log, extra_env=holding(holds, "step@100"))
+    wait_held(holds, "step@100")
+    proc.send_signal(signal.SIGTERM)  # ends the hold; the worker saves step 100 and exits
+    assert proc.wait(timeout=120) == EXIT_STOPPED
     saved = step_dirs(work / "ckpt")
-    assert len(saved) == 1 and saved[0][0] >= 100 and verify(saved[0][1]).ok
+    assert len(saved) == 1 and saved[0][0] == 100 and verify(saved[0][1]).ok
     assert run_worker(spec, log) == EXIT_DONE
     assert_bitwise_equal(result_checkpoint(work), reference)
 
@@ -179,12 +170,13 @@ def test_compile_on_a_cpu_without_a_cpp_compiler_trains_eager_and_says_so(tmp_pa
 
 def test_damaged_newest_checkpoint_is_quarantined_and_older_one_used(data, reference, tmp_path):
     work = tmp_path / "work"
-    spec = write_spec(tmp_path / "spec.json", data, "part-000", work, train=FAST_CKPT)
-    log = tmp_path / "worker.log"
-    proc = start_worker(spec, log)
-    wait_for(lambda: len(step_dirs(work / "ckpt")) >= 2, what="two checkpoints")
+    spec = write_spec(tmp_path / "spec.json", data, "part-000", work)
+    log, holds = tmp_path / "worker.log", tmp_path / "holds"
+    proc = start_worker(spec, log, extra_env={**EVERY_16, **holding(holds, "step@40")})
+    wait_held(holds, "step@40")  # checkpoints at steps 16 and 32
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert [s for s, _ in step_dirs(work / "ckpt")] == [32, 16]
     newest = step_dirs(work / "ckpt")[0][1]
     with open(newest / "model.pt", "r+b") as f:  # flip one byte in the middle
         f.seek(f.seek(0, os.SEEK_END) // 2)
@@ -200,11 +192,14 @@ def test_damaged_newest_checkpoint_is_quarantined_and_older_one_used(data, refer
 def test_pause_stops_steps_and_resume_continues(data, tmp_path):
     work = tmp_path / "work"
     spec = write_spec(tmp_path / "spec.json", data, "part-000", work)
-    proc = start_worker(spec, tmp_path / "worker.log")
-    wait_for(lambda: (hb := heartbeat(work)) and hb.step >= 20, what="training")
+    holds = tmp_path / "holds"
+    proc = start_worker(spec, tmp_path / "worker.log", extra_env=holding(holds, "step@20"))
+    held = wait_held(holds, "step@20")
     atomic_write_json(work / "control.json", {"seq": 1, "pause": True, "reason": "test", "checkpoint": 1})
+    release(held)  # the worker reads the pause before its next step
     hb = wait_for(lambda: (hb := heartbeat(work)) and hb.phase == "paused" and hb.control_seq == 1 and hb, what="pause")
     paused_step = hb.step
+    assert paused_step == 20
     assert hb.paused_reason == "test"
     assert hb.last_checkpoint_step == paused_step  # checkpoint requested with the pause
     # Still paused after several heartbeats: the step counter does not move.
@@ -367,17 +362,15 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 @pytest.mark.parametrize("compile_", [False, True])
 def test_a_part_trains_and_resumes_on_cuda(data, tmp_path, compile_):
     work = tmp_path / "work"
-    spec = write_spec(
-        tmp_path / "spec.json", data, "part-000", work, train={"device": "cuda", "compile": compile_, **FAST_CKPT}
-    )
-    log = tmp_path / "worker.log"
-    proc = start_worker(spec, log)
-    wait_for(lambda: (hb := heartbeat(work)) and hb.step >= 50, timeout=300, what="training on CUDA")
+    spec = write_spec(tmp_path / "spec.json", data, "part-000", work, train={"device": "cuda", "compile": compile_})
+    log, holds = tmp_path / "worker.log", tmp_path / "holds"
+    proc = start_worker(spec, log, extra_env={**EVERY_16, **holding(holds, "step@50")})
+    wait_held(holds, "step@50", timeout=600)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert run_worker(spec, log, timeout=600) == EXIT_DONE, log.read_text()[-3000:]
+    assert run_worker(spec, log, timeout=600, extra_env=EVERY_16) == EXIT_DONE, log.read_text()[-3000:]
     text = log.read_text()
-    assert "resuming from step-" in text and ("compiled" in text) == compile_
+    assert "resuming from step-00000048" in text and ("compiled" in text) == compile_
     major = torch.cuda.get_device_capability()[0]
     assert heartbeat(work).precision == ("bf16" if major >= 8 else "fp16" if major == 7 else "fp32")
     metrics = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
