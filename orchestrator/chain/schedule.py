@@ -50,6 +50,8 @@ class GuardConfig(BaseModel):
     """On battery (UPS or laptop): checkpoint at once and pause."""
     battery_grace_s: float = Field(300.0, ge=0)
     """After this long on battery, stop warmly; the chain resumes when AC returns."""
+    ac_settle_s: float = Field(30.0, ge=0)
+    """After a battery pause, AC must hold this long before the worker resumes (a flapping supply)."""
     disk_margin_gb: float = Field(1.0, ge=0)
     """Free space needed beyond twice a checkpoint's size before saving one."""
     ram_min_available_gb: float = Field(0.5, ge=0)

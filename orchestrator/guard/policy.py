@@ -33,12 +33,11 @@ KI = 0.0015  # duty per °C·s
 POWER_SCALE = 10.0  # power error counted like temperature: 10% of the limit ~ 1 °C
 # Hysteresis, so that a reading hovering at a threshold does not pause and resume (and write
 # an event) every poll: memory and disk pauses end only this far above their threshold (or
-# 10% of it, whichever is more); AC must hold this long before a battery pause ends; the
-# governor's throttling is reported when the duty falls below THROTTLE_NOTE and reported
-# over once it has been at full speed for THROTTLE_SETTLE_S.
+# 10% of it, whichever is more); the governor's throttling is reported when the duty falls
+# below THROTTLE_NOTE and reported over once it has been at full speed for THROTTLE_SETTLE_S.
+# (A battery pause ends once AC has held for guard.ac_settle_s.)
 RAM_HYSTERESIS_GB = 0.25
 DISK_HYSTERESIS_GB = 0.5
-AC_SETTLE_S = 30.0
 THROTTLE_NOTE = 0.95
 THROTTLE_SETTLE_S = 60.0
 
@@ -143,8 +142,8 @@ class Guard:
         if not (on_battery and self.cfg.pause_on_battery):
             if on_battery is False and self.battery_since is not None:
                 self.ac_since = now if self.ac_since is None else self.ac_since
-                if now - self.ac_since < AC_SETTLE_S:  # a flapping supply: resume once AC holds
-                    reasons["battery"] = f"on AC again; resuming after {AC_SETTLE_S:g}s on AC"
+                if now - self.ac_since < self.cfg.ac_settle_s:  # a flapping supply: resume once AC holds
+                    reasons["battery"] = f"on AC again; resuming after {self.cfg.ac_settle_s:g}s on AC"
                     return
                 self.battery_since = self.battery_since_wall = self.ac_since = None
                 self.stop_noted = False
