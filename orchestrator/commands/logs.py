@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from collections import deque
@@ -22,6 +23,10 @@ def cmd_logs(args) -> int:
         sys.stdout.flush()
     if not args.follow:
         return 0
+    # Ctrl-C ends following even where SIGINT came ignored from the parent (a job started
+    # with `&` by a non-interactive shell, where Python would keep ignoring it); so does SIGTERM.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     f = open(paths.log, encoding="utf-8", errors="replace") if paths.log.exists() else None
     if f:
         f.seek(0, os.SEEK_END)

@@ -9,11 +9,16 @@ import subprocess
 import sys
 import threading
 
+import pytest
+
 from runtime.paths import RunPaths
 from tests.helpers import REPO, env, wait_for
 
 
-def test_logs_follow_survives_a_rotation(tmp_path):
+@pytest.mark.parametrize("sigint", ["default", "ignored by the parent"])
+def test_logs_follow_survives_a_rotation(tmp_path, sigint):
+    """...and ends on SIGINT, also where it was started with SIGINT ignored (as a
+    non-interactive shell starts a background job): it hung there before."""
     paths = RunPaths(tmp_path / "run")
     paths.make()
     paths.state.write_text("{}")
@@ -24,6 +29,7 @@ def test_logs_follow_survives_a_rotation(tmp_path):
         text=True,
         env=env(),
         cwd=REPO,
+        preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint != "default" else None,
     )
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line.rstrip("\n")) for line in proc.stdout], daemon=True).start()
