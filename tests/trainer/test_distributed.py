@@ -73,11 +73,6 @@ def exit_code(work: Path) -> int | None:
     return report.code if report else None
 
 
-def step_of(work: Path) -> int:
-    hb = read_model(work / "heartbeat.json", Heartbeat)
-    return hb.step if hb and hb.phase == "training" else -1
-
-
 def ranks(launcher: subprocess.Popen) -> list[psutil.Process]:
     """torchrun's two workers, rank 0 first (the one whose pid the heartbeat carries)."""
 
