@@ -171,7 +171,9 @@ class _Resolver:
                 if m:
                     found += [(target / MANIFEST_NAME, p.name, p.file, p.windows, p.sha256) for p in m.parts]
                 continue
-            matches = sorted(glob.glob(str(target)), key=natural_key)
+            # Only what the user wrote is a pattern: not the schedule's folder ("proj[1]/").
+            pattern = entry if os.path.isabs(entry) else os.path.join(glob.escape(str(self.base)), entry)
+            matches = sorted(glob.glob(pattern), key=natural_key)
             if not matches:
                 self.errors.append(f"{here}: {entry!r} matches no file (paths are relative to {self.base})")
             # A glob may match 100,000 files: one manifest and one lookup table per folder,

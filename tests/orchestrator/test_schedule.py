@@ -46,6 +46,15 @@ def test_a_good_schedule_validates(chain):
     assert "valid: 2 stages, 4 parts" in out.stdout
 
 
+def test_a_folder_whose_name_holds_glob_characters_is_taken_literally(tmp_path):
+    """Only the pattern the user wrote is a pattern: `proj[1]/schedule.json` with
+    `data/wiki/part-*.bin` matched nothing, the folder's name read as a character class."""
+    schedule = make_chain(tmp_path / "proj[1]", parts=2, tokens=800)
+    out = cli("validate", str(schedule))
+    assert out.returncode == 0, out.stderr
+    assert "valid: 2 stages, 4 parts" in out.stdout
+
+
 def test_invalid_json_names_line_and_column(chain):
     chain.write_text('{"name": "x",\n  "stages": [\n}')
     err = refused("validate", str(chain))
