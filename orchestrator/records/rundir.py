@@ -77,8 +77,12 @@ def find_tokenizer(checkpoint: Path, sha256: str | None, given: Path | None) -> 
     from runtime.checkpoint import sha256_file
 
     candidates = [given] if given else []
-    run = checkpoint.resolve().parent.parent  # <run>/checkpoints/<folder> or <run>/work/<stage>/<part>/ckpt/...
-    for state_path in (run / "state.json", run.parent.parent / "state.json"):
+    # The run the checkpoint is in: <run>/checkpoints/<folder>, <run>/releases/<name>, or a
+    # part's scratch, <run>/work/<stage>/<part>/ckpt/step-N (a release's: work/release/<name>/...).
+    for folder in checkpoint.resolve().parents[:6]:
+        state_path = folder / "state.json"
+        if not state_path.is_file():
+            continue
         try:
             schedule_path = Path(json.loads(state_path.read_text())["schedule"]["path"])
             name = json.loads(schedule_path.read_text()).get("tokenizer")
@@ -86,6 +90,7 @@ def find_tokenizer(checkpoint: Path, sha256: str | None, given: Path | None) -> 
             continue
         if name:
             candidates.append(schedule_path.parent / name)
+        break
     for path in candidates:
         if not path.is_file():
             continue

@@ -191,6 +191,26 @@ def test_an_export_names_the_chains_validation_losses(chain, tmp_path):
     assert "jargon/part-001" in card and (tmp_path / "hf" / "tokenizer.json").exists()
 
 
+def test_a_checkpoint_under_work_finds_the_runs_tokenizer(chain, tmp_path):
+    """A part's scratch checkpoint (<run>/work/<stage>/<part>/ckpt/step-N, as while the part
+    trains) is sampled, evaluated and exported with the run's tokenizer, unnamed: these
+    looked for state.json two levels too high."""
+    import shutil
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(chain / "state.json", run / "state.json")  # names the schedule, which names the tokenizer
+    scratch = run / "work" / "jargon" / "part-001" / "ckpt" / "step-00000005"
+    shutil.copytree(chain / read_state(chain)["latest_checkpoint"], scratch)
+    out = cli("sample", "--checkpoint", str(scratch), "--prompt", PROMPTS[0], "--max-tokens", "4", "--temperature", "0")
+    assert out.returncode == 0, out.stderr
+    out = cli("evaluate", "--checkpoint", str(scratch), "--run-dir", str(chain), "--windows", "4", "--device", "cpu")
+    assert out.returncode == 0, out.stderr
+    out = cli("export", "--checkpoint", str(scratch), "--out", str(tmp_path / "export"), "--format", "pt")
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "export" / "tokenizer.model").stat().st_size > 0
+
+
 def test_tensorboard_logs_when_asked(tmp_path, chain):
     pytest.importorskip("tensorboard")
     root = chain.parent.parent
