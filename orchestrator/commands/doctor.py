@@ -59,6 +59,20 @@ def _parts_left(plan, run_dir: Path) -> tuple[int, int]:
         return len(plan.parts), plan.planned_tokens()
 
 
+def _releases_left(plan, run_dir: Path) -> int:
+    """Cooled releases still to come: parts not yet done whose place in the chain is a
+    multiple of their stage's release.every_parts (orchestrator.part.release)."""
+    try:
+        done = {p["id"] for p in read_json(run_dir / "state.json")["parts"] if p["status"] in ("done", "skipped")}
+    except (OSError, ValueError, KeyError, TypeError):
+        done = set()
+    return sum(
+        1
+        for at, pp in enumerate(plan.parts, start=1)
+        if pp.id not in done and pp.release.every_parts and at % pp.release.every_parts == 0
+    )
+
+
 def _checkpoint_size(plan, run_dir: Path) -> int:
     """The newest promoted checkpoint's size, or the estimate from the model's shape."""
     promoted = sorted((run_dir / "checkpoints").glob("[0-9]*-*"))
@@ -109,6 +123,7 @@ def _run_dir_checks(plan, run_dir: Path, sensor: dict) -> list[Check]:
             keep,
             plan.schedule.guard.disk_margin_gb,
             sensor.get("disk_free_gb") is not None,
+            _releases_left(plan, run_dir),
         )
     )
     return checks

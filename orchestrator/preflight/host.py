@@ -107,25 +107,28 @@ def disk_check(
     keep: int,
     margin_gb: float,
     from_sensor_file: bool = False,
+    releases_left: int = 0,
 ) -> Check:
     """Free space against what the chain will write.
 
     A running part keeps `keep` checkpoints in its work dir and starts a new one only with
     twice its size plus the margin free (trainer.worker.wait_for_disk); each finished part
-    leaves one promoted checkpoint for good. So one part needs (keep + 2) checkpoints plus
-    the margin; the chain needs that plus one checkpoint for each further part. Too little
-    for one part stops the chain (the worker waits for space); too little for all of them
-    pauses it part-way.
+    leaves one promoted checkpoint for good, and so does each cooled release (releases/).
+    So one part needs (keep + 2) checkpoints plus the margin; the chain needs that plus one
+    checkpoint for each further part and each release to come. Too little for one part
+    stops the chain (the worker waits for space); too little for all of them pauses it
+    part-way.
     """
     ck = max(checkpoint_bytes, 1)
     margin = int(margin_gb * GB)
     one_part = (keep + 2) * ck + margin
-    chain = one_part + max(parts_left - 1, 0) * ck
+    chain = one_part + (max(parts_left - 1, 0) + releases_left) * ck
     src = " (from the sensor file's disk_free_gb)" if from_sensor_file else ""
+    releases = f" and {releases_left} releases" if releases_left else ""
     detail = (
         f"{free_bytes / GB:.1f} GB free on {where}{src}; a checkpoint is about {ck / GB:.2f} GB, one part "
         f"needs {one_part / GB:.1f} GB ({keep} kept + 2 checkpoints + {margin_gb:g} GB margin), the "
-        f"{parts_left} parts left {chain / GB:.1f} GB (one promoted checkpoint each)"
+        f"{parts_left} parts left{releases} {chain / GB:.1f} GB (one promoted checkpoint each)"
     )
     if free_bytes < one_part:
         return problem(

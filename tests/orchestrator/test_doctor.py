@@ -194,6 +194,23 @@ def test_disk_enough_for_some_parts_but_not_the_chain():
     assert row.status == "warning" and "about 6 parts" in row.detail
 
 
+def test_the_disk_estimate_counts_the_releases_to_come(tmp_path):
+    """Each cooled release leaves a checkpoint in releases/: a chain whose four parts fit,
+    with room for two more checkpoints but not for a release after every part, is warned."""
+    schedule = make_chain(tmp_path, parts=2, tokens=800)
+    _, plan = chain.schedule_check(schedule)
+    ck, keep, run = doctor.checkpoint_bytes(plan.model), plan.schedule.train.keep_checkpoints, tmp_path / "runs" / "x"
+    free = {"disk_free_gb": ((keep + 2) * ck + 3 * ck + 2 * ck + 2**30) / 2**30}  # a part, 3 more, 2 spare, margin
+    row = next(c for c in doctor._run_dir_checks(plan, run, free) if c.name == "disk")
+    assert row.status == "ok", row.detail
+    raw = json.loads(schedule.read_text())
+    raw["release"] = {"every_parts": 1}
+    schedule.write_text(json.dumps(raw))
+    _, plan = chain.schedule_check(schedule)
+    row = next(c for c in doctor._run_dir_checks(plan, run, free) if c.name == "disk")
+    assert row.status == "warning" and "4 parts left and 4 releases" in row.detail, row.detail
+
+
 def test_a_broken_sensor_file_is_a_problem(tmp_path):
     sensor = tmp_path / "sensors.json"
     sensor.write_text('{"gpu_temp_c": "hot"}')
