@@ -86,12 +86,20 @@ def _check_renames(paths: RunPaths) -> None:
 
 
 def check_compatible(state: ChainState, plan: ChainPlan) -> None:
-    """A chain keeps one model (family and shape) and one tokenizer; UserError otherwise.
+    """A run directory holds one chain, known by its name, which keeps one model (family
+    and shape) and one tokenizer; UserError otherwise.
 
     The chain's model may have been recorded by an older release (no family: gpt2), and a
     schedule that names no family keeps the chain's (plan.follow_chain)."""
     from model.config import normalized  # torch-free
 
+    if state.name != plan.schedule.name:
+        raise UserError(
+            f"{plan.path}: this run directory holds the chain {state.name!r} (schedule {state.schedule.path}), "
+            f"not {plan.schedule.name!r}; a run directory holds one chain. Train {plan.schedule.name!r} in a run "
+            f"directory of its own (without --run-dir: runs/{plan.schedule.name}/ beside its schedule), or, to go "
+            f'on with {state.name!r} under this schedule, set its "name" back to {state.name!r}'
+        )
     if state.model:
         chain = normalized(state.model)
         plan.follow_chain(chain["family"])

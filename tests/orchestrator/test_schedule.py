@@ -236,6 +236,20 @@ def test_a_model_that_does_not_match_the_run_is_refused_and_nothing_is_touched(c
     assert (run / "state.json").read_text() == before
 
 
+def test_a_run_directory_holding_another_chain_is_refused_and_nothing_is_touched(chain):
+    """`run --schedule b.json --run-dir runs/a` with the same model and tokenizer merged b
+    into a (a's pending parts dropped, b's trained from a's checkpoint): a chain's name is
+    its identity."""
+    run = chain.parent / "runs" / "chain"
+    run.mkdir(parents=True)
+    (run / "state.json").write_text(json.dumps({"name": "a", "schedule": {"path": str(chain.parent / "a.json")}}))
+    before = (run / "state.json").read_text()
+    err = refused("run", "--schedule", str(chain), "--run-dir", str(run))
+    assert "this run directory holds the chain 'a'" in err and "not 'chain'" in err
+    assert "set its \"name\" back to 'a'" in err
+    assert (run / "state.json").read_text() == before
+
+
 def test_no_family_named_means_llama_for_a_new_chain_and_the_chains_own_for_an_old_one(chain):
     from orchestrator.chain.plan import resolve
     from orchestrator.chain.schedule import load
