@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 from orchestrator.chain import state as chain_state
-from orchestrator.daemon.requests import Command, NoDaemon, Request, apply, find_part, send
+from orchestrator.daemon.requests import ANSWER_S, Command, NoDaemon, Request, apply, find_part, send
 from orchestrator.records.events import EventLog
 from orchestrator.records.rundir import existing, locate
 from runtime.errors import UserError
@@ -24,7 +24,7 @@ def cmd_request(args) -> int:
     command = args.command
     part = getattr(args, "part", None)
     try:
-        answer_ = send(paths, command, part=part, reason=getattr(args, "reason", None))
+        answer_ = send(paths, command, part=part, reason=getattr(args, "reason", None), timeout=_answer_timeout(args))
     except NoDaemon as e:
         if command in ("pause", "resume", "stop") or e.busy:
             raise
@@ -38,6 +38,11 @@ def cmd_request(args) -> int:
     elif command == "pause" and args.wait:
         _wait_for_worker_pause(paths, args.timeout)
     return 0
+
+
+def _answer_timeout(args) -> float:
+    """How long to wait for the daemon's answer: --timeout where the command has one, if shorter."""
+    return min(getattr(args, "timeout", None) or ANSWER_S, ANSWER_S)
 
 
 def _offline(paths: RunPaths, command: Command, part: str | None) -> int:

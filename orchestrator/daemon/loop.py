@@ -254,12 +254,15 @@ class Daemon:
     # -- requests from the CLI ----------------------------------------------------------------
 
     def handle_requests(self) -> None:
-        for path, req in requests.pending(self.paths):
+        for incoming in requests.pending(self.paths):
+            if incoming.request is None:
+                requests.answer(self.paths, incoming.path, incoming.id, False, incoming.refusal)
+                continue
             try:
-                message = self._apply_request(req)
-                requests.answer(self.paths, path, req.id, True, message)
+                message = self._apply_request(incoming.request)
+                requests.answer(self.paths, incoming.path, incoming.id, True, message)
             except UserError as e:
-                requests.answer(self.paths, path, req.id, False, str(e))
+                requests.answer(self.paths, incoming.path, incoming.id, False, str(e))
 
     def _apply_request(self, req: requests.Request) -> str:
         if req.command == "stop":

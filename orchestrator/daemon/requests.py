@@ -4,6 +4,11 @@
     daemon: applies it, writes control/ack-<id>.json, removes the request
     CLI:    reads the answer, removes it
 
+Every request gets an answer, a refusal too: one this daemon cannot read (written by a
+CLI of another version, say, after an upgrade while the chain runs) is refused with both
+versions named, and a CLI gives up after its deadline with a message, never waiting on.
+Requests and answers carry the version of the package that wrote them.
+
 `apply` holds what each command means for state.json; the daemon calls it and adds the
 side effects (stopping a worker); with no daemon running, the CLI takes the daemon's lock
 and calls it directly.
@@ -12,13 +17,16 @@ and calls it directly.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import signal
 import time
+from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from orchestrator.chain.state import ChainState, PartState, PartStatus, PauseState, ReleaseState
 from runtime.atomic import read_json
@@ -30,6 +38,15 @@ from runtime.workerfiles import read_model, write_model
 
 Command = Literal["pause", "resume", "stop", "skip", "retry"]
 EXPIRES_S = 60.0  # a request older than this is stale: its CLI has given up waiting
+ANSWER_S = 30.0  # how long a CLI waits for the daemon to take its request, and then for the answer
+REQUEST_FILE = re.compile(r"req-([0-9A-Za-z-]{1,64})\.json")
+
+
+def package_version() -> str:
+    try:
+        return metadata.version("gpt-orchestrator")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 class Request(BaseModel):
@@ -43,6 +60,8 @@ class Request(BaseModel):
     boot: str = ""
     since_boot: float = 0.0
     """When it was written, on the system-wide boot clock (runtime.clock): its age."""
+    version: str = ""
+    """The version of the CLI that wrote it (empty: before requests carried one)."""
 
     def age(self) -> float | None:
         return Stamp(self.boot, self.since_boot).age()
@@ -55,14 +74,19 @@ class Answer(BaseModel):
     message: str
     boot: str = ""
     since_boot: float = 0.0
+    version: str = ""
+    """The daemon's version."""
 
 
 # -- the CLI side ------------------------------------------------------------------------
 
 
 def send(
-    paths: RunPaths, command: Command, part: str | None = None, reason: str | None = None, timeout: float = 30.0
+    paths: RunPaths, command: Command, part: str | None = None, reason: str | None = None, timeout: float = ANSWER_S
 ) -> Answer:
+    """Write the request, wake the daemon, wait for its answer. Gives up (UserError) when the
+    daemon has not taken the request within `timeout` (the request is withdrawn), or has
+    taken it and not answered within `timeout` more."""
     pid, role = holder_role(paths.lock)
     if pid is None:
         raise NoDaemon(paths.root)
@@ -77,26 +101,35 @@ def send(
         time=time.time(),
         boot=stamp.boot,
         since_boot=stamp.seconds,
+        version=package_version(),
     )
-    write_model(paths.control / f"req-{req.id}.json", req)
+    request = paths.control / f"req-{req.id}.json"
+    ack = paths.control / f"ack-{req.id}.json"
+    write_model(request, req)
     if pid > 0:
         try:
             os.kill(pid, signal.SIGUSR1)
         except ProcessLookupError:
             pass
-    request = paths.control / f"req-{req.id}.json"
-    ack = paths.control / f"ack-{req.id}.json"
-    deadline = time.monotonic() + min(timeout, EXPIRES_S - 5)
+    wait = min(timeout, EXPIRES_S - 5)
+    deadline, taken = time.monotonic() + wait, False
     while True:
         answer = read_model(ack, Answer)
         if answer is not None:
             ack.unlink(missing_ok=True)
             return answer
         if time.monotonic() > deadline:
+            if taken:
+                raise UserError(
+                    f"the daemon (pid {pid}) took `{command}` but gave no answer in {2 * wait:.0f}s; it may be an "
+                    f"older version that cannot read this CLI's requests (version {req.version}): see {paths.log}, "
+                    f"check with `orchestrator status`, and if need be restart the daemon (`kill -TERM {pid}` stops "
+                    "it warmly; then start it again)"
+                )
             try:
                 request.unlink()  # withdrawn: it must not take effect later, unasked
             except FileNotFoundError:
-                deadline += 5  # the daemon has taken it: its answer is on the way
+                deadline, taken = time.monotonic() + wait, True  # the daemon has it: the answer is on the way
                 continue
             raise UserError(
                 f"the daemon (pid {pid}) did not answer `{command}` in time; the request is withdrawn; see {paths.log}"
@@ -114,22 +147,44 @@ class NoDaemon(UserError):
 # -- the daemon side ----------------------------------------------------------------------
 
 
-def pending(paths: RunPaths) -> list[tuple[Path, Request]]:
-    """Requests waiting, oldest first. Unreadable or expired ones are removed, and so are
-    answers nobody collected (their CLI gave up). Ages are on the boot clock: a request
-    from before a reboot, or of unknown age, has expired; a stepped wall clock changes nothing."""
+@dataclass
+class Incoming:
+    """A request file the daemon found: the request, or why it cannot be carried out."""
+
+    path: Path
+    id: str
+    request: Request | None
+    refusal: str | None = None
+
+
+def pending(paths: RunPaths) -> list[Incoming]:
+    """Requests waiting, oldest first; each will be answered, also those that cannot be
+    read (their refusal says why). Expired ones are removed unanswered (their CLI has given
+    up), and so are answers nobody collected. Ages are on the boot clock: a request from
+    before a reboot, or of unknown age, has expired; a stepped wall clock changes nothing."""
     out = []
     for path in sorted(paths.control.glob("req-*.json")):
+        named = REQUEST_FILE.fullmatch(path.name)
+        if not named:
+            path.unlink(missing_ok=True)  # no CLI waits on a name it could not have written
+            continue
         try:
-            req = Request.model_validate(read_json(path))
-        except (OSError, ValueError):
-            path.unlink(missing_ok=True)
+            raw = read_json(path)
+        except (OSError, ValueError) as e:
+            out.append(Incoming(path, named[1], None, f"the request file is unreadable ({e})"))
+            continue
+        try:
+            req = Request.model_validate(raw)
+        except ValidationError as e:
+            out.append(Incoming(path, named[1], None, _unreadable(raw, e)))
             continue
         age = req.age()
-        if age is None or age > EXPIRES_S:
+        if age is not None and age > EXPIRES_S:
             path.unlink(missing_ok=True)
+        elif age is None:
+            out.append(Incoming(path, named[1], None, "the request was written before this machine's last boot"))
         else:
-            out.append((path, req))
+            out.append(Incoming(path, named[1], req))
     for old in paths.control.glob("ack-*.json"):
         ack = read_model(old, Answer)
         age = Stamp(ack.boot, ack.since_boot).age() if ack else None
@@ -138,11 +193,25 @@ def pending(paths: RunPaths) -> list[tuple[Path, Request]]:
     return out
 
 
+def _unreadable(raw, error: ValidationError) -> str:
+    ours = package_version()
+    theirs = raw.get("version") if isinstance(raw, dict) else None
+    first = error.errors()[0]
+    detail = f"{'.'.join(str(x) for x in first['loc']) or 'the request'}: {first['msg']}"
+    if theirs and theirs != ours:
+        return (
+            f"this daemon is version {ours}, the CLI version {theirs}, and it cannot read the request ({detail}); "
+            f"restart the daemon so that both are the same version: `kill -TERM {os.getpid()}` stops it warmly "
+            "(the worker checkpoints), then start it again"
+        )
+    return f"the request cannot be read ({detail})"
+
+
 def answer(paths: RunPaths, path: Path, req_id: str, ok: bool, message: str) -> None:
     stamp = Stamp.now()
     write_model(
         paths.control / f"ack-{req_id}.json",
-        Answer(id=req_id, ok=ok, message=message, boot=stamp.boot, since_boot=stamp.seconds),
+        Answer(id=req_id, ok=ok, message=message, boot=stamp.boot, since_boot=stamp.seconds, version=package_version()),
     )
     path.unlink(missing_ok=True)
 
