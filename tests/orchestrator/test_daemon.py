@@ -4,20 +4,27 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from runtime.faults import release
 from tests.helpers import (
+    REPO,
     assert_bitwise_equal,
     assert_lineage,
     cli,
+    env,
     events,
     freeze_worker,
+    holding,
     make_chain,
     part_of,
     promotions,
@@ -26,6 +33,7 @@ from tests.helpers import (
     start_daemon,
     thaw,
     wait_for,
+    wait_held,
 )
 
 pytestmark = pytest.mark.slow
@@ -100,20 +108,40 @@ def test_a_chain_of_the_previous_release_keeps_its_gpt2_model_and_adamw(tmp_path
     assert "gpt2 family" in (run / "runtime.log").read_text()
 
 
+def resumed_at(run: Path, pid: str) -> list[int | None]:
+    """The step each start of `pid`'s worker resumed at, in order (None: from its beginning)."""
+    found = []
+    for e in events(run):
+        if e["event"] in ("part-started", "release-started") and e.get("part") == pid:
+            m = re.search(r"resuming at step (\d+)", e["message"])
+            found.append(int(m.group(1)) if m else None)
+    return found
+
+
 def test_workers_and_daemon_killed_repeatedly_end_bitwise_equal(reference, tmp_path):
-    schedule = make_chain(tmp_path, tokens=TOKENS, train={"checkpoint_interval_s": 0.3})
-    run, log = tmp_path / "runs" / "chain", tmp_path / "daemon.log"
-    daemon = start_daemon(schedule, log, "--exit-when-done")
+    # A checkpoint every step or so: each killed worker's retry resumes from the middle of its part.
+    schedule = make_chain(tmp_path, tokens=TOKENS, train={"checkpoint_interval_s": 0.01})
+    run, log, holds = tmp_path / "runs" / "chain", tmp_path / "daemon.log", tmp_path / "holds"
+    # Every kill lands at an exact step: the worker is held there until it is killed. The step
+    # is the part's, so the retried worker of part-001 (resumed before 60) holds at 120.
+    aims = ["wiki/part-001:step@60", "wiki/part-001:step@120", "wiki/part-002:step@80"]
+    aims += ["domain/part-000:step@50", "domain/part-001:step@100"]
+    held_env = holding(holds, *aims)
+    daemon = start_daemon(schedule, log, "--exit-when-done", extra_env=held_env)
     kills = []
 
+    def held_worker(pid_: str, step: int) -> None:
+        wait_held(holds, f"{pid_}:step@{step}")
+        wait_for(lambda: running_step(run, pid_) == step, timeout=60, what=f"the worker of {pid_} held at step {step}")
+
     def kill_worker(pid_: str, step: int) -> None:
-        wait_for(lambda: running_step(run, pid_) >= step, timeout=120, what=f"{pid_} step {step}")
+        held_worker(pid_, step)
         os.kill(part_of(read_state(run), pid_)["worker_pid"], signal.SIGKILL)
         kills.append(("worker", pid_))
 
     def kill_daemon(pid_: str, step: int):
-        wait_for(lambda: running_step(run, pid_) >= step, timeout=120, what=f"{pid_} step {step}")
-        # The worker is held while the daemon dies and a new one starts, so the new one always
+        held_worker(pid_, step)
+        # The worker is frozen while the daemon dies and a new one starts, so the new one always
         # finds it alive and adopts it (else the race between the worker noticing and the new
         # daemon starting is the machine's speed's to decide).
         worker = freeze_worker(run, pid_)
@@ -121,12 +149,14 @@ def test_workers_and_daemon_killed_repeatedly_end_bitwise_equal(reference, tmp_p
         daemon.wait()
         kills.append(("daemon", pid_))
         adopted = sum(e["event"] == "worker-adopted" for e in events(run))
-        new = start_daemon(schedule, log, "--exit-when-done")
+        new = start_daemon(schedule, log, "--exit-when-done", extra_env=held_env)
         wait_for(
             lambda: sum(e["event"] == "worker-adopted" for e in events(run)) > adopted,
-            timeout=120,
+            timeout=300,
             what="the new daemon adopting the worker",
         )
+        # Thawed, it finds its daemon gone, which ends its hold: it checkpoints at `step` and
+        # exits, and the new daemon starts it again from there.
         thaw(worker)
         return new
 
@@ -144,6 +174,19 @@ def test_workers_and_daemon_killed_repeatedly_end_bitwise_equal(reference, tmp_p
     assert promotions(run) == {pid: 1 for pid in PARTS}, "a part was promoted twice or not at all"
     assert part_of(state, "wiki/part-001")["attempts"] == 3
     assert any(e["event"] == "worker-adopted" for e in events(run))
+    # Each kill landed where it was aimed: a killed worker's retry resumed from a checkpoint
+    # before its step, a worker whose daemon was killed checkpointed at its step exactly.
+    starts = {pid_: resumed_at(run, pid_) for pid_ in PARTS}
+    twice = starts.pop("wiki/part-001")
+    assert len(twice) == 3 and twice[0] is None and 0 < twice[1] <= 60 < twice[2] <= 120, twice
+    once = starts.pop("domain/part-000")
+    assert len(once) == 2 and once[0] is None and 0 < once[1] <= 50, once
+    assert starts == {
+        "wiki/part-000": [None],
+        "wiki/part-002": [None, 80],
+        "domain/part-001": [None, 100],
+        "domain/part-002": [None],
+    }
     for pid_, folder in promoted(run).items():
         assert_bitwise_equal(folder, promoted(reference)[pid_])
 
@@ -151,9 +194,12 @@ def test_workers_and_daemon_killed_repeatedly_end_bitwise_equal(reference, tmp_p
 def test_hot_edits_append_parts_and_refuse_invalid_ones(tmp_path):
     stage = {"name": "wiki", "parts": ["data/wiki/part-000.bin", "data/wiki/part-001.bin"]}
     schedule = make_chain(tmp_path, tokens=TOKENS, stages=[stage])
-    run = tmp_path / "runs" / "chain"
-    daemon = start_daemon(schedule, tmp_path / "daemon.log", "--exit-when-done")
-    wait_for(lambda: running_step(run, "wiki/part-000") >= 1, timeout=120, what="first part running")
+    run, holds = tmp_path / "runs" / "chain", tmp_path / "holds"
+    # The first part is held until both edits are seen: the chain cannot end before them.
+    daemon = start_daemon(
+        schedule, tmp_path / "daemon.log", "--exit-when-done", extra_env=holding(holds, "wiki/part-000:step@1")
+    )
+    held = wait_held(holds, "wiki/part-000:step@1")
     good = json.loads(schedule.read_text())
 
     def save_like_an_editor(text: str) -> None:  # write a temp file, rename it over the original
@@ -163,7 +209,7 @@ def test_hot_edits_append_parts_and_refuse_invalid_ones(tmp_path):
 
     bad = dict(good, stagse=good["stages"])
     save_like_an_editor(json.dumps(bad))
-    wait_for(lambda: read_state(run)["schedule"]["valid"] is False, what="the invalid edit refused")
+    wait_for(lambda: read_state(run)["schedule"]["valid"] is False, timeout=300, what="the invalid edit refused")
     assert "stagse: unknown field (did you mean 'stages'?)" in read_state(run)["schedule"]["error"]
     status = json.loads(cli("status", "--json", "--run-dir", str(run)).stdout)
     assert status["schedule"]["valid"] is False and "stagse" in status["schedule"]["error"]
@@ -171,7 +217,12 @@ def test_hot_edits_append_parts_and_refuse_invalid_ones(tmp_path):
 
     good["stages"][0]["parts"].append("data/wiki/part-002.bin")
     save_like_an_editor(json.dumps(good))
-    wait_for(lambda: len(read_state(run)["parts"]) == 3 and read_state(run)["schedule"]["valid"], what="append")
+    wait_for(
+        lambda: len(read_state(run)["parts"]) == 3 and read_state(run)["schedule"]["valid"], timeout=300, what="append"
+    )
+    # both edits were seen while the first part was under way
+    assert [p["status"] for p in read_state(run)["parts"]] == ["running", "pending", "pending"]
+    release(held)
     assert daemon.wait(timeout=300) == 0
     state = read_state(run)
     assert [p["status"] for p in state["parts"]] == ["done"] * 3
@@ -179,75 +230,122 @@ def test_hot_edits_append_parts_and_refuse_invalid_ones(tmp_path):
     assert "schedule-refused" in kinds and "schedule-reloaded" in kinds
 
 
+def newest_checkpoint(run: Path, pid: str) -> int | None:
+    """The step of the part's newest scratch checkpoint (None: it has none)."""
+    saved = sorted((run / "work" / pid / "ckpt").glob("step-*"))
+    return int(saved[-1].name.split("-")[1]) if saved else None
+
+
 def test_warm_stop_then_restart_and_a_second_daemon_is_refused(tmp_path):
     schedule = make_chain(tmp_path, parts=1, tokens=2 * TOKENS, stages=ONE_STAGE)
     run, log = tmp_path / "runs" / "chain", tmp_path / "daemon.log"
-    daemon = start_daemon(schedule, log)  # no --exit-when-done: it would idle when done
-    wait_for(lambda: read_state(run).get("daemon", {}).get("pid") == daemon.pid, what="the daemon up")
+
+    def holding_at(step: int) -> dict:
+        """Each daemon holds its worker at a step of its own, each in a new folder (a hold fires
+        once a folder); a stop signal ends the hold, so each stop lands at that step exactly."""
+        return holding(tmp_path / f"holds-{step}", f"wiki/part-000:step@{step}")
+
+    def wait_held_at(step: int) -> Path:
+        return wait_held(tmp_path / f"holds-{step}", f"wiki/part-000:step@{step}")
+
+    daemon = start_daemon(schedule, log, extra_env=holding_at(40))  # no --exit-when-done: it would idle when done
+    wait_for(lambda: read_state(run).get("daemon", {}).get("pid") == daemon.pid, timeout=300, what="the daemon up")
     second = cli("run", "--schedule", str(schedule))
     assert second.returncode == 1
     assert f"another daemon (pid {daemon.pid}) is already running on {run}" in second.stderr
     assert "Traceback" not in second.stderr
 
-    wait_for(lambda: running_step(run, "wiki/part-000") >= 40, timeout=120, what="training")
-    daemon.send_signal(signal.SIGTERM)
-    assert daemon.wait(timeout=120) == 0
+    wait_held_at(40)
+    daemon.send_signal(signal.SIGTERM)  # passed on to the worker, which checkpoints at step 40
+    assert daemon.wait(timeout=300) == 0
     part = part_of(read_state(run), "wiki/part-000")
     assert part["status"] == "pending" and read_state(run)["daemon"]["state"] == "stopped"
-    saved = sorted((run / "work" / "wiki" / "part-000" / "ckpt").glob("step-*"))
-    assert saved, "the warm stop left no checkpoint"
-    stopped_at = int(saved[-1].name.split("-")[1])
-    assert stopped_at >= 40
+    stopped_at = newest_checkpoint(run, "wiki/part-000")
+    assert stopped_at == 40, "the warm stop did not checkpoint where the worker was"
 
-    daemon = start_daemon(schedule, log)
-    wait_for(lambda: running_step(run, "wiki/part-000") > stopped_at, timeout=120, what="resumed training")
+    daemon = start_daemon(schedule, log, extra_env=holding_at(50))
+    wait_held_at(50)  # resumed, and trained on
     started = [e for e in events(run) if e["event"] == "part-started"]
     assert f"resuming at step {stopped_at}" in started[-1]["message"]
-    out = cli("stop", "--run-dir", str(run))  # the CLI waits until the daemon has exited
+    out = cli("stop", "--run-dir", str(run), timeout=300)  # the CLI waits until the daemon has exited
     assert out.returncode == 0, out.stderr
-    assert daemon.wait(timeout=10) == 0
+    assert daemon.wait(timeout=60) == 0
+    assert newest_checkpoint(run, "wiki/part-000") == 50  # the stop reached the worker at step 50
 
-    daemon = start_daemon(schedule, log)  # a second signal: cold stop, the worker is killed
-    wait_for(lambda: running_step(run, "wiki/part-000") > stopped_at, timeout=120, what="training again")
+    daemon = start_daemon(schedule, log, extra_env=holding_at(60))  # a second signal: cold stop, the worker is killed
+    wait_held_at(60)
     worker_pid = part_of(read_state(run), "wiki/part-000")["worker_pid"]
     os.kill(worker_pid, signal.SIGSTOP)  # a worker that cannot checkpoint now: the warm stop waits
     daemon.send_signal(signal.SIGINT)
-    wait_for(lambda: events(run)[-1]["event"] == "daemon-stopping", what="the warm stop under way")
+    wait_for(lambda: events(run)[-1]["event"] == "daemon-stopping", timeout=300, what="the warm stop under way")
     daemon.send_signal(signal.SIGINT)  # the impatient second Ctrl-C
-    assert daemon.wait(timeout=30) == 0
-    wait_for(lambda: not Path(f"/proc/{worker_pid}").exists(), what="the worker killed")
+    assert daemon.wait(timeout=120) == 0
+    wait_for(lambda: not Path(f"/proc/{worker_pid}").exists(), timeout=120, what="the worker killed")
     assert "second request" in events(run)[-2]["message"]
     assert part_of(read_state(run), "wiki/part-000")["status"] == "pending"
+    assert newest_checkpoint(run, "wiki/part-000") == 50  # killed at step 60 without a checkpoint
 
 
 def test_hung_worker_is_killed_and_retried(tmp_path):
+    # A heartbeat timeout well above any pause in a worker's beats on a busy machine (the retried
+    # one must not be taken for hung), yet short enough for a test.
     schedule = make_chain(
-        tmp_path, parts=1, tokens=TOKENS, supervisor={"heartbeat_timeout_s": 6, "hung_grace_s": 1}, stages=ONE_STAGE
+        tmp_path, parts=1, tokens=TOKENS, supervisor={"heartbeat_timeout_s": 15, "hung_grace_s": 1}, stages=ONE_STAGE
     )
-    run = tmp_path / "runs" / "chain"
-    daemon = start_daemon(schedule, tmp_path / "daemon.log", "--exit-when-done")
-    wait_for(lambda: running_step(run, "wiki/part-000") >= 20, timeout=120, what="training")
-    os.kill(part_of(read_state(run), "wiki/part-000")["worker_pid"], signal.SIGSTOP)  # frozen: no heartbeat
+    run, holds = tmp_path / "runs" / "chain", tmp_path / "holds"
+    daemon = start_daemon(
+        schedule, tmp_path / "daemon.log", "--exit-when-done", extra_env=holding(holds, "wiki/part-000:step@20")
+    )
+    wait_held(holds, "wiki/part-000:step@20")  # certainly under way: its end cannot come first
+    worker_pid = part_of(read_state(run), "wiki/part-000")["worker_pid"]
+    os.kill(worker_pid, signal.SIGSTOP)  # frozen: no heartbeat
     assert daemon.wait(timeout=300) == 0
     kinds = [e["event"] for e in events(run)]
     assert kinds.index("worker-hung") < kinds.index("worker-killed") < kinds.index("worker-failed")
+    (hung,) = [e for e in events(run) if e["event"] == "worker-hung"]  # the frozen worker, and only it
+    assert hung["part"] == "wiki/part-000"
+    assert not Path(f"/proc/{worker_pid}").exists()
     part = part_of(read_state(run), "wiki/part-000")
     assert part["status"] == "done" and part["attempts"] == 2
+
+
+def pause_requested(control: Path) -> bool:
+    try:
+        return json.loads(control.read_text())["pause"]
+    except (OSError, ValueError, KeyError):
+        return False
 
 
 def test_pause_resume_skip_retry_through_the_cli(tmp_path):
     stage = {"name": "wiki", "parts": ["data/wiki/part-*.bin"]}
     schedule = make_chain(tmp_path, tokens=TOKENS, stages=[stage])
-    run = tmp_path / "runs" / "chain"
-    daemon = start_daemon(schedule, tmp_path / "daemon.log", "--exit-when-done")
-    wait_for(lambda: running_step(run, "wiki/part-000") >= 10, timeout=120, what="training")
+    run, holds = tmp_path / "runs" / "chain", tmp_path / "holds"
+    daemon = start_daemon(
+        schedule, tmp_path / "daemon.log", "--exit-when-done", extra_env=holding(holds, "wiki/part-000:step@10")
+    )
+    held = wait_held(holds, "wiki/part-000:step@10")
 
-    out = cli("pause", "--reason", "testing", "--run-dir", str(run))
-    assert out.returncode == 0 and "is paused" in out.stdout, out.stderr
+    # A held worker reads no control.json: `pause` (which waits for the worker to pause) is
+    # asked while it is held, and the hold is released once the daemon has passed the pause on,
+    # so that the worker pauses right after step 10.
+    pause = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "pause", "--reason", "testing", "--run-dir", str(run)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env(),
+        cwd=REPO,
+    )
+    control = run / "work" / "wiki" / "part-000" / "control.json"
+    wait_for(lambda: pause_requested(control), timeout=300, what="the pause passed on to the worker")
+    release(held)
+    out, err = pause.communicate(timeout=300)
+    assert pause.returncode == 0 and "is paused" in out, err
     step = running_step(run, "wiki/part-000")
+    assert step == 10  # paused right where it was held
     hb = run / "work" / "wiki" / "part-000" / "heartbeat.json"
     first = json.loads(hb.read_text())["time"]
-    wait_for(lambda: json.loads(hb.read_text())["time"] > first + 0.5, what="heartbeats while paused")
+    wait_for(lambda: json.loads(hb.read_text())["time"] > first + 0.5, timeout=120, what="heartbeats while paused")
     assert running_step(run, "wiki/part-000") == step
     status = json.loads(cli("status", "--json", "--run-dir", str(run)).stdout)
     assert status["paused"]["user"]["reason"] == "testing" and status["daemon"]["state"] == "paused"
@@ -256,7 +354,7 @@ def test_pause_resume_skip_retry_through_the_cli(tmp_path):
     refused = cli("retry", "wiki/part-000", "--run-dir", str(run))
     assert refused.returncode == 1 and "is running" in refused.stderr
     assert cli("resume", "--run-dir", str(run)).returncode == 0
-    wait_for(lambda: running_step(run, "wiki/part-000") > step, what="training resumed")
+    wait_for(lambda: running_step(run, "wiki/part-000") > step, timeout=300, what="training resumed")
     assert daemon.wait(timeout=300) == 0
     assert [p["status"] for p in read_state(run)["parts"]] == ["done", "skipped", "done"]
 
@@ -290,7 +388,7 @@ def test_lost_state_is_rebuilt_without_retraining(reference, tmp_path):
     (run / "state.json").unlink()
     before = len(events(run))
     daemon = start_daemon(tmp_path / "schedule.json", tmp_path / "daemon.log", "--exit-when-done")
-    assert daemon.wait(timeout=60) == 0
+    assert daemon.wait(timeout=300) == 0
     state, ref = read_state(run), read_state(reference)
     assert [(p["id"], p["status"], p["tokens"], p["checkpoint"]) for p in state["parts"]] == [
         (p["id"], p["status"], p["tokens"], p["checkpoint"]) for p in ref["parts"]
@@ -305,7 +403,7 @@ def test_systemd_notifications_over_a_real_socket(tmp_path):
     sock_path = tmp_path / "notify.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.bind(str(sock_path))
-        sock.settimeout(60)
+        sock.settimeout(300)
         daemon = start_daemon(
             schedule,
             tmp_path / "daemon.log",
@@ -315,7 +413,7 @@ def test_systemd_notifications_over_a_real_socket(tmp_path):
         messages = []
         while not any("STOPPING=1" in m for m in messages):
             messages.append(sock.recv(4096).decode())
-        assert daemon.wait(timeout=60) == 0
+        assert daemon.wait(timeout=300) == 0
     fields = [f for m in messages for f in m.split("\n")]
     assert "READY=1" in fields and "WATCHDOG=1" in fields and f"MAINPID={daemon.pid}" in fields
     assert any(f.startswith("STATUS=") for f in fields)

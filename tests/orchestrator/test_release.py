@@ -17,9 +17,10 @@ from tests.helpers import (
     assert_lineage,
     cli,
     events,
+    holding,
     read_state,
     start_daemon,
-    wait_for,
+    wait_held,
 )
 
 pytestmark = pytest.mark.slow
@@ -33,7 +34,9 @@ def data(tmp_path_factory) -> Path:
     """A real tokenizer and real text, prepared in small parts (the commands need a tokenizer)."""
     root = tmp_path_factory.mktemp("release-data")
     tok = root / "tok" / "t.model"
-    assert cli("tokenizer", "train", "-i", str(CORPUS), "--vocab-size", "600", "--out", str(tok), "-q").returncode == 0
+    # generous ceilings: both are real work, slow on a busy machine
+    trained = cli("tokenizer", "train", "-i", str(CORPUS), "--vocab-size", "600", "--out", str(tok), "-q", timeout=300)
+    assert trained.returncode == 0, trained.stderr
     out = cli(
         "prepare",
         "-i",
@@ -49,6 +52,7 @@ def data(tmp_path_factory) -> Path:
         "--val-fraction",
         "0.05",
         "-q",
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr
     return root
@@ -147,32 +151,30 @@ def test_a_release_every_two_parts_cools_a_branch_and_leaves_the_chain_exactly_a
 
 
 def test_a_release_survives_sigkills_of_its_worker_and_of_the_daemon_exactly(with_releases, data, tmp_path):
-    schedule = chain(tmp_path, data, RELEASE, parts=2, checkpoint_interval_s=0.15)  # up to the release
-    run, log = tmp_path / "runs" / "chain", tmp_path / "daemon.log"
+    # up to the release; a checkpoint every step or so
+    schedule = chain(tmp_path, data, RELEASE, parts=2, checkpoint_interval_s=0.01)
+    run, log, holds = tmp_path / "runs" / "chain", tmp_path / "daemon.log", tmp_path / "holds"
     scratch = run / "work" / ".releases" / NAME / "ckpt"
+    # The release's worker is held after its first checkpoint, the relaunched one after its
+    # second: each kill finds the release under way, with a checkpoint to resume from.
+    rid = f"release:{NAME}"  # the release's part id, which scopes the holds
 
     def release() -> dict:
         return next(iter(read_state(run).get("releases", [])), {})
 
-    daemon = start_daemon(schedule, log)
-    wait_for(
-        lambda: release().get("status") == "running" and list(scratch.glob("step-*")),
-        timeout=300,
-        what="the release's first scratch checkpoint",
-    )
+    def newest() -> int:
+        return max(int(p.name[5:]) for p in scratch.glob("step-*"))
+
+    daemon = start_daemon(schedule, log, extra_env=holding(holds, f"{rid}:checkpoint@1", f"{rid}:checkpoint@2"))
+    wait_held(holds, f"{rid}:checkpoint@1")
+    assert release()["status"] == "running" and release()["attempts"] == 1
+    first = newest()
     os.kill(release()["worker_pid"], signal.SIGKILL)
-    wait_for(
-        lambda: release().get("attempts") == 2 and release().get("status") == "running",
-        timeout=120,
-        what="the release relaunched",
-    )
-    first = max(int(p.name[5:]) for p in scratch.glob("step-*"))
-    wait_for(
-        lambda: any(int(p.name[5:]) > first for p in scratch.glob("step-*")),
-        timeout=120,
-        what="the relaunched release checkpointing further",
-    )
-    daemon.send_signal(signal.SIGKILL)  # its worker notices, checkpoints and exits
+    wait_held(holds, f"{rid}:checkpoint@2")  # the relaunched worker's second checkpoint
+    assert release()["status"] == "running" and release()["attempts"] == 2
+    second = newest()
+    assert second > first, "the relaunched release did not checkpoint further"
+    daemon.send_signal(signal.SIGKILL)  # its worker notices (which ends its hold) and exits
     daemon.wait(timeout=30)
 
     # ... and the next daemon dies right after renaming the release into releases/: the one
@@ -188,6 +190,9 @@ def test_a_release_survives_sigkills_of_its_worker_and_of_the_daemon_exactly(wit
     assert_bitwise_equal(run / "releases" / NAME, with_releases / "releases" / NAME)
     assert meta(run / "releases" / NAME)["global_tokens"] == meta(with_releases / "releases" / NAME)["global_tokens"]
     assert "worker-failed" in [e["event"] for e in events(run) if e.get("part") == f"release:{NAME}"]
+    # each relaunch resumed where the kill left the release: its newest checkpoint
+    starts = [e["message"] for e in events(run) if e["event"] == "release-started"]
+    assert f"resuming at step {first})" in starts[1] and f"resuming at step {second})" in starts[2], starts
     assert_lineage(run)
 
 
