@@ -146,16 +146,40 @@ def model_card(
     return front + "\n".join(lines) + "\n"
 
 
-def modelfile(gguf_file: str, sampling: dict[str, Any], stop: str) -> str:
-    """An Ollama Modelfile: the weights, the prompt as raw text (a base model, no chat
-    template), and the sampling `orchestrator sample` uses."""
+def chat_template_go(eos: str) -> str:
+    """Our chat format (runtime.chat) as an Ollama TEMPLATE (Go template syntax). Ollama
+    renders it once per turn, cutting the last turn at {{ .Response }}, and the tokenizer puts
+    the document-end token before the whole (add_bos_token), as `sample --chat` does:
+
+        <eos> [<|system|>system] <|user|>prompt <|assistant|>response <eos> <|user|>... <|assistant|>
+    """
+    from runtime.chat import MARKERS
+
+    return (
+        f"{{{{ if .System }}}}{MARKERS['system']}{{{{ .System }}}}{{{{ end }}}}"
+        f"{{{{ if .Prompt }}}}{MARKERS['user']}{{{{ .Prompt }}}}{{{{ end }}}}"
+        f"{MARKERS['assistant']}{{{{ .Response }}}}{eos}"
+    )
+
+
+def modelfile(gguf_file: str, sampling: dict[str, Any], stop: str, chat: bool = False) -> str:
+    """An Ollama Modelfile: the weights, a template, and the sampling `orchestrator sample` uses.
+    The template of a model that trained on instruction data (`chat`) is our chat format, with
+    the end of turn and the role markers as stops; a base model's is the prompt as raw text
+    (no chat template). `stop` is the document-end piece's text (<|endoftext|>)."""
     params = {
         "temperature": sampling.get("temperature"),
         "top_k": sampling.get("top_k"),
         "top_p": sampling.get("top_p"),
         "repeat_penalty": sampling.get("repetition_penalty"),
     }
-    lines = [f"FROM ./{gguf_file}", 'TEMPLATE """{{ .Prompt }}"""']
+    template = chat_template_go(stop) if chat else "{{ .Prompt }}"
+    lines = [f"FROM ./{gguf_file}", f'TEMPLATE """{template}"""']
     lines += [f"PARAMETER {k} {v}" for k, v in params.items() if v is not None]
-    lines.append(f'PARAMETER stop "{stop}"')
+    stops = [stop]
+    if chat:
+        from runtime.chat import MARKERS
+
+        stops += [MARKERS[r] for r in ("user", "assistant", "system")]
+    lines += [f'PARAMETER stop "{s}"' for s in stops]
     return "\n".join(lines) + "\n"

@@ -89,7 +89,8 @@ def write_export(
             description=source.summary(),
             chat_template=chat_template,
         )
-        (folder / "Modelfile").write_text(card.modelfile(gguf_file, sampling, spm.pieces[spm.eos_id].text))
+        eos = spm.pieces[spm.eos_id].text
+        (folder / "Modelfile").write_text(card.modelfile(gguf_file, sampling, eos, chat=chat_template is not None))
         files = [gguf_file, "Modelfile"]
     else:
         raise ExportError(f"unknown format {fmt!r}")

@@ -198,8 +198,11 @@ def _write_converted(
 
 def chat_trained(folder: Path, meta: CheckpointMeta) -> bool:
     """Has the model behind this checkpoint trained on instruction data (a stage prepared
-    from prompt/response JSONL)? Then its export carries the chat template. Read from the
-    run the checkpoint is in: the manifests of its own part and of every part done before it."""
+    from prompt/response JSONL), as its own data or only as a replay source? Then its export
+    carries the chat template. Read from the run the checkpoint is in: the manifests of its
+    own part and of every part done before it, and of the replay sources those parts trained
+    (replay_manifests)."""
+    manifests: set[Path] = set(replay_manifests(folder, meta, None, None))
     for run in (folder.parent.parent, folder.parents[4] if len(folder.parents) > 4 else None):
         state = read_json_object(run / "state.json") if run else None
         if not state:
@@ -212,12 +215,77 @@ def chat_trained(folder: Path, meta: CheckpointMeta) -> bool:
             if p.get("id") == meta.part_id
             or (p.get("status") == "done" and p.get("seq") is not None and (seq is None or p["seq"] <= seq))
         ]
-        return any(
-            (read_json_object(manifest_for(Path(p["file"]))) or {}).get("chat")
-            for p in trained
-            if isinstance(p.get("file"), str)
-        )
-    return False
+        manifests |= {manifest_for(Path(p["file"])) for p in trained if isinstance(p.get("file"), str)}
+        for p in trained:
+            own = p.get("id") == meta.part_id
+            done = p.get("checkpoint")
+            part_meta = meta if own else _meta_or_none(run / done if isinstance(done, str) else None)
+            manifests |= set(replay_manifests(folder if own else None, part_meta, run, state, p))
+        break
+    return any((read_json_object(m) or {}).get("chat") for m in manifests)
+
+
+def replay_manifests(folder: Path | None, meta: CheckpointMeta | None, run: Path | None, state, part=None):
+    """The manifests of the replay sources a part trained: from its worker spec where the
+    checkpoint is still in the part's scratch (work/<part>/spec.json), else from the run's
+    schedule (the stage's `replay`), keeping only the sources its checkpoint's meta names (a
+    part without a recorded mixture trained no replay)."""
+    if meta is not None and meta.mixture is None:
+        return []
+    used = None
+    if meta is not None and meta.mixture is not None:
+        used = set((meta.mixture.get("weights") or {}).keys()) | {meta.mixture.get("ramp_from")}
+    if folder is not None:
+        spec = _spec_or_none(folder.parent.parent / "spec.json")
+        if spec is not None and spec.mixture is not None and (meta is None or spec.part_id == meta.part_id):
+            return [d.manifest for s in spec.mixture.sources if used is None or s.name in used for d in s.parts]
+    if run is None or not state or part is None or not isinstance(part.get("stage"), str):
+        return []
+    where = (state.get("schedule") or {}).get("path")
+    if not isinstance(where, str):
+        return []
+    from orchestrator.chain import plan, schedule
+
+    path = run / where if not Path(where).is_absolute() else Path(where)
+    try:
+        sched = schedule.load(path)
+    except (UserError, OSError, ValueError):
+        return []
+    stage_names = [s.name for s in sched.stages]
+    stage = next((s for s in sched.stages if s.name == part["stage"]), None)
+    if stage is None:
+        return []
+    resolver = plan._Resolver(sched, path)
+    found: list[Path] = []
+    for j, r in enumerate(stage.replay):
+        name = r.stage if r.stage is not None else f"replay[{j}]"
+        if used is not None and name not in used:
+            continue
+        if r.parts is not None:
+            found += [mpath for mpath, *_ in resolver.expand(r.parts, f"replay[{j}]")]
+        elif r.stage in stage_names:  # an earlier stage: its parts, as the chain lists them
+            found += [
+                manifest_for(Path(p["file"]))
+                for p in state.get("parts", [])
+                if p.get("stage") == r.stage and isinstance(p.get("file"), str)
+            ]
+    return found
+
+
+def _meta_or_none(folder: Path | None) -> CheckpointMeta | None:
+    try:
+        return read_meta(folder) if folder is not None else None
+    except (OSError, ValueError):
+        return None
+
+
+def _spec_or_none(path: Path):
+    from runtime.spec import load_spec
+
+    try:
+        return load_spec(path) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
 
 
 def _evals(folder: Path) -> dict[str, float]:

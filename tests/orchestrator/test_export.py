@@ -382,3 +382,170 @@ def test_a_chain_with_an_instruction_stage_exports_its_chat_template(trained, tm
     )
     meta = read_meta(checkpoint).model_copy(update={"part_id": "qa/part-000"})
     assert chat_trained(run / "checkpoints" / "0002-qa-part-000", meta)
+
+
+def _chain_run(run: Path, checkpoint: Path, stage: dict, *, chat_part: Path | None = None, mixture=None) -> Path:
+    """A run dir holding `checkpoint` as its promoted part wiki/part-000 (with the replay
+    `mixture` recorded in its meta.json), a schedule whose stage is `stage`, and, with
+    `chat_part`, a done part of instruction data before it; returns the promoted folder."""
+    from runtime.checkpoint import sha256_file
+
+    promoted = run / "checkpoints" / "0002-wiki-part-000"
+    shutil.copytree(checkpoint, promoted)
+    meta = json.loads((promoted / "meta.json").read_text())
+    meta.update(part_id="wiki/part-000", stage="wiki")
+    if mixture is not None:
+        meta["mixture"] = mixture
+    (promoted / "meta.json").write_text(json.dumps(meta))
+    manifest = json.loads((promoted / "MANIFEST.json").read_text())  # the edited meta.json verifies
+    manifest["files"]["meta.json"] = {
+        "sha256": sha256_file(promoted / "meta.json"),
+        "bytes": (promoted / "meta.json").stat().st_size,
+    }
+    (promoted / "MANIFEST.json").write_text(json.dumps(manifest))
+    data = checkpoint.parents[2] / "data"
+    (run / "schedule.json").write_text(json.dumps({"name": "chain", "model": {}, "stages": [stage]}))
+    parts = [
+        {
+            "id": "wiki/part-000",
+            "stage": "wiki",
+            "status": "done",
+            "seq": 2,
+            "file": str(data / "part-000.bin"),
+            "checkpoint": "checkpoints/0002-wiki-part-000",
+        }
+    ]
+    if chat_part is not None:
+        parts.insert(0, {"id": "qa/part-000", "stage": "qa", "status": "done", "seq": 1, "file": str(chat_part)})
+    (run / "state.json").write_text(json.dumps({"schedule": {"path": str(run / "schedule.json")}, "parts": parts}))
+    return promoted
+
+
+def _instruction_data_like(data: Path, folder: Path) -> Path:
+    """Instruction data with the tokenizer of the prepared corpus in `data` (a replay source
+    must share the stage's tokenizer); returns its manifest."""
+    from tests.helpers import make_instruction_dir
+
+    manifest = make_instruction_dir(folder, parts=1)
+    raw = json.loads(manifest.read_text())
+    raw["tokenizer"] = json.loads((data / "manifest.json").read_text())["tokenizer"]
+    manifest.write_text(json.dumps(raw))
+    return manifest
+
+
+def test_instruction_data_only_replayed_in_a_stage_gets_the_chat_template(trained, tmp_path):
+    """A stage that mixes instruction data in only as a replay source (`replay: [{parts: ...}]`)
+    trained the chat format as much as one whose own parts are instruction data."""
+    from orchestrator.commands.export import chat_trained
+    from runtime.checkpoint import read_meta
+
+    checkpoint, _ = trained
+    qa = _instruction_data_like(checkpoint.parents[2] / "data", tmp_path / "qa").parent
+    stage = {"name": "wiki", "parts": [str(checkpoint.parents[2] / "data" / "part-000.bin")]}
+    replayed = {**stage, "replay": [{"parts": [str(qa)], "weight": 0.2}]}
+    mixture = {"weights": {"replay[0]": 0.2}, "ramp_tokens": 0, "ramp_from": None, "stage_tokens": 0}
+
+    folder = _chain_run(tmp_path / "replay", checkpoint, replayed, mixture=mixture)
+    assert chat_trained(folder, read_meta(folder))
+    # the same chain without the replay (the part's meta records none): a base model
+    folder = _chain_run(tmp_path / "plain", checkpoint, replayed)
+    assert not chat_trained(folder, read_meta(folder))
+    folder = _chain_run(tmp_path / "plain2", checkpoint, stage)
+    assert not chat_trained(folder, read_meta(folder))
+
+    # a checkpoint still in its part's scratch: the worker spec names the replayed parts
+    work = tmp_path / "scratch" / "work" / "wiki" / "part-000"
+    shutil.copytree(folder, work / "checkpoints" / folder.name)
+    spec = json.loads((checkpoint.parents[2] / "spec.json").read_text())
+    spec.update(part_id="wiki/part-000", stage="wiki")
+    spec["mixture"] = {
+        "sources": [
+            {"name": "replay[0]", "weight": 0.2, "parts": [{"manifest": str(qa / "manifest.json"), "part": "part-000"}]}
+        ]
+    }
+    (work / "spec.json").write_text(json.dumps(spec))
+    meta = read_meta(folder).model_copy(update={"mixture": mixture})
+    assert chat_trained(work / "checkpoints" / folder.name, meta)
+
+
+def ollama_render(template: str, turns: list[tuple[str | None, str, str | None]]) -> str:
+    """Ollama's rendering of a template without .Messages, for the subset of Go template
+    syntax our Modelfiles use ({{ if .X }}...{{ end }}, {{ .X }}): once per turn (system,
+    prompt, response), concatenated; the last turn, without a response, cut at {{ .Response }}."""
+    import re
+
+    out = ""
+    for system, prompt, response in turns:
+        values = {"System": system or "", "Prompt": prompt or "", "Response": response or ""}
+        text = template if response is not None else template.split("{{ .Response }}")[0]
+        text = re.sub(
+            r"\{\{ if \.(\w+) \}\}(.*?)\{\{ end \}\}", lambda m: m.group(2) if values[m.group(1)] else "", text
+        )
+        text = re.sub(r"\{\{ \.(\w+) \}\}", lambda m: values[m.group(1)], text)
+        assert "{{" not in text, text
+        out += text
+    return out
+
+
+def test_the_modelfile_of_a_chat_trained_model_renders_our_chat_ids(trained, tmp_path):
+    """The Modelfile's TEMPLATE, as Ollama renders it and llama.cpp tokenizes it (the start id
+    first, special pieces matched as text, the rest encoded between them), gives exactly the
+    ids `sample --chat` feeds the model; its stops end the turn. A base model's stays raw."""
+    import re
+
+    import sentencepiece as spm
+
+    from runtime import chat
+    from trainer.inference import prompt_ids
+
+    checkpoint, tok = trained
+    qa = _instruction_data_like(checkpoint.parents[2] / "data", tmp_path / "qa")
+    folder = _chain_run(
+        tmp_path / "run", checkpoint, {"name": "wiki", "parts": ["x"]}, chat_part=qa.parent / "part-000.bin"
+    )
+    out = cli(
+        "export", "--checkpoint", str(folder), "--tokenizer", str(tok), "--out", str(tmp_path / "g"), "--format", "gguf"
+    )
+    assert out.returncode == 0, out.stderr
+    modelfile = (tmp_path / "g" / "Modelfile").read_text()
+    template = re.search(r'TEMPLATE """(.*?)"""', modelfile, re.S).group(1)
+
+    sp = spm.SentencePieceProcessor(model_file=str(tok))
+    specials = [*chat.MARKERS.values(), sp.id_to_piece(sp.eos_id())]
+
+    def llama_cpp_tokens(text: str) -> list[int]:
+        ids = [sp.eos_id()]  # add_bos_token: the document start (tokenizer.start_id), as in training
+        for piece in re.split("(" + "|".join(map(re.escape, specials)) + ")", text):
+            if piece in specials:
+                ids.append(sp.piece_to_id(piece))
+            elif piece:
+                ids += sp.encode(piece)
+        return ids
+
+    for system in (None, "Kısa cevap ver."):
+        for prompt in ("Vergi nedir?", "Kâr payı 1923'te %10 mu idi?"):
+            assert llama_cpp_tokens(ollama_render(template, [(system, prompt, None)])) == prompt_ids(
+                sp, prompt, True, system
+            )
+    conversation = [("system", "Kısa cevap ver."), ("user", "Vergi nedir?"), ("assistant", "Devletin aldığı pay.")]
+    conversation.append(("user", "Kâr payı?"))
+    rendered = ollama_render(
+        template, [("Kısa cevap ver.", "Vergi nedir?", "Devletin aldığı pay."), (None, "Kâr payı?", None)]
+    )
+    assert llama_cpp_tokens(rendered) == chat.prompt_ids(conversation, sp.encode, chat.chat_ids(sp))
+    stops = set(re.findall(r'PARAMETER stop "(.*?)"', modelfile))
+    assert {sp.piece_to_id(s) for s in stops} == chat.chat_ids(sp).stops
+
+    base = cli(
+        "export",
+        "--checkpoint",
+        str(checkpoint),
+        "--tokenizer",
+        str(tok),
+        "--out",
+        str(tmp_path / "b"),
+        "--format",
+        "gguf",
+    )
+    assert base.returncode == 0, base.stderr
+    assert 'TEMPLATE """{{ .Prompt }}"""' in (tmp_path / "b" / "Modelfile").read_text()
