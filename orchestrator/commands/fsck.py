@@ -6,10 +6,10 @@ state and checkpoints agree; no scratch is left for parts that are not running o
 queued; no temporary files of interrupted writes; events.jsonl does not end in a torn line.
 Exit 0 when clean, 1 when problems were found (each listed with the folder and file it
 concerns). --repair moves damaged files to quarantine/ (never deletes them), rebuilds an
-unreadable state from the checkpoints and events, queues again a part whose newest
-checkpoint is damaged (and a release whose folder is: it is made again), rewrites the
-pointer, and removes temporary files (never committed, never data). It needs the daemon
-to be stopped.
+unreadable state from the checkpoints and events (with the releases not yet made, so that
+their scratch is kept), queues again a part whose newest checkpoint is damaged (and a
+release whose folder is: it is made again), rewrites the pointer, and removes temporary
+files (never committed, never data). It needs the daemon to be stopped.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from orchestrator.chain import reconcile
 from orchestrator.chain.plan import resolve as resolve_chain
 from orchestrator.chain.schedule import load as load_schedule
 from orchestrator.chain.state import ChainState, PartStatus, load, save
+from orchestrator.daemon.recovery import rebuilt
 from orchestrator.part import lineage
 from orchestrator.part import release as releases
 from orchestrator.part.promote import PROMOTED_RE, promoted_folders, quarantine, set_latest
@@ -86,8 +86,7 @@ class Check:
         if self.paths.state.exists():
             moved = quarantine(self.paths, self.paths.state, "unreadable state.json (fsck)")
             note = f"moved state.json to {self.rel(moved)}; " + note
-        self.state = reconcile.rebuild(self.paths, plan)
-        releases.rebuild(self.paths, self.state)
+        self.state = rebuilt(self.paths, plan)  # as a daemon does: unfinished releases too
         save(self.paths.state, self.state)
         return note
 

@@ -12,18 +12,24 @@ import errno
 import logging
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
+
+from pydantic import ValidationError
 
 from orchestrator.chain import reconcile
 from orchestrator.chain.plan import ChainPlan
-from orchestrator.chain.state import ChainState, PartStatus, ScheduleState
+from orchestrator.chain.state import ChainState, PartStatus, ReleaseState, ScheduleState
 from orchestrator.chain.state import load as load_state_file
 from orchestrator.part import release as releases
-from orchestrator.part.promote import quarantine, set_latest
+from orchestrator.part.promote import PROMOTED_RE, quarantine, set_latest
 from orchestrator.part.runner import PartRunner
-from orchestrator.records.events import EventLog
+from orchestrator.records.events import EventLog, read_events
+from runtime.atomic import read_json
+from runtime.checkpoint import read_meta
 from runtime.errors import UserError
-from runtime.paths import RunPaths
+from runtime.paths import RELEASE_PREFIX, RELEASE_WORK, RunPaths, is_release, release_id
+from runtime.spec import WorkerSpec
 
 
 def make_run_dir(paths: RunPaths, must_exist: bool = False) -> None:
@@ -154,10 +160,94 @@ def load_state(paths: RunPaths, plan: ChainPlan, events: EventLog, schedule_sha:
 
 
 def rebuilt(paths: RunPaths, plan: ChainPlan) -> ChainState:
-    """state.json made again from the promoted checkpoints, the events, and the releases."""
+    """state.json made again from the promoted checkpoints, the events, and the releases:
+    the promoted ones (releases/) and those not finished (events and scratch)."""
     state = reconcile.rebuild(paths, plan)
     releases.rebuild(paths, state)
+    unfinished_releases(paths, plan, state)
+    state.releases.sort(key=lambda r: r.name)  # the order they were queued in: their branch's seq
     return state
+
+
+_RELEASE_EVENTS = {
+    "release-queued": PartStatus.PENDING,
+    "release-started": PartStatus.PENDING,  # its worker is gone, or adopted when the daemon launches it
+    "part-requeued": PartStatus.PENDING,  # `retry release:NAME`
+    "release-failed": PartStatus.FAILED,
+    "part-skipped": PartStatus.SKIPPED,
+    "release-done": PartStatus.DONE,
+}
+
+
+def unfinished_releases(paths: RunPaths, plan: ChainPlan, state: ChainState) -> None:
+    """Releases queued, running, given up or skipped, not in releases/ (state.json lost):
+    found in events.jsonl and in their scratch (work/.releases/<name>/), recorded again with
+    their branch and cool-down, so that the daemon makes them and fsck keeps their scratch.
+    A release whose last event is release-done but whose folder is gone stays out."""
+    found: dict[str, tuple[PartStatus, str | None]] = {}
+    attempts: dict[str, int] = {}
+    for e in read_events(paths):
+        jid, status = e.get("part"), _RELEASE_EVENTS.get(e.get("event"))
+        if status is None or not isinstance(jid, str) or not is_release(jid):
+            continue
+        name = jid.removeprefix(RELEASE_PREFIX)
+        found[name] = (status, e.get("message") if status == PartStatus.FAILED else None)
+        attempts[name] = attempts.get(name, 0) + (e.get("event") == "release-started")
+    scratch = paths.work_root / RELEASE_WORK
+    for folder in sorted(scratch.iterdir()) if scratch.is_dir() else ():
+        if folder.is_dir():
+            found.setdefault(folder.name, (PartStatus.PENDING, None))  # its events are lost
+    known = {r.name for r in state.releases}
+    for name, (status, error) in sorted(found.items()):
+        if name in known or status == PartStatus.DONE:
+            continue
+        rel = _release_record(paths, plan, state, name)
+        if rel is None:
+            continue  # neither its branch nor its spec is left: nothing to make it from
+        rel.status, rel.error, rel.attempts = status, error, attempts.get(name, 0)
+        state.releases.append(rel)
+
+
+def _release_record(paths: RunPaths, plan: ChainPlan, state: ChainState, name: str) -> ReleaseState | None:
+    """An unfinished release's record: from its worker's spec where one was written (what it
+    trains), else as its branch's promotion queued it under the schedule's release settings."""
+    branch = f"checkpoints/{name}"
+    owner = next((p for p in state.parts if p.checkpoint == branch), None)
+    spec = _release_spec(paths, name)
+    if spec is not None:
+        return ReleaseState(
+            name=name,
+            part=owner.id if owner else _part_named(paths, plan, name),
+            stage=spec.stage,
+            branch=branch,
+            branch_tokens=spec.token_offset,
+            decay_tokens=spec.release.windows * spec.model["block_size"],
+        )
+    pp = plan.get(owner.id) if owner else None
+    if pp is None:
+        return None
+    try:
+        meta = read_meta(paths.root / branch)
+    except (OSError, ValueError):
+        return None
+    every = replace(pp, release=pp.release.model_copy(update={"every_parts": 1}))  # it was due: it was queued
+    return releases.due(every, state, owner, paths.root / branch, meta.global_tokens, meta.model["block_size"])
+
+
+def _release_spec(paths: RunPaths, name: str) -> WorkerSpec | None:
+    try:
+        spec = WorkerSpec.model_validate(read_json(paths.work(release_id(name)).spec))
+    except (OSError, ValueError, ValidationError):
+        return None
+    return spec if spec.part_id == release_id(name) and spec.release is not None else None
+
+
+def _part_named(paths: RunPaths, plan: ChainPlan, name: str) -> str:
+    """The part whose promoted folder is `name` (its branch, moved away), by the folder's name."""
+    seq = PROMOTED_RE.match(name)
+    if seq is None:
+        return "unknown"
+    return next((pp.id for pp in plan.parts if paths.promoted_name(int(seq.group(1)), pp.id) == name), "unknown")
 
 
 def recover(runner: PartRunner) -> None:
