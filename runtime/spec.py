@@ -140,6 +140,10 @@ class DataRef(BaseModel):
     manifest: Path
     part: str
     """The part's name in the manifest ('part-003', 'val')."""
+    sha256: str | None = None
+    """The part's token file's checksum when the spec was made (the daemon freezes it for a
+    part's own data and every replay source's parts): the worker refuses the part if the
+    manifest now lists another. None: not checked (specs of earlier releases, hand-written ones)."""
 
 
 class ReplaySource(BaseModel):

@@ -57,7 +57,7 @@ def build(spec: WorkerSpec, ranks: Ranks, work: WorkPaths, files: WorkerFiles) -
     )
     files.set_phase(Phase.LOADING)
     cfg = model_config(spec)
-    part = open_checked(spec, spec.data.manifest, spec.data.part, cfg)
+    part = open_checked(spec, spec.data.manifest, spec.data.part, cfg, spec.data.sha256)
     val = open_checked(spec, spec.val.manifest, spec.val.part, cfg) if spec.val and train.eval_windows else None
     files.beat(force=True)
 
@@ -100,7 +100,7 @@ def mixed_data(
     """The part's own windows and its replay sources, checked against the part's tokenizer."""
     pools = [Pool([part])]
     for source in spec.mixture.sources:
-        parts = [open_checked(spec, d.manifest, d.part, cfg) for d in source.parts]
+        parts = [open_checked(spec, d.manifest, d.part, cfg, d.sha256) for d in source.parts]
         for other in parts:
             if other.manifest.tokenizer.sha256 != part.manifest.tokenizer.sha256:
                 raise BadInput(
@@ -204,9 +204,17 @@ def model_config(spec: WorkerSpec) -> GPTConfig:
         raise BadInput(f"spec: {e}") from None
 
 
-def open_checked(spec: WorkerSpec, manifest: Path, name: str, cfg: GPTConfig) -> TokenPart:
-    """A token part, checked against the chain's tokenizer and the model's vocabulary and context."""
+def open_checked(spec: WorkerSpec, manifest: Path, name: str, cfg: GPTConfig, sha256: str | None = None) -> TokenPart:
+    """A token part, checked against the chain's tokenizer and the model's vocabulary and
+    context, and against the checksum its spec froze (`sha256`, when the spec has one)."""
     part = open_part(manifest, name)
+    now = part.info.sha256
+    if sha256 is not None and now != sha256:
+        raise BadInput(
+            f"{manifest}: {name}, data of part {spec.part_id}, was prepared again since the part started "
+            f"(its spec has sha256 {sha256[:12]}..., the manifest now {now[:12]}...); its saved position "
+            "would apply to other windows: the part must start again"
+        )
     tok = part.manifest.tokenizer
     if spec.tokenizer_sha256 and tok.sha256 != spec.tokenizer_sha256:
         raise BadInput(

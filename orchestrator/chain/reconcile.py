@@ -2,7 +2,9 @@
 
 History is never rewritten: a part that ran (done, running, failed, skipped, or pending
 after an attempt: its checkpoints hold training on its data) keeps its place and its
-record even if the schedule changes or drops it; such changes are reported and ignored.
+record even if the schedule changes or drops it; such changes are reported and ignored,
+except that a part not yet done whose data changed follows its data: it starts again on
+it (its scratch is set aside when it is launched, orchestrator.part.runner).
 Parts not yet started follow the schedule: appended parts are queued, removed ones are
 unqueued.
 """
@@ -46,8 +48,19 @@ def merge(state: ChainState, plan: ChainPlan) -> list[str]:
                 else "it stays in the chain's history"
             )
             notes.append(f"{p.id} ({p.status}) is no longer in the schedule; {still}")
+        elif planned.sha256 != p.sha256 and p.status == PartStatus.DONE:
+            notes.append(
+                f"{p.id} (done): its data changed since it was trained (sha256 {p.sha256[:12]}... -> "
+                f"{planned.sha256[:12]}...); a trained part is never trained again, the change is ignored"
+            )
         elif planned.sha256 != p.sha256:
-            notes.append(f"{p.id} ({p.status}) changed in the schedule after it started; the change is ignored")
+            # Not done: what it trained so far was on other windows; it is not resumed (the
+            # runner sets its scratch aside when it launches it, part-data-changed, and only
+            # then records the new checksum: until then a resume is checked against the old).
+            notes.append(
+                f"{p.id} ({p.status}): its data changed since it started (sha256 {p.sha256[:12]}... -> "
+                f"{planned.sha256[:12]}...); it starts again on the data as it is now"
+            )
     block = plan.model["block_size"]
     frontier = max((i for i, pp in enumerate(plan.parts) if pp.id in known), default=-1)
     pending, queued = [], []

@@ -4,6 +4,8 @@ Checks: state.json parses; every promoted checkpoint and every release (releases
 verifies (sha256 of each file against its manifest); checkpoints/LATEST names the chain's newest promoted checkpoint;
 state and checkpoints agree; no scratch is left for parts that are not running or
 queued; no temporary files of interrupted writes; events.jsonl does not end in a torn line.
+A done part whose data was prepared again since it trained is listed as a note
+(information, not damage: the exit code does not change).
 Exit 0 when clean, 1 when problems were found (each listed with the folder and file it
 concerns). --repair moves damaged files to quarantine/ (never deletes them), rebuilds an
 unreadable state from the checkpoints and events (with the releases not yet made, so that
@@ -32,6 +34,7 @@ from runtime.checkpoint import verify
 from runtime.errors import UserError
 from runtime.lockfile import Locked, LockFile, busy_message, holder_role
 from runtime.paths import RELEASE_WORK, RunPaths, release_id
+from runtime.tokens import ManifestError, TokenManifest, load_manifest, manifest_for
 
 
 @dataclass
@@ -48,6 +51,8 @@ class Check:
         self.paths = paths
         self.schedule = schedule
         self.problems: list[Problem] = []
+        self.notes: list[str] = []
+        """Information, not damage (a done part's data changed since it trained): exit code unchanged."""
         self.state: ChainState | None = None
 
     def rel(self, path: Path) -> str:
@@ -59,6 +64,7 @@ class Check:
         if self.state:
             self.check_pointer()
             self.check_scratch()
+            self.check_data()
         self.check_temporaries()
         if self.paths.events.exists() and not self.paths.events.read_bytes().endswith(b"\n"):
             self.problems.append(
@@ -230,6 +236,36 @@ class Check:
                         )
                     )
 
+    def check_data(self) -> None:
+        """A done part whose data was prepared again (or removed) since it trained: the chain keeps
+        what it learned from the data it had; a note, not a problem. Reads the manifests only."""
+        manifests: dict[Path, TokenManifest | None] = {}
+        for part in self.state.parts:
+            if part.status != PartStatus.DONE or part.file == "unknown":
+                continue
+            file = Path(part.file)
+            mpath = manifest_for(file)
+            if mpath not in manifests:
+                try:
+                    manifests[mpath] = load_manifest(mpath)
+                except ManifestError:
+                    manifests[mpath] = None
+            m = manifests[mpath]
+            try:
+                now = m.part_for_file(file.name).sha256 if m else None
+            except KeyError:
+                now = None
+            if now is None:
+                self.notes.append(
+                    f"{part.id} (done): its data {file} is no longer listed in {mpath}; the chain keeps what "
+                    "it learned from it (information, not damage)"
+                )
+            elif now != part.sha256:
+                self.notes.append(
+                    f"{part.id} (done): its data {file} changed since it trained (sha256 {part.sha256[:12]}... -> "
+                    f"{now[:12]}...); the chain keeps what it learned from the data it had (information, not damage)"
+                )
+
     def set_aside(self, path: Path) -> str:
         return f"moved {self.rel(path)} to {self.rel(quarantine(self.paths, path, 'set aside by fsck'))}"
 
@@ -259,9 +295,11 @@ def cmd_fsck(args) -> int:
         if args.repair:
             _refuse_live_workers(paths)
         schedule = args.schedule.resolve() if args.schedule else _schedule_of(paths)
-        problems = Check(paths, schedule).run()
+        check = Check(paths, schedule)
+        problems = check.run()
         if not problems:
             print(f"{paths.root}: clean")
+            _print_notes(check.notes)
             return 0
         print(f"{paths.root}: {len(problems)} problem{'s' * (len(problems) != 1)}")
         for p in problems:
@@ -272,9 +310,17 @@ def cmd_fsck(args) -> int:
                 print(f"  {p.fix() if p.fix else f'{p.where}: nothing to do automatically'}")
         else:
             print("run again with --repair to fix what can be fixed (damaged files go to quarantine/)")
+        _print_notes(check.notes)
         return 1
     finally:
         lock.release()
+
+
+def _print_notes(notes: list[str]) -> None:
+    if notes:
+        print(f"{len(notes)} note{'s' * (len(notes) != 1)} (information, not damage):")
+        for n in notes:
+            print(f"  {n}")
 
 
 def _refuse_live_workers(paths: RunPaths) -> None:

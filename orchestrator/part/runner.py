@@ -250,7 +250,13 @@ class PartRunner:
         it is set aside); without scratch, the chain's start must be present and verify
         (lineage.walk_back). False when a part was queued again before it, or the chain waits."""
         frozen = specs.frozen(self.paths.work(part.id), part.id)
-        if frozen is not None and not lineage.scratch_fits(frozen, self.state, self.paths):
+        changes = specs.data_changes(frozen, self.plan, part.sha256) if frozen is not None else []
+        if changes:
+            self.set_aside_changed(part, changes)
+            frozen = None
+        elif frozen is None:
+            self.follow_data(part)  # it starts afresh anyway, on its data as it is now
+        elif frozen is not None and not lineage.scratch_fits(frozen, self.state, self.paths):
             self.set_aside_scratch(part, frozen)
             frozen = None
         if frozen is not None:
@@ -287,19 +293,49 @@ class PartRunner:
 
     def set_aside_scratch(self, part: PartState, spec: WorkerSpec | None) -> None:
         """Quarantine checkpoints of a part made from a start the chain no longer has."""
-        work = self.paths.work(part.id)
         was = (spec.init_checkpoint.name if spec.init_checkpoint else "fresh weights") if spec else "another start"
         at = f" at {spec.token_offset} tokens" if spec else ""
         why = (
             f"{part.id} had trained from {was}{at}; the chain now continues from "
             f"{self.state.latest_checkpoint or 'fresh weights'} at {self.state.global_tokens} tokens"
         )
-        moved = quarantine(self.paths, work.checkpoints, f"scratch set aside: {why}")
-        for stale in (work.spec, work.result, work.eval):
-            stale.unlink(missing_ok=True)
+        moved = self.move_scratch(part, why)
         self.events.emit(
             "scratch-set-aside",
             f"{why}: its checkpoints were moved to {moved}, and it starts afresh",
+            level=logging.WARNING,
+            part=part.id,
+        )
+
+    def move_scratch(self, part: PartState, why: str) -> Path | None:
+        """Quarantine the part's checkpoints (with `why` in the note) and forget its spec and results."""
+        work = self.paths.work(part.id)
+        moved = quarantine(self.paths, work.checkpoints, f"scratch set aside: {why}")
+        for stale in (work.spec, work.result, work.eval):
+            stale.unlink(missing_ok=True)
+        return moved
+
+    def follow_data(self, part: PartState) -> None:
+        """A part that starts afresh records the data it trains now (reconcile keeps the
+        checksum it started with until then, so that a resume is checked against it)."""
+        pp = self.plan.get(part.id)
+        if pp is not None and pp.sha256 != part.sha256:
+            part.file, part.sha256 = str(pp.file), pp.sha256
+            part.planned_tokens = pp.planned_tokens(self.plan.model["block_size"])
+            self.save()
+
+    def set_aside_changed(self, part: PartState, changes: list[str]) -> None:
+        """A part whose data (or a replay source's) was prepared again since it started: its
+        scratch trained on other windows, so it is set aside, never resumed; the part starts
+        again on the data as it is now, from the chain's start."""
+        steps = self.newest_step(part.id)
+        why = "; ".join(changes)
+        moved = self.move_scratch(part, why)
+        self.follow_data(part)
+        self.events.emit(
+            "part-data-changed",
+            f"{why}; its scratch ({steps} steps) was moved to {moved}, and it starts again from "
+            f"{self.state.latest_checkpoint or 'fresh weights'} on the data as it is now",
             level=logging.WARNING,
             part=part.id,
         )

@@ -9,6 +9,12 @@ after failures (micro-batch after OOM, skipped windows and LR scale after non-fi
 losses) change a frozen spec. So a stage's replay weights, ramp and learning-rate shape,
 placed into the spec from where the stage stands when the part starts, are those of the
 schedule when the part started, however the schedule is edited meanwhile.
+
+The spec also freezes the checksum of the part's data and of every replay source's parts
+(DataRef.sha256). Data prepared again under a started part is not resumed: before the
+launch the daemon compares them with the data as it is now (data_changes), and on a
+difference sets the part's scratch aside and starts it again from the chain's start; the
+worker refuses a part whose manifest lists another checksum than its spec (a safety net).
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ from orchestrator.chain.state import ChainState, PartState, PartStatus
 from runtime.atomic import read_json
 from runtime.checkpoint import step_dirs
 from runtime.paths import RunPaths, WorkPaths
-from runtime.spec import EvalSettings, EvalSpec, StageLR, ValSet, WorkerSpec
+from runtime.spec import DataRef, EvalSettings, EvalSpec, Mixture, StageLR, ValSet, WorkerSpec
+from runtime.tokens import ManifestError, TokenManifest, load_manifest
 from runtime.workerfiles import write_model
 
 
@@ -62,6 +69,9 @@ def build(
         # Fixed in the spec so that every attempt of the part computes identically; several
         # processes (train.gpus on a machine without CUDA) divide the cores between them.
         train = train.model_copy(update={"cpu_threads": max(1, len(os.sched_getaffinity(0)) // train.gpus)})
+    position = dict(position or {})
+    if position.get("mixture") is not None:
+        position["mixture"] = sealed_mixture(position["mixture"], Hashes(plan))
     return WorkerSpec(
         part_id=job_id,
         stage=pp.stage,
@@ -73,7 +83,7 @@ def build(
         train=train,
         token_offset=offset,
         chain_total_tokens=plan.lr_total_tokens(),
-        **(position or {}),
+        **position,
     )
 
 
@@ -104,7 +114,68 @@ def stage_position(plan: ChainPlan, pp: PartPlan, state: ChainState) -> dict:
 def data_section(pp: PartPlan) -> dict:
     """What a part trains on: its data, its stage's val split, its passes (a release of the
     part's stage takes the same, and sets its own passes and length)."""
-    return {"data": pp.data, "val": pp.val, "epochs": pp.epochs}
+    return {"data": pp.data.model_copy(update={"sha256": pp.sha256}), "val": pp.val, "epochs": pp.epochs}
+
+
+class Hashes:
+    """The checksum each part of the plan's data has now: the plan's (read from its manifest
+    when the plan was made), else its manifest's (a replay of listed parts outside every stage)."""
+
+    def __init__(self, plan: ChainPlan):
+        self.known = {(pp.manifest, pp.name): pp.sha256 for pp in plan.parts}
+        self.manifests: dict[Path, TokenManifest | None] = {}
+
+    def __call__(self, ref: DataRef) -> str | None:
+        """None: the manifest or the part in it is gone or unreadable."""
+        key = (ref.manifest, ref.part)
+        if key in self.known:
+            return self.known[key]
+        if ref.manifest not in self.manifests:
+            try:
+                self.manifests[ref.manifest] = load_manifest(ref.manifest)
+            except ManifestError:
+                self.manifests[ref.manifest] = None
+        m = self.manifests[ref.manifest]
+        try:
+            return m.part(ref.part).sha256 if m else None
+        except KeyError:
+            return None
+
+
+def sealed_mixture(mixture: Mixture, sha: Hashes) -> Mixture:
+    """The mixture with each replay source part's checksum frozen in."""
+    sources = [
+        s.model_copy(update={"parts": [d.model_copy(update={"sha256": sha(d)}) for d in s.parts]})
+        for s in mixture.sources
+    ]
+    return mixture.model_copy(update={"sources": sources})
+
+
+def data_changes(spec: WorkerSpec, plan: ChainPlan, started: str | None = None) -> list[str]:
+    """What of a frozen spec's data is not what it was when the part started: its own data
+    (against the plan's part) and every replay source's parts (against their manifests now).
+    A spec of an earlier release records no checksums: its own data is compared with
+    `started` (the part's checksum in state.json) and its replay sources are not compared."""
+    out = []
+    pp = plan.get(spec.part_id)
+    was = spec.data.sha256 or started
+    if pp is not None and was is not None and pp.sha256 != was:
+        out.append(f"{spec.part_id}'s data changed since it started (sha256 {_short(was)} -> {_short(pp.sha256)})")
+    sha = Hashes(plan)
+    for source in spec.mixture.sources if spec.mixture else []:
+        for ref in source.parts:
+            now = sha(ref) if ref.sha256 is not None else ref.sha256
+            if now != ref.sha256:
+                what = f"sha256 {_short(ref.sha256)} -> {_short(now)}" if now else "it is gone from its manifest"
+                out.append(
+                    f"{spec.part_id}'s replay source {source.name}: {ref.part} of {ref.manifest} changed "
+                    f"since the part started ({what})"
+                )
+    return out
+
+
+def _short(sha: str) -> str:
+    return f"{sha[:12]}..."
 
 
 def write(
