@@ -21,26 +21,45 @@ import psutil
 import pytest
 
 from runtime.checkpoint import sha256_file, write_manifest
+from runtime.faults import release
 from tests.helpers import (
     REPO,
     assert_bitwise_equal,
     assert_lineage,
     cli,
     events,
+    holding,
     make_chain,
     part_of,
     promotions,
     read_state,
-    running_step,
     start_daemon,
     wait_for,
+    wait_held,
 )
 
 pytestmark = pytest.mark.slow
 
 ONE_STAGE = [{"name": "wiki", "parts": ["data/wiki"]}]
 PARTS = ["wiki/part-000", "wiki/part-001"]
-CHAIN = dict(parts=2, tokens=8000, stages=ONE_STAGE, train={"checkpoint_interval_s": 0.15})
+# Every numbered fault point must be reached however fast the machine trains: a periodic
+# checkpoint before the final one (checkpoint.*@2; a part is 62 steps, 0.25 s here: several),
+# eight heartbeats in a worker, three guard polls (hardware.*@3) in a daemon. None of them
+# changes the weights. (Checkpoints every 0.02 s would cost 3 s more a chain.)
+CHAIN = dict(
+    parts=2, tokens=8000, stages=ONE_STAGE, train={"checkpoint_interval_s": 0.05, "heartbeat_interval_s": 0.05}
+)
+GUARD = {"poll_interval_s": 0.2}
+
+
+def fault_chain(root: Path, **guard) -> Path:
+    """The chain every test here runs (and its reference), with the guard polling often."""
+    schedule = make_chain(root, **CHAIN)
+    raw = json.loads(schedule.read_text())
+    raw["guard"] = {**GUARD, **guard}
+    schedule.write_text(json.dumps(raw))
+    return schedule
+
 
 DAEMON_POINTS = [
     "state.before-rename@6",
@@ -78,7 +97,7 @@ ALL = os.environ.get("ORCHESTRATOR_TEST_ALL_FAULTS") == "1"
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("reference")
-    schedule = make_chain(root, **CHAIN)
+    schedule = fault_chain(root)
     assert start_daemon(schedule, root / "daemon.log", "--exit-when-done").wait(timeout=300) == 0
     assert_lineage(root / "runs" / "chain")
     return root / "runs" / "chain"
@@ -113,7 +132,7 @@ def run_to_the_end(schedule: Path, log: Path, first_env: dict | None = None) -> 
 def test_a_crash_at_every_durable_write_is_survived_exactly(point, reference, tmp_path):
     if point not in IN_CI and not ALL:
         pytest.skip("set ORCHESTRATOR_TEST_ALL_FAULTS=1 for every fault point")
-    schedule = make_chain(tmp_path, **CHAIN)
+    schedule = fault_chain(tmp_path)
     fired = tmp_path / "fired"
     starts = run_to_the_end(
         schedule, tmp_path / "daemon.log", {"ORCHESTRATOR_FAULT": point, "ORCHESTRATOR_FAULT_ONCE": str(fired)}
@@ -132,11 +151,11 @@ def flip_byte(path: Path) -> None:
 
 
 def test_a_final_checkpoint_damaged_before_promotion_is_quarantined_and_redone(reference, tmp_path):
-    schedule = make_chain(tmp_path, **CHAIN)
+    schedule = fault_chain(tmp_path)
     run, log = tmp_path / "runs" / "chain", tmp_path / "daemon.log"
     rc = start_daemon(
         schedule, log, "--exit-when-done", extra_env={"ORCHESTRATOR_FAULT": "promote.before-rename"}
-    ).wait()
+    ).wait(timeout=300)
     assert rc == -signal.SIGKILL
     result = json.loads((run / "work" / "wiki" / "part-000" / "result.json").read_text())
     flip_byte(run / "work" / "wiki" / "part-000" / result["checkpoint"] / "model.pt")  # a power cut's damage
@@ -148,13 +167,11 @@ def test_a_final_checkpoint_damaged_before_promotion_is_quarantined_and_redone(r
 
 
 def test_a_damaged_promoted_checkpoint_is_trained_again(reference, tmp_path):
-    schedule = make_chain(tmp_path, **CHAIN)
+    schedule = fault_chain(tmp_path)
     run, log = tmp_path / "runs" / "chain", tmp_path / "daemon.log"
     # the daemon dies after part-000 is promoted, before part-001 starts
-    assert (
-        start_daemon(schedule, log, "--exit-when-done", extra_env={"ORCHESTRATOR_FAULT": "spec.before-rename@2"}).wait()
-        == -signal.SIGKILL
-    )
+    killed = start_daemon(schedule, log, "--exit-when-done", extra_env={"ORCHESTRATOR_FAULT": "spec.before-rename@2"})
+    assert killed.wait(timeout=300) == -signal.SIGKILL
     flip_byte(run / "checkpoints" / "0001-wiki-part-000" / "optim.pt")
     assert start_daemon(schedule, log, "--exit-when-done").wait(timeout=300) == 0
     damaged = [e for e in events(run) if e["event"] == "checkpoint-damaged"]
@@ -167,12 +184,10 @@ def test_a_damaged_promoted_checkpoint_is_trained_again(reference, tmp_path):
 
 
 def test_torn_state_and_events_are_survived(reference, tmp_path):
-    schedule = make_chain(tmp_path, **CHAIN)
+    schedule = fault_chain(tmp_path)
     run, log = tmp_path / "runs" / "chain", tmp_path / "daemon.log"
-    assert (
-        start_daemon(schedule, log, "--exit-when-done", extra_env={"ORCHESTRATOR_FAULT": "spec.before-rename@2"}).wait()
-        == -signal.SIGKILL
-    )
+    killed = start_daemon(schedule, log, "--exit-when-done", extra_env={"ORCHESTRATOR_FAULT": "spec.before-rename@2"})
+    assert killed.wait(timeout=300) == -signal.SIGKILL
     state = run / "state.json"
     state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])  # a file the power cut truncated
     with open(run / "events.jsonl", "ab") as f:
@@ -211,6 +226,27 @@ def test_fsck_finds_and_repairs_a_damaged_run(reference, tmp_path):
     assert part_of(read_state(run), "wiki/part-000")["status"] == "done"  # history kept; its file set aside
 
 
+def kill_all(proc: subprocess.Popen) -> None:
+    """SIGKILL a daemon and its workers, and wait for them (before unmounting their disk)."""
+    try:
+        procs = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=30)
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def test_a_disk_filled_to_the_last_byte_is_survived(reference, tmp_path):
     mnt = tmp_path / "small"
     mnt.mkdir()
@@ -218,13 +254,14 @@ def test_a_disk_filled_to_the_last_byte_is_survived(reference, tmp_path):
         pytest.skip("cannot mount a tmpfs here (needs root)")
     daemon = None
     try:
-        schedule = make_chain(tmp_path, **CHAIN)
-        raw = json.loads(schedule.read_text())
-        raw["guard"] = {"disk_margin_gb": 0, "poll_interval_s": 0.2}  # the 8 MB disk is the test
-        schedule.write_text(json.dumps(raw))
-        run, log = mnt / "run", tmp_path / "daemon.log"
-        daemon = start_daemon(schedule, log, "--exit-when-done", "--run-dir", str(run))
-        wait_for(lambda: running_step(run, "wiki/part-000") >= 10, timeout=120, what="training")
+        schedule = fault_chain(tmp_path, disk_margin_gb=0)  # the 8 MB disk is the test
+        run, log, holds = mnt / "run", tmp_path / "daemon.log", tmp_path / "holds"
+        entry = "wiki/part-000:step@10"
+        # Held after its tenth step (of 62) while the disk fills: the part is certainly under way.
+        daemon = start_daemon(schedule, log, "--exit-when-done", "--run-dir", str(run), extra_env=holding(holds, entry))
+        held = wait_held(holds, entry)
+        worker = part_of(read_state(run), "wiki/part-000")["worker_pid"]
+        assert worker == int(held.read_text())
         filler = mnt / "filler"
         with open(filler, "wb", buffering=0) as f:  # every last byte; unbuffered: nothing left to flush at close
             try:
@@ -232,22 +269,23 @@ def test_a_disk_filled_to_the_last_byte_is_survived(reference, tmp_path):
                     f.write(b"\0" * 65536)
             except OSError:
                 pass
+        release(held)  # the worker trains on into the full disk
         # Nothing can be written on the disk now; the daemon says so on stderr (outside it).
         wait_for(
             lambda: "No space left on device" in log.read_text() or daemon.poll() is not None,
+            timeout=120,
             what="the daemon noticing the full disk",
         )
-        worker = part_of(read_state(run), "wiki/part-000").get("worker_pid")
         assert daemon.poll() is None, "the daemon died of a full disk"
-        assert worker is None or psutil.pid_exists(worker), "the worker died of a full disk"
+        assert alive(worker), "the worker died of a full disk"
+        assert part_of(read_state(run), "wiki/part-000")["status"] == "running"
         filler.unlink()
         assert daemon.wait(timeout=300) == 0, log.read_text()[-3000:]
         assert "disk-writable" in [e["event"] for e in events(run)]
         assert_same_chain(run, reference)
     finally:
-        if daemon is not None and daemon.poll() is None:  # never leave a daemon behind on a lazily unmounted disk
-            daemon.kill()
-            daemon.wait()
+        if daemon is not None and daemon.poll() is None:  # never leave a process behind on a lazily unmounted disk
+            kill_all(daemon)
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
@@ -287,12 +325,16 @@ def test_no_shell_anywhere_and_paths_are_taken_literally(tmp_path):
 
 
 def test_the_run_dir_is_private_and_no_port_is_opened(tmp_path):
-    schedule = make_chain(tmp_path, **CHAIN)
-    run = tmp_path / "runs" / "chain"
-    daemon = start_daemon(schedule, tmp_path / "daemon.log", "--exit-when-done")
-    wait_for(lambda: running_step(run, "wiki/part-000") >= 1, timeout=120, what="training")
+    schedule = fault_chain(tmp_path)
+    run, holds, entry = tmp_path / "runs" / "chain", tmp_path / "holds", "wiki/part-000:step@1"
+    # Held after its first step while its sockets are listed: certainly alive then.
+    daemon = start_daemon(schedule, tmp_path / "daemon.log", "--exit-when-done", extra_env=holding(holds, entry))
+    held = wait_held(holds, entry)
     worker = psutil.Process(part_of(read_state(run), "wiki/part-000")["worker_pid"])
+    assert worker.pid == int(held.read_text()), "not the worker the daemon launched"
     for proc in (psutil.Process(daemon.pid), worker):
         assert proc.net_connections(kind="inet") == [], f"{proc.pid} has network connections"
+    assert worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE
     assert (run.stat().st_mode & 0o777) == 0o700
+    release(held)
     assert daemon.wait(timeout=300) == 0

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 from orchestrator.chain.schedule import GuardConfig
@@ -168,7 +169,12 @@ def test_nvml_reads_a_real_gpu():
 # -- a real worker under the guard -----------------------------------------------------------
 
 
-def guarded_chain(tmp_path: Path, tokens: int, **guard) -> tuple[Path, Path, Path]:
+# A part of 7800 steps, half a minute of training: longer than any test here trains it by
+# far, however fast the machine (each test stops the daemon when it has seen what it came for).
+LONG_PART = 1_000_000
+
+
+def guarded_chain(tmp_path: Path, tokens: int = LONG_PART, **guard) -> tuple[Path, Path, Path]:
     sensor = tmp_path / "sensors.json"
     write_sensors(sensor, gpu_temp_c=60, on_battery=False, ram_available_gb=8, disk_free_gb=100)
     schedule = make_chain(tmp_path, parts=1, tokens=tokens, stages=[{"name": "wiki", "parts": ["data/wiki"]}])
@@ -178,6 +184,7 @@ def guarded_chain(tmp_path: Path, tokens: int, **guard) -> tuple[Path, Path, Pat
         "poll_interval_s": 0.1,
         "min_pause_s": 0.5,
         "sensor_stale_s": 600,
+        "ac_settle_s": 1,  # AC must hold this long after a battery pause (30 s by default)
         **guard,
     }
     schedule.write_text(json.dumps(raw))
@@ -201,21 +208,25 @@ def assert_held(run: Path, reason: str) -> int:
     """The worker is paused for `reason` and its step counter does not move across heartbeats."""
     hb = wait_for(
         lambda: (h := heartbeat(run)).get("phase") == "paused" and reason in (h.get("paused_reason") or "") and h,
+        timeout=120,
         what=f"a pause for {reason!r}",
     )
-    later = wait_for(lambda: (h := heartbeat(run)).get("time", 0) > hb["time"] + 0.6 and h, what="heartbeats")
+    later = wait_for(
+        lambda: (h := heartbeat(run)).get("time", 0) > hb["time"] + 0.6 and h, timeout=120, what="heartbeats"
+    )
     assert later["phase"] == "paused" and later["step"] == hb["step"]
     return hb["step"]
 
 
 def assert_running_past(run: Path, step: int) -> None:
-    wait_for(lambda: heartbeat(run).get("step", -1) > step, what=f"steps past {step}")
+    # after a battery pause, only once AC has held for guard.ac_settle_s
+    wait_for(lambda: heartbeat(run).get("step", -1) > step, timeout=180, what=f"steps past {step}")
 
 
 def test_guard_pauses_and_resumes_a_real_worker(tmp_path):
-    schedule, sensor, run = guarded_chain(tmp_path, tokens=300_000, gpu_power_limit_w=60, pause_on_battery=True)
+    schedule, sensor, run = guarded_chain(tmp_path, gpu_power_limit_w=60, pause_on_battery=True)
     daemon = start_daemon(schedule, tmp_path / "daemon.log")
-    wait_for(lambda: running_step(run, "wiki/part-000") >= 5, timeout=120, what="training")
+    wait_for(lambda: running_step(run, "wiki/part-000") >= 5, timeout=300, what="training")
     ok = dict(gpu_temp_c=60, on_battery=False, ram_available_gb=8, disk_free_gb=100)
 
     write_sensors(sensor, **{**ok, "gpu_temp_c": 90})  # hot: pause
@@ -234,7 +245,7 @@ def test_guard_pauses_and_resumes_a_real_worker(tmp_path):
     assert_running_past(run, step)
 
     write_sensors(sensor, **{**ok, "gpu_power_w": 75})  # over the power limit: throttled, not paused
-    wait_for(lambda: 0 < heartbeat(run).get("duty_cycle", 1) < 1, what="throttling")
+    wait_for(lambda: 0 < heartbeat(run).get("duty_cycle", 1) < 1, timeout=120, what="throttling")
     write_sensors(sensor, **ok)
 
     write_sensors(sensor, **{**ok, "on_battery": True})  # battery: checkpoint at once, then pause
@@ -250,6 +261,7 @@ def test_guard_pauses_and_resumes_a_real_worker(tmp_path):
     assert_held(run, "available RAM 0.10 GB")
     write_sensors(sensor, **ok)
     assert_running_past(run, step)
+    assert part_of(read_state(run), "wiki/part-000")["status"] == "running"
 
     daemon.terminate()
     assert daemon.wait(timeout=120) == 0
@@ -260,18 +272,20 @@ def test_guard_pauses_and_resumes_a_real_worker(tmp_path):
 
 
 def test_long_battery_stops_the_worker_and_ac_restarts_it(tmp_path):
-    schedule, sensor, run = guarded_chain(tmp_path, tokens=200_000, battery_grace_s=1)
+    schedule, sensor, run = guarded_chain(tmp_path, battery_grace_s=1)
     daemon = start_daemon(schedule, tmp_path / "daemon.log")
-    wait_for(lambda: running_step(run, "wiki/part-000") >= 5, timeout=120, what="training")
+    wait_for(lambda: running_step(run, "wiki/part-000") >= 5, timeout=300, what="training")
     write_sensors(sensor, gpu_temp_c=60, on_battery=True, ram_available_gb=8, disk_free_gb=100)
-    wait_for(lambda: part_of(read_state(run), "wiki/part-000").get("status") == "pending", what="worker stopped")
+    wait_for(
+        lambda: part_of(read_state(run), "wiki/part-000").get("status") == "pending", timeout=120, what="worker stopped"
+    )
     assert read_state(run)["daemon"]["state"] == "paused"
     write_sensors(sensor, gpu_temp_c=60, on_battery=False, ram_available_gb=8, disk_free_gb=100)
     wait_for(
         lambda: (
             part_of(read_state(run), "wiki/part-000").get("attempts") == 2 and running_step(run, "wiki/part-000") > 0
         ),
-        timeout=120,
+        timeout=300,  # AC must hold for ac_settle_s, then a worker starts
         what="relaunched on AC",
     )
     daemon.terminate()
@@ -281,19 +295,23 @@ def test_long_battery_stops_the_worker_and_ac_restarts_it(tmp_path):
 
 def _disk_full_blocks_checkpoints(run: Path, fill, unfill) -> None:
     ckpt = run / "work" / "wiki" / "part-000" / "ckpt"
-    wait_for(lambda: len(list(ckpt.glob("step-*"))) >= 1, timeout=120, what="a first checkpoint")
+    wait_for(lambda: len(list(ckpt.glob("step-*"))) >= 1, timeout=300, what="a first checkpoint")
     fill()
     step = assert_held(run, "disk full")
     before = sorted(p.name for p in ckpt.iterdir())
     assert not [n for n in before if n.startswith(".")], "a partial checkpoint was started"
     unfill()
     assert_running_past(run, step)
-    wait_for(lambda: max(int(p.name[5:]) for p in ckpt.glob("step-*")) >= step, what="the held checkpoint written")
+    wait_for(
+        lambda: max(int(p.name[5:]) for p in ckpt.glob("step-*")) >= step,
+        timeout=120,
+        what="the held checkpoint written",
+    )
 
 
 def test_a_full_disk_holds_the_checkpoint_until_space_is_freed(tmp_path):
     """Through the sensor file's disk_free_gb (the disk check pointed at a quota)."""
-    schedule, sensor, run = guarded_chain(tmp_path, tokens=200_000, disk_margin_gb=0)
+    schedule, sensor, run = guarded_chain(tmp_path, disk_margin_gb=0)
     raw = json.loads(schedule.read_text())
     raw["train"]["checkpoint_interval_s"] = 0.5
     schedule.write_text(json.dumps(raw))
@@ -304,6 +322,7 @@ def test_a_full_disk_holds_the_checkpoint_until_space_is_freed(tmp_path):
         lambda: write_sensors(sensor, **ok, disk_free_gb=0.0001),
         lambda: write_sensors(sensor, **ok, disk_free_gb=100),
     )
+    assert part_of(read_state(run), "wiki/part-000")["status"] == "running"
     daemon.terminate()
     assert daemon.wait(timeout=120) == 0
     assert "worker-paused" in [e["event"] for e in events(run)]
@@ -314,8 +333,9 @@ def test_a_real_small_filesystem_fills_up(tmp_path):
     mnt.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mnt)], capture_output=True).returncode:
         pytest.skip("cannot mount a tmpfs here (needs root)")
+    daemon = None
     try:
-        schedule, sensor, _ = guarded_chain(tmp_path, tokens=200_000, disk_margin_gb=0)
+        schedule, sensor, _ = guarded_chain(tmp_path, disk_margin_gb=0)
         sensor.write_text(json.dumps({"gpu_temp_c": 60}))  # disk from the real filesystem
         raw = json.loads(schedule.read_text())
         raw["train"]["checkpoint_interval_s"] = 0.5
@@ -331,10 +351,27 @@ def test_a_real_small_filesystem_fills_up(tmp_path):
                 f.write(b"\0" * max(free - 600_000, 0))  # leave less than two checkpoints' room
 
         _disk_full_blocks_checkpoints(run, fill, lambda: filler.unlink())
+        assert part_of(read_state(run), "wiki/part-000")["status"] == "running"
         daemon.terminate()
         assert daemon.wait(timeout=120) == 0
     finally:
+        if daemon is not None and daemon.poll() is None:  # nothing left running on the disk when it is unmounted
+            kill_all(daemon)
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def kill_all(proc: subprocess.Popen) -> None:
+    """SIGKILL a daemon and its workers, and wait for them."""
+    try:
+        procs = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=30)
 
 
 def test_the_kind_of_pause_is_stable_while_readings_move():

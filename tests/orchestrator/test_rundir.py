@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import cli, events, make_chain, part_of, read_state, running_step, start_daemon, wait_for
+from runtime.faults import release
+from tests.helpers import cli, events, holding, make_chain, part_of, read_state, start_daemon, wait_for, wait_held
 
 ONE_STAGE = [{"name": "wiki", "parts": ["data/wiki"]}]
 
@@ -123,16 +124,24 @@ def test_an_unexpected_write_error_pauses_the_daemon_once_then_it_retries_and_go
     """state.json cannot be replaced (a folder now stands in its place: EISDIR, neither a
     full disk nor a crash): the daemon reports the fault once, not at every tick, retries
     at its interval, and goes on once the obstacle is gone."""
-    schedule = make_chain(tmp_path, parts=1, tokens=20000, stages=ONE_STAGE)
-    run, log, pid = tmp_path / "runs" / "chain", tmp_path / "daemon.log", "wiki/part-000"
-    daemon = start_daemon(schedule, log, "--exit-when-done", extra_env={"ORCHESTRATOR_FAULT_FAULT_RETRY_S": "1"})
-    wait_for(lambda: running_step(run, pid) >= 3, timeout=120, what="training")
+    schedule = make_chain(tmp_path, parts=1, tokens=6000, stages=ONE_STAGE)
+    run, log, pid, holds = tmp_path / "runs" / "chain", tmp_path / "daemon.log", "wiki/part-000", tmp_path / "holds"
+    # Held after its third step until the obstacle is in place: it lands while the part is
+    # under way, however fast the part trains. The daemon meets it at its next write of
+    # state.json (the part's end at the latest).
+    env = {"ORCHESTRATOR_FAULT_FAULT_RETRY_S": "1", **holding(holds, f"{pid}:step@3")}
+    daemon = start_daemon(schedule, log, "--exit-when-done", extra_env=env)
+    held = wait_held(holds, f"{pid}:step@3")
+    assert part_of(read_state(run), pid)["status"] == "running"
     (run / "state.json").unlink()
     (run / "state.json").mkdir()
+    release(held)
     wait_for(lambda: log.read_text().count("retrying after the fault") >= 3, timeout=120, what="three retries")
     faults = [e for e in events(run) if e["event"] == "daemon-fault"]
     assert len(faults) == 1 and "state.json" in faults[0]["message"], faults
     assert log.read_text().count("ERROR") == 1, log.read_text()[-3000:]
+    assert daemon.poll() is None, "the daemon exited on the fault"
     (run / "state.json").rmdir()
     assert daemon.wait(timeout=300) == 0, log.read_text()[-3000:]
-    assert part_of(read_state(run), pid)["status"] == "done"
+    part = part_of(read_state(run), pid)
+    assert part["status"] == "done" and part["attempts"] == 1, part  # its work kept, not trained again
