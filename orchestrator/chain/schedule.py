@@ -75,8 +75,9 @@ class SupervisorConfig(BaseModel):
     """A worker whose heartbeat has not changed for this long is hung: SIGTERM, then SIGKILL after hung_grace_s,
     then retried."""
     startup_timeout_s: float = Field(600.0, gt=0)
-    """A worker that has not written its first heartbeat after this long is hung (importing
-    torch and checking a large part can take minutes on a slow disk)."""
+    """A worker that has not begun training after this long is hung (importing torch, building
+    the model and checking a large part can take minutes on a slow disk); heartbeat_timeout_s
+    applies from its first step."""
     hung_grace_s: float = Field(30.0, gt=0)
     """A hung worker gets this long to answer SIGTERM before it is killed."""
     max_attempts: int = Field(5, ge=1)

@@ -384,8 +384,13 @@ class PartRunner:
             w.saw_heartbeat(hb, now)
         if self.suspend_hang_checks:  # a full disk: no heartbeat can be written; the wait starts afresh after
             w.beat_seen = now
+        # Until the worker trains, startup_timeout_s applies: its setup (building the model and
+        # optimizer, hashing its data on a slow disk, the memory plan) beats once, at its start.
+        setting_up = hb is None or hb.phase in (Phase.STARTING, Phase.LOADING)
         last, limit = (
-            (w.beat_seen, sup.heartbeat_timeout_s) if w.beat_seen is not None else (w.started, sup.startup_timeout_s)
+            (w.beat_seen, sup.heartbeat_timeout_s)
+            if w.beat_seen is not None and not setting_up
+            else (w.beat_seen or w.started, sup.startup_timeout_s)
         )
         if w.stop_deadline is None and now - last > limit and not self.suspend_hang_checks:
             self.hung = True
