@@ -39,6 +39,7 @@ from runtime.workerfiles import read_model, write_model
 Command = Literal["pause", "resume", "stop", "skip", "retry"]
 EXPIRES_S = 60.0  # a request older than this is stale: its CLI has given up waiting
 ANSWER_S = 30.0  # how long a CLI waits for the daemon to take its request, and then for the answer
+TAKEN_S = 10.0  # at least this long for the answer once the daemon has taken the request
 REQUEST_FILE = re.compile(r"req-([0-9A-Za-z-]{1,64})\.json")
 
 
@@ -86,7 +87,7 @@ def send(
 ) -> Answer:
     """Write the request, wake the daemon, wait for its answer. Gives up (UserError) when the
     daemon has not taken the request within `timeout` (the request is withdrawn), or has
-    taken it and not answered within `timeout` more."""
+    taken it and not answered within as long again (TAKEN_S at least)."""
     pid, role = holder_role(paths.lock)
     if pid is None:
         raise NoDaemon(paths.root)
@@ -121,7 +122,7 @@ def send(
         if time.monotonic() > deadline:
             if taken:
                 raise UserError(
-                    f"the daemon (pid {pid}) took `{command}` but gave no answer in {2 * wait:.0f}s; it may be an "
+                    f"the daemon (pid {pid}) took `{command}` but gave no answer in {wait:.0f}s more; it may be an "
                     f"older version that cannot read this CLI's requests (version {req.version}): see {paths.log}, "
                     f"check with `orchestrator status`, and if need be restart the daemon (`kill -TERM {pid}` stops "
                     "it warmly; then start it again)"
@@ -129,7 +130,9 @@ def send(
             try:
                 request.unlink()  # withdrawn: it must not take effect later, unasked
             except FileNotFoundError:
-                deadline, taken = time.monotonic() + wait, True  # the daemon has it: the answer is on the way
+                # The daemon has it: the answer is on the way, unless the daemon cannot read it.
+                wait = max(wait, TAKEN_S)
+                deadline, taken = time.monotonic() + wait, True
                 continue
             raise UserError(
                 f"the daemon (pid {pid}) did not answer `{command}` in time; the request is withdrawn; see {paths.log}"

@@ -13,6 +13,7 @@ import pytest
 
 from tests.helpers import (
     assert_lineage,
+    checkpoints_every,
     cli,
     events,
     holding,
@@ -39,12 +40,12 @@ def test_a_failed_part_skipped_then_retried_starts_from_the_chain_as_it_stands(t
         parts=3,
         tokens=12000,
         stages=STAGE,
-        train={"checkpoint_interval_s": 0.01},  # a checkpoint every step or so
         supervisor={"max_attempts": 1},
     )
     run, log, holds = tmp_path / "runs" / "chain", tmp_path / "daemon.log", tmp_path / "holds"
-    # part-001 is held after its first checkpoint, so that it dies part-trained with scratch to resume
-    daemon = start_daemon(schedule, log, "--exit-when-done", extra_env=holding(holds, "wiki/part-001:checkpoint@1"))
+    # part-001 is held after its first checkpoint (step 10), so that it dies part-trained with scratch
+    held = {**holding(holds, "wiki/part-001:checkpoint@1"), **checkpoints_every(10)}
+    daemon = start_daemon(schedule, log, "--exit-when-done", extra_env=held)
     wait_held(holds, "wiki/part-001:checkpoint@1")
     ckpt = run / "work" / "wiki" / "part-001" / "ckpt"
     scratch = sorted(ckpt.glob("step-*"))

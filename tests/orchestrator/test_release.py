@@ -15,6 +15,7 @@ from tests.helpers import (
     REPO,
     assert_bitwise_equal,
     assert_lineage,
+    checkpoints_every,
     cli,
     events,
     holding,
@@ -151,8 +152,7 @@ def test_a_release_every_two_parts_cools_a_branch_and_leaves_the_chain_exactly_a
 
 
 def test_a_release_survives_sigkills_of_its_worker_and_of_the_daemon_exactly(with_releases, data, tmp_path):
-    # up to the release; a checkpoint every step or so
-    schedule = chain(tmp_path, data, RELEASE, parts=2, checkpoint_interval_s=0.01)
+    schedule = chain(tmp_path, data, RELEASE, parts=2)  # up to the release
     run, log, holds = tmp_path / "runs" / "chain", tmp_path / "daemon.log", tmp_path / "holds"
     scratch = run / "work" / ".releases" / NAME / "ckpt"
     # The release's worker is held after its first checkpoint, the relaunched one after its
@@ -165,7 +165,9 @@ def test_a_release_survives_sigkills_of_its_worker_and_of_the_daemon_exactly(wit
     def newest() -> int:
         return max(int(p.name[5:]) for p in scratch.glob("step-*"))
 
-    daemon = start_daemon(schedule, log, extra_env=holding(holds, f"{rid}:checkpoint@1", f"{rid}:checkpoint@2"))
+    # a checkpoint every 4 steps (the release trains about 60)
+    held = {**holding(holds, f"{rid}:checkpoint@1", f"{rid}:checkpoint@2"), **checkpoints_every(4)}
+    daemon = start_daemon(schedule, log, extra_env=held)
     wait_held(holds, f"{rid}:checkpoint@1")
     assert release()["status"] == "running" and release()["attempts"] == 1
     first = newest()

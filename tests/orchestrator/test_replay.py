@@ -12,7 +12,17 @@ from pathlib import Path
 import pytest
 
 from runtime.atomic import read_jsonl
-from tests.helpers import events, holding, make_chain, part_of, read_state, start_daemon, wait_for, wait_held
+from tests.helpers import (
+    checkpoints_every,
+    events,
+    holding,
+    make_chain,
+    part_of,
+    read_state,
+    start_daemon,
+    wait_for,
+    wait_held,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +44,7 @@ def test_a_chain_with_replay_runs_and_a_weight_edit_applies_from_the_next_part(t
             "lr_rewarm_tokens": 512,
         },
     ]
-    schedule = make_chain(tmp_path, parts=2, tokens=5000, train={"checkpoint_interval_s": 0.01}, stages=stages)
+    schedule = make_chain(tmp_path, parts=2, tokens=5000, stages=stages)
     raw = json.loads(schedule.read_text())
     raw["release"] = {"every_parts": 3, "decay_fraction": 0.2}  # after the chain's third part: domain/part-001
     schedule.write_text(json.dumps(raw))
@@ -42,7 +52,8 @@ def test_a_chain_with_replay_runs_and_a_weight_edit_applies_from_the_next_part(t
     first = "domain/part-000"
     # Held after its first checkpoint (a few steps of 49), so that the edit lands while the part
     # is under way and after its spec is frozen (a part without a checkpoint would start afresh).
-    daemon = start_daemon(schedule, log, "--exit-when-done", extra_env=holding(holds, f"{first}:checkpoint@1"))
+    held = {**holding(holds, f"{first}:checkpoint@1"), **checkpoints_every(5)}
+    daemon = start_daemon(schedule, log, "--exit-when-done", extra_env=held)
     try:
         wait_held(holds, f"{first}:checkpoint@1")
         raw = json.loads(schedule.read_text())
