@@ -380,6 +380,23 @@ def freeze_worker(run: Path, pid: str) -> list[int]:
     return pids
 
 
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL a daemon and its workers, and wait for them: before a test unmounts their disk
+    (tests/conftest.py kills whatever is left after every test anyway)."""
+    import psutil
+
+    try:
+        procs = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=30)
+
+
 def thaw(pids: list[int]) -> None:
     for p in pids:
         try:

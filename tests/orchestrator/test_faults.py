@@ -29,6 +29,7 @@ from tests.helpers import (
     cli,
     events,
     holding,
+    kill_tree,
     make_chain,
     part_of,
     promotions,
@@ -226,20 +227,6 @@ def test_fsck_finds_and_repairs_a_damaged_run(reference, tmp_path):
     assert part_of(read_state(run), "wiki/part-000")["status"] == "done"  # history kept; its file set aside
 
 
-def kill_all(proc: subprocess.Popen) -> None:
-    """SIGKILL a daemon and its workers, and wait for them (before unmounting their disk)."""
-    try:
-        procs = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return
-    for p in procs:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(procs, timeout=30)
-
-
 def alive(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
@@ -285,7 +272,7 @@ def test_a_disk_filled_to_the_last_byte_is_survived(reference, tmp_path):
         assert_same_chain(run, reference)
     finally:
         if daemon is not None and daemon.poll() is None:  # never leave a process behind on a lazily unmounted disk
-            kill_all(daemon)
+            kill_tree(daemon)
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 

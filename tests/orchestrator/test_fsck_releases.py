@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 
-import psutil
 import pytest
 
 from tests.helpers import (
@@ -16,6 +14,7 @@ from tests.helpers import (
     cli,
     events,
     holding,
+    kill_tree,
     make_chain,
     read_state,
     start_daemon,
@@ -26,17 +25,6 @@ pytestmark = pytest.mark.slow
 
 NAME = "0002-wiki-part-001"  # the release after the chain's second part
 RID = f"release:{NAME}"  # its job id, which scopes the hold
-
-
-def kill_all(proc: subprocess.Popen) -> None:
-    """SIGKILL a daemon and its workers, and wait for them."""
-    procs = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-    for p in procs:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(procs, timeout=30)
 
 
 def release_of(state: dict) -> dict:
@@ -60,7 +48,7 @@ def test_fsck_rebuilds_a_state_that_keeps_an_unfinished_release(tmp_path, when):
         before = release_of(read_state(run))
         assert before["status"] == "running", before
     finally:
-        kill_all(daemon)
+        kill_tree(daemon)
     assert any(scratch.glob("ckpt/step-*")), "the release has no checkpoint of its own"
     assert not (run / "releases" / NAME).exists()
 

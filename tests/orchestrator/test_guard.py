@@ -9,13 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import psutil
 import pytest
 
 from orchestrator.chain.schedule import GuardConfig
 from orchestrator.guard.policy import Guard
 from orchestrator.guard.sensors import FileSource, NvmlSource, PsutilSource, Readings, Sensors
-from tests.helpers import REPO, events, make_chain, part_of, read_state, running_step, start_daemon, wait_for
+from tests.helpers import REPO, events, kill_tree, make_chain, part_of, read_state, running_step, start_daemon, wait_for
 
 CFG = GuardConfig(min_pause_s=10, battery_grace_s=100)
 
@@ -356,22 +355,8 @@ def test_a_real_small_filesystem_fills_up(tmp_path):
         assert daemon.wait(timeout=120) == 0
     finally:
         if daemon is not None and daemon.poll() is None:  # nothing left running on the disk when it is unmounted
-            kill_all(daemon)
+            kill_tree(daemon)
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
-
-
-def kill_all(proc: subprocess.Popen) -> None:
-    """SIGKILL a daemon and its workers, and wait for them."""
-    try:
-        procs = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return
-    for p in procs:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(procs, timeout=30)
 
 
 def test_the_kind_of_pause_is_stable_while_readings_move():
