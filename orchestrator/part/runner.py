@@ -347,7 +347,8 @@ class PartRunner:
         if part.id not in self.retry_deadlines:
             left = 0.0
             if part.retry_at:
-                left = min(max(part.retry_at - time.time(), 0.0), self.plan.schedule.supervisor.backoff_max_s)
+                left = part.retry_at - time.time()  # wall clock: a time an earlier daemon recorded
+                left = min(max(left, 0.0), self.plan.schedule.supervisor.backoff_max_s)
             self.retry_deadlines[part.id] = time.monotonic() + left if left else None
         deadline = self.retry_deadlines[part.id]
         return max(deadline - time.monotonic(), 0.0) if deadline is not None else 0.0
