@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict
 
 from runtime import faults
 from runtime.atomic import atomic_write_json, read_json
+from runtime.curve import CurveRecord
 
 MANIFEST = "MANIFEST.json"
 META = "meta.json"
@@ -102,6 +103,9 @@ class CheckpointMeta(BaseModel):
     micro_batch: int
     grad_accum: int
     lr_scale: float = 1.0
+    lr: CurveRecord | None = None
+    """The learning-rate curve in force and the factors the part trained with (None, and
+    absent: a checkpoint of an earlier release; the next part then starts the schedule's curve)."""
     loss: float | None = None
     """Mean training loss of the last optimizer step."""
     val_loss: float | None = None

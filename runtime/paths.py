@@ -178,6 +178,10 @@ class WorkPaths:
         return self.root / "control.json"
 
     @property
+    def lr_plan(self) -> Path:
+        return self.root / "lr.json"
+
+    @property
     def result(self) -> Path:
         return self.root / "result.json"
 

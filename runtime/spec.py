@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from runtime.atomic import read_json
+from runtime.curve import Curve, PlannedAfter
 
 SPEC_FORMAT = "orchestrator.spec/1"
 
@@ -276,7 +277,16 @@ class WorkerSpec(BaseModel):
     token_offset: int = Field(0, ge=0)
     """Global tokens the chain had trained before this part."""
     chain_total_tokens: int = Field(gt=0)
-    """Tokens the learning-rate schedule spans (the whole chain)."""
+    """The chain's tokens as planned when the spec was written (what the curve of a spec
+    without `lr`, from an earlier release, spans)."""
+    lr: Curve | None = None
+    """The learning-rate curve the part continues: its starting checkpoint's, with the
+    stage's shape (runtime.curve). None: a spec of an earlier release, whose curve is drawn
+    from chain_total_tokens and stage_lr as then (trainer.lr.legacy_curve)."""
+    lr_after: PlannedAfter | None = None
+    """The tokens the schedule plans after this part when the spec was written; the worker
+    moves the curve's ends to them (and to lr.json's, when the daemon writes a newer one).
+    None: the curve's ends stay (a spec of an earlier release)."""
     lr_scale: float = Field(1.0, gt=0, le=1)
     """Multiplies the learning rate; lowered after repeated non-finite losses."""
     skip_windows: list[tuple[int, int]] = []
@@ -292,7 +302,7 @@ class WorkerSpec(BaseModel):
     mixture: Mixture | None = None
     """Replayed windows and the stage's ramp (None: the part's own windows only, as before replay existed)."""
     stage_lr: StageLR | None = None
-    """The stage's re-warm and re-decay of the learning rate (None: the chain's curve alone)."""
+    """Specs of earlier releases: the stage's re-warm and re-decay (now in `lr`)."""
 
     def resolve_paths(self, base: Path) -> "WorkerSpec":
         """Make relative paths relative to the spec file's folder (hand-written specs)."""

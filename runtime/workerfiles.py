@@ -2,6 +2,8 @@
 
     spec.json       daemon -> worker   what to train (runtime.spec)
     control.json    daemon -> worker   pause / checkpoint-now / step spacing (Control)
+    lr.json         daemon -> worker   the tokens planned after the part, when an edit moved them
+                                       (runtime.curve.PlannedAfter)
     heartbeat.json  worker -> daemon   liveness and progress, rewritten every few seconds
     result.json     worker -> daemon   the final checkpoint, written before exit 0
     error.json      worker -> daemon   why it stopped, written before a non-zero exit

@@ -63,11 +63,11 @@ class Ranks:
         dist.broadcast(t, src=0, group=self._control)
         return int(t.item())
 
-    def share_path(self, path: str | None) -> str | None:
-        """Rank 0's choice of a file (the checkpoint to resume from), on every rank."""
+    def share_object(self, value):
+        """Rank 0's object (the checkpoint to resume from, a new plan), on every rank."""
         if not self.on:
-            return path
-        box = [path]
+            return value
+        box = [value]
         dist.broadcast_object_list(box, src=0, group=self._control)
         return box[0]
 

@@ -20,13 +20,14 @@ from typing import Callable
 import torch
 
 from runtime import faults
+from runtime.curve import CurveRecord
 from runtime.spec import WorkerSpec
 from trainer import optim
 from trainer.data import Batches, Order
 from trainer.device import Placement
 from trainer.distributed import Ranks, no_sync
 from trainer.errors import NonFiniteLoss
-from trainer.lr import curve
+from trainer.lr import Rate
 from trainer.mixture import MixedBatches
 
 
@@ -38,6 +39,8 @@ class Progress:
     global_tokens: int = 0
     loss: float | None = None
     done: bool = False
+    lr: CurveRecord | None = None
+    """The learning-rate curve in force and the factors trained with (saved in checkpoints)."""
 
 
 @dataclass
@@ -76,8 +79,9 @@ class Trainer:
         self.window_tokens = batches.block_size  # predicted tokens per window
         self.step_tokens = self.round_windows * self.train.grad_accum * self.window_tokens
         """Tokens of a whole optimizer step (sizes the default warmup)."""
-        self.lr_at = curve(spec, self.step_tokens)
+        self.rate = Rate(spec, self.step_tokens, self.tokens_total(), progress.lr, progress.global_tokens)
         """The rate's factor at a chain token count: the chain's curve, or a release's cool-down."""
+        progress.lr = self.rate.record
         self.adamw_lr = self.train.adamw_lr(optim.kind_of(optimizer))
         """The rate reported as the step's lr: AdamW's (all of it, or the embeddings' under Muon)."""
         self.uses_rng = any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
@@ -120,7 +124,8 @@ class Trainer:
         if n_micro == 0:
             return None
         tokens = n_micro * self.round_windows * self.window_tokens
-        factor = self.spec.lr_scale * self.lr_at(p.global_tokens + tokens)
+        curve_factor = self.rate.at(p.global_tokens + tokens)
+        factor = self.spec.lr_scale * curve_factor
         for group in self.optimizer.param_groups:  # each group's own peak (Muon's, AdamW's)
             group["lr"] = group["peak_lr"] * factor
         lr = self.adamw_lr * factor
@@ -168,6 +173,7 @@ class Trainer:
         p.part_tokens += tokens
         p.global_tokens += tokens
         p.loss = loss_value
+        p.lr.stepped(curve_factor)
         return StepResult(loss_value, lr, norm_value, tokens, time.perf_counter() - t0)
 
     def _divisors(self, windows, n_micro: int) -> list:

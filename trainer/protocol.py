@@ -1,6 +1,7 @@
 """The worker's half of the file protocol with the daemon (runtime.workerfiles).
 
     control.json    read between steps when it changes: pause, checkpoint now, duty cycle
+    lr.json         read between steps when it changes: the tokens planned after the part
     heartbeat.json  rewritten every heartbeat_interval_s (and at once on a change of phase,
                     or to acknowledge a new control seq): liveness, phase, progress
     error.json      why the worker failed, before a non-zero exit
@@ -20,6 +21,7 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 from runtime.atomic import publish_once
+from runtime.curve import PlannedAfter
 from runtime.paths import WorkPaths
 from runtime.workerfiles import Control, ErrorReport, ExitReport, Heartbeat, Phase, read_model, write_model
 
@@ -41,6 +43,7 @@ class WorkerFiles:
         """Why the worker holds on its own (a checkpoint waiting for disk space)."""
         self.control = Control()
         self._control_stamp: tuple[int, int] | None = None
+        self._plan_stamp: tuple[int, int, int] | None = None
         self.acked_seq = 0
         """The control seq the last heartbeat acknowledged."""
         self.seq = 0
@@ -62,6 +65,18 @@ class WorkerFiles:
             self._control_stamp = stamp
             self.control = read_model(self.work.control, Control) or self.control
         return self.control
+
+    def read_plan(self) -> PlannedAfter | None:
+        """lr.json when it is new since the last call (an edit moved the curve's end), else None."""
+        try:
+            st = os.stat(self.work.lr_plan)
+        except FileNotFoundError:
+            return None
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)  # each write is a rename: a new inode
+        if stamp == self._plan_stamp:
+            return None
+        self._plan_stamp = stamp
+        return read_model(self.work.lr_plan, PlannedAfter)
 
     @property
     def unacknowledged(self) -> bool:

@@ -77,7 +77,8 @@ def restore(spec: WorkerSpec, resume: Path | None, model, optimizer, scaler, dev
             "resuming from %s: step %d, cursor %d, %d tokens", resume.name, meta.step, meta.cursor, meta.part_tokens
         )
         return Start(
-            Progress(meta.step, meta.cursor, meta.part_tokens, meta.global_tokens, meta.loss, meta.done), resume
+            Progress(meta.step, meta.cursor, meta.part_tokens, meta.global_tokens, meta.loss, meta.done, meta.lr),
+            resume,
         )
     if spec.init_checkpoint:
         verdict = verify(spec.init_checkpoint)

@@ -151,6 +151,7 @@ class Saver:
             micro_batch=spec.train.micro_batch,
             grad_accum=spec.train.grad_accum,
             lr_scale=spec.lr_scale,
+            lr=p.lr.model_copy(deep=True) if p.lr else None,
             loss=p.loss,
             val_loss=val_loss,
             rng_python=rng["python"],

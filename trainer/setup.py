@@ -66,7 +66,7 @@ def build(spec: WorkerSpec, ranks: Ranks, work: WorkPaths, files: WorkerFiles) -
     optimizer = optim.build(model, train, placement.device)
     scaler = torch.amp.GradScaler(placement.device.type, enabled=placement.use_scaler)
     found = resume.find(work, spec) if ranks.main else None  # rank 0 alone may quarantine
-    found = ranks.share_path(str(found) if found else None)
+    found = ranks.share_object(str(found) if found else None)
     start = resume.restore(spec, Path(found) if found else None, model, optimizer, scaler, placement.device)
     if ranks.main:
         resume.truncate_metrics(work, start.progress.step)

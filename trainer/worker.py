@@ -26,6 +26,7 @@ from pydantic import ValidationError
 
 from runtime import faults
 from runtime.atomic import atomic_write_json
+from runtime.curve import PlannedAfter
 from runtime.lockfile import Locked, LockFile
 from runtime.paths import WorkPaths
 from runtime.spec import WorkerSpec, load_spec
@@ -169,10 +170,17 @@ class Training:
         # word before each step. A step in progress on several ranks always runs to its end.
         abort = self.stop.requested if not self.ranks.on else lambda: False
         while not trainer.finished():
+            plan = None
             if self.ranks.main:
                 self.handle_control()
-            if not self.ranks.share(not self.stop.requested()):
+                plan = self.files.read_plan()
+            # 0: stop; 1: train a step; 2: first move the curve to the new plan (every rank).
+            go = self.ranks.share(0 if self.stop.requested() else 2 if plan else 1)
+            if not go:
                 return
+            if go == 2:
+                shared = self.ranks.share_object(plan.model_dump() if plan else None)
+                trainer.rate.move(trainer.progress.global_tokens, PlannedAfter.model_validate(shared))
             result = trainer.step(abort)
             if result is None:
                 return

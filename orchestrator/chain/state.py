@@ -131,6 +131,9 @@ class ReleaseState(JobState):
     """The chain's tokens at the branch point."""
     decay_tokens: int
     """Tokens of the cool-down (release.decay_fraction of branch_tokens, whole steps)."""
+    stage_tokens: int | None = None
+    """The stage's tokens at the branch point: where its replay ramp stood (None: a record
+    of an earlier release, or rebuilt from a folder; the stage's tokens now are used)."""
 
     @property
     def id(self) -> str:

@@ -174,6 +174,7 @@ class Daemon:
             self.handle_guard()
             self.handle_worker()
             self.handle_next()
+            self.runner.tell_plan()
             self.publish()
         except OSError as e:
             if e.errno in DISK_FULL:

@@ -222,6 +222,7 @@ def _release_record(paths: RunPaths, plan: ChainPlan, state: ChainState, name: s
             branch=branch,
             branch_tokens=spec.token_offset,
             decay_tokens=spec.release.windows * spec.model["block_size"],
+            stage_tokens=spec.mixture.stage_tokens if spec.mixture else None,
         )
     pp = plan.get(owner.id) if owner else None
     if pp is None:
@@ -231,7 +232,7 @@ def _release_record(paths: RunPaths, plan: ChainPlan, state: ChainState, name: s
     except (OSError, ValueError):
         return None
     every = replace(pp, release=pp.release.model_copy(update={"every_parts": 1}))  # it was due: it was queued
-    return releases.due(every, state, owner, paths.root / branch, meta.global_tokens, meta.model["block_size"])
+    return releases.due(every, state, owner, paths.root / branch, meta)
 
 
 def _release_spec(paths: RunPaths, name: str) -> WorkerSpec | None:

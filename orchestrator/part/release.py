@@ -29,6 +29,7 @@ from orchestrator.part.promote import PromotionError, quarantine
 from runtime import faults
 from runtime.atomic import fsync_dir
 from runtime.checkpoint import CheckpointMeta, read_meta, verify
+from runtime.curve import PlannedAfter, cooling
 from runtime.paths import RELEASE_PREFIX, RunPaths, is_release
 from runtime.spec import ReleaseDecay, WorkerSpec
 
@@ -38,22 +39,29 @@ class ReleaseError(Exception):
 
 
 def due(
-    pp: PartPlan | None, state: ChainState, part: PartState, folder: Path, global_tokens: int, block: int
+    pp: PartPlan | None, state: ChainState, part: PartState, folder: Path, meta: CheckpointMeta
 ) -> ReleaseState | None:
-    """The release the promotion of `part` (into `folder`) asks for, or None."""
+    """The release the promotion of `part` (into `folder`, whose meta is `meta`) asks for, or None.
+    What it starts from is frozen here: the branch, its tokens and the stage's."""
     if pp is None or pp.release.every_parts == 0 or specs.position(state, part.id) % pp.release.every_parts:
         return None
     if state.release(folder.name) is not None:
         return None  # queued already (a promotion being finished again)
     step_windows = pp.train.micro_batch * pp.train.grad_accum * pp.train.gpus
-    steps = max(1, round(pp.release.decay_fraction * global_tokens / (step_windows * block)))
+    block = meta.model["block_size"]
+    steps = max(1, round(pp.release.decay_fraction * meta.global_tokens / (step_windows * block)))
     return ReleaseState(
         name=folder.name,
         part=part.id,
         stage=part.stage,
         branch=f"checkpoints/{folder.name}",
-        branch_tokens=global_tokens,
+        branch_tokens=meta.global_tokens,
         decay_tokens=steps * step_windows * block,
+        stage_tokens=sum(
+            p.tokens
+            for p in state.parts
+            if p.stage == part.stage and p.status == PartStatus.DONE and (p.seq or 0) <= (part.seq or 0)
+        ),
     )
 
 
@@ -61,28 +69,49 @@ def write_spec(
     plan: ChainPlan, rel: ReleaseState, state: ChainState, paths: RunPaths, sensor_file: Path | None
 ) -> WorkerSpec:
     """The release's spec: the part's data section, from its branch at the branch's tokens,
-    with the cool-down's length; frozen once it has checkpoints of its own."""
+    with the cool-down's length; frozen once it has checkpoints of its own. Whenever it is
+    made (again, after a retry or a repair), it starts where the chain stood at the branch:
+    the rate from the branch checkpoint's curve at its tokens, the stage's mix from
+    rel.stage_tokens, never from the chain as it stands now."""
     pp = plan.get(rel.part)
     if pp is None:
         raise ReleaseError(f"{rel.part}, whose data the release trains on, is no longer in the schedule")
     spec = specs.frozen(paths.work(rel.id), rel.id)
     if spec is None:
-        block = plan.model["block_size"] if not state.model else state.model["block_size"]
-        windows = rel.decay_tokens // block
+        model = state.model or plan.model
+        windows = rel.decay_tokens // model["block_size"]
+        branch = paths.root / rel.branch
+        factor = _branch_factor(branch, rel, pp, state, model["block_size"])
         spec = specs.build(
             plan,
             pp,
             paths,
             rel.id,
-            paths.root / rel.branch,
+            branch,
             rel.branch_tokens,
-            state.model or plan.model,
-            specs.stage_position(plan, pp, state),  # the stage's mix and learning-rate shape
+            model,
+            cooling(rel.branch_tokens, windows * model["block_size"], factor, pp.train.min_lr_ratio),
+            specs.stage_position(pp, state, rel.stage_tokens),
         )
         spec = spec.model_copy(
             update={"epochs": max(1, math.ceil(windows / max(pp.windows, 1))), "release": ReleaseDecay(windows=windows)}
         )
-    return specs.finish(spec, rel, plan, paths, sensor_file, specs.evaluation(plan, pp, state, paths, release=True))
+    after = PlannedAfter(after=0) if spec.lr is not None else None
+    return specs.finish(
+        spec, rel, plan, paths, sensor_file, specs.evaluation(plan, pp, state, paths, release=True), after
+    )
+
+
+def _branch_factor(branch: Path, rel: ReleaseState, pp: PartPlan, state: ChainState, block: int) -> float:
+    """The chain's factor at the branch point: the branch checkpoint's curve at its tokens (a
+    branch of an earlier release, which recorded no curve: the schedule's curve there)."""
+    try:
+        meta = read_meta(branch)
+    except (OSError, ValueError):
+        meta = None
+    if meta is not None and meta.lr is not None:
+        return meta.lr.curve.at(rel.branch_tokens)
+    return specs.continued_curve(pp, state, None, block).at(rel.branch_tokens)
 
 
 def check_branch(

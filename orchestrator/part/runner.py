@@ -29,6 +29,7 @@ from orchestrator.records import progress
 from orchestrator.records.events import EventLog
 from runtime.atomic import append_line, read_json_object
 from runtime.checkpoint import CheckpointMeta, read_meta, step_dirs
+from runtime.curve import PlannedAfter
 from runtime.lockfile import holder
 from runtime.paths import RunPaths
 from runtime.quarantine import NOTE_SUFFIX
@@ -64,6 +65,7 @@ class PartRunner:
         self.unrecorded: dict[str, Path] | None = None  # promoted folders state.json does not know yet, read once
         self.verified: set[str] = set()  # promoted folders verified as a start (they never change)
         self.retry_deadlines: dict[str, float | None] = {}  # part -> monotonic end of its backoff
+        self.told_plan: tuple[str, PlannedAfter] | None = None  # the running part's lr.json, as last written
 
     # -- starting --------------------------------------------------------------------------
 
@@ -126,8 +128,9 @@ class PartRunner:
     def start_worker(self, job: PartState | ReleaseState, spec: WorkerSpec, control: Control, event: str) -> None:
         """Launch the worker of a part or a release whose spec is written."""
         work = self.paths.work(job.id)
-        for stale in (work.error, work.heartbeat, work.exit):
+        for stale in (work.error, work.heartbeat, work.exit, work.lr_plan):
             stale.unlink(missing_ok=True)
+        self.told_plan = (job.id, spec.lr_after) if spec.lr_after else None
         write_model(work.control, control, fault="control")
         self.launch_step = self.newest_step(job.id)
         self.worker = WorkerProcess.launch(job.id, work.spec, work.log, spec.train.gpus)
@@ -145,6 +148,18 @@ class PartRunner:
             attempt=job.attempts,
             pid=self.worker.pid,
         )
+
+    def tell_plan(self) -> None:
+        """Write the running part's lr.json when the tokens planned after it changed (an
+        append, a removal, a skip): the worker moves its curve's end at its next step."""
+        job = self.state.running()
+        if self.worker is None or not isinstance(job, PartState) or job.id != self.worker.part_id:
+            return
+        after = specs.planned_after(self.state, job.id)
+        if self.told_plan == (job.id, after):
+            return
+        write_model(self.paths.work(job.id).lr_plan, after, fault="lr-plan")
+        self.told_plan = (job.id, after)
 
     # -- releases ------------------------------------------------------------------------------
 
@@ -562,9 +577,7 @@ class PartRunner:
         self.state.global_tokens = meta.global_tokens
         self.state.next_seq = max(self.state.next_seq, part.seq + 1)
         self.state.latest_checkpoint = part.checkpoint
-        rel = releases.due(
-            self.plan.get(part.id), self.state, part, folder, meta.global_tokens, meta.model["block_size"]
-        )
+        rel = releases.due(self.plan.get(part.id), self.state, part, folder, meta)
         if rel:  # recorded with the part: a crash cannot lose it
             self.state.releases.append(rel)
         self.save()

@@ -27,9 +27,10 @@ from pydantic import ValidationError
 from orchestrator.chain.plan import ChainPlan, PartPlan
 from orchestrator.chain.state import ChainState, PartState, PartStatus
 from runtime.atomic import read_json
-from runtime.checkpoint import step_dirs
+from runtime.checkpoint import read_meta, step_dirs
+from runtime.curve import Curve, PlannedAfter, StageCurve, chain_curve, stage_curve
 from runtime.paths import RunPaths, WorkPaths
-from runtime.spec import DataRef, EvalSettings, EvalSpec, Mixture, StageLR, ValSet, WorkerSpec
+from runtime.spec import DataRef, EvalSettings, EvalSpec, Mixture, ValSet, WorkerSpec
 from runtime.tokens import ManifestError, TokenManifest, load_manifest
 from runtime.workerfiles import write_model
 
@@ -47,8 +48,17 @@ def frozen(work: WorkPaths, part_id: str) -> WorkerSpec | None:
 
 def fresh(plan: ChainPlan, pp: PartPlan, state: ChainState, paths: RunPaths) -> WorkerSpec:
     start = paths.root / state.latest_checkpoint if state.latest_checkpoint else None
+    model = state.model or plan.model
     return build(
-        plan, pp, paths, pp.id, start, state.global_tokens, state.model or plan.model, stage_position(plan, pp, state)
+        plan,
+        pp,
+        paths,
+        pp.id,
+        start,
+        state.global_tokens,
+        model,
+        continued_curve(pp, state, start, model["block_size"]),
+        stage_position(pp, state),
     )
 
 
@@ -60,10 +70,11 @@ def build(
     start: Path | None,
     offset: int,
     model: dict,
+    curve: Curve,
     position: dict | None = None,
 ) -> WorkerSpec:
     """A spec that trains on part `pp`'s data from `start` (a promoted checkpoint) at the chain's
-    `offset` tokens: the part itself (job_id == pp.id), or a release branching after it."""
+    `offset` tokens on `curve`: the part itself (job_id == pp.id), or a release branching after it."""
     train = pp.train
     if train.cpu_threads is None and train.device in ("auto", "cpu"):
         # Fixed in the spec so that every attempt of the part computes identically; several
@@ -83,32 +94,81 @@ def build(
         train=train,
         token_offset=offset,
         chain_total_tokens=plan.lr_total_tokens(),
+        lr=curve,
         **position,
     )
 
 
-def stage_position(plan: ChainPlan, pp: PartPlan, state: ChainState) -> dict:
-    """The part's mixture and stage learning-rate shape, placed where its stage stands now:
-    the stage's tokens so far (its done parts') and its planned end (those plus the planned
-    tokens of its parts still to run, this one included)."""
-    if pp.mixture is None and not (pp.lr_rewarm_tokens or pp.lr_decay_fraction):
+def stage_position(pp: PartPlan, state: ChainState, stage_tokens: int | None = None) -> dict:
+    """The part's mixture, placed where its stage stands now: the stage's tokens so far (its
+    done parts', or `stage_tokens` for a release: where the stage stood at its branch)."""
+    if pp.mixture is None:
         return {}
+    if stage_tokens is None:
+        stage_tokens = sum(p.tokens for p in state.parts if p.stage == pp.stage and p.status == PartStatus.DONE)
+    return {"mixture": pp.mixture.model_copy(update={"stage_tokens": stage_tokens})}
+
+
+# -- the learning-rate curve (runtime.curve; docs/recipe.md) -----------------------------------
+
+
+def continued_curve(pp: PartPlan, state: ChainState, start: Path | None, block_size: int) -> Curve:
+    """The curve a part continues: the one its starting checkpoint ended with, with its
+    stage's shape. The chain's first part, or one after a checkpoint of an earlier release
+    (which recorded no curve), gets the curve the schedule draws over the chain's plan; the
+    warmup's length is fixed then and kept from then on."""
+    saved = _saved_curve(start)
+    train = pp.train
+    if saved is None:
+        step_tokens = train.micro_batch * train.grad_accum * train.gpus * block_size
+        saved = chain_curve(train, train.total_tokens or max(planned_total(state), 1), step_tokens)
+    return saved.model_copy(update={"stage": _stage_curve(pp, state, saved.stage)})
+
+
+def _saved_curve(start: Path | None) -> Curve | None:
+    if start is None:
+        return None
+    try:
+        meta = read_meta(start)
+    except (OSError, ValueError):
+        return None  # the worker refuses a damaged start with a clear message
+    return meta.lr.curve if meta.lr else None
+
+
+def _stage_curve(pp: PartPlan, state: ChainState, kept: StageCurve | None) -> StageCurve | None:
+    """The stage's own shape: kept from the part before while the stage goes on, else begun
+    where the stage began (its done parts' tokens back) and ending at its planned end."""
+    if not (pp.lr_rewarm_tokens or pp.lr_decay_fraction):
+        return None
+    rewarm = pp.lr_rewarm_tokens or 0
     mine = [p for p in state.parts if p.stage == pp.stage]
     done = sum(p.tokens for p in mine if p.status == PartStatus.DONE)
-    left = sum(p.planned_tokens for p in mine if p.status in (PartStatus.PENDING, PartStatus.RUNNING) and p.id != pp.id)
-    out: dict = {}
-    if pp.mixture is not None:
-        out["mixture"] = pp.mixture.model_copy(update={"stage_tokens": done})
-    if pp.lr_rewarm_tokens or pp.lr_decay_fraction:
-        start = state.global_tokens - done
-        end = state.global_tokens + left + pp.planned_tokens(plan.model["block_size"])
-        out["stage_lr"] = StageLR(
-            start_tokens=start,
-            end_tokens=end,
-            rewarm_tokens=pp.lr_rewarm_tokens or 0,
-            decay_fraction=pp.lr_decay_fraction or 0.0,
-        )
-    return out
+    begun = state.global_tokens - done
+    end = state.global_tokens + sum(p.planned_tokens for p in mine if p.status in UNDONE)
+    fresh = stage_curve(pp.stage, begun, end, rewarm, pp.lr_decay_fraction or 0.0, pp.train.min_lr_ratio)
+    if kept is None or kept.name != pp.stage:
+        return fresh
+    fall = (kept.fall or fresh.fall) if pp.lr_decay_fraction else None
+    return kept.model_copy(update={"rewarm": rewarm, "fall": fall})
+
+
+UNDONE = (PartStatus.PENDING, PartStatus.RUNNING)
+
+
+def planned_total(state: ChainState) -> int:
+    """The chain's tokens as the schedule now plans them: those trained (a removed done part's
+    included) and the plan of every part still to train (a skipped or failed one not)."""
+    return state.global_tokens + sum(p.planned_tokens for p in state.parts if p.status in UNDONE)
+
+
+def planned_after(state: ChainState, job_id: str) -> PlannedAfter:
+    """What the schedule plans after a part: where its curve ends (lr.json, WorkerSpec.lr_after)."""
+    job = state.part(job_id)
+    rest = [p for p in state.parts if p.status in UNDONE and p.id != job_id]
+    stage = job.stage if job else None
+    return PlannedAfter(
+        after=sum(p.planned_tokens for p in rest), stage_after=sum(p.planned_tokens for p in rest if p.stage == stage)
+    )
 
 
 def data_section(pp: PartPlan) -> dict:
@@ -183,14 +243,21 @@ def write(
 ) -> WorkerSpec:
     work = paths.work(pp.id)
     spec = frozen(work, pp.id) or fresh(plan, pp, state, paths)
-    return finish(spec, part, plan, paths, sensor_file, evaluation(plan, pp, state, paths))
+    after = planned_after(state, pp.id) if spec.lr is not None else None
+    return finish(spec, part, plan, paths, sensor_file, evaluation(plan, pp, state, paths), after)
 
 
 def finish(
-    spec: WorkerSpec, job, plan: ChainPlan, paths: RunPaths, sensor_file: Path | None, evaluation: EvalSpec | None
+    spec: WorkerSpec,
+    job,
+    plan: ChainPlan,
+    paths: RunPaths,
+    sensor_file: Path | None,
+    evaluation: EvalSpec | None,
+    after: PlannedAfter | None,
 ) -> WorkerSpec:
-    """The daemon's own overrides after failures, and the current operational settings,
-    laid over a (frozen or fresh) spec; written into the job's work dir."""
+    """The daemon's own overrides after failures, and the current operational settings and
+    plan after the job, laid over a (frozen or fresh) spec; written into the job's work dir."""
     o = job.overrides
     train = spec.train.model_copy(
         update={
@@ -207,6 +274,7 @@ def finish(
             "disk_margin_gb": plan.schedule.guard.disk_margin_gb,
             "sensor_file": sensor_file,
             "eval": evaluation,
+            "lr_after": after,
         }
     )
     write_model(paths.work(spec.part_id).spec, spec, fault="spec")

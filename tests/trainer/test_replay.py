@@ -14,7 +14,7 @@ import torch
 
 from orchestrator.chain.plan import mixed_tokens
 from runtime.atomic import read_json
-from runtime.spec import DataRef, Mixture, ReplaySource, StageLR, TrainConfig
+from runtime.spec import DataRef, Mixture, ReplaySource
 from runtime.workerfiles import EXIT_DONE, EXIT_ERROR
 from tests.helpers import (
     assert_bitwise_equal,
@@ -29,7 +29,6 @@ from tests.helpers import (
     write_spec,
 )
 from trainer.data import IGNORE, WindowOrder
-from trainer.lr import lr_multiplier, stage_multiplier
 from trainer.mixture import MixedBatches, MixedOrder, Pool, shares
 from trainer.tokenfile import open_part
 
@@ -124,30 +123,6 @@ def test_a_mix_of_masked_and_unmasked_windows(tmp_path):
     assert torch.equal(y[2][torch.from_numpy(~counted)], torch.full((int((~counted).sum()),), IGNORE))
     assert bool((y[0] != IGNORE).all()) and bool((y[3] != IGNORE).all())  # text windows count every target
     assert batches.targets(rows) == 2 * 16 + int((y[1] != IGNORE).sum()) + int(counted.sum())
-
-
-def test_a_stage_rewarms_and_redecays_the_learning_rate():
-    cfg = TrainConfig(lr_schedule="constant", warmup_tokens=0, min_lr_ratio=0.1)
-    stage = StageLR(start_tokens=1000, end_tokens=3000, rewarm_tokens=200, decay_fraction=0.5)
-
-    def lr(t: int) -> float:
-        return lr_multiplier(t, 10_000, cfg, 64) * stage_multiplier(t, stage, cfg.min_lr_ratio)
-
-    assert [round(lr(t), 6) for t in (1000, 1050, 1100, 1200, 2000, 2500, 3000, 3500)] == [
-        0.0,
-        0.25,
-        0.5,
-        1.0,
-        1.0,
-        0.55,
-        0.1,
-        0.1,
-    ]
-    assert stage_multiplier(500, None, 0.0) == 1.0
-    # only a re-warm, on top of the chain's own wsd decay: the factors multiply
-    wsd = TrainConfig(warmup_tokens=0, decay_fraction=0.5)
-    only = StageLR(start_tokens=8000, end_tokens=10_000, rewarm_tokens=1000)
-    assert lr_multiplier(8500, 10_000, wsd, 64) * stage_multiplier(8500, only, 0.0) == pytest.approx(0.3 * 0.5)
 
 
 # -- a real worker -------------------------------------------------------------------------------------

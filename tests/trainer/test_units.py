@@ -12,7 +12,6 @@ from model.config import GPTConfig
 from model.gpt import GPT
 from runtime.spec import TrainConfig
 from trainer.data import WindowOrder
-from trainer.lr import lr_multiplier, warmup_tokens
 from trainer.optim import param_groups
 
 SMALL = GPTConfig(vocab_size=96, block_size=24, n_layer=2, n_head=2, n_embd=32)
@@ -28,36 +27,6 @@ def test_weight_decay_only_on_matrices():
     )
     assert {"wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias"} <= {names[id(p)] for p in no_decay["params"]}
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
-
-
-def test_lr_curve_spans_the_chain():
-    cfg = TrainConfig(warmup_tokens=1000, decay_fraction=0.2, min_lr_ratio=0.1)
-    total, step = 10_000, 100
-    assert lr_multiplier(500, total, cfg, step) == pytest.approx(0.5)
-    assert lr_multiplier(1000, total, cfg, step) == 1.0
-    assert lr_multiplier(8000, total, cfg, step) == 1.0  # stable until the last 20%
-    assert lr_multiplier(9000, total, cfg, step) == pytest.approx(0.55)
-    assert lr_multiplier(10_000, total, cfg, step) == pytest.approx(0.1)
-    assert lr_multiplier(20_000, total, cfg, step) == pytest.approx(0.1)
-    # Appending parts (a larger total) leaves everything before the old decay unchanged.
-    assert all(
-        lr_multiplier(t, total, cfg, step) == lr_multiplier(t, 2 * total, cfg, step) for t in range(0, 8001, 100)
-    )
-    cos = TrainConfig(warmup_tokens=0, lr_schedule="cosine", min_lr_ratio=0.0)
-    assert lr_multiplier(5000, total, cos, step) == pytest.approx(0.5)
-
-
-def test_default_warmup_is_sized_from_the_chain_and_the_step():
-    cfg = TrainConfig()  # warmup_tokens unset: warmup_fraction of the chain, 10 to 1000 steps
-    step = 8 * 8 * 256
-    assert warmup_tokens(cfg, 1_000_000, 1024) == 20_000  # 2% of a 1M-token chain
-    assert warmup_tokens(cfg, 100_000, 1024) == 10 * 1024  # but never under 10 steps
-    assert warmup_tokens(cfg, 10_000_000_000, step) == 1000 * step  # nor over 1000 steps
-    assert lr_multiplier(10_000, 1_000_000, cfg, 1024) == pytest.approx(0.5)
-    assert lr_multiplier(600_000, 1_000_000, cfg, 1024) == 1.0  # leaves warmup: a 1M chain trains at its peak
-    assert (
-        TrainConfig(warmup_tokens=5).warmup_tokens == 5 and warmup_tokens(TrainConfig(warmup_tokens=5), 10**9, 1) == 5
-    )
 
 
 def test_optimizer_and_learning_rates_follow_the_family():
