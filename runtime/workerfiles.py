@@ -68,6 +68,10 @@ class Heartbeat(BaseModel):
     global_tokens: int = 0
     loss: float | None = None
     lr: float | None = None
+    lr_factor: float | None = None
+    """The learning rate as a factor of its peak (runtime.curve), and where on the curve it is:"""
+    lr_phase: str | None = None
+    """warmup, stable, decay, stage re-warm, stage decay."""
     tokens_per_s: float | None = None
     """Training throughput, paused time excluded."""
     paused_reason: str | None = None

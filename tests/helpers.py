@@ -342,6 +342,70 @@ def assert_lineage(run: Path) -> None:
             assert meta["global_tokens"] - meta["part_tokens"] == r["branch_tokens"], f"{r['name']}: not at its branch"
 
 
+# -- the learning-rate contract (docs/recipe.md) -------------------------------------------------
+
+LR_TOLERANCE = 1e-9
+
+
+def assert_lr_curve(run: Path) -> None:
+    """Each promoted part continues the curve where the part before it left it (its curve at
+    its first token count is the factor of that part's last step), except where its stage
+    re-warms or follows a stage that cooled on its own; a release starts no higher than the
+    chain at its branch; a chain with nothing left to train ends within one step of its floor."""
+    state = read_state(run)
+    done = sorted((p for p in state.get("parts", []) if p["status"] == "done"), key=lambda p: p["seq"])
+    lrs: dict[str, dict] = {}
+    before = None
+    for p in done:
+        meta = _meta(run, p["checkpoint"])
+        lr = meta.get("lr") if meta else None
+        if lr is not None and before is not None:
+            stage = lr["curve"].get("stage")
+            rewarms = (
+                stage is not None and stage["rewarm"] and stage["start"] == meta["global_tokens"] - meta["part_tokens"]
+            )
+            old = before["curve"].get("stage")
+            after_cooled_stage = old is not None and old.get("fall") is not None and old["name"] != p["stage"]
+            if not (rewarms or after_cooled_stage):
+                assert abs(lr["start"] - before["last"]) <= LR_TOLERANCE, (
+                    f"{p['id']} starts the learning rate at factor {lr['start']:.6g}; the part before it "
+                    f"ended at {before['last']:.6g}"
+                )
+        if lr is not None:
+            lrs[p["checkpoint"]] = lr
+        before = lr
+    for r in state.get("releases", []):
+        meta = _meta(run, r["checkpoint"]) if r["status"] == "done" else None
+        branch = lrs.get(r["branch"])
+        if meta and meta.get("lr") and branch:
+            assert meta["lr"]["start"] <= branch["last"] + LR_TOLERANCE, (
+                f"release {r['name']} starts at factor {meta['lr']['start']:.6g}, above the chain's "
+                f"{branch['last']:.6g} at its branch"
+            )
+    finished = done and all(p["status"] in ("done", "skipped") for p in state["parts"])
+    last = lrs.get(done[-1]["checkpoint"]) if done else None
+    if finished and last is not None and last["curve"].get("fall") and not _fixed_total(state):
+        floor = last["curve"]["fall"]["floor"]
+        assert last["last"] <= floor + last["largest_change"] + LR_TOLERANCE, (
+            f"the chain is done at factor {last['last']:.6g}, not within a step ({last['largest_change']:.3g}) "
+            f"of its floor {floor}"
+        )
+
+
+def _meta(run: Path, checkpoint: str | None) -> dict | None:
+    path = run / checkpoint / "meta.json" if checkpoint else None
+    return json.loads(path.read_text()) if path is not None and path.is_file() else None
+
+
+def _fixed_total(state: dict) -> bool:
+    """Does the chain's schedule fix train.total_tokens (the curve then ends there, not at the last part)?"""
+    try:
+        schedule = json.loads(Path(state["schedule"]["path"]).read_text())
+    except (OSError, ValueError, KeyError):
+        return True  # cannot tell: do not check the end
+    return bool((schedule.get("train") or {}).get("total_tokens"))
+
+
 # -- holding processes still ----------------------------------------------------------------------
 
 

@@ -15,7 +15,7 @@ In the order a part flows through them:
     resume       the part's own checkpoint, the chain's, or fresh weights
     loop         Trainer: one optimizer step over micro-batches (no files, no signals)
     optim        AdamW and its parameter groups
-    lr           the learning-rate curve over the chain's tokens, and a stage's re-warm/re-decay
+    lr           the learning rate a part trains with: its curve (runtime.curve) moved to the plan
     metrics      throughput, metrics.jsonl, TensorBoard
     saver        periodic and final checkpoints: disk space, retries, metadata, pruning
     checkpoint   checkpoint folders written and read (tensors only, never pickled objects)

@@ -68,6 +68,7 @@ class Metrics:
                 "global_tokens": p.global_tokens,
                 "loss": r.loss,
                 "lr": r.lr,
+                "lr_factor": round(p.lr.last, 6) if p.lr and p.lr.last is not None else None,
                 "grad_norm": r.grad_norm,
                 "step_ms": round(r.seconds * 1000, 2),
                 "tokens_per_s": round(rate, 1),

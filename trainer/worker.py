@@ -251,6 +251,8 @@ class Training:
             global_tokens=p.global_tokens,
             loss=p.loss,
             lr=self.metrics.last_lr,
+            lr_factor=p.lr.last if p.lr else None,
+            lr_phase=t.rate.curve.phase(p.global_tokens),
             tokens_per_s=self.metrics.tokens_per_s,
             last_checkpoint_step=self.saver.last_step,
             last_checkpoint_time=self.saver.last_time,

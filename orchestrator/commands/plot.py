@@ -41,6 +41,19 @@ def training_metrics(paths: RunPaths) -> list[dict]:
     return sorted(lines, key=lambda m: m.get("global_tokens", 0))
 
 
+def planned_curve(paths: RunPaths, points: int = 400) -> tuple[list[int], list[float]] | None:
+    """The learning-rate curve as the chain's newest checkpoint holds it, from the first token
+    to its planned end (runtime.curve)."""
+    from orchestrator.commands.status import curve_record
+
+    record = curve_record(paths)
+    if record is None or record.curve.fall is None:
+        return None
+    end = record.curve.fall.end
+    xs = [round(end * i / points) for i in range(points + 1)]
+    return xs, [record.curve.at(x) for x in xs]
+
+
 def part_boundaries(paths: RunPaths) -> list[float]:
     """Global token counts where each done part ended, in chain order."""
     try:
@@ -113,8 +126,14 @@ def draw(paths: RunPaths, out: Path, width: int, height: int) -> None:
     loss_ax.set(ylabel="loss", xlabel="tokens trained (dotted: part boundaries)")
     loss_ax.legend(fontsize=8, loc="upper right")
 
-    lr_ax.plot(tokens, [m["lr"] for m in metrics], color="tab:green")
-    lr_ax.set(ylabel="learning rate", xlabel="tokens trained")
+    peak = max((m["lr"] for m in metrics), default=0) or 1.0
+    trained = [m["lr_factor"] if m.get("lr_factor") is not None else m["lr"] / peak for m in metrics]
+    lr_ax.plot(tokens, trained, color="tab:green", label="trained")
+    planned = planned_curve(paths)
+    if planned:
+        lr_ax.plot(*planned, color="tab:green", linestyle="--", linewidth=0.8, alpha=0.7, label="planned")
+    lr_ax.set(ylabel="learning rate (x peak)", xlabel="tokens trained")
+    lr_ax.legend(fontsize=8, loc="upper right")
 
     speed_ax.plot(
         [hours(m["time"]) for m in metrics], [m["tokens_per_s"] for m in metrics], ".", markersize=2, color="tab:purple"

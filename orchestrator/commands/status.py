@@ -14,7 +14,7 @@ from typing import Any
 from orchestrator.guard.sensors import FILE_KEYS
 from orchestrator.records import progress
 from orchestrator.records.rundir import existing, locate
-from runtime.atomic import read_json_object, tail_jsonl
+from runtime.atomic import read_json, read_json_object, tail_jsonl
 from runtime.lockfile import holder_role
 from runtime.paths import RunPaths
 
@@ -41,6 +41,8 @@ def gather(paths: RunPaths) -> dict[str, Any]:
         pid = None  # fsck or an offline skip holds the run, not a daemon
     releases = state.get("releases", [])  # absent in the state of an older release: none
     running = next((p for p in [*parts, *releases] if p["status"] == "running"), None)
+    if running and "name" in running:  # a release: its id is release:<name>
+        running = {**running, "id": f"release:{running['name']}"}
     hb = read_json_object(paths.work(running["id"]).heartbeat) if running else None
     if hb and running.get("worker_pid") and running["worker_pid"] not in (hb.get("pid"), hb.get("launcher_pid")):
         hb = None  # an earlier attempt's heartbeat
@@ -52,11 +54,8 @@ def gather(paths: RunPaths) -> dict[str, Any]:
         ((p["status"], p.get("planned_tokens", 0)) for p in parts), hb.get("part_tokens"), hb.get("part_tokens_total")
     )
     current = None
-    if running and "name" in running:  # a release: its id is release:<name>
-        running = {**running, "id": f"release:{running['name']}"}
-        stage, part = running["stage"], running["name"]
-    elif running:
-        stage, part = running["id"].split("/", 1)
+    if running:
+        stage, part = (running["stage"], running["name"]) if "name" in running else running["id"].split("/", 1)
         part_left = max(hb["part_tokens_total"] - hb["part_tokens"], 0) if hb.get("part_tokens_total") else None
         ckpt_time = hb.get("last_checkpoint_time")
         current = {
@@ -73,6 +72,8 @@ def gather(paths: RunPaths) -> dict[str, Any]:
             "tokens_total": hb.get("part_tokens_total"),
             "loss": hb.get("loss"),
             "lr": hb.get("lr"),
+            "lr_factor": hb.get("lr_factor"),
+            "lr_phase": hb.get("lr_phase"),
             "tokens_per_s": hb.get("tokens_per_s"),
             "eta_s": progress.eta(part_left, hb.get("tokens_per_s")),
             "last_checkpoint_step": hb.get("last_checkpoint_step"),
@@ -108,6 +109,7 @@ def gather(paths: RunPaths) -> dict[str, Any]:
             "remaining_tokens": left,
             "eta_s": progress.eta(left, hb.get("tokens_per_s")),
             "latest_checkpoint": state.get("latest_checkpoint"),
+            "lr": curve_now(paths, state),
             "blocked": state.get("blocked"),
             "parts_done": sum(p["status"] == "done" for p in parts),
             "parts_total": len(parts),
@@ -224,23 +226,33 @@ def render(info: dict, show_all: bool = False):
             f"ETA {progress.duration(chain['eta_s'])}, latest checkpoint {chain['latest_checkpoint'] or '-'}"
         )
     )
+    lr = chain.get("lr")
+    if lr and not info["current"]:
+        parts.append(Text(f"learning rate: {lr['factor']:.3f} of its peak ({lr['phase']}){lr_plan(lr)}"))
+    current = info["current"] or {}
     bars = Table.grid(padding=(0, 1))
     bars.add_row(
         "chain",
         ProgressBar(
             total=max(chain["planned_tokens"], 1),
-            completed=chain["global_tokens"] + ((info["current"] or {}).get("tokens") or 0),
+            # a release's tokens are its own, never the chain's
+            completed=chain["global_tokens"] + (0 if current.get("release") else current.get("tokens") or 0),
             width=40,
         ),
     )
     c = info["current"]
     if c:
-        bars.add_row("part ", ProgressBar(total=max(c["tokens_total"] or 1, 1), completed=c["tokens"], width=40))
+        bars.add_row(
+            "release" if c["release"] else "part ",
+            ProgressBar(total=max(c["tokens_total"] or 1, 1), completed=c["tokens"], width=40),
+        )
         line = (
             f"{c['id']} (attempt {c['attempt']}): {c['phase']}, step {c['step']}/{c['steps_total'] or '?'}, "
             f"loss {progress.loss(c['loss'])}, {progress.tokens(c['tokens_per_s'])} tok/s, "
             f"ETA {progress.duration(c['eta_s'])}"
         )
+        if c.get("lr_factor") is not None:
+            line += f", learning rate {c['lr_factor']:.3f} of its peak ({c['lr_phase']})"
         if c["paused_reason"]:
             line += f" (paused: {c['paused_reason']})"
         ckpt = (
@@ -407,3 +419,45 @@ def cmd_status(args) -> int:
         except KeyboardInterrupt:
             pass
     return 0
+
+
+def curve_now(paths, state: dict) -> dict | None:
+    """Where the chain stands on its learning-rate curve: the newest checkpoint's curve
+    (runtime.curve) at the chain's tokens (None: nothing trained yet, or a checkpoint of an
+    earlier release, which recorded no curve)."""
+    record = curve_record(paths, state.get("latest_checkpoint"))
+    if record is None:
+        return None
+    curve, tokens = record.curve, state.get("global_tokens", 0)
+    fall = curve.fall
+    return {
+        "factor": round(curve.at(tokens), 6),
+        "phase": curve.phase(tokens),
+        "decay_start": round(fall.start) if fall else None,
+        "end": fall.end if fall else None,
+        "floor": fall.floor if fall else None,
+    }
+
+
+def lr_plan(lr: dict) -> str:
+    if lr["end"] is None:
+        return ""
+    if lr["phase"] in ("warmup", "stable"):
+        return f"; the decay starts at {progress.tokens(lr['decay_start'])} tokens"
+    return f"; it reaches {lr['floor']:g} of the peak at {progress.tokens(lr['end'])} tokens"
+
+
+def curve_record(paths, latest: str | None = None):
+    """The newest checkpoint's learning-rate record (runtime.curve.CurveRecord), or None."""
+    from runtime.curve import CurveRecord
+
+    if latest is None:
+        try:
+            latest = read_json(paths.state).get("latest_checkpoint")
+        except (OSError, ValueError):
+            return None
+    try:
+        meta = read_json(paths.root / latest / "meta.json") if latest else None
+        return CurveRecord.model_validate(meta["lr"]) if meta and meta.get("lr") else None
+    except (OSError, ValueError, KeyError):
+        return None

@@ -121,6 +121,7 @@ class PartRunner:
         if not self.secure_start(part):
             return  # a part queued again before this one runs first, or the chain waits for its start
         spec = specs.write(self.plan, self.plan.get(part.id), part, self.state, self.paths, sensor_file)
+        self.warn_at_floor(part, spec)
         self.state.model = self.state.model or spec.model
         self.state.tokenizer_sha256 = self.state.tokenizer_sha256 or spec.tokenizer_sha256
         self.start_worker(part, spec, control, "part-started")
@@ -148,6 +149,23 @@ class PartRunner:
             attempt=job.attempts,
             pid=self.worker.pid,
         )
+
+    def warn_at_floor(self, part: PartState, spec: WorkerSpec) -> None:
+        """A part that would train at the decayed floor (a chain run to its end, then grown)
+        is trained as asked, with a warning that says how to warm up again."""
+        curve = spec.lr
+        if curve is None or curve.fall is None or part.attempts:
+            return
+        at = spec.token_offset + 1
+        factor = curve.at(at)
+        if factor <= curve.fall.floor + 0.01 and curve.phase(at) in ("decay", "stage decay"):
+            self.events.emit(
+                "lr-at-floor",
+                f"{part.id} starts at {factor:.3f} of the peak learning rate: the chain had decayed to its "
+                f"floor; to warm up again, give stage {part.stage} lr_rewarm_tokens (docs/recipe.md)",
+                level=logging.WARNING,
+                part=part.id,
+            )
 
     def tell_plan(self) -> None:
         """Write the running part's lr.json when the tokens planned after it changed (an

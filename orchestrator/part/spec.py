@@ -10,6 +10,11 @@ losses) change a frozen spec. So a stage's replay weights, ramp and learning-rat
 placed into the spec from where the stage stands when the part starts, are those of the
 schedule when the part started, however the schedule is edited meanwhile.
 
+The learning-rate curve is the exception that reaches a part under way (docs/recipe.md):
+its spec carries the curve its starting checkpoint ended with (`lr`, continued_curve) and
+the tokens planned after it (`lr_after`, always current, like the operational settings);
+when an edit moves them while it trains, the runner writes them into its lr.json.
+
 The spec also freezes the checksum of the part's data and of every replay source's parts
 (DataRef.sha256). Data prepared again under a started part is not resumed: before the
 launch the daemon compares them with the data as it is now (data_changes), and on a
@@ -28,7 +33,7 @@ from orchestrator.chain.plan import ChainPlan, PartPlan
 from orchestrator.chain.state import ChainState, PartState, PartStatus
 from runtime.atomic import read_json
 from runtime.checkpoint import read_meta, step_dirs
-from runtime.curve import Curve, PlannedAfter, StageCurve, chain_curve, stage_curve
+from runtime.curve import Curve, CurvePlan, PlannedAfter, StageCurve, chain_curve, stage_curve
 from runtime.paths import RunPaths, WorkPaths
 from runtime.spec import DataRef, EvalSettings, EvalSpec, Mixture, ValSet, WorkerSpec
 from runtime.tokens import ManifestError, TokenManifest, load_manifest
@@ -339,3 +344,26 @@ def kept_transitions(old: ChainPlan, new: ChainPlan, state: ChainState, paths: R
 
 def _transition(pp: PartPlan) -> tuple:
     return pp.mixture, pp.lr_rewarm_tokens, pp.lr_decay_fraction
+
+
+def planned_curve(plan: ChainPlan, state: ChainState, paths: RunPaths, settings_of_curve: bool = False) -> Curve | None:
+    """The chain's curve as the schedule now plans it, from where the chain stands: the newest
+    checkpoint's curve with its end moved to the plan's (what the next part trains on; the
+    part under way, if any, moves to it too). `settings_of_curve`: keep the floor and decay
+    fraction the curve was drawn with (the chain before an edit of them). None: a chain whose
+    newest checkpoint is of an earlier release (it recorded no curve)."""
+    train = plan.schedule.train
+    total = train.total_tokens or max(planned_total(state), 1)
+    start = paths.root / state.latest_checkpoint if state.latest_checkpoint else None
+    curve = _saved_curve(start)
+    if curve is None:
+        if state.global_tokens:
+            return None
+        block = (state.model or plan.model)["block_size"]
+        return chain_curve(train, total, train.micro_batch * train.grad_accum * train.gpus * block)
+    fall = curve.fall
+    if settings_of_curve and fall is not None:
+        how = CurvePlan(end=total, floor=fall.floor, fraction=fall.fraction)
+    else:
+        how = CurvePlan(end=total, floor=train.min_lr_ratio, fraction=train.decay_fraction)
+    return curve.moved(state.global_tokens, how)

@@ -1,6 +1,6 @@
-"""Every daemon test ends with the chain's lineage checked (tests.helpers.assert_lineage)
-on each run directory it left, unless it is marked `lineage_broken` (it leaves a run
-damaged on purpose)."""
+"""Every daemon test ends with the chain's lineage and its learning-rate contract checked
+(tests.helpers.assert_lineage, assert_lr_curve) on each run directory it left, unless it
+is marked `lineage_broken` (it leaves a run damaged on purpose)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import json
 import pytest
 
 from runtime.lockfile import holder
-from tests.helpers import assert_lineage
+from tests.helpers import assert_lineage, assert_lr_curve
 
 
 def pytest_configure(config):
@@ -25,6 +25,7 @@ def lineage_holds(request, tmp_path):
         run = state.parent
         if (run / "checkpoints").is_dir() and holder(run / "daemon.lock") is None and _a_chain(state):
             assert_lineage(run)
+            assert_lr_curve(run)
 
 
 def _a_chain(state) -> bool:
