@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import copy
+import json
 
 from orchestrator.chain.plan import resolve
-from orchestrator.chain.schedule import load
+from orchestrator.chain.schedule import json_schema, load
 
 
 def cmd_validate(args) -> int:
@@ -77,3 +78,8 @@ def curve_change(plan, run, state) -> list[str]:
             "train at it; give their stage lr_rewarm_tokens to warm up again"
         )
     return lines or ["unchanged"]
+
+
+def cmd_schema(args) -> int:
+    print(json.dumps(json_schema(), indent=2))
+    return 0

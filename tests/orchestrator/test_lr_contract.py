@@ -15,6 +15,7 @@ import pytest
 
 from orchestrator.records.progress import tokens
 from runtime.atomic import read_jsonl
+from runtime.checkpoint import sha256_file, write_manifest
 from runtime.faults import release
 from runtime.paths import RunPaths
 from tests.helpers import (
@@ -22,6 +23,7 @@ from tests.helpers import (
     cli,
     events,
     holding,
+    kill_tree,
     make_chain,
     make_token_dir,
     part_of,
@@ -70,7 +72,11 @@ def lr_of(run: Path, checkpoint: str) -> dict:
 
 def done_lrs(run: Path) -> dict[str, dict]:
     state = read_state(run)
-    return {p["id"]: lr_of(run, p["checkpoint"]) for p in state["parts"] if p["status"] == "done"}
+    return {
+        p["id"]: lr
+        for p in state["parts"]
+        if p["status"] == "done" and (lr := json.loads((run / p["checkpoint"] / "meta.json").read_text()).get("lr"))
+    }
 
 
 def edit(schedule: Path, change) -> None:
@@ -294,3 +300,27 @@ def test_status_validate_and_plot_show_the_curve(tmp_path):
 
     xs, ys = planned_curve(RunPaths(run))
     assert xs[-1] == read_state(run)["global_tokens"] and ys[0] == 0.0
+
+
+def test_a_chain_of_the_previous_release_goes_on_on_the_same_curve(tmp_path):
+    """Checkpoints written before the curve was recorded: the next part starts the curve the
+    schedule draws over the chain's plan, which is the one the earlier release trained on."""
+    schedule = make_chain(tmp_path, parts=3, tokens=3000, stages=[{"name": "wiki", "parts": ["data/wiki"]}])
+    run, log, holds = tmp_path / "runs" / "chain", tmp_path / "daemon.log", tmp_path / "holds"
+    daemon = start_daemon(schedule, log, "--exit-when-done", extra_env=holding(holds, "wiki/part-001:step@1"))
+    try:
+        wait_held(holds, "wiki/part-001:step@1")
+    finally:
+        kill_tree(daemon)
+    old = run / read_state(run)["parts"][0]["checkpoint"]
+    meta = json.loads((old / "meta.json").read_text())
+    del meta["lr"]
+    (old / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    files = {
+        n: (sha256_file(old / n), (old / n).stat().st_size) for n in ("model.pt", "optim.pt", "rng.pt", "meta.json")
+    }
+    write_manifest(old, meta["step"], files)
+    assert start_daemon(schedule, log, "--exit-when-done").wait(timeout=300) == 0, log.read_text()[-3000:]
+    assert_trained_continuously(run)
+    lrs = done_lrs(run)
+    assert set(lrs) == {"wiki/part-001", "wiki/part-002"}  # the old checkpoint keeps no curve
