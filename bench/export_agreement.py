@@ -93,7 +93,7 @@ def main() -> None:
     import torch
     import transformers
 
-    from model.gpt import generate
+    from model.generate import generate
     from trainer.inference import load_model
 
     torch.set_num_threads(1)

@@ -12,10 +12,10 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
+from model.causal import CausalLM, attend
 from model.config import GPTConfig
-from model.generate import KVCache, generate, pick_token  # noqa: F401  (their home before model.generate)
+from model.generate import KVCache
 
 
 class CausalSelfAttention(nn.Module):
@@ -32,18 +32,8 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.c_attn(x).split(C, dim=2)
         # (B, T, C) -> (B, nh, T, hs)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        causal = True
-        if cache is not None:
-            start = cache.length
-            cache.k[layer][:, :, start : start + T] = k
-            cache.v[layer][:, :, start : start + T] = v
-            k, v = cache.k[layer][:, :, : start + T], cache.v[layer][:, :, : start + T]
-            # A prefill from position 0 is causal; a single new token attends to all before it.
-            if start > 0 and T > 1:
-                raise ValueError("KV cache extends by one token at a time after the prompt")
-            causal = start == 0
         dropout = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=causal and T > 1, dropout_p=dropout)
+        y = attend(q, k, v, cache, layer, dropout)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -72,7 +62,7 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
-class GPT(nn.Module):
+class GPT(CausalLM):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.config = cfg
@@ -83,9 +73,7 @@ class GPT(nn.Module):
         self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # tied: one matrix reads and writes tokens
-        # Activation checkpointing: recompute each block in the backward pass instead of
-        # keeping its activations (trainer.memory turns it on when memory is short).
-        self.checkpointing = False
+        self.checkpointing = False  # model.causal.CausalLM.layers
         self.apply(self._init_weights)
         # GPT-2: scale residual projections by 1/sqrt(2 * n_layer), two per block,
         # so the residual stream's variance does not grow with depth.
@@ -106,21 +94,8 @@ class GPT(nn.Module):
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx (B, T) token ids -> logits (B, T, V), and the mean loss if targets are given."""
-        B, T = idx.shape
-        start = cache.length if cache is not None else 0
-        if start + T > self.config.block_size:
-            raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
-        pos = torch.arange(start, start + T, device=idx.device)
+        start = self.start(idx, cache)
+        pos = torch.arange(start, start + idx.size(1), device=idx.device)
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
-        for i, block in enumerate(self.blocks):
-            if self.checkpointing and self.training and cache is None:
-                x = checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x, cache, i)
-        if cache is not None:
-            cache.length += T
-        logits = self.lm_head(self.ln_f(x))  # (B, T, V)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
-        return logits, loss
+        x = self.layers(self.blocks, x, cache)
+        return self.head(self.ln_f(x), targets)

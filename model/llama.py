@@ -26,8 +26,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
+from model.causal import CausalLM, attend
 from model.config import GPTConfig
 from model.generate import KVCache
 
@@ -92,19 +92,8 @@ class Attention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, hs)
         cos, sin = rope
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        causal = True
-        if cache is not None:
-            start = cache.length
-            cache.k[layer][:, :, start : start + T] = k
-            cache.v[layer][:, :, start : start + T] = v
-            k, v = cache.k[layer][:, :, : start + T], cache.v[layer][:, :, : start + T]
-            if start > 0 and T > 1:
-                raise ValueError("KV cache extends by one token at a time after the prompt")
-            causal = start == 0
         dropout = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=causal and T > 1, dropout_p=dropout, enable_gqa=self.n_kv != self.n_head
-        )
+        y = attend(q, k, v, cache, layer, dropout)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * self.hs)  # (B, T, C)
         return self.resid_dropout(self.o_proj(y))
 
@@ -146,7 +135,7 @@ class Decoder(nn.Module):
         self.norm = RMSNorm(cfg.n_embd, cfg.norm_eps)
 
 
-class Llama(nn.Module):
+class Llama(CausalLM):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         if cfg.family != "llama":
@@ -161,9 +150,7 @@ class Llama(nn.Module):
         # Not in the state dict: they follow from the config (Hugging Face's inv_freq is not saved either).
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
-        # Activation checkpointing: recompute each layer in the backward pass instead of
-        # keeping its activations (trainer.memory turns it on when memory is short).
-        self.checkpointing = False
+        self.checkpointing = False  # model.causal.CausalLM.layers
         self.apply(self._init_weights)
 
     @staticmethod
@@ -175,21 +162,9 @@ class Llama(nn.Module):
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx (B, T) token ids -> logits (B, T, V), and the mean loss if targets are given."""
-        B, T = idx.shape
-        start = cache.length if cache is not None else 0
-        if start + T > self.config.block_size:
-            raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
+        start = self.start(idx, cache)
+        T = idx.size(1)
         rope = (self.rope_cos[start : start + T], self.rope_sin[start : start + T])
         x = self.drop(self.model.embed_tokens(idx))  # (B, T, C)
-        for i, layer in enumerate(self.model.layers):
-            if self.checkpointing and self.training and cache is None:
-                x = checkpoint(layer, x, rope, use_reentrant=False)
-            else:
-                x = layer(x, rope, cache, i)
-        if cache is not None:
-            cache.length += T
-        logits = self.lm_head(self.model.norm(x))  # (B, T, V)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
-        return logits, loss
+        x = self.layers(self.model.layers, x, cache, rope)
+        return self.head(self.model.norm(x), targets)

@@ -15,7 +15,8 @@ from model.config import GPTConfig
 from model.export import families, gguf, hf, tokenizer
 from model.export import spm as spm_file
 from model.export.spm import BYTE, CONTROL, NORMAL, UNKNOWN, USER_DEFINED
-from model.gpt import GPT, generate
+from model.generate import generate
+from model.gpt import GPT
 from tests.helpers import REPO, cli
 
 transformers = pytest.importorskip("transformers")
