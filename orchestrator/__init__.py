@@ -13,6 +13,7 @@ The packages, in the order a chain flows through them:
     guard/      the hardware watch: sensors, the policies that pause or throttle
     records/    what the daemon writes down for people and tools: events.jsonl and
                 runtime.log, progress figures, which run directory a command means
+    preflight/  `doctor`'s checks, each a function of facts read elsewhere
     commands/   one module per CLI command (those that need torch import it when run)
     cli.py      the argument parser; imports only the command that runs
 """

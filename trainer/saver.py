@@ -26,8 +26,8 @@ from trainer import checkpoint, optim
 from trainer.disk import checkpoint_bytes, free_bytes
 from trainer.loop import Progress
 from trainer.metrics import Metrics
-from trainer.protocol import WorkerFiles
 from trainer.stopping import StopRequest
+from trainer.workerfiles import WorkerFiles
 
 log = logging.getLogger("worker")
 

@@ -23,8 +23,8 @@ from trainer.distributed import Ranks
 from trainer.errors import BadInput
 from trainer.loop import Trainer
 from trainer.mixture import MixedBatches, MixedOrder, Pool
-from trainer.protocol import WorkerFiles
 from trainer.tokenfile import TokenPart, check_windows, open_part
+from trainer.workerfiles import WorkerFiles
 
 log = logging.getLogger("worker")
 

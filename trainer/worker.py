@@ -50,10 +50,10 @@ from trainer.evaluate import evaluate, mean_loss
 from trainer.loop import StepResult
 from trainer.metrics import Metrics
 from trainer.mixture import MixedOrder
-from trainer.protocol import WorkerFiles
 from trainer.saver import Saver
 from trainer.setup import Session
 from trainer.stopping import StopRequest
+from trainer.workerfiles import WorkerFiles
 
 log = logging.getLogger("worker")
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from orchestrator.preflight import chain, gpu, host
-from orchestrator.preflight.memory import checkpoint_bytes
+from orchestrator.preflight.checkpoint_size import checkpoint_bytes
 from orchestrator.preflight.probe import run_probe
 from orchestrator.preflight.report import Check, exit_code, ok, problem, render, to_json
 from runtime.atomic import read_json

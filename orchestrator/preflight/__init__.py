@@ -7,5 +7,6 @@ fabricated facts; orchestrator.commands.doctor reads the machine and calls them.
              the daemon's start-up refusal
     host     disk space and filesystem of the run directory, inotify, systemd, battery
     chain    the schedule validates, fits the card's memory, and how long it will take
-    memory   the memory estimate the fit check uses (until trainer/memory.py's planner)
+    checkpoint_size  a checkpoint's bytes from the model's shape (the disk check); the memory
+             estimate is trainer/memory.py's, the one planner, which chain calls
 """
