@@ -26,6 +26,8 @@ def sections() -> dict[str, type[BaseModel]]:
     from orchestrator.chain.schedule import (
         EvalConfig,
         GuardConfig,
+        HookConfig,
+        MonitorConfig,
         ReleaseConfig,
         Replay,
         Schedule,
@@ -43,6 +45,8 @@ def sections() -> dict[str, type[BaseModel]]:
         "SupervisorConfig": SupervisorConfig,
         "EvalConfig": EvalConfig,
         "ReleaseConfig": ReleaseConfig,
+        "MonitorConfig": MonitorConfig,
+        "HookConfig": HookConfig,
     }
 
 

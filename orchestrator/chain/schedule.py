@@ -8,12 +8,16 @@ import time). Resolving stages into parts is orchestrator.chain.plan's job.
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import re
+from difflib import get_close_matches
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from orchestrator.records.events import EVENTS
 from runtime.atomic import read_regular_file
 from runtime.errors import UserError
 from runtime.paths import check_name
@@ -117,6 +121,88 @@ class ReleaseConfig(BaseModel):
     """The cool-down's length as a fraction of the chain's tokens at the branch point, in
     whole optimizer steps (at least one). The learning rate falls linearly from where the
     chain is to the peak x train.min_lr_ratio over it."""
+
+
+class HookConfig(BaseModel):
+    """A command, or a notification through apprise, run when chosen events happen
+    (docs/operations.md, "Notifications"). It runs beside the daemon's loop, never in it."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    events: list[str] = Field(min_length=1)
+    """The events that fire it, by name (`part-failed`, `chain-done`, `guard-pause`, ...: the
+    list is in docs/operations.md), or `"*"` for every event."""
+    match: str | None = None
+    """A regular expression searched for in the event's message: only events it matches fire
+    the hook (`"disk"` with `guard-pause`: the disk guard only)."""
+    command: str | list[str] | None = None
+    """A list runs as it stands (`["/usr/local/bin/notify", "--urgent"]`), a string through
+    `/bin/sh -c`; in the schedule's folder, with the event as JSON on stdin and in
+    ORCHESTRATOR_EVENT* environment variables."""
+    apprise: list[str] | None = Field(None, min_length=1)
+    """Instead of a command: notification URLs sent with apprise (`ntfy://`, `tgram://`,
+    `mailto://`, ...; `pip install 'gpt-orchestrator[notify]'`)."""
+    timeout_s: float = Field(30.0, gt=0)
+    """A hook still running after this long is killed, and its failure logged."""
+
+    @field_validator("events")
+    @classmethod
+    def _known_events(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if name != "*" and name not in EVENTS:
+                close = get_close_matches(name, EVENTS, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise ValueError(
+                    f"{name!r} is not an event the daemon emits; {hint}the events are listed in "
+                    'docs/operations.md ("*": every event)'
+                )
+        return names
+
+    @field_validator("match")
+    @classmethod
+    def _a_regex(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as e:
+                raise ValueError(f"not a regular expression: {e}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _one_action(self) -> "HookConfig":
+        if (self.command is None) == (self.apprise is None):
+            raise ValueError("a hook has either `command` or `apprise`, not " + ("both" if self.command else "neither"))
+        if self.command is not None and not (self.command.strip() if isinstance(self.command, str) else self.command):
+            raise ValueError("command is empty")
+        if self.apprise is not None and importlib.util.find_spec("apprise") is None:
+            raise ValueError(
+                "apprise is not installed here: pip install 'gpt-orchestrator[notify]' (or call the "
+                "notifier from a `command` instead)"
+            )
+        return self
+
+
+class MonitorConfig(BaseModel):
+    """Watching the chain from elsewhere: hooks on events (a phone notification when it
+    stops) and its metrics for Prometheus (docs/operations.md, "Watching from elsewhere")."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    hooks: list[HookConfig] = []
+    """Commands or notifications run on chosen events, e.g.
+    `[{"events": ["part-failed", "chain-done"], "apprise": ["ntfy://my-topic"]}]`."""
+    metrics_file: str | None = None
+    """The daemon writes the chain's metrics here in Prometheus' text format, atomically, every
+    metrics_interval_s: a `.prom` file in node exporter's `--collector.textfile.directory`."""
+    metrics_interval_s: float = Field(15.0, ge=1)
+    """How often the metrics file is rewritten (also at once after a part ends, a pause, a stop)."""
+
+    @field_validator("metrics_file")
+    @classmethod
+    def _prom(cls, v: str | None) -> str | None:
+        if v is not None and not v.endswith(".prom"):
+            raise ValueError(f"{v!r}: node exporter's textfile collector reads only files ending in .prom; name it so")
+        return v
 
 
 class Replay(BaseModel):
@@ -231,6 +317,8 @@ class Schedule(BaseModel):
     """What is measured when a part ends."""
     release: ReleaseConfig = ReleaseConfig()
     """Cooled release checkpoints every k parts (off unless every_parts is set)."""
+    monitor: MonitorConfig = MonitorConfig()
+    """Hooks on events (notifications) and a metrics file for Prometheus (off unless set)."""
     stages: list[Stage] = Field(min_length=1)
     """At least one; run in order; parts within a stage run in order, each from the previous one's checkpoint."""
 

@@ -25,7 +25,7 @@ from orchestrator.chain.plan import resolve as resolve_chain
 from orchestrator.chain.schedule import load as load_schedule
 from orchestrator.chain.state import ChainState, PartStatus, load, save
 from orchestrator.daemon.recovery import rebuilt
-from orchestrator.part import lineage
+from orchestrator.part import life, lineage
 from orchestrator.part import release as releases
 from orchestrator.part.promote import PROMOTED_RE, promoted_folders, quarantine, set_latest
 from orchestrator.records.rundir import locate
@@ -201,7 +201,8 @@ class Check:
         moved = quarantine(self.paths, folder, f"damaged release (fsck): {reason}")
         rel = self.state.release(folder.name) if self.state else None
         if rel is not None:
-            rel.status, rel.checkpoint, rel.eval, rel.failures = PartStatus.PENDING, None, None, 0
+            life.move(rel, "retrain")
+            rel.checkpoint, rel.eval, rel.failures = None, None, 0
             rel.error = f"made again: its folder was damaged ({reason})"
             save(self.paths.state, self.state)
         again = "; it is made again when the daemon runs" if rel is not None else ""

@@ -32,11 +32,13 @@ def hardware(paths: RunPaths) -> dict[str, Any] | None:
     return out
 
 
-def gather(paths: RunPaths) -> dict[str, Any]:
-    """Everything `status` shows, as the JSON that `status --json` prints."""
+def gather(paths: RunPaths, holder=holder_role) -> dict[str, Any]:
+    """Everything `status` shows, as the JSON that `status --json` prints. `holder` says who
+    holds the daemon's lock ((pid, role) or (None, None)); `orchestrator serve` passes one
+    that only reads (orchestrator.monitor.view.lock_holder)."""
     state = read_json_object(paths.state) or {}
     parts = state.get("parts", [])
-    pid, role = holder_role(paths.lock)
+    pid, role = holder(paths.lock)
     if role not in (None, "daemon"):
         pid = None  # fsck or an offline skip holds the run, not a daemon
     releases = state.get("releases", [])  # absent in the state of an older release: none

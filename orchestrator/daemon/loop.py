@@ -26,8 +26,9 @@ from orchestrator.chain.state import DaemonPhase, DaemonState, PartStatus, Pause
 from orchestrator.chain.state import save as save_state
 from orchestrator.daemon import recovery, requests
 from orchestrator.daemon.notify import Notifier
-from orchestrator.daemon.watcher import ScheduleWatcher
+from orchestrator.daemon.watcher import STAT_CHECK_S, ScheduleWatcher
 from orchestrator.guard.watch import HardwareWatch, sensor_file_for
+from orchestrator.monitor import attach as attach_monitor
 from orchestrator.part import spec as specs
 from orchestrator.part.runner import PartRunner
 from orchestrator.records import progress
@@ -42,7 +43,6 @@ from runtime.workerfiles import Control, write_model
 
 TICK_S = 0.5
 DEBOUNCE_S = 0.3  # let an editor finish saving before reading the schedule
-STAT_CHECK_S = 2.0  # the schedule is also polled (a stat): edits are seen without inotify too
 FAULT_RETRY_S = 30.0  # after an unexpected I/O error, the daemon pauses the chain and tries again this often
 
 
@@ -103,6 +103,7 @@ class Daemon:
         watcher = None
         try:
             self.events = EventLog(self.paths)
+            attach_monitor(self.events, self.paths, self.schedule_path.parent, lambda: self.plan.schedule)
             if gpu_note:
                 self.events.warning(gpu_note)
             self.state = recovery.load_state(self.paths, self.plan, self.events, self._schedule_sha())

@@ -21,6 +21,7 @@ from orchestrator.chain import reconcile
 from orchestrator.chain.plan import ChainPlan
 from orchestrator.chain.state import ChainState, PartStatus, ReleaseState, ScheduleState
 from orchestrator.chain.state import load as load_state_file
+from orchestrator.part import life
 from orchestrator.part import release as releases
 from orchestrator.part.promote import PROMOTED_RE, quarantine, set_latest
 from orchestrator.part.runner import PartRunner
@@ -204,8 +205,10 @@ def unfinished_releases(paths: RunPaths, plan: ChainPlan, state: ChainState) -> 
         rel = _release_record(paths, plan, state, name)
         if rel is None:
             continue  # neither its branch nor its spec is left: nothing to make it from
-        rel.status, rel.error, rel.attempts = status, error, attempts.get(name, 0)
-        state.releases.append(rel)
+        # a record made again from its folders and events: constructed with its status, not moved
+        state.releases.append(
+            rel.model_copy(update={"status": status, "error": error, "attempts": attempts.get(name, 0)})
+        )
 
 
 def _release_record(paths: RunPaths, plan: ChainPlan, state: ChainState, name: str) -> ReleaseState | None:
@@ -268,7 +271,8 @@ def recover(runner: PartRunner) -> None:
             runner.conclude(part, 0, stopping=False)  # skipped after it finished: promoted if it still fits
             continue
         if part.status == PartStatus.RUNNING and not runner.adopt(part):
-            part.status, part.worker_pid = PartStatus.PENDING, None
+            life.move(part, "requeue")
+            part.worker_pid = None
     for rel in state.releases:
         if rel.status == PartStatus.DONE:
             if paths.work(rel.id).root.exists():
@@ -277,7 +281,8 @@ def recover(runner: PartRunner) -> None:
         if runner.finish_release_promoted(rel):  # in releases/, but state.json was not saved in time
             continue
         if rel.status == PartStatus.RUNNING and (runner.worker is not None or not runner.adopt(rel)):
-            rel.status, rel.worker_pid = PartStatus.PENDING, None
+            life.move(rel, "requeue")
+            rel.worker_pid = None
     if state.latest_checkpoint:
         name = Path(state.latest_checkpoint).name
         if not paths.latest.exists() or paths.latest.read_text().strip() != name:

@@ -29,6 +29,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from orchestrator.chain.state import ChainState, PartState, PartStatus, PauseState, ReleaseState
+from orchestrator.part import life
 from runtime.atomic import read_json
 from runtime.clock import Stamp
 from runtime.errors import UserError
@@ -260,7 +261,7 @@ def apply(state: ChainState, req: Request) -> str:
             raise UserError(f"{part.id} is already done; a promoted checkpoint is never undone")
         if part.status == PartStatus.SKIPPED:
             return f"{part.id} was already skipped"
-        part.status = PartStatus.SKIPPED
+        life.move(part, "skip")
         part.retry_at = None
         if isinstance(part, ReleaseState):
             return f"skipped {part.id}; the chain goes on without it"
@@ -274,7 +275,7 @@ def apply(state: ChainState, req: Request) -> str:
                 PartStatus.PENDING: "is already queued",
             }[PartStatus(part.status)]
             raise UserError(f"{part.id} {what}")
-        part.status = PartStatus.PENDING
+        life.move(part, "retry")
         part.failures = part.nonfinite = 0
         part.error = None
         part.retry_at = None  # overrides stay: windows known to diverge stay skipped

@@ -18,6 +18,9 @@ from watchdog.observers import Observer
 
 from runtime import faults
 
+STAT_CHECK_S = 2.0
+"""The schedule is also polled (a stat) this often: edits are seen without inotify too."""
+
 
 class _Handler(FileSystemEventHandler):
     def __init__(self, target: Path, on_change: Callable[[], None]):

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from orchestrator.chain.state import ChainState, PartState, PartStatus
+from orchestrator.part import life
 from orchestrator.part.promote import quarantine, set_latest
 from runtime.checkpoint import verify
 from runtime.paths import RunPaths
@@ -73,7 +74,8 @@ def requeue(paths: RunPaths, state: ChainState, part: PartState, reason: str) ->
         if folder is not None and folder.exists()
         else None
     )
-    part.status, part.checkpoint, part.seq = PartStatus.PENDING, None, None
+    life.move(part, "retrain")
+    part.checkpoint, part.seq = None, None
     part.tokens, part.loss, part.val_loss, part.eval, part.finished_at = 0, None, None, None, None
     part.error = f"trains again: {reason}"
     settle(paths, state)

@@ -36,28 +36,45 @@ def quarantine(paths: RunPaths, path: Path, reason: str) -> Path | None:
     return runtime_quarantine(path, paths.quarantine, reason)
 
 
-def promote(
-    paths: RunPaths, part_id: str, source: Path, seq: int, on_progress: Callable[[], None] | None = None
-) -> tuple[Path, CheckpointMeta]:
+def final_checkpoint(
+    paths: RunPaths, job_id: str, source: Path, on_progress: Callable[[], None] | None = None
+) -> CheckpointMeta:
+    """The meta of `source` if it is the job's complete, verified final checkpoint; else
+    PromotionError (a damaged folder is moved to quarantine/ first). What every promotion,
+    a part's or a release's, checks before its rename."""
     verdict = verify(source, on_progress=on_progress)
     if not verdict.ok:
-        moved = quarantine(paths, source, f"final checkpoint of {part_id}: {verdict.reason}")
+        moved = quarantine(paths, source, f"final checkpoint of {job_id}: {verdict.reason}")
         raise PromotionError(
-            f"final checkpoint of {part_id} failed verification ({verdict.reason})"
+            f"final checkpoint of {job_id} failed verification ({verdict.reason})"
             + (f"; moved to {moved}" if moved else "")
         )
     meta = read_meta(source)
-    if meta.part_id != part_id or not meta.done:
+    if meta.part_id != job_id or not meta.done:
         raise PromotionError(
-            f"{source} is not the final checkpoint of {part_id} (it is "
+            f"{source} is not the final checkpoint of {job_id} (it is "
             f"{meta.part_id}, step {meta.step}, done={meta.done})"
         )
-    dest = paths.checkpoints / paths.promoted_name(seq, part_id)
-    faults.point("promote.before-rename")
+    return meta
+
+
+def rename_into(source: Path, dest: Path, fault: str) -> None:
+    """The promotion itself: a rename within the run dir, both folders fsynced (the folder
+    at `dest` is the proof it happened)."""
+    faults.point(f"{fault}.before-rename")
     os.rename(source, dest)
-    fsync_dir(paths.checkpoints)
+    fsync_dir(dest.parent)
     fsync_dir(source.parent)
-    faults.point("promote.after-rename")
+    faults.point(f"{fault}.after-rename")
+
+
+def promote(
+    paths: RunPaths, part_id: str, source: Path, seq: int, on_progress: Callable[[], None] | None = None
+) -> tuple[Path, CheckpointMeta]:
+    """A part's final checkpoint into checkpoints/NNNN-stage-part/, and LATEST to it."""
+    meta = final_checkpoint(paths, part_id, source, on_progress)
+    dest = paths.checkpoints / paths.promoted_name(seq, part_id)
+    rename_into(source, dest, "promote")
     set_latest(paths, dest.name)
     return dest, meta
 

@@ -18,16 +18,13 @@ chain's state (its parts, token count, checkpoints/ and LATEST) never changes fo
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Callable
 
 from orchestrator.chain.plan import ChainPlan, PartPlan
 from orchestrator.chain.state import ChainState, PartState, PartStatus, ReleaseState
 from orchestrator.part import spec as specs
-from orchestrator.part.promote import PromotionError, quarantine
-from runtime import faults
-from runtime.atomic import fsync_dir
+from orchestrator.part.promote import final_checkpoint, rename_into
 from runtime.checkpoint import CheckpointMeta, read_meta, verify
 from runtime.curve import PlannedAfter, cooling
 from runtime.paths import RELEASE_PREFIX, RunPaths, is_release
@@ -133,28 +130,12 @@ def check_branch(
 def promote(
     paths: RunPaths, rel: ReleaseState, source: Path, on_progress: Callable[[], None] | None = None
 ) -> tuple[Path, CheckpointMeta]:
-    """Verify the release's final checkpoint and rename it into releases/<name>/ (a rename
-    within the run dir, as a part's promotion; the folder is the proof it happened)."""
-    verdict = verify(source, on_progress=on_progress)
-    if not verdict.ok:
-        moved = quarantine(paths, source, f"final checkpoint of {rel.id}: {verdict.reason}")
-        raise PromotionError(
-            f"final checkpoint of {rel.id} failed verification ({verdict.reason})"
-            + (f"; moved to {moved}" if moved else "")
-        )
-    meta = read_meta(source)
-    if meta.part_id != rel.id or not meta.done:
-        raise PromotionError(
-            f"{source} is not the final checkpoint of {rel.id} (it is "
-            f"{meta.part_id}, step {meta.step}, done={meta.done})"
-        )
+    """Verify the release's final checkpoint and rename it into releases/<name>/ (checked and
+    renamed as a part's promotion is: part.promote)."""
+    meta = final_checkpoint(paths, rel.id, source, on_progress)
     paths.releases.mkdir(exist_ok=True)
     dest = paths.releases / rel.name
-    faults.point("release.before-rename")
-    os.rename(source, dest)
-    fsync_dir(paths.releases)
-    fsync_dir(source.parent)
-    faults.point("release.after-rename")
+    rename_into(source, dest, "release")
     return dest, meta
 
 

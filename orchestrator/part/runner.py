@@ -20,7 +20,7 @@ from typing import Callable
 
 from orchestrator.chain.plan import ChainPlan
 from orchestrator.chain.state import ChainState, PartState, PartStatus, ReleaseState
-from orchestrator.part import lineage, policy
+from orchestrator.part import life, lineage, policy
 from orchestrator.part import release as releases
 from orchestrator.part import spec as specs
 from orchestrator.part.process import WorkerProcess
@@ -76,7 +76,8 @@ class PartRunner:
         worker = WorkerProcess.adopt(part.id, work.spec, pid) if pid and pid > 0 else None
         if worker is None:
             return False
-        self.worker, part.status, part.worker_pid = worker, PartStatus.RUNNING, worker.pid
+        life.move(part, "adopt")
+        self.worker, part.worker_pid = worker, worker.pid
         self.launch_step = self.newest_step(part.id)
         self.save()
         self.events.emit(
@@ -135,7 +136,8 @@ class PartRunner:
         write_model(work.control, control, fault="control")
         self.launch_step = self.newest_step(job.id)
         self.worker = WorkerProcess.launch(job.id, work.spec, work.log, spec.train.gpus)
-        job.status, job.worker_pid = PartStatus.RUNNING, self.worker.pid
+        life.move(job, "start")
+        job.worker_pid = self.worker.pid
         job.attempts += 1
         job.started_at = job.started_at or time.time()
         job.retry_at = None
@@ -206,7 +208,8 @@ class PartRunner:
         return True
 
     def give_up(self, rel: ReleaseState, why: str) -> None:
-        rel.status, rel.error, rel.retry_at, rel.worker_pid = PartStatus.FAILED, why, None, None
+        life.move(rel, "fail")
+        rel.error, rel.retry_at, rel.worker_pid = why, None, None
         self.retry_deadlines.pop(rel.id, None)
         self.save()
         self.events.emit(
@@ -231,7 +234,7 @@ class PartRunner:
                 return
             self.events.info(f"{rel.id} had finished before it was skipped; promoting it")
         if stopping and result is None:
-            rel.status = PartStatus.PENDING
+            life.move(rel, "requeue")
             self.save()
             self.events.info(f"the worker of {rel.id} stopped ({policy.describe_exit(rc)})")
             return
@@ -255,7 +258,7 @@ class PartRunner:
 
     def record_release(self, rel: ReleaseState, folder: Path, meta: CheckpointMeta, result: Result | None) -> None:
         self.record_eval(rel, folder, meta)
-        rel.status = PartStatus.DONE
+        life.move(rel, "done")
         rel.tokens, rel.loss, rel.val_loss = meta.part_tokens, meta.loss, meta.val_loss
         rel.checkpoint = f"releases/{folder.name}"
         rel.finished_at = time.time()
@@ -512,7 +515,7 @@ class PartRunner:
             self.save()
             return
         if stopping and result is None:
-            part.status = PartStatus.PENDING
+            life.move(part, "requeue")
             self.save()
             self.events.info(f"the worker of {part.id} stopped ({policy.describe_exit(rc)})")
             return
@@ -520,7 +523,7 @@ class PartRunner:
         d = self.decision(part, rc, result, error, hung)
         if d.action == "promote" and not self.result_fits(part, result):
             self.set_aside_scratch(part, spec)
-            part.status = PartStatus.PENDING
+            life.move(part, "requeue")
             self.save()
             return
         if d.action == "promote":
@@ -570,7 +573,7 @@ class PartRunner:
         if d.event != "worker-stopped":
             self._log_worker_tail(job)
             job.error = d.reason
-        job.status = PartStatus.FAILED if d.action == "fail" else PartStatus.PENDING
+        life.move(job, "fail" if d.action == "fail" else "requeue")
         job.failures = d.failures if d.failures is not None else job.failures
         job.nonfinite = d.nonfinite if d.nonfinite is not None else job.nonfinite
         job.overrides = d.overrides or job.overrides
@@ -583,7 +586,7 @@ class PartRunner:
     def record_done(self, part: PartState, folder: Path, meta: CheckpointMeta, result: Result | None) -> None:
         """The part's checkpoint is promoted: record it (and its evaluation), then clear its scratch."""
         self.record_eval(part, folder, meta)
-        part.status = PartStatus.DONE
+        life.move(part, "done")
         part.tokens, part.loss, part.val_loss = meta.part_tokens, meta.loss, meta.val_loss
         part.checkpoint = str(Path("checkpoints") / folder.name)
         part.seq = int(folder.name.split("-", 1)[0])

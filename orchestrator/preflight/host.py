@@ -194,11 +194,14 @@ def read_inotify(proc: Path = Path("/proc")) -> Inotify:
 
 def inotify_check(i: Inotify) -> Check:
     """The daemon watches the schedule's folder: one inotify instance, one watch. Without
-    them it still notices edits, by looking at the file every 10 s."""
+    them it still notices edits, by looking at the file every STAT_CHECK_S."""
+    from orchestrator.daemon.watcher import STAT_CHECK_S
+
     if i.max_instances is None or i.max_watches is None:
         return warning(
             "inotify",
-            "limits unreadable (/proc/sys/fs/inotify); schedule edits may be noticed only by the daemon's 10 s check",
+            "limits unreadable (/proc/sys/fs/inotify); schedule edits may be noticed only by the daemon's "
+            f"{STAT_CHECK_S:g} s check",
         )
     used = (
         f"{i.used_instances} of {i.max_instances} instances and {i.used_watches} of {i.max_watches} watches in "
@@ -214,7 +217,7 @@ def inotify_check(i: Inotify) -> Check:
         return warning(
             "inotify",
             f"{used}: exhausted; the daemon cannot watch the schedule and notices edits only "
-            "by its 10 s check (other programs, editors and file sync, fail too)",
+            f"by its {STAT_CHECK_S:g} s check (other programs, editors and file sync, fail too)",
             fix,
         )
     if i.used_instances is not None and (

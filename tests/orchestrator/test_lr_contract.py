@@ -97,6 +97,22 @@ def told(run: Path, pid: str, after: int) -> bool:
         return False
 
 
+def run_holding(schedule: Path, entry: str, act) -> Path:
+    """Run the chain to its end, holding a worker at `entry` while `act(run)` edits it."""
+    root = schedule.parent
+    run, log, holds = root / "runs" / "chain", root / "daemon.log", root / "holds"
+    daemon = start_daemon(schedule, log, "--exit-when-done", extra_env=holding(holds, entry))
+    try:
+        gate = wait_held(holds, entry)
+        act(run)
+        release(gate)
+        assert daemon.wait(timeout=300) == 0, log.read_text()[-3000:]
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+    return run
+
+
 def append_stage(schedule: Path) -> None:
     make_token_dir(schedule.parent / "data" / "extra", parts=2, tokens=3000, seed=300)
     edit(schedule, lambda raw: raw["stages"].append({"name": "extra", "parts": ["data/extra"]}))
@@ -134,10 +150,8 @@ def test_an_edit_while_a_part_trains_leaves_the_rate_continuous(tmp_path, held, 
     plan jumped at the next part boundary (or, for a skip, ended above the floor)."""
     schedule = make_chain(tmp_path, parts=1, tokens=3000, stages=THREE_STAGES)
     make_token_dir(tmp_path / "data" / "more", parts=2, tokens=3000, seed=200)
-    run, log, holds = tmp_path / "runs" / "chain", tmp_path / "daemon.log", tmp_path / "holds"
-    daemon = start_daemon(schedule, log, "--exit-when-done", extra_env=holding(holds, f"{held}:step@2"))
-    try:
-        gate = wait_held(holds, f"{held}:step@2")
+
+    def act(run: Path) -> None:
         before = read_state(run)
         change(schedule)
         if change is not skip_the_last_part:
@@ -145,11 +159,8 @@ def test_an_edit_while_a_part_trains_leaves_the_rate_continuous(tmp_path, held, 
         if moves:
             after = 0 if change is skip_the_last_part else 2 * part_of(before, held)["planned_tokens"]
             wait_for(lambda: told(run, held, after), timeout=120, what="the new plan told to the worker")
-        release(gate)
-        assert daemon.wait(timeout=300) == 0, log.read_text()[-3000:]
-    finally:
-        if daemon.poll() is None:
-            daemon.kill()
+
+    run = run_holding(schedule, f"{held}:step@2", act)
     assert_trained_continuously(run)
     lrs = done_lrs(run)
     assert_lr_curve(run)
@@ -171,20 +182,15 @@ def test_an_append_keeps_the_default_warmup_and_the_part_under_way_learns_of_it(
         train={"warmup_tokens": None},
         stages=[{"name": "wiki", "parts": ["data/wiki"]}],
     )
-    run, log, holds = tmp_path / "runs" / "chain", tmp_path / "daemon.log", tmp_path / "holds"
-    daemon = start_daemon(schedule, log, "--exit-when-done", extra_env=holding(holds, "wiki/part-001:step@1"))
-    try:
-        gate = wait_held(holds, "wiki/part-001:step@1")
+
+    def act(run: Path) -> None:
         make_token_dir(tmp_path / "data" / "big", parts=2, tokens=40_000, seed=400)
         edit(schedule, lambda raw: raw["stages"].append({"name": "big", "parts": ["data/big"]}))
         wait_for(lambda: reloaded(run, 1), timeout=120, what="the append reloaded")
         planned = sum(p["planned_tokens"] for p in read_state(run)["parts"] if p["stage"] == "big")
         wait_for(lambda: told(run, "wiki/part-001", planned), timeout=120, what="the new plan told to the worker")
-        release(gate)
-        assert daemon.wait(timeout=300) == 0, log.read_text()[-3000:]
-    finally:
-        if daemon.poll() is None:
-            daemon.kill()
+
+    run = run_holding(schedule, "wiki/part-001:step@1", act)
     assert_trained_continuously(run)
     lrs = done_lrs(run)
     warmups = {pid: lr["curve"]["warmup"] for pid, lr in lrs.items()}
@@ -250,20 +256,15 @@ def test_a_release_started_again_starts_from_its_branch_not_from_the_chain_as_it
     """A release whose worker died before its first checkpoint is built again; an append
     meanwhile must not move where it starts."""
     schedule = release_schedule(tmp_path)
-    run, log, holds = tmp_path / "runs" / "chain", tmp_path / "daemon.log", tmp_path / "holds"
     name = "0003-wiki-part-002"
-    daemon = start_daemon(schedule, log, "--exit-when-done", extra_env=holding(holds, f"release:{name}:step@1"))
-    try:
-        wait_held(holds, f"release:{name}:step@1")
+
+    def act(run: Path) -> None:
         make_token_dir(tmp_path / "data" / "more", parts=2, tokens=3000, seed=200)
         edit(schedule, lambda raw: raw["stages"].append({"name": "more", "parts": ["data/more"]}))
         wait_for(lambda: reloaded(run, 1), timeout=120, what="the append reloaded")
-        worker = read_state(run)["releases"][0]["worker_pid"]
-        os.kill(worker, signal.SIGKILL)  # before its first checkpoint: its spec is made again
-        assert daemon.wait(timeout=300) == 0, log.read_text()[-3000:]
-    finally:
-        if daemon.poll() is None:
-            daemon.kill()
+        os.kill(read_state(run)["releases"][0]["worker_pid"], signal.SIGKILL)  # before its first checkpoint
+
+    run = run_holding(schedule, f"release:{name}:step@1", act)
     state = read_state(run)
     (rel,) = state["releases"]
     assert rel["status"] == "done" and rel["attempts"] == 2
