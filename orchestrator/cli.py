@@ -128,6 +128,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="list every part (long runs are folded otherwise)")
     _handler(p, "orchestrator.commands.status:cmd_status")
 
+    p = sub.add_parser(
+        "serve",
+        help="a read-only status page of the chain (curves, events, samples) and /metrics, over HTTP",
+        description="Serve the chain's status page: what `status` shows, the curves of `plot`, the latest "
+        "events and samples, the releases; it updates itself while the daemon runs and works when it is "
+        "stopped. Read-only: it never writes or locks the run directory. It listens on 127.0.0.1 unless told "
+        'otherwise; any other address needs a token. See docs/operations.md, "Watching from elsewhere".',
+    )
+    _run_dir_arg(p)
+    p.add_argument(
+        "--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1: only this machine)"
+    )
+    p.add_argument(
+        "--port", type=number("--port", low=0, high=65535), default=8765, help="default 8765 (0: any free port)"
+    )
+    p.add_argument("--token-file", type=Path, help="a file holding the token every request must carry")
+    p.add_argument(
+        "--token",
+        help="the token itself (visible to other users in `ps`: prefer --token-file or $ORCHESTRATOR_SERVE_TOKEN)",
+    )
+    _handler(p, "orchestrator.commands.serve:cmd_serve")
+
+    p = sub.add_parser(
+        "metrics",
+        help="the chain's metrics in Prometheus' text format, printed or written to a file (atomically)",
+    )
+    _run_dir_arg(p)
+    p.add_argument("--out", type=Path, help="write here (e.g. node exporter's textfile directory/NAME.prom)")
+    _handler(p, "orchestrator.commands.serve:cmd_metrics")
+
     p = sub.add_parser("logs", help="print the runtime log; -f follows it")
     _run_dir_arg(p)
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")

@@ -232,6 +232,7 @@ def cmd_demo(args) -> int:
         f"  orchestrator status --run-dir {paths.root}\n"
         f"  orchestrator logs --run-dir {paths.root}\n"
         f"  orchestrator plot --run-dir {paths.root} --out chain.png   (with matplotlib installed)\n"
+        f"  orchestrator serve --run-dir {paths.root}   (the status page: http://127.0.0.1:8765/)\n"
         f"  {schedule}   (append parts here while a daemon runs)"
     )
     return 0

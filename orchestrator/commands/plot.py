@@ -29,13 +29,15 @@ PAUSE_EVENTS = {
 }
 
 
-def training_metrics(paths: RunPaths) -> list[dict]:
-    """Every logged optimizer step of the chain, finished parts and the running one, in token order."""
-    lines = [m for f in sorted(paths.metrics.glob("*.jsonl")) for m in read_jsonl(f)]
+def training_metrics(paths: RunPaths, read=read_jsonl) -> list[dict]:
+    """Every logged optimizer step of the chain, finished parts and the running one, in token
+    order. (`read`: how a JSON-lines file is read; `orchestrator serve` caches files that did
+    not change.)"""
+    lines = [m for f in sorted(paths.metrics.glob("*.jsonl")) for m in read(f)]
     lines += [
         m
         for f in sorted(paths.work_root.glob("*/*/metrics.jsonl"))
-        for m in read_jsonl(f)
+        for m in read(f)
         if not f.parent.parent.name.startswith(".")
     ]  # a release's cool-down is not the chain
     return sorted(lines, key=lambda m: m.get("global_tokens", 0))
@@ -68,10 +70,11 @@ def part_boundaries(paths: RunPaths) -> list[float]:
     return ends
 
 
-def paused_intervals(paths: RunPaths) -> list[tuple[float, float]]:
+def paused_intervals(paths: RunPaths, read=read_jsonl) -> list[tuple[float, float]]:
     """Wall-clock intervals in which a pause (user, guard or worker) held."""
     intervals, depth, start = [], 0, None
-    for e in read_jsonl(paths.events):
+    events = read(paths.events)
+    for e in events:
         step = PAUSE_EVENTS.get(e.get("event"))
         if step is None:
             continue
@@ -82,7 +85,7 @@ def paused_intervals(paths: RunPaths) -> list[tuple[float, float]]:
             intervals.append((start, e["time"]))
             start = None
     if start is not None:
-        intervals.append((start, max([e["time"] for e in read_jsonl(paths.events)], default=start)))
+        intervals.append((start, max([e["time"] for e in events], default=start)))
     return intervals
 
 
