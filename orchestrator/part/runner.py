@@ -203,7 +203,7 @@ class PartRunner:
         folder = self.paths.releases / rel.name
         if rel.status == PartStatus.DONE or not folder.is_dir():
             return False
-        self.record_release(rel, folder, read_meta(folder), read_model(self.paths.work(rel.id).result, Result))
+        self.record_done(rel, folder, read_meta(folder), read_model(self.paths.work(rel.id).result, Result))
         self.events.emit("promotion-completed", f"finished the interrupted promotion of {rel.id}", part=rel.id)
         return True
 
@@ -217,68 +217,6 @@ class PartRunner:
             f"{rel.id} is given up: {why}; the chain goes on without it (`orchestrator retry {rel.id}` tries again)",
             level=logging.WARNING,
             part=rel.id,
-        )
-
-    def conclude_release(self, rel: ReleaseState, rc: int | None, stopping: bool) -> None:
-        """A release's worker has ended: promote it, retry it, or give it up (never the chain's business)."""
-        work = self.paths.work(rel.id)
-        result = read_model(work.result, Result)
-        error = read_model(work.error, ErrorReport)
-        rel.worker_pid = None
-        hung, self.hung = self.hung, False
-        self.report_quarantine(rel.id)
-        if rel.status == PartStatus.SKIPPED:
-            if result is None:
-                self.finish_scratch(rel)
-                self.save()
-                return
-            self.events.info(f"{rel.id} had finished before it was skipped; promoting it")
-        if stopping and result is None:
-            life.move(rel, "requeue")
-            self.save()
-            self.events.info(f"the worker of {rel.id} stopped ({policy.describe_exit(rc)})")
-            return
-        d = self.decision(rel, rc, result, error, hung)
-        if d.action == "promote":
-            try:
-                folder, meta = releases.promote(
-                    self.paths, rel, work.root / result.checkpoint, on_progress=self.keepalive
-                )
-                self.record_release(rel, folder, meta, result)
-                return
-            except PromotionError as e:
-                work.result.unlink(missing_ok=True)
-                d = self.decision(rel, None, None, ErrorReport(kind="error", message=str(e)), progressed=False)
-                d.event = "promotion-refused"
-        if d.action == "fail":
-            self._log_worker_tail(rel)
-            self.give_up(rel, d.reason)
-            return
-        self.settle_failure(rel, d, rc)
-
-    def record_release(self, rel: ReleaseState, folder: Path, meta: CheckpointMeta, result: Result | None) -> None:
-        self.record_eval(rel, folder, meta)
-        life.move(rel, "done")
-        rel.tokens, rel.loss, rel.val_loss = meta.part_tokens, meta.loss, meta.val_loss
-        rel.checkpoint = f"releases/{folder.name}"
-        rel.finished_at = time.time()
-        rel.error = rel.retry_at = rel.worker_pid = None
-        if result:
-            rel.train_seconds += result.train_seconds
-            rel.paused_seconds += result.paused_seconds
-        self.save()
-        self.finish_scratch(rel)
-        losses = (
-            ", ".join(f"{n} {v:.4f}" for n, v in (rel.eval or {}).items()) or f"val_loss {progress.loss(rel.val_loss)}"
-        )
-        self.events.emit(
-            "release-done",
-            f"{rel.id} done: cooled over {progress.tokens(rel.tokens)} tokens from "
-            f"{rel.branch} ({progress.tokens(rel.branch_tokens)}); {losses}; promoted to "
-            f"{rel.checkpoint}",
-            part=rel.id,
-            checkpoint=rel.checkpoint,
-            tokens=rel.tokens,
         )
 
     def secure_start(self, part: PartState) -> bool:
@@ -318,9 +256,12 @@ class PartRunner:
             self.events.emit("chain-unblocked", "the chain's starting checkpoint is back; going on")
         return not walk.requeued and blocked is None
 
-    def result_fits(self, part: PartState, result: Result) -> bool:
+    def result_fits(self, part: PartState | ReleaseState, result: Result) -> bool:
         """Was the finished part trained from the chain's start as it stands now? (A result
-        left behind while the chain moved on, say a skipped part retried, is not promoted.)"""
+        left behind while the chain moved on, say a skipped part retried, is not promoted.)
+        A release trains from its own branch, whatever the chain did since."""
+        if isinstance(part, ReleaseState):
+            return True
         try:
             meta = read_meta(self.paths.work(part.id).root / result.checkpoint)
         except (OSError, ValueError):
@@ -496,54 +437,58 @@ class PartRunner:
 
     # -- settling ---------------------------------------------------------------------------
 
-    def conclude(self, part: PartState | ReleaseState, rc: int | None, stopping: bool) -> None:
-        """A worker has ended: decide, from its exit and its files, what happens to the part."""
-        if isinstance(part, ReleaseState):
-            self.conclude_release(part, rc, stopping)
-            return
-        work = self.paths.work(part.id)
+    def conclude(self, job: PartState | ReleaseState, rc: int | None, stopping: bool) -> None:
+        """A worker has ended: decide, from its exit and its files, what happens to its job,
+        a part or a release alike; only where it is promoted, and what a failure for good
+        means (a part stops the chain, a release is given up), differ."""
+        work = self.paths.work(job.id)
         result = read_model(work.result, Result)
         error = read_model(work.error, ErrorReport)
-        part.worker_pid = None
+        job.worker_pid = None
         hung, self.hung = self.hung, False
-        self.report_quarantine(part.id)
-        if part.status == PartStatus.SKIPPED and result is not None and self.result_fits(part, result):
+        self.report_quarantine(job.id)
+        if job.status == PartStatus.SKIPPED and result is not None and self.result_fits(job, result):
             # It finished before the skip took effect: promote it rather than throw the training away.
-            self.events.info(f"{part.id} had finished before it was skipped; promoting it")
-        elif part.status == PartStatus.SKIPPED:
-            self.finish_scratch(part)
+            self.events.info(f"{job.id} had finished before it was skipped; promoting it")
+        elif job.status == PartStatus.SKIPPED:
+            self.finish_scratch(job)
             self.save()
             return
         if stopping and result is None:
-            life.move(part, "requeue")
+            life.move(job, "requeue")
             self.save()
-            self.events.info(f"the worker of {part.id} stopped ({policy.describe_exit(rc)})")
+            self.events.info(f"the worker of {job.id} stopped ({policy.describe_exit(rc)})")
             return
-        spec = read_model(work.spec, WorkerSpec)
-        d = self.decision(part, rc, result, error, hung)
-        if d.action == "promote" and not self.result_fits(part, result):
-            self.set_aside_scratch(part, spec)
-            life.move(part, "requeue")
+        d = self.decision(job, rc, result, error, hung)
+        if d.action == "promote" and not self.result_fits(job, result):
+            self.set_aside_scratch(job, read_model(work.spec, WorkerSpec))
+            life.move(job, "requeue")
             self.save()
             return
         if d.action == "promote":
             try:
-                folder, meta = promote(
-                    self.paths, part.id, work.root / result.checkpoint, self.state.next_seq, on_progress=self.keepalive
-                )
-                self.record_done(part, folder, meta, result)
+                self.record_done(job, *self.promote(job, work.root / result.checkpoint), result)
                 return
             except PromotionError as e:
                 # The final checkpoint is bad: withdraw the result that named it, so the worker
                 # runs again and resumes from an earlier checkpoint; count it like any failure.
                 work.result.unlink(missing_ok=True)
-                d = self.decision(part, None, None, ErrorReport(kind="error", message=str(e)), progressed=False)
+                d = self.decision(job, None, None, ErrorReport(kind="error", message=str(e)), progressed=False)
                 d.event = "promotion-refused"
-        if part.status == PartStatus.SKIPPED:  # its result could not be promoted: it stays skipped
-            self.finish_scratch(part)
+        if job.status == PartStatus.SKIPPED:  # its result could not be promoted: it stays skipped
+            self.finish_scratch(job)
             self.save()
-            return
-        self.settle_failure(part, d, rc)
+        elif d.action == "fail" and isinstance(job, ReleaseState):
+            self._log_worker_tail(job)
+            self.give_up(job, d.reason)
+        else:
+            self.settle_failure(job, d, rc)
+
+    def promote(self, job: PartState | ReleaseState, source: Path) -> tuple[Path, CheckpointMeta]:
+        """The job's final checkpoint into the run: a part's into checkpoints/, a release's into releases/."""
+        if isinstance(job, ReleaseState):
+            return releases.promote(self.paths, job, source, on_progress=self.keepalive)
+        return promote(self.paths, job.id, source, self.state.next_seq, on_progress=self.keepalive)
 
     def decision(
         self,
@@ -583,34 +528,36 @@ class PartRunner:
         level = logging.INFO if d.event == "worker-stopped" else logging.WARNING
         self.events.emit(d.event, f"{job.id}: {d.reason}", level=level, part=job.id, exit=rc)
 
-    def record_done(self, part: PartState, folder: Path, meta: CheckpointMeta, result: Result | None) -> None:
-        """The part's checkpoint is promoted: record it (and its evaluation), then clear its scratch."""
-        self.record_eval(part, folder, meta)
-        life.move(part, "done")
-        part.tokens, part.loss, part.val_loss = meta.part_tokens, meta.loss, meta.val_loss
-        part.checkpoint = str(Path("checkpoints") / folder.name)
-        part.seq = int(folder.name.split("-", 1)[0])
-        part.finished_at = time.time()
-        part.error = part.retry_at = part.worker_pid = None
+    def record_done(
+        self, job: PartState | ReleaseState, folder: Path, meta: CheckpointMeta, result: Result | None
+    ) -> None:
+        """The job's checkpoint is promoted: record it (and its evaluation), then clear its
+        scratch. A part moves the chain on (and may queue a release); a release never does."""
+        self.record_eval(job, folder, meta)
+        life.move(job, "done")
+        job.tokens, job.loss, job.val_loss = meta.part_tokens, meta.loss, meta.val_loss
+        job.checkpoint = f"{folder.parent.name}/{folder.name}"
+        job.finished_at = time.time()
+        job.error = job.retry_at = job.worker_pid = None
         if result:
-            part.train_seconds += result.train_seconds
-            part.paused_seconds += result.paused_seconds
-        self.state.global_tokens = meta.global_tokens
-        self.state.next_seq = max(self.state.next_seq, part.seq + 1)
-        self.state.latest_checkpoint = part.checkpoint
-        rel = releases.due(self.plan.get(part.id), self.state, part, folder, meta)
-        if rel:  # recorded with the part: a crash cannot lose it
-            self.state.releases.append(rel)
+            job.train_seconds += result.train_seconds
+            job.paused_seconds += result.paused_seconds
+        rel = self.move_chain_on(job, folder, meta) if isinstance(job, PartState) else None
         self.save()
-        self.finish_scratch(part)
+        self.finish_scratch(job)
+        tokens, val_loss = progress.tokens(job.tokens), f"val_loss {progress.loss(job.val_loss)}"
+        if isinstance(job, ReleaseState):
+            losses = ", ".join(f"{n} {v:.4f}" for n, v in (job.eval or {}).items()) or val_loss
+            what = f"cooled over {tokens} tokens from {job.branch} ({progress.tokens(job.branch_tokens)}); {losses}"
+        else:
+            what = f"{tokens} tokens, loss {progress.loss(job.loss)}, {val_loss}"
+        event = "release-done" if isinstance(job, ReleaseState) else "part-done"
         self.events.emit(
-            "part-done",
-            f"{part.id} done: {progress.tokens(part.tokens)} tokens, loss "
-            f"{progress.loss(part.loss)}, val_loss {progress.loss(part.val_loss)}; promoted to "
-            f"{part.checkpoint}",
-            part=part.id,
-            checkpoint=part.checkpoint,
-            tokens=part.tokens,
+            event,
+            f"{job.id} done: {what}; promoted to {job.checkpoint}",
+            part=job.id,
+            checkpoint=job.checkpoint,
+            tokens=job.tokens,
         )
         if rel:
             self.events.emit(
@@ -618,6 +565,18 @@ class PartRunner:
                 f"{rel.id} queued: a cool-down of {progress.tokens(rel.decay_tokens)} tokens from {rel.branch}",
                 part=rel.id,
             )
+
+    def move_chain_on(self, part: PartState, folder: Path, meta: CheckpointMeta) -> ReleaseState | None:
+        """A promoted part is the chain's newest checkpoint; returns the release it queues, if due
+        (recorded with the part: a crash cannot lose it)."""
+        part.seq = int(folder.name.split("-", 1)[0])
+        self.state.global_tokens = meta.global_tokens
+        self.state.next_seq = max(self.state.next_seq, part.seq + 1)
+        self.state.latest_checkpoint = part.checkpoint
+        rel = releases.due(self.plan.get(part.id), self.state, part, folder, meta)
+        if rel:
+            self.state.releases.append(rel)
+        return rel
 
     def record_eval(self, part: PartState | ReleaseState, folder: Path, meta: CheckpointMeta) -> None:
         """The worker's evaluation (eval.json) into evals.jsonl and the part's record. Written
