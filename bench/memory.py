@@ -87,6 +87,8 @@ def measure(job: dict) -> dict:
     torch.set_num_threads(job["threads"])
     cfg = config_from_dict(job["model"])
     dev = torch.device(job["device"])
+    if dev.type == "cuda" and dev.index is None:  # the memory-fraction API wants an index: "cuda" is the current card
+        dev = torch.device("cuda", torch.cuda.current_device())
     if dev.type == "cuda":
         torch.cuda.init()
         if job.get("cap_gb"):
