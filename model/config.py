@@ -39,6 +39,11 @@ _ACCEPTS = {"int": int, "float": (int, float), "bool": bool, "str": str}
 
 @dataclass(frozen=True)
 class GPTConfig:
+    """The shape of a GPT-style decoder of either family (the name is the field's, not the
+    gpt2 family's: checkpoints, specs and exports of every release carry it). Its own
+    default family is the stored one, gpt2, so that a config written before families
+    existed reads back as what it was; a new chain gets DEFAULT_FAMILY from the schedule."""
+
     family: str = STORED_DEFAULT_FAMILY
     """The architecture: 'llama' (rotary positions, RMSNorm, SwiGLU; Hugging Face Llama or
     Qwen3) or 'gpt2' (learned positions, LayerNorm, GELU). Default for a new chain: llama;
