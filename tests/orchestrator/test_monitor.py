@@ -193,7 +193,7 @@ def test_an_apprise_hook_notifies(hooked):
 def test_every_event_the_code_emits_is_in_the_catalogue():
     """Hooks are chosen by event name, and a name missing from EVENTS is refused: the
     catalogue must keep up with the code (emit("..."), Decision(action, "..."),
-    start_worker(..., "..."), `x.event = "..."`, the guard's notes)."""
+    start_worker(..., "..."), `event = "..."` and `x.event = "..."`, the guard's notes)."""
     found = set()
     for path in (REPO / "orchestrator").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -208,7 +208,9 @@ def test_every_event_the_code_emits_is_in_the_catalogue():
                     literals = node.args
                 elif name == "append" and node.args and isinstance(node.args[0], ast.Tuple):
                     literals = node.args[0].elts[:1]
-            elif isinstance(node, ast.Assign) and any(getattr(t, "attr", None) == "event" for t in node.targets):
+            elif isinstance(node, ast.Assign) and any(
+                getattr(t, "attr", None) == "event" or getattr(t, "id", None) == "event" for t in node.targets
+            ):
                 literals = [node.value]
             for lit in literals:
                 for c in ast.walk(lit):
