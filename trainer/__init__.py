@@ -26,7 +26,7 @@ In the order a part flows through them:
     saver        when the part saves: due, disk space, retries, metadata, pruning
     resume       (above) which checkpoint a part starts from
     disk         free space and a checkpoint's size
-    evaluate     validation losses and prompt completions when a part ends
+    evaluate     validation losses, bits per byte and prompt completions when a part ends
     inference    a checkpoint loaded for generation and scoring (the sample/evaluate/compare commands)
     errors       BadInput (not retryable), NonFiniteLoss
 """

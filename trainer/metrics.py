@@ -91,3 +91,5 @@ class Metrics:
         if self.tensorboard:
             for name, r in sets.items():
                 self.tensorboard.add_scalar(f"val/{name}", r["loss"], global_tokens)
+                if "bpb" in r:
+                    self.tensorboard.add_scalar(f"val_bpb/{name}", r["bpb"], global_tokens)

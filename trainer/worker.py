@@ -327,7 +327,13 @@ class Training:
             result = evaluate(self.session.model, self.session.placement, spec, self.spec.train.micro_batch)
         atomic_write_json(self.work.eval, result, fault="eval")
         self.metrics.evaluation(result["sets"], self.trainer.progress.global_tokens)
-        log.info("evaluation: %s", ", ".join(f"{n} {r['loss']:.4f}" for n, r in result["sets"].items()))
+        log.info(
+            "evaluation: %s",
+            ", ".join(
+                f"{n} {r['loss']:.4f}" + (f" ({r['bpb']:.4f} bits/byte)" if "bpb" in r else "")
+                for n, r in result["sets"].items()
+            ),
+        )
         return result
 
 
