@@ -41,16 +41,16 @@ def test_logs_follow_survives_a_rotation(tmp_path, sigint):
         return text in seen
 
     try:
-        wait_for(lambda: saw("old 2"), what="the history line")
+        wait_for(lambda: saw("old 2"), timeout=300, what="the history line")
         with open(paths.log, "a") as f:
             f.write("before rotation\n")
-        wait_for(lambda: saw("before rotation"), what="a line appended while following")
+        wait_for(lambda: saw("before rotation"), timeout=300, what="a line appended while following")
         # What RotatingFileHandler does: the full file becomes runtime.log.1, a new one starts.
         with open(paths.log, "a") as f:
             f.write("last of the old file\n")
         paths.log.rename(paths.log.with_name("runtime.log.1"))
         paths.log.write_text("first of the new file\n")
-        wait_for(lambda: saw("first of the new file"), what="a line of the new file")
+        wait_for(lambda: saw("first of the new file"), timeout=300, what="a line of the new file")
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
