@@ -259,6 +259,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", type=Path, help="default: the one named by the run's schedule")
     p.add_argument("--device", type=device_flag, default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--harness",
+        metavar="TASKS",
+        help="run lm-evaluation-harness on the checkpoint instead (exported to a temporary HF folder, offline): "
+        "comma-separated task YAML files or names, e.g. jargon_qa_mc (the shipped example); needs the "
+        "[harness] extra",
+    )
+    p.add_argument(
+        "--harness-limit",
+        type=number("--harness-limit", low=1),
+        metavar="N",
+        help="only the first N examples of each task",
+    )
+    p.add_argument(
+        "--harness-batch-size", type=number("--harness-batch-size", low=1), default=16, metavar="N", help="(default 16)"
+    )
+    p.add_argument(
+        "--harness-samples",
+        type=Path,
+        metavar="FILE",
+        help="also write every example's requests and the model's answers (log-likelihoods) as JSONL",
+    )
     _handler(p, "orchestrator.commands.evaluate:cmd_evaluate")
 
     p = sub.add_parser("compare", help="checkpoints against validation sets, the best marked; --prompts scores a batch")

@@ -118,13 +118,33 @@ def answer_loss(
 ) -> float:
     """Mean loss of the expected answer's tokens, given the prompt; with `chat`, the answer
     is the assistant's turn and its end-of-turn token is scored too, as in training."""
+    return answer_scores(model, sp, prompt, expected, chat, system)[0]
+
+
+@torch.no_grad()
+def answer_scores(
+    model: torch.nn.Module,
+    sp,
+    prompt: str,
+    expected: str,
+    chat: bool = False,
+    system: str | None = None,
+    counts=None,
+) -> tuple[float, float, int]:
+    """answer_loss's mean, and the nats and UTF-8 bytes of the answer's text tokens, for bits
+    per byte (`counts`: trainer.evaluate.ByteTable.counts; the end-of-turn token, special,
+    counts in neither). Without `counts`, nats and bytes are 0."""
     answer = sp.encode(expected) + ([chat_ids(sp).end_of_turn] if chat else [])
     ids = (prompt_ids(sp, prompt, chat, system) + answer)[-(model.config.block_size + 1) :]
     scored = min(len(answer), len(ids) - 1)
     x = torch.tensor([ids[:-1]], device=param_device(model))
     logits, _ = model(x)
-    targets = torch.tensor(ids[1:], device=x.device)
-    return F.cross_entropy(logits[0, -scored:].float(), targets[-scored:]).item()
+    targets = torch.tensor(ids[1:], device=x.device)[-scored:]
+    per_token = F.cross_entropy(logits[0, -scored:].float(), targets, reduction="none")
+    if counts is None:
+        return per_token.mean().item(), 0.0, 0
+    size = torch.as_tensor(counts, device=x.device)[targets]
+    return per_token.mean().item(), per_token[size > 0].double().sum().item(), int(size.sum().item())
 
 
 def torch_device(name: str) -> torch.device:

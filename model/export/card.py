@@ -30,9 +30,18 @@ class Provenance:
     tokenizer_sha256: str | None
     evals: dict[str, float] = field(default_factory=dict)
     """The latest evaluation's loss on every validation set (evals.jsonl), where one exists."""
+    bpb: dict[str, float] = field(default_factory=dict)
+    """Its bits per byte on those sets, where it recorded them (evaluations of an earlier
+    release did not)."""
 
     @classmethod
-    def of(cls, folder: Path, meta: CheckpointMeta, evals: dict[str, float] | None = None) -> "Provenance":
+    def of(
+        cls,
+        folder: Path,
+        meta: CheckpointMeta,
+        evals: dict[str, float] | None = None,
+        bpb: dict[str, float] | None = None,
+    ) -> "Provenance":
         return cls(
             str(folder),
             meta.part_id,
@@ -44,6 +53,7 @@ class Provenance:
             meta.created,
             meta.tokenizer_sha256,
             dict(evals or {}),
+            dict(bpb or {}),
         )
 
     def summary(self) -> str:
@@ -94,6 +104,7 @@ def model_card(
         f"| validation loss (own stage) | {_loss(source.val_loss)} |",
     ]
     lines += [f"| validation loss, `{s}` | {_loss(v)} |" for s, v in source.evals.items()]
+    lines += [f"| bits per byte, `{s}` | {_loss(v)} |" for s, v in source.bpb.items()]
     lines += [
         f"| checkpoint written | {source.created} |",
         f"| tokenizer sha256 | `{source.tokenizer_sha256 or '-'}` |",

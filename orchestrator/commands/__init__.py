@@ -5,7 +5,8 @@ torch (sample, evaluate, compare --prompts, export) imports it inside the functi
     validate    validate, schema                   status     the chain at a glance
     logs        the runtime log                    control    pause, resume, stop, skip, retry
     service     install-service (systemd unit)     fsck       check and repair a run directory
-    evaluate    losses of a checkpoint             compare    checkpoints side by side
+    evaluate    losses, bits per byte              compare    checkpoints side by side, forgetting
+    harness     evaluate --harness: lm-evaluation-harness on an HF export
     prompts     compare --prompts                  sample     text from a checkpoint
     plot        one figure of the chain            export     a checkpoint for use elsewhere
     doctor      preflight: machine and schedule

@@ -1,5 +1,7 @@
-"""`orchestrator evaluate`: validation loss of a checkpoint on every stage of its run (and
-any --val split), and completions of prompts; recorded in evals.jsonl for `compare`."""
+"""`orchestrator evaluate`: validation loss and bits per byte of a checkpoint on every stage
+of its run (and any --val split), and completions of prompts; recorded in evals.jsonl for
+`compare`. With --harness TASKS, lm-evaluation-harness on the checkpoint instead
+(orchestrator/commands/harness.py)."""
 
 from __future__ import annotations
 
@@ -50,19 +52,28 @@ def _val_set(path: Path) -> ValSet:
         raise UserError(f"--val {path}: not listed in {mpath}") from None
 
 
+def chosen_checkpoint(args) -> Path:
+    """--checkpoint DIR (or release:NAME), else the run's newest promoted checkpoint."""
+    if args.checkpoint:
+        return checkpoint_folder(args.checkpoint, args.run_dir, args.schedule).resolve()
+    paths = locate(args.run_dir, args.schedule)
+    if not paths.latest.exists():
+        raise UserError(f"{paths.root}: nothing promoted yet; name a checkpoint with --checkpoint DIR")
+    return (paths.checkpoints / paths.latest.read_text().strip()).resolve()
+
+
 def cmd_evaluate(args) -> int:
+    if args.harness:
+        from orchestrator.commands.harness import cmd_harness
+
+        return cmd_harness(args)
     from trainer import device  # torch: only here, the rest of the CLI never loads it
     from trainer.errors import BadInput
     from trainer.evaluate import evaluate
     from trainer.inference import load_model
 
     paths = locate(args.run_dir, args.schedule)
-    folder = checkpoint_folder(args.checkpoint, args.run_dir, args.schedule) if args.checkpoint else None
-    if folder is None:
-        if not paths.latest.exists():
-            raise UserError(f"{paths.root}: nothing promoted yet; name a checkpoint with --checkpoint DIR")
-        folder = paths.checkpoints / paths.latest.read_text().strip()
-    folder = folder.resolve()
+    folder = chosen_checkpoint(args)
     sets, tokenizer = _val_sets(args, paths)
     try:
         placement = device.choose(TrainConfig(device=args.device, compile=False))
@@ -72,6 +83,11 @@ def cmd_evaluate(args) -> int:
     prompts = args.prompt or []
     if prompts and tokenizer is None:
         tokenizer = find_tokenizer(folder, meta.tokenizer_sha256, args.tokenizer)
+    elif tokenizer is None and args.tokenizer is None:
+        try:  # for bits per byte; without a tokenizer the losses still stand
+            tokenizer = find_tokenizer(folder, meta.tokenizer_sha256, None)
+        except UserError:
+            tokenizer = None
     spec = EvalSpec(
         sets=sets,
         windows=args.windows,
@@ -100,7 +116,11 @@ def cmd_evaluate(args) -> int:
     else:
         print(f"{folder.name} ({meta.part_id}, {meta.global_tokens:,} tokens trained):")
         for name, r in result["sets"].items():
-            print(f"  {name:24} loss {r['loss']:.4f}  perplexity {r['ppl']:.2f}  ({r['windows']} windows)")
+            bpb = f"{r['bpb']:.4f}" if "bpb" in r else "-"
+            print(
+                f"  {name:24} loss {r['loss']:.4f}  perplexity {r['ppl']:.2f}  bits/byte {bpb}  "
+                f"({r['windows']} windows)"
+            )
         for s in result["samples"]:
             print(f"  > {s['prompt']}{s['text']}")
     if in_run:  # compare shows it; a later evaluation of a checkpoint replaces an earlier one

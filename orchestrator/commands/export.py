@@ -150,7 +150,7 @@ def _write_pt(stage: Path, folder: Path, meta: CheckpointMeta, tokenizer: Path |
             architecture="this project's own format (model.pt)",
             model=meta.model,
             n_params=config_from_dict(meta.model).n_params(),
-            source=Provenance.of(folder, meta, _evals(folder)),
+            source=Provenance.of(folder, meta, *_evals(folder)),
             files=[*files, "README.md"],
             dtype="f32",
         ),
@@ -177,7 +177,7 @@ def _write_converted(
         except spm_file.SpmError as e:
             raise UserError(f"{tokenizer}: cannot convert this tokenizer: {e}") from None
     model, _ = load_model(folder, torch.device("cpu"), verified=True)
-    source = Provenance.of(folder, meta, _evals(folder))
+    source = Provenance.of(folder, meta, *_evals(folder))
     try:
         return write_export(
             stage,
@@ -288,16 +288,20 @@ def _spec_or_none(path: Path):
         return None
 
 
-def _evals(folder: Path) -> dict[str, float]:
-    """The latest recorded evaluation of this checkpoint (evals.jsonl of its run), by set."""
+def _evals(folder: Path) -> tuple[dict[str, float], dict[str, float]]:
+    """The latest recorded evaluation of this checkpoint (evals.jsonl of its run): the loss
+    by set, and the bits per byte by set where it recorded them."""
     run = folder.parent.parent
     found: dict[str, float] = {}
+    bpb: dict[str, float] = {}
     try:
         records = read_jsonl(run / "evals.jsonl")
     except (OSError, ValueError):
-        return found
+        return found, bpb
     for record in records:
         where = record.get("checkpoint") or ""
         if where and (run / where).resolve() == folder and isinstance(record.get("sets"), dict):
-            found = {k: v["loss"] for k, v in record["sets"].items() if isinstance(v, dict) and "loss" in v}
-    return found
+            sets = {k: v for k, v in record["sets"].items() if isinstance(v, dict)}
+            found = {k: v["loss"] for k, v in sets.items() if "loss" in v}
+            bpb = {k: v["bpb"] for k, v in sets.items() if "bpb" in v}
+    return found, bpb

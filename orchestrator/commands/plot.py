@@ -2,9 +2,11 @@
 
     1. training loss (raw and smoothed) and each stage's validation loss, over tokens,
        with part boundaries
-    2. the learning rate, over tokens
-    3. tokens/s, over time, paused intervals shaded
-    4. GPU temperature and power, over time, paused intervals shaded
+    2. each stage's validation bits per byte, over tokens (the figure other tokenizers
+       and models can be compared on)
+    3. the learning rate, over tokens
+    4. tokens/s, over time, paused intervals shaded
+    5. GPU temperature and power, over time, paused intervals shaded
 
 Reads the run's files only (metrics/, evals.jsonl, hardware.jsonl, events.jsonl).
 matplotlib is an optional extra: pip install 'gpt-orchestrator[plot]'.
@@ -114,7 +116,7 @@ def draw(paths: RunPaths, out: Path, width: int, height: int) -> None:
     t0 = min(m["time"] for m in metrics)
     hours = lambda t: (t - t0) / 3600  # noqa: E731
     pauses = [(hours(a), hours(b)) for a, b in paused_intervals(paths)]
-    fig, (loss_ax, lr_ax, speed_ax, hw_ax) = plt.subplots(4, 1, figsize=(width / 100, height / 100), dpi=100)
+    fig, (loss_ax, bpb_ax, lr_ax, speed_ax, hw_ax) = plt.subplots(5, 1, figsize=(width / 100, height / 100), dpi=100)
 
     tokens = [m["global_tokens"] for m in metrics]
     losses = [m["loss"] for m in metrics]
@@ -128,6 +130,19 @@ def draw(paths: RunPaths, out: Path, width: int, height: int) -> None:
         loss_ax.axvline(end, color="grey", linewidth=0.5, linestyle=":")
     loss_ax.set(ylabel="loss", xlabel="tokens trained (dotted: part boundaries)")
     loss_ax.legend(fontsize=8, loc="upper right")
+
+    drawn = False
+    for name in sorted({n for e in evals for n in e["sets"]}):
+        # evaluations of an earlier release recorded no bits per byte: their points are left out
+        points = [(e["global_tokens"], e["sets"][name]["bpb"]) for e in evals if "bpb" in e["sets"].get(name, {})]
+        if points:
+            bpb_ax.plot(*zip(*points), marker="o", markersize=3, linewidth=1.2, label=f"val: {name}")
+            drawn = True
+    if drawn:
+        bpb_ax.legend(fontsize=8, loc="upper right")
+    else:
+        bpb_ax.text(0.5, 0.5, "no bits per byte recorded", ha="center", va="center", transform=bpb_ax.transAxes)
+    bpb_ax.set(ylabel="bits per byte", xlabel="tokens trained")
 
     peak = max((m["lr"] for m in metrics), default=0) or 1.0
     trained = [m["lr_factor"] if m.get("lr_factor") is not None else m["lr"] / peak for m in metrics]

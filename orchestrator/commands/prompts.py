@@ -3,8 +3,9 @@
 Each line of the file: {"prompt": "...", "expected": "..."} ("expected" optional; with
 --chat also "system"). For every checkpoint, every prompt gets its greedy completion;
 where an answer is expected, also its loss given the prompt (how likely the checkpoint
-finds it) and whether the completion begins with it. The seed's batch inference, as one
-command.
+finds it), its bits per byte (the same nats over the answer's UTF-8 bytes, the end-of-turn
+token left out: comparable across tokenizers) and whether the completion begins with it.
+The seed's batch inference, as one command.
 
 --chat formats every prompt as a user turn, as instruction data is trained (runtime.chat):
 the answer ends at the end of the turn, and an expected answer's loss includes the
@@ -56,7 +57,8 @@ def cmd_batch(args, paths: RunPaths) -> int:
 
     import torch  # only here: the rest of the CLI never loads torch
 
-    from trainer.inference import answer_loss, complete, load_model
+    from trainer.evaluate import bits_per_byte, readable_table
+    from trainer.inference import answer_scores, complete, load_model
 
     folders = (
         [checkpoint_folder(f, args.run_dir, args.schedule).resolve() for f in args.checkpoint]
@@ -66,22 +68,28 @@ def cmd_batch(args, paths: RunPaths) -> int:
     if not folders:
         raise UserError(f"{paths.root}: no promoted checkpoints to compare")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    results, sp = [], None
+    results, sp, table = [], None, None
     for folder in folders:
         model, meta = load_model(folder, device)
         if sp is None:
             import sentencepiece as spm
 
-            sp = spm.SentencePieceProcessor(
-                model_file=str(find_tokenizer(folder, meta.tokenizer_sha256, args.tokenizer))
-            )
-        answers = []
+            tokenizer = find_tokenizer(folder, meta.tokenizer_sha256, args.tokenizer)
+            sp = spm.SentencePieceProcessor(model_file=str(tokenizer))
+            table = readable_table(tokenizer)
+        answers, nats, n_bytes = [], 0.0, 0
         for item in prompts:
             chat = {"chat": args.chat, "system": item.get("system")}
             text = complete(model, sp, item["prompt"], args.max_tokens, 0.0, None, **chat)
             entry = {"prompt": item["prompt"], "completion": text}
             if isinstance(item.get("expected"), str):
-                entry["expected_loss"] = round(answer_loss(model, sp, item["prompt"], item["expected"], **chat), 5)
+                loss, answer_nats, answer_bytes = answer_scores(
+                    model, sp, item["prompt"], item["expected"], **chat, counts=table.counts if table else None
+                )
+                entry["expected_loss"] = round(loss, 5)
+                if answer_bytes:
+                    entry["expected_bpb"] = round(bits_per_byte(answer_nats, answer_bytes), 5)
+                    nats, n_bytes = nats + answer_nats, n_bytes + answer_bytes
                 entry["match"] = text.strip().startswith(item["expected"].strip())
             answers.append(entry)
         scored = [a for a in answers if "expected_loss" in a]
@@ -94,6 +102,8 @@ def cmd_batch(args, paths: RunPaths) -> int:
                 "mean_expected_loss": round(sum(a["expected_loss"] for a in scored) / len(scored), 5)
                 if scored
                 else None,
+                # every expected answer's nats over all their bytes (one pool, as for a validation set)
+                "expected_bpb": round(bits_per_byte(nats, n_bytes), 5) if n_bytes else None,
                 "matches": sum(a.get("match", False) for a in answers),
             }
         )
@@ -105,6 +115,10 @@ def cmd_batch(args, paths: RunPaths) -> int:
     print(f"{len(prompts)} prompts x {len(results)} checkpoints (greedy, {args.max_tokens} tokens)")
     for r in results:
         loss = "-" if r["mean_expected_loss"] is None else f"{r['mean_expected_loss']:.4f}"
+        bpb = "-" if r["expected_bpb"] is None else f"{r['expected_bpb']:.4f}"
         mark = " *best" if r["checkpoint"] == best else ""
-        print(f"  {r['checkpoint']:36} expected-answer loss {loss}  matches {r['matches']}/{len(prompts)}{mark}")
+        print(
+            f"  {r['checkpoint']:36} expected-answer loss {loss} (bits/byte {bpb})  "
+            f"matches {r['matches']}/{len(prompts)}{mark}"
+        )
     return 0

@@ -32,6 +32,29 @@ def hardware(paths: RunPaths) -> dict[str, Any] | None:
     return out
 
 
+def bits_per_byte(paths: RunPaths) -> dict[str, dict[str, float]]:
+    """{part or release id: {set: bits per byte}} from its latest evaluation in evals.jsonl.
+    Only lines that carry bits per byte are parsed (a substring test first): the file holds
+    a line per evaluated part, and `status` must stay fast on a chain of thousands."""
+    out: dict[str, dict[str, float]] = {}
+    try:
+        with open(paths.evals, "rb") as f:
+            for raw in f:
+                if b'"bpb"' not in raw:
+                    continue  # an evaluation of an earlier release: losses only
+                try:
+                    record = json.loads(raw)
+                    sets, part = record["sets"], record["part"]
+                    found = {name: r["bpb"] for name, r in sets.items() if "bpb" in r}
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    continue  # a torn or odd line is skipped, as every reader of the file does
+                if isinstance(part, str):
+                    out[part] = found
+    except OSError:
+        pass
+    return out
+
+
 def gather(paths: RunPaths, holder=holder_role) -> dict[str, Any]:
     """Everything `status` shows, as the JSON that `status --json` prints. `holder` says who
     holds the daemon's lock ((pid, role) or (None, None)); `orchestrator serve` passes one
@@ -85,6 +108,7 @@ def gather(paths: RunPaths, holder=holder_role) -> dict[str, Any]:
             "precision": hb.get("precision"),
         }
     schedule = state.get("schedule", {})
+    bpb = bits_per_byte(paths)
     return {
         "name": state.get("name"),
         "run_dir": str(paths.root),
@@ -133,6 +157,8 @@ def gather(paths: RunPaths, holder=holder_role) -> dict[str, Any]:
                     "retry_at",
                 )
             }
+            # bits per byte on the part's own stage, where its evaluation recorded it
+            | {"val_bpb": bpb.get(p.get("id"), {}).get(p.get("stage"))}
             for p in parts
         ],
         "releases": [
@@ -158,6 +184,7 @@ def gather(paths: RunPaths, holder=holder_role) -> dict[str, Any]:
                         "retry_at",
                     )
                 },
+                "eval_bpb": bpb.get(f"release:{r['name']}") or None,
             }
             for r in releases
         ],
@@ -271,7 +298,8 @@ def render(info: dict, show_all: bool = False):
     table = Table(show_edge=False, header_style="bold")
     table.add_column("part", no_wrap=True)
     table.add_column("status", no_wrap=True)
-    for col in ("tries", "tokens", "loss", "val loss"):
+    # val loss and bits per byte share a column: apart, they would push "ckpt" past 80 columns
+    for col in ("tries", "tokens", "loss", "val loss/bpb"):
         table.add_column(col, justify="right", no_wrap=True)
     table.add_column("ckpt")
     for row in _rows(info["parts"], show_all):
@@ -294,7 +322,7 @@ def render(info: dict, show_all: bool = False):
             str(row["attempts"]),
             progress.tokens(row["tokens"] or row["planned_tokens"]),
             progress.loss(row["loss"]),
-            progress.loss(row["val_loss"]),
+            _val(row["val_loss"], row.get("val_bpb")),
             note,
         )
     parts.append(table)
@@ -323,7 +351,11 @@ def render(info: dict, show_all: bool = False):
         lines = [
             Text(
                 f"after {ev['part']} ({progress.tokens(ev['global_tokens'])} tokens): "
-                + ", ".join(f"{name} {r['loss']:.3f} (ppl {r['ppl']:.1f})" for name, r in ev["sets"].items())
+                + ", ".join(
+                    f"{name} {r['loss']:.3f} (ppl {r['ppl']:.1f}"
+                    + (f", {r['bpb']:.3f} bits/byte)" if "bpb" in r else ")")
+                    for name, r in ev["sets"].items()
+                )
             )
         ]
         lines += [Text(f"> {s['prompt']}{s['text']}"[:200], style="italic") for s in ev.get("samples", [])]
@@ -338,6 +370,14 @@ def render(info: dict, show_all: bool = False):
             )
         parts.append(Panel(ev, title="recent events", border_style="dim"))
     return Group(*parts)
+
+
+def _val(loss: float | None, bpb: float | None) -> str:
+    """A part's validation loss and bits per byte ("-" for one not recorded: a part not yet
+    done, or evaluated by an earlier release)."""
+    if loss is None:
+        return "-"
+    return f"{loss:.4f} " + ("-" if bpb is None else f"{bpb:.3f}")
 
 
 def _releases_table(releases: list[dict]):
@@ -361,7 +401,10 @@ def _releases_table(releases: list[dict]):
     ):
         table.add_column(col, justify=justify, no_wrap=col != "")
     for r in releases:
-        losses = ", ".join(f"{n} {v:.3f}" for n, v in (r["eval"] or {}).items())
+        bpb = r.get("eval_bpb") or {}
+        losses = ", ".join(
+            f"{n} {v:.3f}" + (f" ({bpb[n]:.3f} bits/byte)" if n in bpb else "") for n, v in (r["eval"] or {}).items()
+        )
         note = losses if r["status"] == "done" else (r["error"] or "")[:80]
         table.add_row(
             r["name"],
