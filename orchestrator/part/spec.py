@@ -125,8 +125,7 @@ def continued_curve(pp: PartPlan, state: ChainState, start: Path | None, block_s
     saved = _saved_curve(start)
     train = pp.train
     if saved is None:
-        step_tokens = train.micro_batch * train.grad_accum * train.gpus * block_size
-        saved = chain_curve(train, train.total_tokens or max(planned_total(state), 1), step_tokens)
+        saved = chain_curve(train, train.total_tokens or max(planned_total(state), 1), step_tokens(train, block_size))
     return saved.model_copy(update={"stage": _stage_curve(pp, state, saved.stage)})
 
 
@@ -158,6 +157,11 @@ def _stage_curve(pp: PartPlan, state: ChainState, kept: StageCurve | None) -> St
 
 
 UNDONE = (PartStatus.PENDING, PartStatus.RUNNING)
+
+
+def step_tokens(train, block_size: int) -> int:
+    """The tokens of one optimizer step as planned (what sizes the default warmup)."""
+    return train.micro_batch * train.grad_accum * train.gpus * block_size
 
 
 def planned_total(state: ChainState) -> int:
@@ -360,7 +364,7 @@ def planned_curve(plan: ChainPlan, state: ChainState, paths: RunPaths, settings_
         if state.global_tokens:
             return None
         block = (state.model or plan.model)["block_size"]
-        return chain_curve(train, total, train.micro_batch * train.grad_accum * train.gpus * block)
+        return chain_curve(train, total, step_tokens(train, block))
     fall = curve.fall
     if settings_of_curve and fall is not None:
         how = CurvePlan(end=total, floor=fall.floor, fraction=fall.fraction)
