@@ -25,6 +25,7 @@ import psutil
 import orchestrator
 from runtime.lockfile import holder
 from runtime.paths import WorkPaths
+from runtime.spec import TrainConfig
 from runtime.workerfiles import DAEMON_PID_ENV
 
 REPO_ROOT = Path(orchestrator.__file__).resolve().parent.parent
@@ -91,7 +92,9 @@ class WorkerProcess:
         self.killed = False
 
     @classmethod
-    def launch(cls, part_id: str, spec_path: Path, log_path: Path, processes: int = 1) -> "WorkerProcess":
+    def launch(cls, part_id: str, spec_path: Path, log_path: Path, train: TrainConfig) -> "WorkerProcess":
+        """Start the part's worker: one process, or torchrun with one per GPU (train.gpus)."""
+        processes = train.gpus
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
                 worker_command(spec_path, processes),

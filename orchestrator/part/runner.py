@@ -135,7 +135,7 @@ class PartRunner:
         self.told_plan = (job.id, spec.lr_after) if spec.lr_after else None
         write_model(work.control, control, fault="control")
         self.launch_step = self.newest_step(job.id)
-        self.worker = WorkerProcess.launch(job.id, work.spec, work.log, spec.train.gpus)
+        self.worker = WorkerProcess.launch(job.id, work.spec, work.log, spec.train)
         life.move(job, "start")
         job.worker_pid = self.worker.pid
         job.attempts += 1
