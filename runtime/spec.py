@@ -8,10 +8,11 @@ hand. The model section is a plain dict here and is validated by model.config.GP
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from runtime.atomic import read_json
 from runtime.curve import Curve, PlannedAfter
@@ -22,6 +23,14 @@ SPEC_FORMAT = "orchestrator.spec/1"
 CHAIN_WIDE_TRAIN_FIELDS = frozenset(
     {"lr_schedule", "warmup_tokens", "warmup_fraction", "decay_fraction", "total_tokens", "seed"}
 )
+
+
+LAUNCH_FIELDS = ("launcher", "hosts", "rdzv_host")
+"""TrainConfig fields that say how a part's machines are reached, not what it computes: a
+frozen spec takes their current values at every launch (orchestrator.part.spec.finish)."""
+
+HOST_PATTERN = re.compile(r"[A-Za-z0-9_.%\[\]:][A-Za-z0-9_.%\[\]:@-]*")
+"""A host name or address, optionally `user@` before it; no spaces, no leading `-` (an ssh option)."""
 
 
 DEFAULT_ADAMW_LR = {"adamw": 6e-4, "muon": 1e-2}
@@ -98,9 +107,28 @@ class TrainConfig(BaseModel):
     """Worker processes per part, one per GPU, launched under torchrun (DistributedDataParallel);
     an optimizer step then takes gpus x micro_batch x grad_accum windows. On a machine
     without CUDA: that many CPU processes (gloo), which is only useful for testing."""
+    nodes: int = Field(1, ge=1)
+    """Machines that train each part together, each running `gpus` worker processes under torchrun; their agents
+    meet through torch's c10d rendezvous, hosted on the daemon's machine, whose workers are ranks 0.. (rank 0 writes
+    the checkpoints). An optimizer step then takes nodes x gpus x micro_batch x grad_accum windows. The run
+    directory, the data and this project (with its Python) must be on a filesystem every machine sees, at the same
+    path (`orchestrator doctor` checks it); docs/operations.md, "Several machines"."""
+    launcher: Literal["auto", "srun", "ssh", "local"] = "auto"
+    """How the daemon starts torchrun on the other machines when nodes > 1: srun (inside a Slurm allocation; the
+    batch script `orchestrator slurm` writes), ssh (to each of `hosts`, with keys that need no passphrase), local
+    (every node's torchrun on this machine: a rehearsal, and what the tests use). auto: srun when the daemon runs
+    inside a Slurm allocation, ssh otherwise. Not part of what a part computes: a retry uses the current value."""
+    hosts: list[str] = []
+    """With ssh: the other machines as ssh reaches them (`host` or `user@host`), in order; a part on N nodes uses
+    the first N-1. Their torch processes connect to each other on any TCP port (torch's store, gloo, NCCL), so put
+    them on one private network. A retry uses the current list."""
+    rdzv_host: str | None = None
+    """The address the other machines reach this one at (the rendezvous and rank 0's store); default: 127.0.0.1
+    with launcher local, else this machine's host name. Set it where that name does not resolve on the others
+    (a rented machine's private IP). The port is a free one, picked at each launch."""
     cpu_threads: int | None = Field(None, ge=1)
-    """Torch threads on CPU; default (null): every CPU this process may run on, divided by gpus (fixed into each
-    part's spec)."""
+    """Torch threads on CPU; default (null): every CPU this process may run on, divided by gpus (and by nodes
+    with launcher local, where every node is this machine); fixed into each part's spec."""
     seed: int = 1337
     """Seeds the data order and initial weights of the chain."""
     checkpoint_interval_s: float = Field(600, gt=0)
@@ -124,6 +152,23 @@ class TrainConfig(BaseModel):
         """AdamW's peak learning rate under optimizer `kind` (the `lr` field or its default)."""
         return self.lr if self.lr is not None else DEFAULT_ADAMW_LR[kind]
 
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, v: list[str]) -> list[str]:
+        for host in v:
+            _check_host(host)
+        return v
+
+    @field_validator("rdzv_host")
+    @classmethod
+    def _rdzv_host(cls, v: str | None) -> str | None:
+        return v if v is None else _check_host(v)
+
+    @property
+    def world_size(self) -> int:
+        """Worker processes of a part, on every machine together."""
+        return self.gpus * self.nodes
+
     @model_validator(mode="after")
     def _gpus_fit_device(self) -> "TrainConfig":
         if self.gpus > 1 and self.device.startswith("cuda:"):
@@ -131,7 +176,21 @@ class TrainConfig(BaseModel):
                 f"train.gpus is {self.gpus} but train.device names one GPU ({self.device}); "
                 "use device auto or cuda (rank r trains on cuda:r)"
             )
+        if self.nodes > 1 and self.device.startswith("cuda:"):
+            raise ValueError(
+                f"train.nodes is {self.nodes} but train.device names one GPU ({self.device}); "
+                "use device auto or cuda (each machine's local rank r trains on its cuda:r)"
+            )
         return self
+
+
+def _check_host(text: str) -> str:
+    if not HOST_PATTERN.fullmatch(text):
+        raise ValueError(
+            f"{text!r} is not a host name or address (with `user@` before it for ssh if needed): letters, digits, "
+            "`.`, `-`, `_`, `:`, no spaces, and not starting with `-`"
+        )
+    return text
 
 
 class DataRef(BaseModel):

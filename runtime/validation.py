@@ -55,6 +55,8 @@ def describe(error: ValidationError, root: type[BaseModel] | None = None) -> lis
         elif kind == "missing":
             msg = "required field is missing"
         else:
-            msg = e["msg"].removeprefix("Value error, ") + f" (got {e['input']!r})"
+            msg = e["msg"].removeprefix("Value error, ")
+            if not isinstance(e["input"], dict):  # a whole section's input says nothing the message does not
+                msg += f" (got {e['input']!r})"
         lines.append(f"{where}: {msg}")
     return lines

@@ -33,6 +33,10 @@ EXIT_NONFINITE = 91  # non-finite loss: roll back, skip the window
 # The daemon's pid, in the worker's environment: the worker stops when its daemon is gone.
 DAEMON_PID_ENV = "ORCHESTRATOR_DAEMON_PID"
 
+# Set to "1" for the torchrun the daemon starts on its own machine when a part trains on
+# several (train.nodes): the workers put that machine's first as ranks 0.. (trainer.distributed).
+MAIN_NODE_ENV = "ORCHESTRATOR_MAIN_NODE"
+
 
 class Phase(str, Enum):
     """What the worker is doing, as its heartbeat says (status shows it)."""

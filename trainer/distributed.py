@@ -10,6 +10,13 @@ CUDA, gloo on CPU). Model and optimizer states are identical on every rank, so r
 checkpoint resumes all of them; every rank also draws the same random numbers (same
 seed, same draws), so rank 0's generator states are everyone's.
 
+On several machines (train.nodes) torchrun's agents meet through its c10d rendezvous, which
+numbers the machines by host name and process id, not by which one the daemon runs on. Rank
+0 must be on the daemon's machine (it holds the lock, beats, and takes the daemon's
+SIGTERM), so the workers number themselves: the machine whose agent the daemon started with
+MAIN_NODE_ENV comes first, the others follow in torch's order (main_first). They agree on
+it through torchrun's store before joining the process group with those ranks.
+
 With one process none of this runs: every method below is then a no-op or the identity.
 """
 
@@ -23,6 +30,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
+from runtime.workerfiles import MAIN_NODE_ENV
+
 # Rank 0 may pause for hours (a hot GPU, a power cut on battery) while the others wait
 # for its word; a hung rank is the daemon's business (heartbeat timeout), not gloo's.
 _CONTROL_TIMEOUT = datetime.timedelta(days=30)
@@ -33,6 +42,9 @@ class Ranks:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    nodes: int = 1
+    _store: object = field(default=None, repr=False)
+    """torchrun's store, when the ranks are our own order (several machines)."""
     _control: object = field(default=None, repr=False)
 
     @property
@@ -48,7 +60,11 @@ class Ranks:
         if not self.on:
             return
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, rank=self.rank, world_size=self.world)  # NCCL: the current device
+        if self._store is not None:  # our own numbering: a group of its own in torchrun's store
+            store = dist.PrefixStore("orchestrator/pg", self._store)
+            dist.init_process_group(backend, store=store, rank=self.rank, world_size=self.world)
+        else:
+            dist.init_process_group(backend, rank=self.rank, world_size=self.world)  # NCCL: the current device
         self._control = dist.new_group(backend="gloo", timeout=_CONTROL_TIMEOUT)
 
     def close(self) -> None:
@@ -97,7 +113,34 @@ def from_env() -> Ranks:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Ranks()
-    return Ranks(rank=int(os.environ["RANK"]), world=world, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    nodes = int(os.environ.get("GROUP_WORLD_SIZE", "1"))
+    if nodes <= 1:
+        return Ranks(rank=int(os.environ["RANK"]), world=world, local_rank=local_rank)
+    store, _, _ = next(dist.rendezvous("env://"))  # torchrun's store (its agent's, or rank 0's)
+    node = int(os.environ["GROUP_RANK"])
+    first = main_node(store, node, nodes, local_rank, os.environ.get(MAIN_NODE_ENV) == "1")
+    rank = main_first(node, first, nodes, local_rank, int(os.environ["LOCAL_WORLD_SIZE"]))
+    return Ranks(rank=rank, world=world, local_rank=local_rank, nodes=nodes, _store=store)
+
+
+_MAIN_KEY = "orchestrator/main_node"
+
+
+def main_node(store, node: int, nodes: int, local_rank: int, on_main: bool) -> int:
+    """torch's number (GROUP_RANK) of the daemon's machine: each machine's local rank 0
+    says whether its agent is the daemon's, and every process reads all of them. Without
+    one (torchrun started by hand, not by the daemon), torch's own first machine."""
+    if local_rank == 0:
+        store.set(f"{_MAIN_KEY}/{node}", "1" if on_main else "0")
+    claims = [store.get(f"{_MAIN_KEY}/{n}") == b"1" for n in range(nodes)]
+    return claims.index(True) if any(claims) else 0
+
+
+def main_first(node: int, first: int, nodes: int, local_rank: int, local_world: int) -> int:
+    """The rank of local rank `local_rank` on torch's machine `node` when machine `first`
+    comes first and the rest keep torch's order (rotated): rank 0 is on machine `first`."""
+    return ((node - first) % nodes) * local_world + local_rank
 
 
 def no_sync(model: torch.nn.Module, last: bool):

@@ -336,6 +336,23 @@ class Schedule(BaseModel):
             seen.add(s.name)
         return self
 
+    @model_validator(mode="after")
+    def _other_machines_listed(self) -> "Schedule":
+        """A stage on several machines reached by ssh needs them in train.hosts (its own or the top level's)."""
+        for i, stage in enumerate(self.stages):
+            own = stage.train.model_fields_set if stage.train else set()
+            nodes, launcher, hosts = (
+                getattr(stage.train if f in own else self.train, f) for f in ("nodes", "launcher", "hosts")
+            )
+            ssh = launcher == "ssh" or (launcher == "auto" and hosts)  # auto with no hosts: srun, under Slurm
+            if nodes > 1 and ssh and len(hosts) < nodes - 1:
+                raise ValueError(
+                    f"stages[{i}] ({stage.name}): train.nodes is {nodes}, so ssh needs {nodes - 1} other "
+                    f"machine{'s' if nodes > 2 else ''} in train.hosts, and it lists {len(hosts)}; list them, "
+                    "or give launcher srun (inside a Slurm allocation) or local (every node on this machine)"
+                )
+        return self
+
     def stage_train(self, stage: Stage) -> TrainConfig:
         """The top-level train settings with the stage's overrides laid over them."""
         if stage.train is None:

@@ -9,29 +9,97 @@ end writes its real exit code to exit.json, and the daemon reads that (runner.py
 A daemon restarted after a crash may find its previous worker still alive (the worker
 notices its parent is gone, checkpoints and exits). It adopts it: no exit code then, so
 the daemon reads the work dir's result/error files to learn how it ended.
+
+A part on several machines (train.nodes > 1) is one torchrun agent per machine, meeting
+through torch's c10d rendezvous, which the agent on this machine hosts. That one, the
+*main* agent, is the daemon's child as on one machine, and its workers are ranks 0..
+(trainer.distributed), so everything above holds for it. The agents on the other machines,
+the *peers*, are started by the part's launcher (`train.launcher`): one `srun` over the rest
+of a Slurm allocation, one `ssh` per host, or torchrun on this machine standing in for
+another machine (launcher local: the tests). Each launch meets under its own id on a free
+port, so an agent left over from an attempt can never join the next.
+
+The machines train as one job and end as one. A peer that fails while the main agent runs
+ends the attempt at once: its ranks are gone, and the main ranks would wait for them in a
+collective. When the main agent has ended, the peers get PEER_EXIT_S to end on their own
+(their ranks end with rank 0's word), then SIGTERM (srun passes it to its tasks; ssh's end
+hangs up the remote torchrun, which stops its workers), then, PEER_KILL_S later, SIGKILL.
+poll() reports the attempt over only when no peer is left, so a retry never meets one.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
 import orchestrator
+from runtime.atomic import publish_once
 from runtime.lockfile import holder
 from runtime.paths import WorkPaths
 from runtime.spec import TrainConfig
-from runtime.workerfiles import DAEMON_PID_ENV
+from runtime.workerfiles import DAEMON_PID_ENV, MAIN_NODE_ENV, ErrorReport, write_model
 
 REPO_ROOT = Path(orchestrator.__file__).resolve().parent.parent
 
 
-def worker_command(spec_path: Path, processes: int = 1) -> list[str]:
+PEER_EXIT_S = 5.0
+"""After the main agent ends, how long the peers have to end on their own before SIGTERM."""
+PEER_KILL_S = 30.0
+"""After SIGTERM, how long before SIGKILL (torchrun gives its workers 30 s itself)."""
+
+
+@dataclass(frozen=True)
+class Rendezvous:
+    """Where one launch's torchrun agents meet (torch's c10d rendezvous, hosted by the main agent)."""
+
+    nodes: int
+    host: str
+    port: int
+    id: str
+
+    @property
+    def endpoint(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def worker_command(
+    spec_path: Path,
+    processes: int = 1,
+    rdzv: Rendezvous | None = None,
+    main: bool = True,
+    local_addr: str | None = None,
+) -> list[str]:
+    if rdzv is not None:
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nnodes={rdzv.nodes}",
+            f"--nproc-per-node={processes}",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={rdzv.endpoint}",
+            f"--rdzv-id={rdzv.id}",
+            # The main agent hosts the rendezvous; a peer that comes first waits for it.
+            f"--rdzv-conf=is_host={int(main)}",
+            "--max-restarts=0",  # a failure ends the attempt; the daemon decides what next
+            # The address the other machines reach this one at (torch's store is on the first node).
+            *([f"--local-addr={local_addr}"] if local_addr else []),
+            "-m",
+            "trainer.worker",
+            "--spec",
+            str(spec_path),
+        ]
     if processes > 1:
         return [
             sys.executable,
@@ -75,13 +143,137 @@ def worker_env() -> dict[str, str]:
     return env
 
 
+def peer_env() -> dict[str, str]:
+    """The environment of the agents on the other machines: not the main one's marker, and
+    no daemon pid (their workers watch their own agent's parent instead)."""
+    env = worker_env()
+    env.pop(DAEMON_PID_ENV, None)
+    env.pop(MAIN_NODE_ENV, None)
+    return env
+
+
+# What ssh carries to the other machines of the daemon's environment (ssh passes none):
+# the settings of torch's transports and of this project's worker.
+SSH_ENV_PREFIXES = ("NCCL_", "GLOO_", "TORCH_", "OMP_", "ORCHESTRATOR_")
+
+
+class LaunchRefused(Exception):
+    """The part cannot reach its machines as configured (a user's mistake, not a crash)."""
+
+
+@dataclass
+class Peer:
+    """The process that runs the agent on another machine: srun, ssh, or (local) torchrun itself."""
+
+    pid: int
+    proc: subprocess.Popen | None  # None when adopted
+
+    def running(self) -> bool:
+        if self.proc is not None:
+            return self.proc.poll() is None
+        try:
+            return psutil.Process(self.pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    def failed(self) -> int | None:
+        """Its exit code if it ended with a failure (not 0, not 75: rank 0's stop reached it); else None."""
+        rc = self.proc.poll() if self.proc is not None else None
+        return rc if rc not in (None, 0, 75) else None
+
+
+def launcher_kind(train: TrainConfig, environ: dict[str, str]) -> str:
+    """srun, ssh or local: train.launcher, with auto resolved where the daemon runs."""
+    if train.launcher != "auto":
+        return train.launcher
+    return "srun" if environ.get("SLURM_JOB_ID") else "ssh"
+
+
+def peer_commands(train: TrainConfig, spec_path: Path, rdzv: Rendezvous, environ: dict[str, str]) -> list[list[str]]:
+    """One command per process that starts the agents of the other machines; LaunchRefused
+    (saying what to do) when they cannot be reached as configured."""
+    kind, others = launcher_kind(train, environ), train.nodes - 1
+    if kind == "local":
+        return [worker_command(spec_path, train.gpus, rdzv, main=False, local_addr="127.0.0.1")] * others
+    if kind == "srun":
+        if not environ.get("SLURM_JOB_ID"):
+            raise LaunchRefused(
+                "train.launcher is srun, but the daemon does not run inside a Slurm allocation (no "
+                "SLURM_JOB_ID): start it with the batch script `orchestrator slurm` writes"
+            )
+        have = int(environ.get("SLURM_JOB_NUM_NODES") or environ.get("SLURM_NNODES") or 0)
+        if have < train.nodes:
+            raise LaunchRefused(
+                f"train.nodes is {train.nodes}, but this Slurm allocation has {have} node(s): "
+                f"submit with --nodes {train.nodes} (orchestrator slurm --nodes {train.nodes})"
+            )
+        if shutil.which("srun") is None:
+            raise LaunchRefused("train.launcher is srun, but there is no srun on the daemon's PATH")
+        # This machine is the allocation's first node (the batch script runs there): the rest
+        # are nodes 1.. of it, one agent each; a task that fails ends the step.
+        return [
+            [
+                "srun",
+                f"--nodes={others}",
+                f"--ntasks={others}",
+                "--ntasks-per-node=1",
+                "--relative=1",
+                "--kill-on-bad-exit=1",
+                f"--chdir={spec_path.parent}",
+                *worker_command(spec_path, train.gpus, rdzv, main=False),
+            ]
+        ]
+    if len(train.hosts) < others:
+        raise LaunchRefused(
+            f"train.nodes is {train.nodes}: outside a Slurm allocation the daemon reaches the other "
+            f"{others} machine(s) by ssh, and train.hosts lists {len(train.hosts)}; list them in the "
+            "schedule (or run under Slurm: orchestrator slurm)"
+        )
+    if shutil.which("ssh") is None:
+        raise LaunchRefused("train.nodes > 1 with ssh, but there is no ssh client on the daemon's PATH")
+    env = peer_env()
+    carried = {k: v for k, v in env.items() if k.startswith(SSH_ENV_PREFIXES) and not k.startswith("TORCHELASTIC_")}
+    for k in ("PYTHONPATH", "PYTHONUNBUFFERED", "CUDA_DEVICE_ORDER"):
+        carried[k] = env[k]
+    commands = []
+    for host in train.hosts[:others]:
+        agent = worker_command(spec_path, train.gpus, rdzv, main=False, local_addr=host.rpartition("@")[2])
+        remote = f"cd {shlex.quote(str(spec_path.parent))} && exec env " + shlex.join(
+            [*(f"{k}={v}" for k, v in sorted(carried.items())), *agent]
+        )
+        # -tt: a terminal on the other side, so that this ssh ending hangs up the remote torchrun.
+        commands.append(["ssh", "-tt", "-o", "BatchMode=yes", "--", host, remote])
+    return commands
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now (the rendezvous binds it a moment later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
 class WorkerProcess:
-    def __init__(self, part_id: str, spec_path: Path, pid: int, proc: subprocess.Popen | None, launcher: bool = False):
+    def __init__(
+        self,
+        part_id: str,
+        spec_path: Path,
+        pid: int,
+        proc: subprocess.Popen | None,
+        launcher: bool = False,
+        peers: list[Peer] | None = None,
+        log_path: Path | None = None,
+    ):
         self.part_id = part_id
         self.spec_path = spec_path
         self.pid = pid
         self.proc = proc  # None when adopted
         self.launcher = launcher  # pid is torchrun's, the workers are its children
+        self.peers = peers or []
+        """The agents of the other machines (train.nodes > 1), ended with the main one."""
+        self.log_path = log_path
+        self.main_ended: float | None = None  # monotonic: when poll() first saw the main agent gone
+        self.peers_termed = self.peers_killed = False
         self.started = time.monotonic()
         self.beat_key: tuple | None = None
         self.beat_seen: float | None = None
@@ -93,7 +285,10 @@ class WorkerProcess:
 
     @classmethod
     def launch(cls, part_id: str, spec_path: Path, log_path: Path, train: TrainConfig) -> "WorkerProcess":
-        """Start the part's worker: one process, or torchrun with one per GPU (train.gpus)."""
+        """Start the part's worker: one process, or torchrun with one per GPU (train.gpus), on
+        each of train.nodes machines."""
+        if train.nodes > 1:
+            return cls.launch_nodes(part_id, spec_path, log_path, train)
         processes = train.gpus
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
@@ -108,6 +303,52 @@ class WorkerProcess:
         return cls(part_id, spec_path, proc.pid, proc, launcher=processes > 1)
 
     @classmethod
+    def launch_nodes(cls, part_id: str, spec_path: Path, log_path: Path, train: TrainConfig) -> "WorkerProcess":
+        """torchrun on every machine: the peers first, then the main agent. torch numbers the
+        machines by address and pid, so on one machine (launcher local) the peers' smaller
+        pids put a peer first in torch's order, and the workers' own order (main first) is
+        what every multi-node test runs on."""
+        kind = launcher_kind(train, dict(os.environ))
+        host = train.rdzv_host or ("127.0.0.1" if kind == "local" else socket.gethostname())
+        rdzv = Rendezvous(train.nodes, host, free_port(), uuid.uuid4().hex[:16])
+        try:
+            commands = peer_commands(train, spec_path, rdzv, dict(os.environ))
+        except LaunchRefused as e:
+            return cls.refuse(part_id, spec_path, log_path, str(e))
+        main_env = {**worker_env(), MAIN_NODE_ENV: "1"}
+        with open(log_path, "ab") as log:
+            log.write(
+                f"[daemon] {train.nodes} machines x {train.gpus} processes, the others by {kind}: "
+                f"rendezvous {rdzv.endpoint}, id {rdzv.id}\n".encode()
+            )
+            log.flush()
+            popen = dict(stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            peers = [
+                Peer(p.pid, p)
+                for p in (subprocess.Popen(c, env=peer_env(), cwd=spec_path.parent, **popen) for c in commands)
+            ]
+            main = subprocess.Popen(
+                worker_command(spec_path, train.gpus, rdzv, main=True, local_addr=host),
+                env=main_env,
+                cwd=spec_path.parent,
+                **popen,
+            )
+        return cls(part_id, spec_path, main.pid, main, launcher=True, peers=peers, log_path=log_path)
+
+    @classmethod
+    def refuse(cls, part_id: str, spec_path: Path, log_path: Path, message: str) -> "WorkerProcess":
+        """A launch that cannot be made: the part fails at once, as bad input, with `message`.
+        The runner learns it as from any worker (error.json, then an exit), so a process that
+        only exits 1 stands in for the worker."""
+        write_model(WorkPaths(spec_path.parent).error, ErrorReport(kind="bad_input", message=message, retryable=False))
+        with open(log_path, "ab") as log:
+            log.write(f"[daemon] {message}\n".encode())
+            proc = subprocess.Popen(
+                [sys.executable, "-c", "raise SystemExit(1)"], stdin=subprocess.DEVNULL, stdout=log, stderr=log
+            )
+        return cls(part_id, spec_path, proc.pid, proc)
+
+    @classmethod
     def adopt(cls, part_id: str, spec_path: Path, pid: int) -> "WorkerProcess | None":
         """The live worker `pid` of this spec, left by a previous daemon; None if gone."""
         try:
@@ -118,7 +359,8 @@ class WorkerProcess:
             return None  # the pid was reused by something else
         launcher = _torchrun_of(pid, spec_path)
         if launcher is not None:  # rank 0 of several: watch and stop them through torchrun
-            return cls(part_id, spec_path, launcher, None, launcher=True)
+            peers = [Peer(p, None) for p in _peers_of(launcher, spec_path)]
+            return cls(part_id, spec_path, launcher, None, launcher=True, peers=peers)
         return cls(part_id, spec_path, pid, None)
 
     def saw_heartbeat(self, hb, now: float) -> None:
@@ -127,7 +369,19 @@ class WorkerProcess:
             self.beat_key, self.beat_seen = key, now
 
     def poll(self) -> tuple[bool, int | None]:
-        """(exited, exit code); the code is None for an adopted worker or a signal death."""
+        """(exited, exit code); the code is None for an adopted worker or a signal death.
+        With peers: exited once the main agent and every peer have ended."""
+        exited, rc = self._poll_main()
+        if not self.peers:
+            return exited, rc
+        if not exited:
+            failed = next(((p, code) for p in self.peers if (code := p.failed()) is not None), None)
+            if failed is not None and not self.killed:
+                self._peer_failed(*failed)
+            return False, None
+        return (True, rc) if self._peers_ended() else (False, None)
+
+    def _poll_main(self) -> tuple[bool, int | None]:
         if self.proc is not None:
             rc = self.proc.poll()
             return (rc is not None, rc)
@@ -137,11 +391,50 @@ class WorkerProcess:
             alive = False
         return (not alive, None)
 
+    def _peer_failed(self, peer: Peer, code: int) -> None:
+        """A machine's agent failed while the main one runs: the attempt is over on every machine."""
+        what = f"signal {-code}" if code < 0 else f"exit code {code}"
+        message = (
+            f"the agent on another machine (pid {peer.pid} here) ended with {what}; ended the part on every machine"
+        )
+        # The first rank to fail names the cause; a rank that lost its peer may have said so first.
+        publish_once(
+            WorkPaths(self.spec_path.parent).error, ErrorReport(kind="error", message=message).model_dump_json()
+        )
+        self._note(message)
+        self.kill()
+
+    def _peers_ended(self) -> bool:
+        """Ends the peers of an ended main agent: on their own, then SIGTERM, then SIGKILL; True once none is left."""
+        alive = [p for p in self.peers if p.running()]
+        if not alive:
+            return True
+        now = time.monotonic()
+        self.main_ended = self.main_ended or now
+        waited = now - self.main_ended
+        if waited >= PEER_EXIT_S and not self.peers_termed:
+            self.peers_termed = True
+            self._note(f"{len(alive)} agent(s) of the other machines still running; sending SIGTERM")
+            for p in alive:
+                _signal_group(p.pid, signal.SIGTERM)
+        if waited >= PEER_EXIT_S + PEER_KILL_S and not self.peers_killed:
+            self.peers_killed = True
+            self._note(f"{len(alive)} agent(s) of the other machines still running; sending SIGKILL")
+            for p in alive:
+                _kill_tree(p.pid)
+        return False
+
+    def _note(self, message: str) -> None:
+        """A line in the part's worker.log, beside the agents' own."""
+        if self.log_path is not None:
+            try:
+                with open(self.log_path, "a") as log:
+                    log.write(f"[daemon] {message}\n")
+            except OSError:
+                pass
+
     def _signal_group(self, sig: signal.Signals) -> None:
-        try:
-            os.killpg(self.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
+        _signal_group(self.pid, sig)
 
     def request_stop(self, grace_s: float, reason: str) -> None:
         """Warm stop: the worker checkpoints and exits 75; killed if not done by the deadline."""
@@ -162,18 +455,17 @@ class WorkerProcess:
             return True
         return False
 
-    def _descendants(self) -> set[int]:
-        try:
-            return {p.pid for p in psutil.Process(self.pid).children(recursive=True)}
-        except psutil.Error:
-            return set()
-
     def kill(self) -> None:
+        """Cold: the main agent and its workers now; the peers as their launcher ends them
+        remotely (SIGTERM now; SIGKILL PEER_KILL_S later, from poll())."""
         self.killed = True
-        stray = self._descendants()  # torchrun's workers sit in sessions of their own
-        self._signal_group(signal.SIGKILL)
-        for pid in stray:
-            _signal(pid, signal.SIGKILL)
+        _kill_tree(self.pid)
+        if self.peers:
+            self.main_ended = self.main_ended or time.monotonic() - PEER_EXIT_S
+            self.peers_termed = True
+            for p in self.peers:
+                if p.running():
+                    _signal_group(p.pid, signal.SIGTERM)
 
 
 def _signal(pid: int, sig: signal.Signals) -> None:
@@ -181,6 +473,24 @@ def _signal(pid: int, sig: signal.Signals) -> None:
         os.kill(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL process group `pid` and every descendant (torchrun's workers sit in sessions of their own)."""
+    try:
+        stray = {p.pid for p in psutil.Process(pid).children(recursive=True)}
+    except psutil.Error:
+        stray = set()
+    _signal_group(pid, signal.SIGKILL)
+    for p in stray:
+        _signal(p, signal.SIGKILL)
 
 
 def _torchrun_of(pid: int, spec_path: Path) -> int | None:
@@ -191,3 +501,28 @@ def _torchrun_of(pid: int, spec_path: Path) -> int | None:
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return None
     return parent.pid if "torch.distributed.run" in cmdline and str(spec_path) in cmdline else None
+
+
+def _peers_of(main: int, spec_path: Path) -> list[int]:
+    """The processes here that started the other machines' agents of the same launch as torchrun
+    `main` (its --rdzv-id on their command line): a previous daemon's, found at adoption."""
+    try:
+        rdzv_id = next((a for a in psutil.Process(main).cmdline() if a.startswith("--rdzv-id=")), None)
+    except psutil.Error:
+        return []
+    if rdzv_id is None:
+        return []
+    found = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = " ".join(p.info["cmdline"] or [])
+        if p.info["pid"] != main and rdzv_id in cmdline and str(spec_path) in cmdline:
+            found.append(p.info["pid"])
+    # An ssh's own command line holds the agent's as one word; a peer's own workers are not peers.
+    return [pid for pid in found if not any(_is_ancestor(other, pid) for other in found if other != pid)]
+
+
+def _is_ancestor(ancestor: int, pid: int) -> bool:
+    try:
+        return any(p.pid == ancestor for p in psutil.Process(pid).parents())
+    except psutil.Error:
+        return False

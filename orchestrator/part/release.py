@@ -44,7 +44,7 @@ def due(
         return None
     if state.release(folder.name) is not None:
         return None  # queued already (a promotion being finished again)
-    step_windows = pp.train.micro_batch * pp.train.grad_accum * pp.train.gpus
+    step_windows = pp.train.micro_batch * pp.train.grad_accum * pp.train.world_size
     block = meta.model["block_size"]
     steps = max(1, round(pp.release.decay_fraction * meta.global_tokens / (step_windows * block)))
     return ReleaseState(

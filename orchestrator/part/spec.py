@@ -35,7 +35,7 @@ from runtime.atomic import read_json
 from runtime.checkpoint import read_meta, step_dirs
 from runtime.curve import Curve, CurvePlan, PlannedAfter, StageCurve, chain_curve, stage_curve
 from runtime.paths import RunPaths, WorkPaths
-from runtime.spec import DataRef, EvalSettings, EvalSpec, Mixture, ValSet, WorkerSpec
+from runtime.spec import LAUNCH_FIELDS, DataRef, EvalSettings, EvalSpec, Mixture, ValSet, WorkerSpec
 from runtime.tokens import ManifestError, TokenManifest, load_manifest
 from runtime.workerfiles import write_model
 
@@ -83,8 +83,10 @@ def build(
     train = pp.train
     if train.cpu_threads is None and train.device in ("auto", "cpu"):
         # Fixed in the spec so that every attempt of the part computes identically; several
-        # processes (train.gpus on a machine without CUDA) divide the cores between them.
-        train = train.model_copy(update={"cpu_threads": max(1, len(os.sched_getaffinity(0)) // train.gpus)})
+        # processes (train.gpus on a machine without CUDA) divide the cores between them, and
+        # with launcher local every node's processes are on this machine.
+        here = train.world_size if train.launcher == "local" else train.gpus
+        train = train.model_copy(update={"cpu_threads": max(1, len(os.sched_getaffinity(0)) // here)})
     position = dict(position or {})
     if position.get("mixture") is not None:
         position["mixture"] = sealed_mixture(position["mixture"], Hashes(plan))
@@ -161,7 +163,7 @@ UNDONE = (PartStatus.PENDING, PartStatus.RUNNING)
 
 def step_tokens(train, block_size: int) -> int:
     """The tokens of one optimizer step as planned (what sizes the default warmup)."""
-    return train.micro_batch * train.grad_accum * train.gpus * block_size
+    return train.micro_batch * train.grad_accum * train.world_size * block_size
 
 
 def planned_total(state: ChainState) -> int:
@@ -272,6 +274,7 @@ def finish(
         update={
             "micro_batch": o.micro_batch or spec.train.micro_batch,
             "grad_accum": o.grad_accum or spec.train.grad_accum,
+            **current_launch(plan, spec.stage),
         }
     )
     # Guard and evaluation settings are operational, not part of the training math: always current.
@@ -288,6 +291,16 @@ def finish(
     )
     write_model(paths.work(spec.part_id).spec, spec, fault="spec")
     return spec
+
+
+def current_launch(plan: ChainPlan, stage_name: str) -> dict:
+    """How the stage's machines are reached as the schedule says now (runtime.spec.LAUNCH_FIELDS):
+    a machine replaced while a part was under way is used by its next attempt."""
+    stage = next((s for s in plan.schedule.stages if s.name == stage_name), None)
+    if stage is None:
+        return {}
+    current = plan.schedule.stage_train(stage)
+    return {f: getattr(current, f) for f in LAUNCH_FIELDS}
 
 
 def position(state: ChainState, pid: str) -> int:
