@@ -48,7 +48,16 @@ from runtime.atomic import publish_once
 from runtime.lockfile import holder
 from runtime.paths import WorkPaths
 from runtime.spec import TrainConfig
-from runtime.workerfiles import DAEMON_PID_ENV, MAIN_NODE_ENV, ErrorReport, write_model
+from runtime.workerfiles import (
+    DAEMON_PID_ENV,
+    EXIT_DONE,
+    EXIT_STOPPED,
+    MAIN_NODE_ENV,
+    ErrorReport,
+    ExitReport,
+    read_model,
+    write_model,
+)
 
 REPO_ROOT = Path(orchestrator.__file__).resolve().parent.parent
 
@@ -179,7 +188,7 @@ class Peer:
     def failed(self) -> int | None:
         """Its exit code if it ended with a failure (not 0, not 75: rank 0's stop reached it); else None."""
         rc = self.proc.poll() if self.proc is not None else None
-        return rc if rc not in (None, 0, 75) else None
+        return rc if rc not in (None, EXIT_DONE, EXIT_STOPPED) else None
 
 
 def launcher_kind(train: TrainConfig, environ: dict[str, str]) -> str:
@@ -273,6 +282,7 @@ class WorkerProcess:
         """The agents of the other machines (train.nodes > 1), ended with the main one."""
         self.log_path = log_path
         self.main_ended: float | None = None  # monotonic: when poll() first saw the main agent gone
+        self.peer_failed: float | None = None  # monotonic: when poll() first saw a peer fail
         self.peers_termed = self.peers_killed = False
         self.started = time.monotonic()
         self.beat_key: tuple | None = None
@@ -375,11 +385,23 @@ class WorkerProcess:
         if not self.peers:
             return exited, rc
         if not exited:
-            failed = next(((p, code) for p in self.peers if (code := p.failed()) is not None), None)
-            if failed is not None and not self.killed:
-                self._peer_failed(*failed)
+            self._watch_peers()
             return False, None
         return (True, rc) if self._peers_ended() else (False, None)
+
+    def _watch_peers(self) -> None:
+        """While the main agent runs: a peer that failed ends the attempt on every machine.
+        torchrun exits 1 for any end of its workers but 0, a stop (75) at rank 0's word
+        included; exit.json, written before any rank exits, tells those apart. Without it the
+        main agent gets PEER_EXIT_S to end on its own (its ranks may be ending together with
+        the peer's, and on NFS a new file can take a while to appear), then is killed."""
+        failed = next(((p, code) for p in self.peers if (code := p.failed()) is not None), None)
+        if failed is None or self.killed or _ended_at_rank0s_word(self.spec_path.parent):
+            return
+        now = time.monotonic()
+        self.peer_failed = self.peer_failed or now
+        if now - self.peer_failed >= PEER_EXIT_S:
+            self._peer_failed(*failed)
 
     def _poll_main(self) -> tuple[bool, int | None]:
         if self.proc is not None:
@@ -393,9 +415,10 @@ class WorkerProcess:
 
     def _peer_failed(self, peer: Peer, code: int) -> None:
         """A machine's agent failed while the main one runs: the attempt is over on every machine."""
-        what = f"signal {-code}" if code < 0 else f"exit code {code}"
+        what = f"signal {-code}" if code < 0 else f"code {code}"
         message = (
-            f"the agent on another machine (pid {peer.pid} here) ended with {what}; ended the part on every machine"
+            f"was ended on every machine: the torchrun agent of another machine (pid {peer.pid} here) "
+            f"exited with {what}"
         )
         # The first rank to fail names the cause; a rank that lost its peer may have said so first.
         publish_once(
@@ -501,6 +524,12 @@ def _torchrun_of(pid: int, spec_path: Path) -> int | None:
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return None
     return parent.pid if "torch.distributed.run" in cmdline and str(spec_path) in cmdline else None
+
+
+def _ended_at_rank0s_word(work_dir: Path) -> bool:
+    """The first rank to end said it was done or stopped (exit.json): the ranks end together."""
+    report = read_model(WorkPaths(work_dir).exit, ExitReport)
+    return report is not None and report.code in (EXIT_DONE, EXIT_STOPPED)
 
 
 def _peers_of(main: int, spec_path: Path) -> list[int]:

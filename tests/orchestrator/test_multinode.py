@@ -61,18 +61,16 @@ def alive(p: psutil.Process) -> bool:
     return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
 
 
-def test_two_machines_train_as_one_and_a_machine_killed_ends_the_attempt_on_both(one_machine_two_processes, tmp_path):
-    """2 machines x 1 process, one machine's worker SIGKILLed at step 10: the daemon ends the
-    attempt on both, the retry resumes from step 10 on both, and the part ends bitwise equal
-    to 1 machine x 2 processes."""
+def test_two_machines_train_as_one_survive_a_killed_machine_and_stop_warmly(one_machine_two_processes, tmp_path):
+    """2 machines x 1 process. Attempt 1: the other machine's worker is SIGKILLed at step 10;
+    the daemon ends the attempt on both. Attempt 2 resumes from step 10 on both and is
+    stopped warmly at step 16 (the daemon's SIGTERM, as Slurm's before its time limit).
+    Attempt 3, under a new daemon, resumes from step 16. The part ends bitwise equal to
+    1 machine x 2 processes."""
     schedule = chain(tmp_path, {"nodes": 2, "launcher": "local"})
     run, log, holds = tmp_path / "runs" / "chain", tmp_path / "daemon.log", tmp_path / "holds"
-    daemon = start_daemon(
-        schedule,
-        log,
-        "--exit-when-done",
-        extra_env={**holding(holds, f"{PART}:step@10"), **checkpoints_every(5)},
-    )
+    held = holding(holds, f"{PART}:step@10", f"{PART}:step@16")  # each fires once: attempt 1, then 2
+    daemon = start_daemon(schedule, log, "--exit-when-done", extra_env={**held, **checkpoints_every(5)})
     wait_held(holds, f"{PART}:step@10")  # rank 0, after its checkpoint of step 10; rank 1 waits for it
 
     main = part_of(read_state(run), PART)["worker_pid"]
@@ -88,21 +86,41 @@ def test_two_machines_train_as_one_and_a_machine_killed_ends_the_attempt_on_both
     peer_worker = next(p for p in peer.children() if "trainer.worker" in p.cmdline())
 
     peer_worker.send_signal(signal.SIGKILL)  # the other machine's worker dies; rank 0 stays held
-    wait_for(
-        lambda: any(e["event"] == "part-started" and e.get("attempt") == 2 for e in events(run)),
-        timeout=300,
-        what="the second attempt",
-    )
+    wait_for(lambda: started(run, 2), timeout=300, what="the second attempt")
     # The first attempt was over on every machine before the second began: nothing of it is left.
     assert not [p.pid for p in attempt if alive(p)]
+
+    wait_held(holds, f"{PART}:step@16")
+    daemon.send_signal(signal.SIGTERM)  # warm: rank 0 stops every rank at the step, after saving
+    assert daemon.wait(timeout=300) == 0, log.read_text()[-3000:]
+    assert not [p.pid for p in agents_of(run) if alive(p)]
+    daemon = start_daemon(schedule, log, "--exit-when-done")
     assert daemon.wait(timeout=300) == 0, log.read_text()[-3000:]
 
-    failed = next(e for e in events(run) if e["event"] == "worker-failed")
-    assert "another machine" in failed["message"]
-    second = next(e for e in events(run) if e["event"] == "part-started" and e.get("attempt") == 2)
-    assert "resuming at step 10" in second["message"]
-    assert part_of(read_state(run), PART)["status"] == "done"
+    failed = [e for e in events(run) if e["event"] == "worker-failed"]
+    assert len(failed) == 1 and "another machine" in failed[0]["message"]
+    assert "resuming at step 10" in started(run, 2)["message"]
+    assert "resuming at step 16" in started(run, 3)["message"]
+    part = part_of(read_state(run), PART)
+    assert part["status"] == "done" and part["attempts"] == 3
     assert_bitwise_equal(final(run), final(one_machine_two_processes))
+
+
+def started(run: Path, attempt: int) -> dict | None:
+    return next((e for e in events(run) if e["event"] == "part-started" and e.get("attempt") == attempt), None)
+
+
+def agents_of(run: Path) -> list[psutil.Process]:
+    """Every torchrun of the run's part still here (any parent)."""
+    spec = str(run / "work" / "wiki" / "part-000" / "spec.json")
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if spec in p.cmdline():
+                found.append(p)
+        except psutil.Error:
+            pass
+    return found
 
 
 def test_a_launcher_that_cannot_reach_the_machines_fails_the_part_saying_why(tmp_path, monkeypatch):
