@@ -210,6 +210,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _handler(p, "orchestrator.commands.service:cmd_install_service")
 
+    p = sub.add_parser(
+        "slurm",
+        help="write an sbatch script that runs the chain on a Slurm cluster, its parts across --nodes machines",
+        description="Write a batch script for sbatch: the daemon runs on the allocation's first node and starts "
+        "each part's torchrun there and, with srun, on the other nodes; the job is queued again after a "
+        "preemption or its time limit, after a warm stop. The run directory, the data and this project must be "
+        'on a filesystem every node sees. See docs/operations.md, "Several machines".',
+    )
+    p.add_argument("--schedule", type=Path, required=True, help="the schedule file (JSON)")
+    p.add_argument("--nodes", type=number("--nodes", low=1), required=True, help="machines in the allocation")
+    p.add_argument(
+        "--gpus-per-node",
+        type=number("--gpus-per-node", low=0),
+        required=True,
+        help="GPUs asked for on each machine (at least train.gpus; 0: CPU nodes)",
+    )
+    p.add_argument("--time", help="the job's time limit, in Slurm's form (e.g. 2-00:00:00); default: the partition's")
+    p.add_argument(
+        "--signal-before",
+        type=number("--signal-before", low=1, high=65535),
+        metavar="SECONDS",
+        help="SIGTERM this long before the limit, for the warm stop (default: supervisor.stop_grace_s + 60)",
+    )
+    p.add_argument("--partition", help="sbatch --partition")
+    p.add_argument("--account", help="sbatch --account")
+    p.add_argument("--cpus-per-task", type=number("--cpus-per-task", low=1), help="CPUs on each machine (sbatch)")
+    p.add_argument("--exclusive", action="store_true", help="whole machines (sbatch --exclusive)")
+    p.add_argument(
+        "--sbatch",
+        action="append",
+        metavar="OPTION",
+        help="another sbatch option, e.g. --sbatch=--mem=64G (repeatable)",
+    )
+    p.add_argument("--run-dir", type=Path, help="default: runs/<schedule name>/ beside the schedule")
+    p.add_argument("--out", type=Path, help="the script to write (default: <schedule name>.sbatch beside the schedule)")
+    _handler(p, "orchestrator.commands.slurm:cmd_slurm")
+
     p = sub.add_parser("fsck", help="check a run directory (checkpoints, state, pointer); --repair fixes")
     _run_dir_arg(p)
     p.add_argument(

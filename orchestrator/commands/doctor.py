@@ -11,14 +11,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
+import uuid
 from pathlib import Path
 
-from orchestrator.preflight import chain, gpu, host
+from orchestrator.preflight import chain, gpu, host, nodes
 from orchestrator.preflight.checkpoint_size import checkpoint_bytes
 from orchestrator.preflight.probe import run_probe
 from orchestrator.preflight.report import Check, exit_code, ok, problem, render, to_json
-from runtime.atomic import read_json
+from runtime.atomic import atomic_write_text, read_json
 from runtime.spec import TrainConfig
 
 
@@ -99,7 +102,8 @@ def _run_dir_checks(plan, run_dir: Path, sensor: dict) -> list[Check]:
             for sub in ("work", "checkpoints")
             if (run_dir / sub).exists() and os.stat(run_dir / sub).st_dev != dev
         ]
-    checks = [host.filesystem_check(run_dir, mount, split)]
+    several = bool(plan) and any(p.train.nodes > 1 for p in plan.parts)
+    checks = [host.filesystem_check(run_dir, mount, split, shared=several)]
     free = (
         int(sensor["disk_free_gb"] * 2**30) if sensor.get("disk_free_gb") is not None else shutil.disk_usage(base).free
     )
@@ -127,6 +131,78 @@ def _run_dir_checks(plan, run_dir: Path, sensor: dict) -> list[Check]:
         )
     )
     return checks
+
+
+ASK_TIMEOUT_S = 120  # srun may wait for its step's resources; ssh for a slow login
+
+
+def _machines_checks(plan, run_dir: Path) -> list[Check]:
+    """With train.nodes > 1: whether the other machines see what this one writes (nodes.py)."""
+    from orchestrator.part.process import REPO_ROOT, launcher_kind
+
+    several = [p.train for p in plan.parts if p.train.nodes > 1] if plan else []
+    if not several:
+        return []
+    train = max(several, key=lambda t: t.nodes)
+    n, kind = train.nodes, launcher_kind(train, dict(os.environ))
+    folder = host.existing_parent(run_dir).resolve()
+    try:
+        mount = host.mount_of(folder, Path("/proc/mounts").read_text())
+    except OSError:
+        mount = None
+    fstype = mount.fstype if mount else None
+    if kind == "local":
+        return [ok(nodes.NAME, f"launcher local: the {n} nodes are all this machine")]
+    if kind == "srun" and not os.environ.get("SLURM_JOB_ID"):
+        return [
+            nodes.unreachable_check(
+                n,
+                "this doctor runs outside a Slurm allocation, so it cannot ask the other nodes",
+                folder,
+                fstype,
+                f"run it inside one: salloc --nodes {n} orchestrator doctor --schedule SCHEDULE",
+            )
+        ]
+    if kind == "ssh" and len(train.hosts) < n - 1:
+        return [
+            nodes.unreachable_check(
+                n, f"train.hosts lists {len(train.hosts)} other machine(s)", folder, fstype, "list them in train.hosts"
+            )
+        ]
+    needed = [Path(sys.executable), REPO_ROOT / "trainer" / "worker.py", *sorted({p.manifest for p in plan.parts})]
+    word = uuid.uuid4().hex
+    token = folder / f".orchestrator-doctor-{word[:8]}"
+    try:
+        atomic_write_text(token, word + "\n")
+    except OSError as e:
+        return [problem(nodes.NAME, f"cannot write a file in {folder}: {e.strerror}", "check the folder's permissions")]
+    script = nodes.probe_script(token, needed)
+    try:
+        if kind == "srun":
+            answers = nodes.split_labelled(
+                _ask(
+                    ["srun", "--label", f"--nodes={n - 1}", f"--ntasks={n - 1}", "--ntasks-per-node=1", "--relative=1"]
+                    + ["sh", "-c", script]
+                ).output
+            )
+        else:
+            answers = [
+                _ask(["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "--", h, script], via=h)
+                for h in train.hosts[: n - 1]
+            ]
+    finally:
+        token.unlink(missing_ok=True)
+    return [nodes.shared_check(word, folder, answers, n - 1)]
+
+
+def _ask(command: list[str], via: str = "") -> "nodes.Answer":
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=ASK_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return nodes.Answer("", None, via or command[0])
+    except OSError as e:
+        return nodes.Answer(f"\n{command[0]}: {e.strerror}", 127, via or command[0])
+    return nodes.Answer(done.stdout + done.stderr, done.returncode, via or command[0])
 
 
 def _memory_checks(plan, probe, used: set[int]) -> list[Check]:
@@ -199,12 +275,13 @@ def gather(schedule: Path | None, run_dir: Path | None, measure_seconds: float, 
     if plan:
         checks += _memory_checks(plan, probe, used)
         _, tokens_left = _parts_left(plan, (run_dir or default_for(schedule, plan.schedule.name)).resolve())
-        gpus = max(t.gpus for t in trains)
+        gpus = max(t.world_size for t in trains)
         refused = "error" in (probe.placement or {})  # the worker row says why; the measurement failed alike
         if not refused and (speed := chain.throughput_check(probe.measurement, tokens_left, gpus)) is not None:
             checks.append(speed)
     target = (run_dir or (default_for(schedule, plan.schedule.name) if plan else Path.cwd())).resolve()
     checks += _run_dir_checks(plan, target, sensor)
+    checks += _machines_checks(plan, target)
     checks.append(host.inotify_check(host.read_inotify()))
     checks += host.systemd_checks(host.read_systemd())
     checks.append(host.power_check(host.read_power(sensor), guard.pause_on_battery))

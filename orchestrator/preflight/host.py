@@ -70,9 +70,10 @@ def existing_parent(path: Path) -> Path:
     return path
 
 
-def filesystem_check(run_dir: Path, mount: Mount | None, split: list[str]) -> Check:
+def filesystem_check(run_dir: Path, mount: Mount | None, split: list[str], shared: bool = False) -> Check:
     """`split`: folders inside the run dir that sit on another filesystem than the run dir
-    (a promotion is a rename from work/ to checkpoints/ and fails across filesystems)."""
+    (a promotion is a rename from work/ to checkpoints/ and fails across filesystems).
+    `shared`: parts train on several machines, which need a filesystem they all see."""
     if split:
         return problem(
             "filesystem",
@@ -83,6 +84,12 @@ def filesystem_check(run_dir: Path, mount: Mount | None, split: list[str]) -> Ch
     if mount is None:
         return warning("filesystem", f"cannot tell which filesystem holds {run_dir} (no /proc/mounts)")
     where = f"{run_dir} is on {mount.fstype} ({mount.device} at {mount.point})"
+    if (mount.fstype in NETWORK_FS or mount.fstype.startswith("fuse.sshfs")) and shared:
+        return ok(
+            "filesystem",
+            f"{where}: a network filesystem, as parts on several machines need (renames and locks are "
+            "as safe as its server makes them: NFSv4 or a cluster filesystem)",
+        )
     if mount.fstype in NETWORK_FS or mount.fstype.startswith("fuse.sshfs"):
         return warning(
             "filesystem",

@@ -7,6 +7,7 @@ was run where)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import sys
@@ -212,3 +213,55 @@ def test_the_machines_are_numbered_from_the_daemons():
     assert sorted(ranks.values()) == list(range(6))
     nobody = Store({f"orchestrator/main_node/{n}": b"0" for n in range(2)})
     assert main_node(nobody, 1, 2, 1, on_main=False) == 0  # torchrun started by hand: torch's order
+
+
+# -- doctor: do the other machines see the run directory? -------------------------------------
+
+
+def machines_checks(schedule: Path):
+    from orchestrator.chain.plan import resolve
+    from orchestrator.chain.schedule import load
+    from orchestrator.commands.doctor import _machines_checks
+
+    return _machines_checks(resolve(load(schedule), schedule), schedule.parent / "runs" / "chain")
+
+
+def fake_ssh(bin_dir: Path, body: str) -> None:
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "ssh").write_text(f"#!/bin/sh\nfor a; do host=$script; script=$a; done\n{body}\n")
+    (bin_dir / "ssh").chmod(0o755)
+
+
+def test_doctor_reads_a_file_written_here_on_each_other_machine(tmp_path, monkeypatch):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    schedule = chain(tmp_path, {"nodes": 3, "hosts": ["b", "c"]})
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    fake_ssh(tmp_path / "bin", 'SLURMD_NODENAME="$host" exec sh -c "$script"')  # "b" and "c" see this disk
+    [check] = machines_checks(schedule)
+    assert check.status == "ok" and "was read on b, c" in check.detail
+    assert not list(tmp_path.glob(".orchestrator-doctor-*"))  # the probe's file is gone
+
+    fake_ssh(tmp_path / "bin", 'echo "$host"; echo "cat: no such file"')  # a disk of their own
+    [check] = machines_checks(schedule)
+    assert check.status == "problem" and "b did not read it (cat: no such file)" in check.detail
+    assert "same path on every machine" in check.fix
+
+
+def test_doctor_says_what_it_cannot_check_from_here(tmp_path, monkeypatch):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    [check] = machines_checks(chain(tmp_path / "a", {"nodes": 2, "launcher": "srun"}))
+    assert check.status == "warning" and "outside a Slurm allocation" in check.detail
+    assert "salloc --nodes 2 orchestrator doctor" in check.fix
+    [check] = machines_checks(chain(tmp_path / "b", {"nodes": 2, "launcher": "local"}))
+    assert check.status == "ok" and "all this machine" in check.detail
+    assert machines_checks(chain(tmp_path / "c", {})) == []
+
+
+def test_srun_answers_are_read_task_by_task():
+    from orchestrator.preflight.nodes import shared_check, split_labelled
+
+    out = "1: n3\n0: n2\n0: w0rd\n1: w0rd\n1: missing: /data/m.json\n"
+    check = shared_check("w0rd", Path("/shared/runs"), split_labelled(out), expected=2)
+    assert check.status == "problem" and check.detail.endswith("n3 has not: /data/m.json")
+    check = shared_check("w0rd", Path("/shared/runs"), split_labelled("0: n2\n0: w0rd\n"), expected=2)
+    assert check.status == "problem" and "only 1 of the 2 other machines answered" in check.detail
