@@ -11,25 +11,22 @@ from collections import deque
 from orchestrator.records.rundir import existing, locate
 
 
-def _tail(path, n: int) -> list[str]:
-    with open(path, encoding="utf-8", errors="replace") as f:
-        return list(deque(f, maxlen=n))
-
-
 def cmd_logs(args) -> int:
     paths = existing(locate(args.run_dir, args.schedule))
-    if paths.log.exists():
-        sys.stdout.writelines(_tail(paths.log, args.lines))
+    # One handle for the history and the following: a line written between the two is
+    # neither lost nor shown twice (following goes on from where the history ended).
+    f = open(paths.log, encoding="utf-8", errors="replace") if paths.log.exists() else None
+    if f:
+        sys.stdout.writelines(deque(f, maxlen=args.lines))
         sys.stdout.flush()
     if not args.follow:
+        if f:
+            f.close()
         return 0
     # Ctrl-C ends following even where SIGINT came ignored from the parent (a job started
     # with `&` by a non-interactive shell, where Python would keep ignoring it); so does SIGTERM.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    f = open(paths.log, encoding="utf-8", errors="replace") if paths.log.exists() else None
-    if f:
-        f.seek(0, os.SEEK_END)
     try:
         while True:
             line = f.readline() if f else ""
