@@ -22,14 +22,16 @@ from pathlib import Path
 from orchestrator.chain import reconcile
 from orchestrator.chain.plan import resolve as resolve_chain
 from orchestrator.chain.schedule import load as load_schedule
-from orchestrator.chain.state import DaemonPhase, DaemonState, PartStatus, PauseState, ScheduleState
+from orchestrator.chain.state import DaemonPhase, DaemonState, PartStatus, ScheduleState
 from orchestrator.chain.state import save as save_state
 from orchestrator.daemon import recovery, requests
 from orchestrator.daemon.notify import Notifier
+from orchestrator.daemon.pauses import FAULT_RETRY_S, Pauses
 from orchestrator.daemon.watcher import STAT_CHECK_S, ScheduleWatcher
 from orchestrator.guard.watch import HardwareWatch, sensor_file_for
 from orchestrator.monitor import attach as attach_monitor
 from orchestrator.part import spec as specs
+from orchestrator.part.context import JobContext
 from orchestrator.part.runner import PartRunner
 from orchestrator.records import progress
 from orchestrator.records.events import EventLog
@@ -39,11 +41,10 @@ from runtime.atomic import DISK_FULL
 from runtime.errors import UserError
 from runtime.lockfile import Locked, LockFile, busy_message
 from runtime.paths import RunPaths
-from runtime.workerfiles import Control, write_model
+from runtime.workerfiles import Control
 
 TICK_S = 0.5
 DEBOUNCE_S = 0.3  # let an editor finish saving before reading the schedule
-FAULT_RETRY_S = 30.0  # after an unexpected I/O error, the daemon pauses the chain and tries again this often
 
 
 class Stop(Enum):
@@ -78,12 +79,7 @@ class Daemon:
         self.duty_cycle = 1.0
         self.notifier = Notifier()
         self.hardware: HardwareWatch | None = None
-        self.write_error: str | None = None  # set while state.json cannot be written (disk full)
-        self.pause_kind: tuple[str, ...] = ()  # the guard's last kind of pause
-        self.paused_since: float | None = None  # monotonic, while the daemon's phase is paused
-        self.fault: str | None = None  # an unexpected I/O error: the chain pauses until a retry succeeds
-        self.fault_key: tuple | None = None  # (errno, folder): the same fault is reported once
-        self.fault_retry_at = 0.0
+        self.pauses: Pauses | None = None  # made with the state it reads
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -107,10 +103,11 @@ class Daemon:
             if gpu_note:
                 self.events.warning(gpu_note)
             self.state = recovery.load_state(self.paths, self.plan, self.events, self._schedule_sha())
+            self.pauses = Pauses(self.state)
             self.runner = PartRunner(
-                self.paths, self.state, self.plan, self.events, self.save, keepalive=self.notifier.watchdog
+                JobContext(self.paths, self.state, lambda: self.plan, self.events, self.save, self.notifier.watchdog)
             )
-            recovery.recover(self.runner)
+            self.runner.recover()
             self._start_guard()
             watcher = ScheduleWatcher(self.schedule_path, self._on_schedule_event)
             if not watcher.start():
@@ -161,13 +158,13 @@ class Daemon:
 
     def tick(self) -> None:
         try:
-            if self.write_error:
+            if self.pauses.disk_full:
                 self.save()  # retry: the disk may have space again
-            if self.fault:
-                if time.monotonic() < self.fault_retry_at:
-                    self.handle_signals()  # a stop still works; the rest waits for the retry
-                    self.notifier.watchdog()
-                    return
+            if self.pauses.fault_waits():
+                self.handle_signals()  # a stop still works; the rest waits for the retry
+                self.notifier.watchdog()
+                return
+            if self.pauses.fault:
                 self.retry_after_fault()
             self.handle_signals()
             self.handle_requests()
@@ -188,29 +185,19 @@ class Daemon:
         """A file the daemon needs cannot be read or written (EIO, EACCES, EXDEV...): pause the
         chain and say which, retrying every FAULT_RETRY_S, instead of exiting into a restart
         loop. The retry first settles what was half done, as a restart would."""
-        where = f"{e.filename}: " if e.filename else ""
-        retry_s = faults.setting("FAULT_RETRY_S") or FAULT_RETRY_S
-        message = (
-            f"{where}{e.strerror or e}; fix it (permissions? a failing disk?); the daemon retries every {retry_s:.0f}s"
-        )
-        # Keyed by folder, not file: a write names a fresh temporary file every time.
-        key = (e.errno, os.path.dirname(os.fspath(e.filename)) if e.filename else None)
-        if key != self.fault_key:
+        message = self.pauses.note_fault(e, faults.setting("FAULT_RETRY_S") or FAULT_RETRY_S)
+        if message:
             self.events.emit("daemon-fault", message, level=logging.ERROR)
-        self.fault, self.fault_key = message, key
-        self.fault_retry_at = time.monotonic() + retry_s
 
     def retry_after_fault(self) -> None:
-        self.events.info(f"retrying after the fault: {self.fault}")
-        self.fault = None
-        recovery.recover(self.runner)  # a part left running without its worker goes back to pending
+        self.events.info(f"retrying after the fault: {self.pauses.fault}")
+        self.pauses.fault = None
+        self.runner.recover()  # a part left running without its worker goes back to pending
 
     def _disk_full(self, why: str) -> None:
         """Pause on a full disk (no launch, no hang verdicts) until state.json writes again."""
-        if self.write_error is None:
-            self.write_error = f"{why}; free disk space"
-            self.events.warning(self.write_error)
-            self.runner.suspend_hang_checks = True
+        if self.pauses.note_disk_full(why):
+            self.events.warning(self.pauses.disk_full)
 
     # -- signals ---------------------------------------------------------------------------
 
@@ -240,17 +227,15 @@ class Daemon:
             self.stopping = Stop.WARM
             self.events.emit("daemon-stopping", f"stopping warmly ({reason}): the worker checkpoints first")
             self.notifier.stopping("checkpointing before stop")
-            if self.runner.worker:
-                self.runner.worker.request_stop(self.plan.schedule.supervisor.stop_grace_s, "daemon stopping")
+            self.runner.stop(self.plan.schedule.supervisor.stop_grace_s, "daemon stopping")
         elif self.stopping is Stop.WARM:
             self.stopping = Stop.COLD
             self.events.emit(
                 "daemon-stopping",
                 f"stopping now ({reason}, second request): the worker is killed; it resumes from its last checkpoint",
             )
-            if self.runner.worker:
-                self.runner.worker.kill()
-        if self.runner.worker is None:
+            self.runner.kill()
+        if self.runner.running is None:
             self.exit_code = 0
 
     # -- requests from the CLI ----------------------------------------------------------------
@@ -274,11 +259,10 @@ class Daemon:
         part = requests.find_part(self.state, req.part) if req.part else None
         if req.command == "skip" and part:
             self.events.emit("part-skipped", message, part=part.id)
-            worker = self.runner.worker
-            if worker and worker.part_id == part.id:
-                worker.request_stop(self.plan.schedule.supervisor.stop_grace_s, "part skipped")
+            if self.runner.running == part.id:
+                self.runner.stop(self.plan.schedule.supervisor.stop_grace_s, "part skipped")
         elif req.command == "retry" and part:
-            self.runner.retry_deadlines.pop(part.id, None)  # `retry` means now, not after the backoff
+            self.runner.retry_now(part.id)
             self.events.emit("part-requeued", message, part=part.id)
         elif req.command in ("pause", "resume"):
             self.events.emit("paused" if req.command == "pause" else "resumed", f"{message} (by the user)")
@@ -336,7 +320,7 @@ class Daemon:
             return f"refused: {e}"
         guard_changed = plan.schedule.guard != self.plan.schedule.guard or plan.gpus() != self.plan.gpus()
         kept = specs.kept_transitions(self.plan, plan, self.state, self.paths)
-        self.plan = self.runner.plan = plan
+        self.plan = plan  # the runner reads it from here
         if guard_changed:
             self.hardware.reconfigure(
                 plan.schedule.guard,
@@ -353,14 +337,9 @@ class Daemon:
     # -- the worker -------------------------------------------------------------------------------
 
     def handle_worker(self) -> None:
-        if self.runner.worker is None:
-            return
-        ended = self.runner.watch(self.control)
-        if ended:
-            part, rc = ended
-            self.runner.conclude(part, rc, stopping=self.stopping is not None)
-            if self.stopping:
-                self.exit_code = 0
+        ended = self.runner.check(self.control, self.stopping is not None, self.pauses.disk_full is not None)
+        if ended and self.stopping:
+            self.exit_code = 0
 
     # -- the guard ------------------------------------------------------------------------------------
 
@@ -381,29 +360,18 @@ class Daemon:
             self._disk_full(f"cannot write {self.paths.hardware.name}: {e.strerror}")
         for event, message in verdict.notes:
             self.events.emit(event, message, level=logging.WARNING if event != "guard-resume" else logging.INFO)
-        was = self.state.guard_pause
-        if verdict.pause and (was is None or verdict.pause_kind != self.pause_kind):
-            self.state.guard_pause = PauseState(reason=verdict.pause, since=was.since if was else time.time())
+        if self.pauses.note_guard(verdict):
             self.save()
-        elif verdict.pause is None and was is not None:
-            self.state.guard_pause = None
-            self.save()
-        self.pause_kind = verdict.pause_kind
-        worker = self.runner.worker
-        if verdict.stop_worker and worker and worker.stop_deadline is None:
-            worker.request_stop(self.plan.schedule.supervisor.stop_grace_s, "on battery too long")
+        if verdict.stop_worker:
+            self.runner.stop(self.plan.schedule.supervisor.stop_grace_s, "on battery too long")
         self.duty_cycle = verdict.duty_cycle
         self.sync_control(checkpoint=verdict.checkpoint)
 
     # -- what next ------------------------------------------------------------------------------------
 
-    def paused(self) -> str | None:
-        pauses = [p.reason for p in (self.state.user_pause, self.state.guard_pause) if p]
-        return "; ".join(pauses + [e for e in (self.write_error, self.fault) if e]) or None
-
     def sync_control(self, checkpoint: bool = False) -> None:
         """Tell the running worker to pause, throttle or checkpoint, through its control.json."""
-        reason = self.paused()
+        reason = self.pauses.paused()
         wanted = self.control.model_copy(
             update={
                 "pause": reason is not None,
@@ -414,14 +382,14 @@ class Daemon:
         )
         if wanted != self.control:
             self.control = wanted.model_copy(update={"seq": self.control.seq + 1})
-            if self.runner.worker:
+            if self.runner.running:
                 try:
-                    write_model(self.paths.work(self.runner.worker.part_id).control, self.control, fault="control")
+                    self.runner.tell(self.control)
                 except OSError as e:
                     self.events.warning(f"cannot write the worker's control.json: {e.strerror}")
 
     def handle_next(self) -> None:
-        if self.runner.worker or self.stopping or self.exit_code is not None:
+        if self.runner.running or self.stopping or self.exit_code is not None:
             return
         failed = self.state.failed()
         if failed:
@@ -431,7 +399,7 @@ class Daemon:
                 )
                 self.exit_code = 1
             return
-        if self.paused():
+        if self.pauses.paused():
             return
         release = self.next_release()
         if release is not None:  # before the next part: it branches from the checkpoint just promoted
@@ -475,14 +443,15 @@ class Daemon:
     def phase(self) -> tuple[DaemonPhase, str | None]:
         if self.stopping:
             return DaemonPhase.STOPPING, f"{self.stopping.value} stop"
-        if self.runner.worker is None and self.state.failed():
+        running, paused = self.runner.running, self.pauses.paused()
+        if running is None and self.state.failed():
             return DaemonPhase.FAILED, f"{self.state.failed().id} failed"
-        if self.runner.worker is None and self.state.blocked:
+        if running is None and self.state.blocked:
             return DaemonPhase.FAILED, self.state.blocked
-        if self.paused():
-            return DaemonPhase.PAUSED, self.paused()
-        if self.runner.worker:
-            return DaemonPhase.RUNNING, self.runner.worker.part_id
+        if paused:
+            return DaemonPhase.PAUSED, paused
+        if running:
+            return DaemonPhase.RUNNING, running
         part = self.state.next_pending() or self.releases_waiting()
         if part is None:
             return DaemonPhase.IDLE, "every part is done"
@@ -494,15 +463,13 @@ class Daemon:
         phase, reason = self.phase()
         d = self.state.daemon
         if (phase, reason) != (d.state, d.reason):
-            if d.state == DaemonPhase.PAUSED and self.paused_since is not None:
-                self.state.paused_seconds += time.monotonic() - self.paused_since
-            self.paused_since = time.monotonic() if phase == DaemonPhase.PAUSED else None
+            self.pauses.note_phase(d.state == DaemonPhase.PAUSED, phase == DaemonPhase.PAUSED)
             self.state.daemon = DaemonState(pid=os.getpid(), state=phase, since=time.time(), reason=reason)
             self.save()
         self.notifier.status(self._status_line())
 
     def _status_line(self) -> str:
-        line = self.runner.status_line(self.runner.last_heartbeat)
+        line = self.runner.status_line()
         return line or f"{self.state.daemon.state}: {self.state.daemon.reason or ''}".rstrip(": ")
 
     def save(self) -> None:
@@ -515,7 +482,5 @@ class Daemon:
                 raise
             self._disk_full(f"cannot write {self.paths.state.name}: {e.strerror}")
             return
-        if self.write_error is not None:
-            self.write_error = None
-            self.runner.suspend_hang_checks = False
+        if self.pauses.note_writable():
             self.events.emit("disk-writable", "state.json can be written again; the chain goes on")

@@ -3,7 +3,6 @@
 make_run_dir   create it (0700) or say clearly why it cannot be used
 load_state     state.json, or rebuilt from checkpoints and events if missing/unreadable
 compatible     the schedule's model and tokenizer must be the chain's
-recover        finish what a killed daemon left half done; adopt its live worker
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ import logging
 import os
 import time
 from dataclasses import replace
-from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -21,10 +19,8 @@ from orchestrator.chain import reconcile
 from orchestrator.chain.plan import ChainPlan
 from orchestrator.chain.state import ChainState, PartStatus, ReleaseState, ScheduleState
 from orchestrator.chain.state import load as load_state_file
-from orchestrator.part import life
 from orchestrator.part import release as releases
-from orchestrator.part.promote import PROMOTED_RE, quarantine, set_latest
-from orchestrator.part.runner import PartRunner
+from orchestrator.part.promote import PROMOTED_RE, quarantine
 from orchestrator.records.events import EventLog, read_events
 from runtime.atomic import read_json
 from runtime.checkpoint import read_meta
@@ -252,39 +248,3 @@ def _part_named(paths: RunPaths, plan: ChainPlan, name: str) -> str:
     if seq is None:
         return "unknown"
     return next((pp.id for pp in plan.parts if paths.promoted_name(int(seq.group(1)), pp.id) == name), "unknown")
-
-
-def recover(runner: PartRunner) -> None:
-    """Finish interrupted promotions and cleanups; adopt a live worker, or requeue its part."""
-    paths, state = runner.paths, runner.state
-    runner.unrecorded = None  # look at checkpoints/ afresh: a promotion may not have been recorded
-    for part in state.parts:
-        work = paths.work(part.id)
-        if part.status == PartStatus.DONE:
-            if work.root.exists():
-                runner.finish_scratch(part)
-            continue
-        if runner.finish_promoted(part):  # promoted, but state.json was not saved in time
-            continue
-        if part.status == PartStatus.SKIPPED and work.result.exists():
-            runner.launch_step = runner.newest_step(part.id)
-            runner.conclude(part, 0, stopping=False)  # skipped after it finished: promoted if it still fits
-            continue
-        if part.status == PartStatus.RUNNING and not runner.adopt(part):
-            life.move(part, "requeue")
-            part.worker_pid = None
-    for rel in state.releases:
-        if rel.status == PartStatus.DONE:
-            if paths.work(rel.id).root.exists():
-                runner.finish_scratch(rel)
-            continue
-        if runner.finish_release_promoted(rel):  # in releases/, but state.json was not saved in time
-            continue
-        if rel.status == PartStatus.RUNNING and (runner.worker is not None or not runner.adopt(rel)):
-            life.move(rel, "requeue")
-            rel.worker_pid = None
-    if state.latest_checkpoint:
-        name = Path(state.latest_checkpoint).name
-        if not paths.latest.exists() or paths.latest.read_text().strip() != name:
-            set_latest(paths, name)
-    runner.save()

@@ -3,12 +3,15 @@ either the table's move or refused; and no other module sets a job's status."""
 
 from __future__ import annotations
 
+import inspect
 import re
 
 import pytest
 
 from orchestrator.chain.state import PartState, PartStatus, ReleaseState
-from orchestrator.part import life
+from orchestrator.commands import fsck
+from orchestrator.daemon import requests
+from orchestrator.part import life, lineage, runner, settle
 from tests.helpers import REPO
 
 EXPECTED = {
@@ -67,3 +70,19 @@ def test_architecture_md_draws_the_table_the_code_has():
     rows = re.findall(r"^\| (\w+) \| ([a-z, ]+) \| (\w+) \|", table, re.M)[1:]
     drawn = {event: ({s.strip() for s in sources.split(",")}, target) for event, sources, target in rows}
     assert drawn == EXPECTED
+    # The "who may" column names functions: each must exist and make that move.
+    owners = {
+        "PartRunner": runner.PartRunner,
+        "settle": settle,
+        "requests": requests,
+        "lineage": lineage,
+        "Check": fsck.Check,
+    }
+    named = 0
+    for row in table.splitlines()[2:]:
+        event = row.split("|")[1].strip()
+        for owner, name in re.findall(r"`(\w+)\.(\w+)`", row.split("|")[4]):
+            source = inspect.getsource(getattr(owners[owner], name))
+            assert re.search(rf'life\.move\(\w+, [^)]*"{event}"', source), f"{owner}.{name} does not {event}"
+            named += 1
+    assert named >= 12
