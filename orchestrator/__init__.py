@@ -8,11 +8,12 @@ The packages, in the order a chain flows through them:
                 (ordered parts, merged settings), state.json, and keeping the two in line
     daemon/     the long-lived loop: start-up on a run directory, signals, requests from
                 the CLI, schedule edits, systemd notifications
-    part/       a part's life from launch to promotion: its spec, the worker process, the
-                retry policy, promotion of its final checkpoint
+    part/       a job's life from launch to promotion (a part's or a release's): its spec,
+                the worker and its watch, the retry policy, settling, promotion
     guard/      the hardware watch: sensors, the policies that pause or throttle
     records/    what the daemon writes down for people and tools: events.jsonl and
                 runtime.log, progress figures, which run directory a command means
+    monitor/    watching from elsewhere: hooks on events, Prometheus metrics, the status page
     preflight/  `doctor`'s checks, each a function of facts read elsewhere
     commands/   one module per CLI command (those that need torch import it when run)
     cli.py      the argument parser; imports only the command that runs
