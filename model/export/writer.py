@@ -58,16 +58,9 @@ def write_export(
     """Write an export into `folder` (existing, empty); returns the names of its files."""
     family_name, family, hf_config, tensors = to_hf(state, model_cfg, spm)
     gguf_file = None
+    weights = {"hf_config": hf_config, "tensors": tensors, "spm": spm, "dtype": dtype, "chat_template": chat_template}
     if fmt == "hf":
-        files = hf.write(
-            folder,
-            hf_config=hf_config,
-            tensors=tensors,
-            spm=spm,
-            dtype=dtype,
-            sampling=sampling,
-            chat_template=chat_template,
-        )
+        files = hf.write(folder, sampling=sampling, **weights)
     elif fmt == "gguf":
         from model.export import gguf
 
@@ -78,17 +71,7 @@ def write_export(
             raise ExportError("a GGUF file carries its tokenizer; export without --no-tokenizer")
         stem = re.sub(r"[^\w.-]+", "-", name).strip("-.") or "model"  # the name, safe as a file name
         gguf_file = f"{stem}-{dtype}.gguf"
-        gguf.write(
-            folder / gguf_file,
-            arch=arch,
-            hf_config=hf_config,
-            tensors=tensors,
-            spm=spm,
-            dtype=dtype,
-            name=name,
-            description=source.summary(),
-            chat_template=chat_template,
-        )
+        gguf.write(folder / gguf_file, arch=arch, name=name, description=source.summary(), **weights)
         eos = spm.pieces[spm.eos_id].text
         (folder / "Modelfile").write_text(card.modelfile(gguf_file, sampling, eos, chat=chat_template is not None))
         files = [gguf_file, "Modelfile"]
