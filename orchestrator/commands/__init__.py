@@ -10,5 +10,6 @@ torch (sample, evaluate, compare --prompts, export) imports it inside the functi
     prompts     compare --prompts                  sample     text from a checkpoint
     plot        one figure of the chain            export     a checkpoint for use elsewhere
     doctor      preflight: machine and schedule
+    slurm       an sbatch script that runs the chain inside a Slurm allocation
     serve       the status page and /metrics; `metrics`, the Prometheus exposition once
 """
