@@ -44,7 +44,11 @@ def quoted(text: str) -> str:
     return f'"{specifiers(escaped)}"'
 
 
-def unit_text(schedule: Path, run_dir: Path, name: str, user: bool, stop_grace_s: float, run_as: str) -> str:
+def unit_text(
+    schedule: Path, run_dir: Path, name: str, user: bool, stop_grace_s: float, run_as: str, network: bool = False
+) -> str:
+    """`network`: a part trains on several machines (train.nodes), so the daemon and its
+    workers talk to the others: no PrivateNetwork."""
     command = " ".join(
         quoted(a)
         for a in (
@@ -67,7 +71,7 @@ ProtectSystem=strict
 ProtectHome=read-only
 ReadWritePaths={quoted(str(run_dir))}
 PrivateTmp=yes
-PrivateNetwork=yes
+{"# No PrivateNetwork: parts train on several machines (train.nodes)." if network else "PrivateNetwork=yes"}
 ProtectKernelTunables=yes
 ProtectKernelModules=yes
 ProtectControlGroups=yes
@@ -174,11 +178,14 @@ def make_run_dir(run_dir: Path, owner: pwd.struct_passwd) -> bool:
 def cmd_install_service(args) -> int:
     schedule_path = args.schedule.resolve()
     schedule = load_schedule(schedule_path)
-    resolve_chain(schedule, schedule_path)  # refuse to install a schedule that would not run
+    plan = resolve_chain(schedule, schedule_path)  # refuse to install a schedule that would not run
     run_dir = (args.run_dir or default_for(schedule_path, schedule.name)).resolve()
     owner = account(args.run_as, args.user)
     target = args.output or unit_path(schedule.name, args.user)
-    text = unit_text(schedule_path, run_dir, schedule.name, args.user, schedule.supervisor.stop_grace_s, owner.pw_name)
+    several = any(p.train.nodes > 1 for p in plan.parts)
+    text = unit_text(
+        schedule_path, run_dir, schedule.name, args.user, schedule.supervisor.stop_grace_s, owner.pw_name, several
+    )
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(target, text)

@@ -166,6 +166,13 @@ def peer_env() -> dict[str, str]:
 SSH_ENV_PREFIXES = ("NCCL_", "GLOO_", "TORCH_", "OMP_", "ORCHESTRATOR_")
 
 
+SSH_OPTIONS = (
+    *("-o", "BatchMode=yes"),  # never a prompt: no one is there to answer it
+    *("-o", "ConnectTimeout=30"),  # a machine that is gone fails the attempt in 30 s, not TCP's minutes
+    *("-o", "ServerAliveInterval=30", "-o", "ServerAliveCountMax=4"),  # and one that goes silent, in 2 minutes
+)
+
+
 class LaunchRefused(Exception):
     """The part cannot reach its machines as configured (a user's mistake, not a crash)."""
 
@@ -251,7 +258,7 @@ def peer_commands(train: TrainConfig, spec_path: Path, rdzv: Rendezvous, environ
             [*(f"{k}={v}" for k, v in sorted(carried.items())), *agent]
         )
         # -tt: a terminal on the other side, so that this ssh ending hangs up the remote torchrun.
-        commands.append(["ssh", "-tt", "-o", "BatchMode=yes", "--", host, remote])
+        commands.append(["ssh", "-tt", *SSH_OPTIONS, "--", host, remote])
     return commands
 
 

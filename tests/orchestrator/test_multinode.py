@@ -7,6 +7,7 @@ was run where)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -182,11 +183,10 @@ def test_ssh_starts_an_agent_on_each_listed_host_with_the_environment_torch_need
     monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
     train = TrainConfig(nodes=3, launcher="ssh", hosts=["me@10.0.0.2", "10.0.0.3", "10.0.0.4"])
     commands = peer_commands(train, SPEC, RDZV, {})
-    assert [c[:6] for c in commands] == [
-        ["ssh", "-tt", "-o", "BatchMode=yes", "--", "me@10.0.0.2"],
-        ["ssh", "-tt", "-o", "BatchMode=yes", "--", "10.0.0.3"],
-    ]
-    remote = commands[0][6]
+    assert [c[0] for c in commands] == ["ssh", "ssh"] and "-tt" in commands[0]
+    assert [c[c.index("--") + 1] for c in commands] == ["me@10.0.0.2", "10.0.0.3"]
+    assert "BatchMode=yes" in commands[0] and "ConnectTimeout=30" in commands[0]
+    remote = commands[0][-1]
     assert remote.startswith(f"cd {SPEC.parent} && exec env ")
     assert "--local-addr=10.0.0.2" in remote and "--rdzv-endpoint=node-a:29411" in remote
     assert "PYTHONPATH=" in remote and MAIN_NODE_ENV not in remote
@@ -265,3 +265,27 @@ def test_srun_answers_are_read_task_by_task():
     assert check.status == "problem" and check.detail.endswith("n3 has not: /data/m.json")
     check = shared_check("w0rd", Path("/shared/runs"), split_labelled("0: n2\n0: w0rd\n"), expected=2)
     assert check.status == "problem" and "only 1 of the 2 other machines answered" in check.detail
+
+
+def test_how_machines_are_reached_is_always_the_schedules_current(tmp_path):
+    """A part's spec is frozen with its first checkpoint, but not `launcher`, `hosts` and
+    `rdzv_host`: a machine replaced while a part was under way is used by its next attempt."""
+    from orchestrator.chain.plan import resolve
+    from orchestrator.chain.schedule import load
+    from orchestrator.part.spec import current_launch
+
+    schedule = chain(tmp_path, {"nodes": 2, "hosts": ["10.0.0.2"], "rdzv_host": "10.0.0.1"})
+    raw = json.loads(schedule.read_text())
+    raw["stages"][0]["train"] = {"hosts": ["10.0.0.9"]}
+    schedule.write_text(json.dumps(raw))
+    plan = resolve(load(schedule), schedule)
+    assert current_launch(plan, "wiki") == {"launcher": "auto", "hosts": ["10.0.0.9"], "rdzv_host": "10.0.0.1"}
+    assert current_launch(plan, "gone") == {}
+
+
+def test_a_system_unit_lets_the_daemon_reach_the_other_machines():
+    from orchestrator.commands.service import unit_text
+
+    one = unit_text(Path("/s/schedule.json"), Path("/s/runs/c"), "c", False, 300, "me")
+    several = unit_text(Path("/s/schedule.json"), Path("/s/runs/c"), "c", False, 300, "me", network=True)
+    assert "PrivateNetwork=yes" in one and "PrivateNetwork=yes" not in several
