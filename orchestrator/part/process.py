@@ -102,7 +102,8 @@ def worker_command(
             # The main agent hosts the rendezvous; a peer that comes first waits for it.
             f"--rdzv-conf=is_host={int(main)}",
             "--max-restarts=0",  # a failure ends the attempt; the daemon decides what next
-            # The address the other machines reach this one at (torch's store is on the first node).
+            # The address the other machines reach this one at: torch's store for the workers
+            # is on the machine its rendezvous numbers first, at that machine's local address.
             *([f"--local-addr={local_addr}"] if local_addr else []),
             "-m",
             "trainer.worker",
@@ -132,6 +133,7 @@ DISTRIBUTED_ENV = (
     "WORLD_SIZE",
     "LOCAL_WORLD_SIZE",
     "GROUP_RANK",
+    "GROUP_WORLD_SIZE",
     "ROLE_RANK",
     "ROLE_WORLD_SIZE",
     "MASTER_ADDR",
@@ -340,24 +342,34 @@ class WorkerProcess:
             )
             log.flush()
             popen = dict(stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-            peers = [
-                Peer(p.pid, p)
-                for p in (subprocess.Popen(c, env=peer_env(), cwd=spec_path.parent, **popen) for c in commands)
-            ]
-            main = subprocess.Popen(
-                worker_command(spec_path, train.gpus, rdzv, main=True, local_addr=host),
-                env=main_env,
-                cwd=spec_path.parent,
-                **popen,
-            )
+            peers: list[Peer] = []
+            try:
+                for c in commands:
+                    p = subprocess.Popen(c, env=peer_env(), cwd=spec_path.parent, **popen)
+                    peers.append(Peer(p.pid, p))
+                main = subprocess.Popen(
+                    worker_command(spec_path, train.gpus, rdzv, main=True, local_addr=host),
+                    env=main_env,
+                    cwd=spec_path.parent,
+                    **popen,
+                )
+            except OSError as e:  # srun or ssh went missing since the check, a fork failed
+                for p in peers:
+                    _kill_tree(p.pid)
+                    p.proc.wait()
+                missing = isinstance(e, (FileNotFoundError, PermissionError))
+                return cls.refuse(part_id, spec_path, log_path, f"could not start the part's agents: {e}", missing)
         return cls(part_id, spec_path, main.pid, main, launcher=True, peers=peers, log_path=log_path)
 
     @classmethod
-    def refuse(cls, part_id: str, spec_path: Path, log_path: Path, message: str) -> "WorkerProcess":
-        """A launch that cannot be made: the part fails at once, as bad input, with `message`.
-        The runner learns it as from any worker (error.json, then an exit), so a process that
-        only exits 1 stands in for the worker."""
-        write_model(WorkPaths(spec_path.parent).error, ErrorReport(kind="bad_input", message=message, retryable=False))
+    def refuse(
+        cls, part_id: str, spec_path: Path, log_path: Path, message: str, bad_input: bool = True
+    ) -> "WorkerProcess":
+        """A launch that cannot be made: the part fails at once as bad input (else it is
+        retried like a crash), with `message`. The runner learns it as from any worker
+        (error.json, then an exit), so a process that only exits 1 stands in for the worker."""
+        report = ErrorReport(kind="bad_input" if bad_input else "error", message=message, retryable=not bad_input)
+        write_model(WorkPaths(spec_path.parent).error, report)
         with open(log_path, "ab") as log:
             log.write(f"[daemon] {message}\n".encode())
             proc = subprocess.Popen(

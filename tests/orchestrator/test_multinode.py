@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from orchestrator.part.process import LaunchRefused, Rendezvous, peer_commands
+from orchestrator.part.process import LaunchRefused, Rendezvous, _peers_of, peer_commands
 from runtime.lockfile import holder
 from runtime.spec import TrainConfig
 from runtime.workerfiles import MAIN_NODE_ENV
@@ -84,6 +84,8 @@ def test_two_machines_train_as_one_survive_a_killed_machine_and_stop_warmly(one_
     # agent started after the peer's): the workers' own order puts the main machine first.
     assert rank0.ppid() == main and rank0.environ()[MAIN_NODE_ENV] == "1"
     assert rank0.environ()["GROUP_RANK"] == "1"
+    spec = run / "work" / "wiki" / "part-000" / "spec.json"
+    assert _peers_of(main, spec) == [peer.pid]  # what a restarted daemon would adopt with the main agent
     attempt = [*both, rank0, *peer.children()]
     peer_worker = next(p for p in peer.children() if "trainer.worker" in p.cmdline())
 
