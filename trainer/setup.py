@@ -53,7 +53,9 @@ def build(spec: WorkerSpec, ranks: Ranks, work: WorkPaths, files: WorkerFiles) -
         "part %s on %s%s",
         spec.part_id,
         placement.describe(),
-        f", rank {ranks.rank} of {ranks.world}" if ranks.on else "",
+        f", rank {ranks.rank} of {ranks.world}" + (f" on {ranks.nodes} machines" if ranks.nodes > 1 else "")
+        if ranks.on
+        else "",
     )
     files.set_phase(Phase.LOADING)
     cfg = model_config(spec)
