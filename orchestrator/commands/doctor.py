@@ -138,7 +138,7 @@ ASK_TIMEOUT_S = 120  # srun may wait for its step's resources; ssh for a slow lo
 
 def _machines_checks(plan, run_dir: Path) -> list[Check]:
     """With train.nodes > 1: whether the other machines see what this one writes (nodes.py)."""
-    from orchestrator.part.process import REPO_ROOT, launcher_kind
+    from orchestrator.part.launch import REPO_ROOT, launcher_kind
 
     several = [p.train for p in plan.parts if p.train.nodes > 1] if plan else []
     if not several:

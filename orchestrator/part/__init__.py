@@ -5,7 +5,8 @@ runner      PartRunner: the one owner of the running job; the daemon asks it to 
 context     JobContext: the paths, state, plan in force, events and save they all share
 start       may a part start now, and from what (its scratch, or the chain's checkpoint)
 spec        the resolved spec written for the part's worker (frozen once it trains)
-process     the worker subprocess: launch in its own process group, adopt, stop, kill
+launch      the command lines that start a worker: one process, torchrun, agents on other machines
+process     the worker subprocess(es): launched in their own process group, adopted, stopped, killed
 watch       Watch: one running worker's heartbeat, hang clock, own pauses, what it was told
 settle      how a job ends: promote, requeue, retry after a backoff, fail, give up
 life        the only code that changes a job's status (the state machine's table)

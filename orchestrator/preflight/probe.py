@@ -32,7 +32,7 @@ def run_probe(
     train: TrainConfig | None = None, model: dict | None = None, seconds: float = 0.0, timeout: float = TIMEOUT_S
 ) -> ProbeResult:
     """The probe's findings; never raises for a broken torch (error says what happened)."""
-    from orchestrator.part.process import worker_env  # the worker's environment: same device order, same code
+    from orchestrator.part.launch import worker_env  # the worker's environment: same device order, same code
 
     cmd = [sys.executable, "-m", "trainer.probe", "--train", (train or TrainConfig()).model_dump_json()]
     if model is not None and seconds > 0:

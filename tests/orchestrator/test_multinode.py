@@ -17,7 +17,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from orchestrator.part.process import LaunchRefused, Rendezvous, _peers_of, peer_commands
+from orchestrator.part.launch import LaunchRefused, Rendezvous, peer_commands
+from orchestrator.part.process import _peers_of
 from runtime.lockfile import holder
 from runtime.spec import TrainConfig
 from runtime.workerfiles import MAIN_NODE_ENV
