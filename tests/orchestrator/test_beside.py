@@ -5,6 +5,7 @@ edit does not make the guard forget."""
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,11 +33,20 @@ from tests.helpers import (
 ONE_STAGE = [{"name": "wiki", "parts": ["data/wiki"]}]
 
 
+@pytest.fixture(scope="module")
+def one_done(tmp_path_factory) -> Path:
+    """A chain of one part run to its end, once per file: its schedule, data and run."""
+    root = tmp_path_factory.mktemp("one")
+    schedule = make_chain(root, parts=1, tokens=2000, stages=ONE_STAGE)
+    assert start_daemon(schedule, root / "daemon.log", "--exit-when-done").wait(timeout=300) == 0
+    return root
+
+
 @pytest.fixture
-def done_run(tmp_path) -> tuple[Path, Path]:
-    schedule = make_chain(tmp_path, parts=1, tokens=2000, stages=ONE_STAGE)
-    assert start_daemon(schedule, tmp_path / "daemon.log", "--exit-when-done").wait(timeout=300) == 0
-    return schedule, tmp_path / "runs" / "chain"
+def done_run(one_done, tmp_path) -> tuple[Path, Path]:
+    """A copy of the done chain for the test to act on: (schedule, run)."""
+    shutil.copytree(one_done, tmp_path, dirs_exist_ok=True, ignore=shutil.ignore_patterns("daemon.log"))
+    return tmp_path / "schedule.json", tmp_path / "runs" / "chain"
 
 
 def hold_lock(lock: Path, role: str) -> subprocess.Popen:

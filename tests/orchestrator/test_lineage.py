@@ -70,11 +70,21 @@ def test_a_failed_part_skipped_then_retried_starts_from_the_chain_as_it_stands(t
     assert_lineage(run)
 
 
+@pytest.fixture(scope="module")
+def three_done(tmp_path_factory) -> Path:
+    """A chain of three parts run to its end, once per file: its schedule, data and run."""
+    root = tmp_path_factory.mktemp("three")
+    schedule = make_chain(root, parts=3, tokens=3000, stages=STAGE)
+    assert start_daemon(schedule, root / "daemon.log", "--exit-when-done").wait(timeout=300) == 0
+    assert_lineage(root / "runs" / "chain")
+    return root
+
+
 @pytest.fixture
-def chain_of_three(tmp_path) -> tuple[Path, Path]:
-    schedule = make_chain(tmp_path, parts=3, tokens=3000, stages=STAGE)
-    assert start_daemon(schedule, tmp_path / "daemon.log", "--exit-when-done").wait(timeout=300) == 0
-    return schedule, tmp_path / "runs" / "chain"
+def chain_of_three(three_done, tmp_path) -> tuple[Path, Path]:
+    """A copy of the chain of three for the test to damage: (schedule, run)."""
+    shutil.copytree(three_done, tmp_path, dirs_exist_ok=True, ignore=shutil.ignore_patterns("daemon.log"))
+    return tmp_path / "schedule.json", tmp_path / "runs" / "chain"
 
 
 def damage(folder: Path) -> None:
